@@ -1,0 +1,67 @@
+# Two commands do all set-up: `make scenario NAME=...` and `make test`.
+# Both install what is missing (Debian packages, a virtualenv with the
+# project); the guest image is built on first use and cached.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+ORCH   := $(VENV)/bin/mce-orchestrator
+STAMP  := $(VENV)/.installed-stamp
+
+# What the host needs: QEMU, the tools that build the guest image and the
+# probe, and Python's venv module.
+HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
+                 openssh-sftp-server openssh-client cpio zstd gzip binutils \
+                 gcc libc6-dev python3 python3-venv make
+
+NAME   ?=
+KERNEL ?=
+ARGS   ?=
+
+.PHONY: all setup host-packages scenario suite test unit image bench clean help
+
+help:
+	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
+	@echo "make test                                run the test suite, real guests included"
+	@echo "make bench                               measure scenario wall time against a bare baseline"
+	@echo "make image                               build (or reuse) the default guest image"
+
+setup: host-packages $(STAMP)
+
+host-packages:
+	@missing=""; for p in $(HOST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 2; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+scenario: setup
+	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(ls scenarios | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
+	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(ARGS)
+
+suite: setup
+	$(ORCH) run $(if $(KERNEL),--image $(KERNEL)) $(ARGS) scenarios/*.yaml
+
+image: setup
+	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)
+
+test: setup
+	$(PY) -m pytest -ra --junitxml=results/pytest-junit.xml $(ARGS) tests
+
+unit: setup
+	$(PY) -m pytest -ra $(ARGS) tests/unit
+
+bench: setup
+	$(PY) -m orchestrator.bench $(ARGS)
+
+clean:
+	rm -rf results .pytest_cache

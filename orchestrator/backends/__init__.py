@@ -1,0 +1,1 @@
+"""Guest backends: each starts a guest, gives monitor access, and always cleans up."""

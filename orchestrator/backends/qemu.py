@@ -1,0 +1,147 @@
+"""A QEMU guest: one process, its QMP monitor, its console; cleanup always runs.
+
+Modelled on QEMU's python/qemu/machine/machine.py: the constructor only
+stores configuration, launch() starts everything and on any failure cleans up
+and raises one error carrying the exit code, the whole command line and the
+log tail; shutdown() asks politely, then kills.
+"""
+from __future__ import annotations
+
+import ctypes
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from orchestrator import mce, qemu_args
+from orchestrator.backends.monitor import Monitor, MonitorError
+from orchestrator.image import GuestImage
+from orchestrator.outcome import HarnessError
+from orchestrator.scenario import GuestSpec
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # If the orchestrator itself is killed outright, QEMU must not outlive it.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class QemuGuest:
+    def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
+                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = ""):
+        self.image = image
+        self.spec = spec
+        self.artifacts = artifacts
+        self.accel = accel or qemu_args.host_accel()
+        self.qemu_binary = qemu_binary
+        self.extra_cmdline = extra_cmdline
+        self.console_log = artifacts / "console.log"
+        self.ssh_port = 0
+        self.monitor: Monitor | None = None
+        self._process: subprocess.Popen | None = None
+        self._qemu_log = artifacts / "qemu.log"
+        self.argv: list[str] = []
+
+    @property
+    def limits(self) -> mce.MceLimits:
+        return mce.MceLimits(vcpus=self.spec.vcpus, banks=mce.QEMU_MCE_BANKS,
+                             ram_ranges=mce.guest_ram_ranges(self.spec.memory_mib << 20, self.spec.machine))
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def launch(self, timeout: float) -> None:
+        ours, theirs = socket.socketpair()
+        self.ssh_port = free_loopback_port()
+        config = qemu_args.QemuConfig(
+            kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
+            qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, memory_mib=self.spec.memory_mib,
+            vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
+            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline,
+            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
+        self.argv = qemu_args.build_argv(config)
+        (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
+        try:
+            with self._qemu_log.open("wb") as log:
+                self._process = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    pass_fds=[theirs.fileno()], preexec_fn=_die_with_parent,
+                    # Its own session: the terminal's Ctrl-C reaches us, and we shut QEMU down.
+                    start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            raise HarnessError("boot", f"cannot start {self.qemu_binary}: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        self.monitor = Monitor(ours, self.artifacts / "qmp-events.jsonl", self.artifacts / "monitor-commands.log")
+        try:
+            self.monitor.connect(timeout)
+        except (MonitorError, OSError, EOFError) as exc:
+            self.shutdown()
+            raise HarnessError("boot", self._launch_failure(str(exc))) from None
+
+    def _launch_failure(self, why: str) -> str:
+        code = self._process.poll() if self._process else None
+        state = f"QEMU exited with code {code}" if code is not None else f"QEMU did not start ({why})"
+        log = tail(self._qemu_log, 3).replace("\n", " | ")
+        return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
+
+    def died(self) -> str | None:
+        """Why QEMU is gone, or None while it runs."""
+        if self._process is None or self._process.poll() is None:
+            return None
+        return self._launch_failure("exited")
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Ask QEMU to quit, then kill it; always closes the monitor. Idempotent."""
+        process, self._process = self._process, None
+        monitor, self.monitor = self.monitor, None
+        try:
+            if process is not None and process.poll() is None and monitor is not None:
+                try:
+                    monitor.execute("quit", timeout=2)
+                except MonitorError:
+                    pass
+            if process is not None:
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            if monitor is not None:
+                monitor.close()
+
+    def __enter__(self) -> "QemuGuest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # --- injection ---
+    def wait_for_events(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
+        assert self.monitor
+        return self.monitor.wait_for_event(names, timeout, start)
+
+    def panicked(self) -> bool:
+        return bool(self.monitor and any(e["event"] == "GUEST_PANICKED" for e in self.monitor.events()))

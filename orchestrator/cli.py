@@ -1,0 +1,91 @@
+"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from orchestrator import __version__
+from orchestrator.outcome import HarnessError, InputError, Outcome, worst
+from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
+from orchestrator.scenario import catalog, load_scenario, resolve
+
+SCENARIOS_DIR = REPO_ROOT / "scenarios"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mce-orchestrator", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run scenarios (files or catalog names)")
+    run.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
+    run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
+    run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
+    run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
+    run.add_argument("--keep-alive-on-failure", action="store_true",
+                     help="leave a failed guest running (SSH command printed) until Ctrl-C")
+    validate = sub.add_parser("validate", help="check scenario files without running them")
+    validate.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
+    sub.add_parser("list", help="list the scenario catalog")
+    return parser
+
+
+def _terminate(signum, frame):
+    # SIGTERM takes the same path as Ctrl-C, so every guest is shut down.
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if args.command == "list":
+            for name in catalog(SCENARIOS_DIR):
+                print(name)
+            return 0
+        scenarios = [load_scenario(resolve(s, SCENARIOS_DIR)) for s in args.scenarios]
+        if args.command == "validate":
+            for s in scenarios:
+                print(f"{s.path}: ok")
+            return 0
+        return run(scenarios, args)
+    except InputError as exc:
+        print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
+        return Outcome.ERROR.exit_code
+    except KeyboardInterrupt:
+        print("mce-orchestrator: interrupted", file=sys.stderr)
+        return 130
+
+
+def run(scenarios, args) -> int:
+    reporter = ConsoleReporter()
+    args.results.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(args.results)
+    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image)
+    results: list[ScenarioResult] = []
+    started = time.time()
+    interrupted = False
+    try:
+        for scenario in scenarios:
+            results.append(run_scenario(scenario, run_dir, options, reporter))
+    except KeyboardInterrupt:
+        interrupted = True
+        done = {r.name for r in results}
+        for scenario in scenarios:
+            if scenario.name not in done:
+                results.append(ScenarioResult(name=scenario.name, path=str(scenario.path), outcome=Outcome.ERROR,
+                                              artifacts=run_dir / scenario.name,
+                                              error=HarnessError("run", "interrupted")))
+    finally:
+        write_junit(results, run_dir / "junit.xml")
+        write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),
+                                                       "interrupted": interrupted})
+        point_latest(args.results, run_dir)
+    reporter.run_finished(results, run_dir)
+    if interrupted:
+        print("mce-orchestrator: interrupted", file=sys.stderr)
+        return 130
+    return worst(r.outcome for r in results).exit_code

@@ -1,0 +1,73 @@
+"""Sending the machine check: validated, optionally gated on the vCPU's mode.
+
+An SRAR that lands while the vCPU runs kernel code is fatal to the guest, so a
+gated injection stops the VM, looks at the target vCPU's registers and sends
+the MCE only while that vCPU is in user mode inside the probe's own loop; the
+MCE is then delivered as the vCPU resumes, to the probe.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from orchestrator import mce
+from orchestrator.backends.monitor import Monitor, MonitorError
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import HarnessError
+
+_RIP = re.compile(r"\bRIP=([0-9a-fA-F]+)")
+_CPL = re.compile(r"\bCPL=(\d)")
+
+
+@dataclass(frozen=True)
+class Injection:
+    command: str
+    address: int
+    attempts: int
+    rip: int | None = None
+
+
+def parse_registers(text: str) -> tuple[int, int]:
+    """(CPL, RIP) from HMP `info registers`."""
+    rip, cpl = _RIP.search(text), _CPL.search(text)
+    if not rip or not cpl:
+        raise ValueError("no RIP/CPL in 'info registers' output")
+    return int(cpl.group(1)), int(rip.group(1), 16)
+
+
+def inject(monitor: Monitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
+           limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None) -> Injection:
+    try:
+        mce.validate(fields, cpu=cpu, address=address, limits=limits)
+    except mce.MceError as exc:
+        raise HarnessError("inject", str(exc)) from None
+    command = mce.hmp_command(fields, cpu=cpu, address=address, broadcast=broadcast)
+    try:
+        if user_loop is None:
+            monitor.hmp(command)
+            return Injection(command, address, attempts=1)
+        return _inject_in_user_loop(monitor, command, address, cpu, user_loop, deadline)
+    except MonitorError as exc:
+        raise HarnessError("inject", str(exc)) from None
+
+
+def _inject_in_user_loop(monitor: Monitor, command: str, address: int, cpu: int,
+                         loop: tuple[int, int], deadline: Deadline) -> Injection:
+    attempts = 0
+    last = "never looked"
+    while not deadline.expired():
+        attempts += 1
+        monitor.hmp("stop")
+        try:
+            monitor.hmp(f"cpu {cpu}")
+            cpl, rip = parse_registers(monitor.hmp_query("info registers"))
+            if cpl == 3 and loop[0] <= rip < loop[1]:
+                monitor.hmp(command)
+                return Injection(command, address, attempts, rip)
+            last = f"CPL={cpl} RIP={rip:#x}"
+        finally:
+            monitor.hmp("cont")
+        # Let the vCPU run a little before looking again.
+        deadline.sleep(min(0.002 * attempts, 0.05))
+    raise HarnessError("inject", f"vCPU {cpu} was never in the probe's loop in user mode "
+                                 f"({attempts} looks in {deadline.seconds:g} s; last {last})")

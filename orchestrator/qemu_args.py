@@ -1,0 +1,84 @@
+"""Guest configuration -> qemu-system-x86_64 argv. Pure; golden-tested."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
+# An Intel model with MCA/MCE; the guest sees MCG_SER_P and QEMU's 10 banks.
+TCG_CPU_MODEL = "Skylake-Client-v4"
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=0 tsc=reliable"
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    kernel: Path
+    initrd: Path
+    console_log: Path
+    qmp_fd: int               # our end of a socketpair is the other one: no socket path to race on
+    ssh_port: int
+    memory_mib: int = 512
+    vcpus: int = 1
+    machine: str = "pc"
+    accel: str = "tcg"        # "kvm" or "tcg"
+    qemu_binary: str = "qemu-system-x86_64"
+    extra_cmdline: str = ""
+    firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
+
+
+def cpu_model(accel: str) -> str:
+    # Under KVM the host CPU is an Intel/AMD one with MCA; "host" passes it through.
+    return "host" if accel == "kvm" else TCG_CPU_MODEL
+
+
+def build_argv(c: QemuConfig) -> list[str]:
+    argv = [
+        c.qemu_binary,
+        "-name", "mce-guest,debug-threads=on",
+        "-machine", f"{c.machine},accel={c.accel}",
+        "-cpu", cpu_model(c.accel),
+        "-m", str(c.memory_mib),
+        "-smp", str(c.vcpus),
+        "-nodefaults", "-no-user-config", "-display", "none",
+        # A reset is a failure we want to see, not a silent reboot.
+        "-no-reboot",
+        # Keep a panicked guest paused, so its state stays for whoever looks.
+        "-action", "panic=pause",
+        "-kernel", str(c.kernel),
+        "-initrd", str(c.initrd),
+        "-append", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip(),
+        "-chardev", f"file,id=console,path={c.console_log}",
+        "-serial", "chardev:console",
+        "-chardev", f"socket,id=qmp,fd={c.qmp_fd}",
+        "-mon", "chardev=qmp,mode=control",
+        # Only the forwarded SSH port, and only on loopback.
+        "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{c.ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "pvpanic-pci",
+    ]
+    if c.firmware is not None:
+        argv += ["-bios", str(c.firmware)]
+    return argv
+
+
+def choose_accel(cpuinfo: str, kvm_device_usable: bool) -> str:
+    """KVM only where the CPU really virtualizes (vmx/svm): a paravirtual /dev/kvm
+    opens fine but cannot run a stock guest (see guest-mce-facts.md)."""
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    return "kvm" if kvm_device_usable and ({"vmx", "svm"} & flags) else "tcg"
+
+
+def host_accel() -> str:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        cpuinfo = ""
+    return choose_accel(cpuinfo, os.access("/dev/kvm", os.R_OK | os.W_OK))
+
+
+def default_firmware() -> Path | None:
+    return QBOOT_ROM if QBOOT_ROM.is_file() else None

@@ -1,0 +1,138 @@
+"""Results: console account, JUnit XML, JSON report, results/latest."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from orchestrator.outcome import HarnessError, Outcome
+from orchestrator.verdict import Evidence, Verdict
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    path: str
+    outcome: Outcome
+    artifacts: Path
+    phases: dict[str, float] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    error: HarnessError | None = None
+    evidence: Evidence | None = None
+    injection: dict | None = None
+    description: str = ""
+
+    @property
+    def duration(self) -> float:
+        return sum(self.phases.values())
+
+    @property
+    def reasons(self) -> list[str]:
+        reasons = [str(self.error)] if self.error else []
+        if self.verdict:
+            reasons += self.verdict.reasons
+        return reasons
+
+    def to_json(self) -> dict:
+        ev = self.evidence
+        return {
+            "name": self.name, "file": self.path, "outcome": self.outcome.name,
+            "duration_s": round(self.duration, 3),
+            "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+            "error": {"phase": self.error.phase, "message": self.error.message} if self.error else None,
+            "checks": [{"name": c.name, "outcome": c.outcome.name, "detail": c.detail}
+                       for c in (self.verdict.checks if self.verdict else ())],
+            "injection": self.injection,
+            "probe": {"ready": ev.ready, "result": ev.probe_result, "exit_status": ev.probe_exit_status} if ev else None,
+            "artifacts": str(self.artifacts),
+        }
+
+
+_MARK = {Outcome.PASS: "ok  ", Outcome.FAIL: "FAIL", Outcome.ERROR: "ERR "}
+
+
+class ConsoleReporter:
+    """Progress by phase with timings, then the verdict and its reasons."""
+
+    def __init__(self, stream: TextIO = sys.stderr):
+        self.stream = stream
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def scenario_started(self, name: str) -> None:
+        self._print(f"== {name}")
+
+    def phase_started(self, name: str, phase: str) -> None:
+        pass
+
+    def phase_finished(self, name: str, phase: str, seconds: float, note: str = "") -> None:
+        self._print(f"   {phase:<8} {seconds:6.2f} s  {note}".rstrip())
+
+    def phase_failed(self, name: str, phase: str, seconds: float, error: str) -> None:
+        self._print(f"   {phase:<8} {seconds:6.2f} s  ERROR: {error}")
+
+    def note(self, text: str) -> None:
+        self._print(f"   {text}")
+
+    def scenario_finished(self, result: ScenarioResult) -> None:
+        self._print(f"   {result.outcome.name} {result.name} in {result.duration:.1f} s")
+        if result.verdict:
+            for check in result.verdict.checks:
+                self._print(f"     [{_MARK[check.outcome]}] {check.name}: {check.detail}")
+        if result.error:
+            self._print(f"     [{_MARK[Outcome.ERROR]}] {result.error}")
+        self._print(f"     artifacts: {result.artifacts}")
+
+    def run_finished(self, results: list[ScenarioResult], run_dir: Path) -> None:
+        counts = {o: sum(r.outcome == o for r in results) for o in Outcome}
+        self._print("")
+        for r in results:
+            self._print(f"{r.outcome.name:<5} {r.name:<32} {r.duration:6.1f} s"
+                        + (f"  {r.reasons[0]}" if r.reasons else ""))
+        self._print(f"{len(results)} scenarios: {counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
+                    f"{counts[Outcome.ERROR]} errors; report: {run_dir}")
+
+
+def new_run_dir(results_root: Path) -> Path:
+    run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    run_dir = results_root / run_id
+    run_dir.mkdir(parents=True, mode=0o755)
+    return run_dir
+
+
+def point_latest(results_root: Path, run_dir: Path) -> None:
+    """results/latest -> this run, replaced atomically (a reader never sees it missing)."""
+    tmp = results_root / f".latest-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(results_root / "latest")
+
+
+def write_junit(results: list[ScenarioResult], path: Path) -> None:
+    suite = ET.Element("testsuite", name="mce-orchestrator", tests=str(len(results)),
+                       failures=str(sum(r.outcome == Outcome.FAIL for r in results)),
+                       errors=str(sum(r.outcome == Outcome.ERROR for r in results)),
+                       time=f"{sum(r.duration for r in results):.3f}")
+    for r in results:
+        case = ET.SubElement(suite, "testcase", classname="scenarios", name=r.name, file=r.path,
+                             time=f"{r.duration:.3f}")
+        if r.outcome == Outcome.FAIL:
+            ET.SubElement(case, "failure", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
+        elif r.outcome == Outcome.ERROR:
+            ET.SubElement(case, "error", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
+        lines = [f"{phase}: {seconds:.2f} s" for phase, seconds in r.phases.items()]
+        if r.verdict:
+            lines += [f"[{c.outcome.name}] {c.name}: {c.detail}" for c in r.verdict.checks]
+        lines.append(f"artifacts: {r.artifacts}")
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_json(results: list[ScenarioResult], path: Path, meta: dict) -> None:
+    path.write_text(json.dumps({**meta, "scenarios": [r.to_json() for r in results]}, indent=2) + "\n")

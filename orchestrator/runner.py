@@ -1,0 +1,251 @@
+"""The pipeline: load, boot, locate, inject, observe, judge, report.
+
+Each scenario runs in its own guest; cleanup always runs; the artifacts are
+written whatever happened. Harness trouble before the injection is an ERROR;
+after it, whatever evidence was gathered is still judged (a guest that
+panicked where it should not have is a FAIL, not an ERROR).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from orchestrator import image as images
+from orchestrator import probe as probe_build
+from orchestrator.backends.qemu import QemuGuest, tail
+from orchestrator.deadline import Deadline
+from orchestrator.inject import Injection, inject
+from orchestrator.outcome import HarnessError, Outcome
+from orchestrator.report import ConsoleReporter, ScenarioResult
+from orchestrator.scenario import Scenario
+from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote, wait_for_banner
+from orchestrator.verdict import Evidence, expand, judge
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PANIC_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+_HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cache_root: Path | None = None       # images and the probe; default guest-images/.cache
+    accel: str | None = None             # None: KVM where it really works, else TCG
+    keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C
+    image: str | None = None             # override every scenario's guest.image
+
+
+class Phases:
+    """Times each phase and reports it; the failing phase names the error."""
+
+    def __init__(self, name: str, reporter: ConsoleReporter):
+        self.name = name
+        self.reporter = reporter
+        self.seconds: dict[str, float] = {}
+        self.notes: dict[str, str] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.monotonic()
+        self.reporter.phase_started(self.name, phase)
+        try:
+            yield
+        except HarnessError as exc:
+            self.seconds[phase] = time.monotonic() - start
+            self.reporter.phase_failed(self.name, phase, self.seconds[phase], exc.message)
+            raise
+        self.seconds[phase] = time.monotonic() - start
+        self.reporter.phase_finished(self.name, phase, self.seconds[phase], self.notes.get(phase, ""))
+
+
+def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter) -> ScenarioResult:
+    artifacts = run_dir / scenario.name
+    artifacts.mkdir(parents=True, exist_ok=True)
+    reporter.scenario_started(scenario.name)
+    phases = Phases(scenario.name, reporter)
+    ev = Evidence()
+    result = ScenarioResult(name=scenario.name, path=str(scenario.path), outcome=Outcome.ERROR,
+                            artifacts=artifacts, description=scenario.description, evidence=ev)
+    injection: Injection | None = None
+    try:
+        with phases("image"):
+            cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
+            guest_image = images.ensure_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
+                                              cache_root=cache_root, progress=reporter.note)
+            probe_binary = probe_build.build_probe(cache_root / "probe")
+            phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
+        with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel) as guest:
+            try:
+                injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev)
+            finally:
+                ev.console_tail = tail(guest.console_log, 40)
+                if guest.monitor:
+                    ev.events = guest.monitor.events()
+                result.phases = phases.seconds
+                if options.keep_alive_on_failure:
+                    _keep_alive_if_failed(scenario, guest, ev, guest_image, reporter)
+    except HarnessError as exc:
+        result.error = exc
+    except images.ImageError as exc:
+        result.error = HarnessError("image", str(exc))
+    finally:
+        result.phases = phases.seconds
+        result.injection = asdict(injection) if injection else None
+        _write_evidence(artifacts, ev)
+
+    if result.error is None or injection is not None:
+        with phases("verdict"):
+            result.verdict = judge(scenario, ev)
+        result.outcome = result.verdict.outcome
+        if result.error is not None and result.outcome == Outcome.PASS:
+            # Every check passed, but the harness broke afterwards: say so.
+            result.outcome = Outcome.ERROR
+    result.phases = phases.seconds
+    reporter.scenario_finished(result)
+    return result
+
+
+def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
+                  phases: Phases, ev: Evidence) -> Injection | None:
+    t = scenario.timeouts
+    with phases("boot"):
+        guest.launch(timeout=t.boot)
+        wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died)
+        phases.notes["boot"] = f"{guest.accel}, ssh on 127.0.0.1:{guest.ssh_port}"
+    ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line)
+    try:
+        with phases("ssh"):
+            deadline = Deadline(t.ssh, "ssh")
+            ssh.connect(deadline)
+            ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
+            setup = [f"sysctl -w {quote(f'{key}={value}')} >/dev/null" for key, value in scenario.guest.sysctl]
+            output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
+            ev.hardware_corrupted_kb_before = _hardware_corrupted(output)
+
+        with phases("locate"):
+            p = scenario.probe
+            probe = ssh.start(f"{probe_build.REMOTE_PATH} --pages {p.pages} --target {p.target} --mode {p.mode} "
+                              f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)}")
+            ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            address = _injection_address(scenario, ev.ready)
+            ev.injected_address = address
+            phases.notes["locate"] = (f"target VA {ev.ready['va']} PFN {ev.ready['pfn']:#x} "
+                                      f"GPA {ev.ready['gpa']}; injecting at {address:#x}")
+
+        with phases("inject"):
+            if p.mode == "busy":
+                time.sleep(0.05)  # let the probe reach its loop before the first look
+            loop = (int(ev.ready["loop_start"], 16), int(ev.ready["loop_end"], 16))
+            injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu, address=address,
+                               broadcast=scenario.inject.broadcast, limits=guest.limits,
+                               deadline=Deadline(t.inject, "inject"),
+                               user_loop=loop if scenario.inject.gate == "user-mode" else None)
+            phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else "")
+
+        try:
+            with phases("observe"):
+                _observe(scenario, guest, ssh, probe, ev)
+        except HarnessError as exc:
+            # Keep what was seen; the verdict decides between FAIL and ERROR.
+            ev.unavailable.setdefault("probe result", str(exc))
+            raise
+        finally:
+            (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript) + "\n")
+        return injection
+    finally:
+        ssh.close()
+
+
+def _injection_address(scenario: Scenario, ready: dict) -> int:
+    if scenario.inject.address is not None:
+        return scenario.inject.address
+    return int(ready["gpa"], 16) + scenario.inject.page_offset * ready["page_size"]
+
+
+def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
+    deadline = Deadline(scenario.timeouts.observe, "observe")
+    if scenario.expect.guest == "panic":
+        event = guest.wait_for_events(PANIC_EVENTS, deadline.remaining())
+        ev.events = guest.monitor.events()
+        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        if event is None:
+            _gather(ssh, probe, ev, deadline, send_report=True)
+        return
+
+    injected_pfn = ev.injected_address >> 12
+    if scenario.probe.mode == "wait":
+        # The kernel logs its result after it has signalled early-kill victims,
+        # so once the line is on the console the probe can be asked to go on.
+        _wait_console(guest, f"Memory failure: {injected_pfn:#x}", deadline)
+        if scenario.probe.after_inject == "touch":
+            probe.send("touch")
+    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait")
+
+
+def _wait_console(guest: QemuGuest, text: str, deadline: Deadline) -> bool:
+    while not deadline.expired():
+        if text in guest.console_log.read_text(errors="replace"):
+            return True
+        if guest.panicked() or guest.died():
+            return False
+        deadline.sleep(0.02)
+    return False
+
+
+def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool) -> None:
+    try:
+        if send_report:
+            probe.send("report")
+        ev.probe_result = probe.read_event({"result"}, deadline, "observe")
+    except ProbeExited as exc:
+        ev.probe_exit_status = exc.status
+        ev.unavailable["probe result"] = exc.message
+    except HarnessError as exc:
+        ev.unavailable["probe result"] = exc.message
+    pfn = ev.ready["pfn"]
+    try:
+        output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; cat /proc/meminfo; echo; dmesg",
+                           deadline, "observe")
+        first, rest = output.split("\n", 1)
+        ev.kpageflags = json.loads(first)["flags"]
+        ev.hardware_corrupted_kb_after = _hardware_corrupted(rest)
+        ev.kernel_log = rest[rest.index("\n\n") + 2:] if "\n\n" in rest else rest
+        ev.guest_answered_after = True
+    except HarnessError as exc:
+        for what in ("kpageflags", "meminfo", "kernel log", "liveness check"):
+            ev.unavailable[what] = exc.message
+        ev.guest_answered_after = False if not deadline.expired() else None
+
+
+def _hardware_corrupted(meminfo: str) -> int | None:
+    match = _HW_CORRUPTED.search(meminfo)
+    return int(match.group(1)) if match else None
+
+
+def _write_evidence(artifacts: Path, ev: Evidence) -> None:
+    if ev.kernel_log is not None:
+        (artifacts / "guest-kernel.log").write_text(ev.kernel_log)
+    (artifacts / "evidence.json").write_text(json.dumps(
+        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail")}, indent=2) + "\n")
+
+
+def _keep_alive_if_failed(scenario, guest: QemuGuest, ev: Evidence, guest_image, reporter) -> None:
+    verdict = judge(scenario, ev) if ev.ready else None
+    if verdict is not None and verdict.outcome == Outcome.PASS:
+        return
+    if not guest.is_running():
+        return
+    known_hosts = guest.artifacts / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{guest.ssh_port} {guest_image.host_key_line}\n")
+    reporter.note(f"guest kept alive (QEMU pid {guest.pid}); log in with:")
+    reporter.note(f"  ssh -i {guest_image.client_key} -p {guest.ssh_port} -o UserKnownHostsFile={known_hosts} "
+                  f"root@127.0.0.1")
+    reporter.note("press Ctrl-C to shut it down")
+    try:
+        while guest.is_running():
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass

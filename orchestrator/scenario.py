@@ -1,0 +1,319 @@
+"""Scenario files: YAML -> validated, frozen dataclasses.
+
+The schema is a file beside this module (scenario.schema.json) so editors can
+use it too. Every error is one line naming the file, the line and the key.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from orchestrator import mce
+from orchestrator.outcome import InputError
+
+SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
+MAX_SCENARIO_BYTES = 256 * 1024
+
+# Tags the safe loader resolves implicitly; anything else (!!python/..., !!binary,
+# custom tags) is refused rather than interpreted.
+_PLAIN_TAGS = {
+    "tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
+}
+
+
+class ScenarioError(InputError):
+    def __init__(self, file: Path | str, line: int | None, key: str, message: str):
+        where = f"{file}:{line}" if line else f"{file}"
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    image: str = "debian-6.1"
+    memory_mib: int = 512
+    vcpus: int = 1
+    machine: str = "pc"
+    sysctl: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    pages: int = 4
+    target: int = 1
+    mode: Literal["wait", "busy"] = "wait"
+    cpu: int = 0
+    after_inject: Literal["touch", "wait"] = "wait"
+
+
+@dataclass(frozen=True)
+class InjectSpec:
+    fields: mce.MceFields
+    preset: str | None
+    cpu: int = 0
+    broadcast: bool = False
+    page_offset: int = 0
+    address: int | None = None
+    gate: Literal["user-mode", "none"] = "none"
+
+
+@dataclass(frozen=True)
+class SigbusExpectation:
+    code: str
+    addr: Literal["target_page", "any"] = "target_page"
+    lsb: int | None = None
+
+
+@dataclass(frozen=True)
+class EventExpectation:
+    action_required: bool
+    action: str = "inject"
+
+
+# "none" means "must not happen"; None means "not checked".
+NONE = "none"
+
+
+@dataclass(frozen=True)
+class Expectations:
+    sigbus: SigbusExpectation | Literal["none"] | None = None
+    page_poisoned: bool | None = None
+    hardware_corrupted_kb: int | None = None
+    kernel_log: tuple[str, ...] = ()
+    kernel_log_absent: tuple[str, ...] = ()
+    memory_failure_event: EventExpectation | Literal["none"] | None = None
+    other_pages_intact: bool | None = None
+    guest: Literal["alive", "panic"] = "alive"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    boot: float = 120.0
+    ssh: float = 60.0
+    locate: float = 30.0
+    inject: float = 30.0
+    observe: float = 30.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    path: Path
+    description: str
+    guest: GuestSpec
+    probe: ProbeSpec
+    inject: InjectSpec
+    expect: Expectations
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+# --- YAML with line numbers ---------------------------------------------------
+
+def _compose(path: Path, text: str) -> yaml.Node | None:
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ScenarioError(path, line, "", f"not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError(path, None, "", f"not valid YAML: {exc}") from None
+
+
+def _to_python(path: Path, node: yaml.Node, lines: dict[tuple, int], at: tuple = ()) -> Any:
+    """Build plain data from the node tree, recording the line of every key."""
+    if node.tag not in _PLAIN_TAGS:
+        raise ScenarioError(path, node.start_mark.line + 1, _dotted(at), f"YAML tag {node.tag} is not allowed")
+    lines.setdefault(at, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = _to_python(path, key_node, {}, at)
+            if not isinstance(key, str):
+                raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at), f"key {key!r} must be a string")
+            if key in out:
+                raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at + (key,)), "duplicated key")
+            lines[at + (key,)] = key_node.start_mark.line + 1
+            out[key] = _to_python(path, value_node, lines, at + (key,))
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(path, item, lines, at + (i,)) for i, item in enumerate(node.value)]
+    return yaml.SafeLoader("").construct_object(node)
+
+
+def _dotted(at: tuple) -> str:
+    return ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in at).replace(".[", "[")
+
+
+# --- schema errors as one line ------------------------------------------------
+
+_JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "object": "a mapping", "array": "a list", "boolean": "true or false"}
+
+
+def _schema_message(error: jsonschema.ValidationError) -> tuple[tuple, str]:
+    at = tuple(error.absolute_path)
+    v, inst = error.validator, error.instance
+    if v == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(k for k in inst if k not in allowed)
+        return at + (unknown[0],), f"unknown key (expected one of: {', '.join(sorted(allowed))})"
+    if v == "required":
+        missing = [k for k in error.validator_value if k not in inst]
+        return at, f"missing key '{missing[0]}'"
+    if v == "type":
+        return at, f"expected {_JSON_TYPES.get(error.validator_value, error.validator_value)}, got {inst!r}"
+    if v == "enum":
+        return at, f"expected one of {', '.join(map(str, error.validator_value))}; got {inst!r}"
+    if v in ("minimum", "maximum", "exclusiveMinimum"):
+        word = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">"}[v]
+        return at, f"expected a value {word} {error.validator_value}, got {inst!r}"
+    if v == "oneOf" and at == ("inject",):
+        return at, "give exactly one of 'preset' or 'raw'"
+    if v == "oneOf":
+        return at, f"expected 'none' or a mapping of {', '.join(_oneof_keys(error))}; got {inst!r}"
+    if v == "pattern" or v == "propertyNames":
+        return at, f"{inst!r} is not an allowed name"
+    return at, error.message
+
+
+def _oneof_keys(error: jsonschema.ValidationError) -> list[str]:
+    keys: list[str] = []
+    for option in error.validator_value:
+        keys.extend(option.get("properties", {}))
+    return keys
+
+
+def _line_for(lines: dict[tuple, int], at: tuple) -> int | None:
+    while at not in lines and at:
+        at = at[:-1]
+    return lines.get(at)
+
+
+# --- loading -------------------------------------------------------------------
+
+def load_scenario(path: Path) -> Scenario:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_SCENARIO_BYTES:
+            raise ScenarioError(path, None, "", f"file is {size} bytes; scenarios are at most {MAX_SCENARIO_BYTES}")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError(path, None, "", "not UTF-8 text") from None
+    except OSError as exc:
+        raise ScenarioError(path, None, "", f"cannot read: {exc.strerror}") from None
+    return parse_scenario(text, path)
+
+
+def parse_scenario(text: str, path: Path) -> Scenario:
+    node = _compose(path, text)
+    if node is None:
+        raise ScenarioError(path, 1, "", "empty file; expected a mapping with description, inject and expect")
+    lines: dict[tuple, int] = {}
+    data = _to_python(path, node, lines)
+    if not isinstance(data, dict):
+        raise ScenarioError(path, 1, "", "expected a mapping at the top level")
+
+    validator = jsonschema.Draft202012Validator(_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+    if error is not None:
+        at, message = _schema_message(error)
+        raise ScenarioError(path, _line_for(lines, at), _dotted(at), message)
+
+    def fail(at: tuple, message: str):
+        raise ScenarioError(path, _line_for(lines, at), _dotted(at), message)
+
+    name = data.get("name", path.stem)
+    if name != path.stem:
+        fail(("name",), f"'{name}' does not match the file name '{path.stem}'")
+
+    guest_data = data.get("guest", {})
+    guest = GuestSpec(
+        image=guest_data.get("image", GuestSpec.image),
+        memory_mib=guest_data.get("memory_mib", GuestSpec.memory_mib),
+        vcpus=guest_data.get("vcpus", GuestSpec.vcpus),
+        machine=guest_data.get("machine", GuestSpec.machine),
+        sysctl=tuple(sorted(guest_data.get("sysctl", {}).items())),
+    )
+    probe = ProbeSpec(**data.get("probe", {}))
+    if probe.target >= probe.pages:
+        fail(("probe", "target"), f"page {probe.target} does not exist (the probe has {probe.pages} pages)")
+    if probe.cpu >= guest.vcpus:
+        fail(("probe", "cpu"), f"vCPU {probe.cpu} does not exist (guest has {guest.vcpus})")
+
+    inject = _inject_spec(data["inject"], guest, fail)
+    expect = _expectations(data["expect"])
+    if inject.gate == "user-mode" and probe.mode != "busy":
+        fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
+
+    return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
+                    probe=probe, inject=inject, expect=expect, timeouts=Timeouts(**data.get("timeouts", {})))
+
+
+def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
+    if "preset" in d:
+        fields = mce.PRESETS[d["preset"]]
+    else:
+        raw = d["raw"]
+        fields = mce.MceFields(bank=raw["bank"], status=raw["status"], mcg_status=raw["mcg_status"],
+                               misc=raw.get("misc", 0))
+    if fields.bank >= mce.QEMU_MCE_BANKS:
+        fail(("inject", "raw", "bank"), f"bank {fields.bank} does not exist (QEMU gives every vCPU "
+                                         f"{mce.QEMU_MCE_BANKS} banks, 0-{mce.QEMU_MCE_BANKS - 1})")
+    if not fields.status & mce.MCI_STATUS_VAL:
+        fail(("inject", "raw", "status"), f"{fields.status:#x} lacks VAL (bit 63): the guest would ignore it")
+    cpu = d.get("cpu", 0)
+    if cpu >= guest.vcpus:
+        fail(("inject", "cpu"), f"vCPU {cpu} does not exist (guest has {guest.vcpus}); QEMU would drop it silently")
+    address = d.get("address")
+    if address is not None:
+        ranges = mce.guest_ram_ranges(guest.memory_mib << 20, guest.machine)
+        if not any(lo <= address < hi for lo, hi in ranges):
+            ram = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in ranges)
+            fail(("inject", "address"), f"{address:#x} is outside guest RAM ({ram})")
+    gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
+    return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
+                      page_offset=d.get("page_offset", 0), address=address, gate=gate)
+
+
+def _expectations(d: dict) -> Expectations:
+    sigbus = d.get("sigbus")
+    if isinstance(sigbus, dict):
+        sigbus = SigbusExpectation(**sigbus)
+    event = d.get("memory_failure_event")
+    if isinstance(event, dict):
+        event = EventExpectation(**event)
+    return Expectations(
+        sigbus=sigbus, page_poisoned=d.get("page_poisoned"),
+        hardware_corrupted_kb=d.get("hardware_corrupted_kb"),
+        kernel_log=tuple(d.get("kernel_log", ())), kernel_log_absent=tuple(d.get("kernel_log_absent", ())),
+        memory_failure_event=event, other_pages_intact=d.get("other_pages_intact"),
+        guest=d.get("guest", "alive"),
+    )
+
+
+def resolve(name_or_file: str, scenarios_dir: Path) -> Path:
+    """A path to a file, or the name of a scenario in the catalog."""
+    candidate = Path(name_or_file)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_file:
+        if not candidate.is_file():
+            raise InputError(f"{name_or_file}: no such scenario file")
+        return candidate
+    path = scenarios_dir / f"{name_or_file}.yaml"
+    if not path.is_file():
+        known = ", ".join(catalog(scenarios_dir)) or "none"
+        raise InputError(f"unknown scenario '{name_or_file}' (known: {known})")
+    return path
+
+
+def catalog(scenarios_dir: Path) -> list[str]:
+    return sorted(p.stem for p in scenarios_dir.glob("*.yaml"))

@@ -1,0 +1,193 @@
+"""SSH to the guest: banner wait, pinned host key, commands with deadlines.
+
+QEMU's user-mode network accepts a TCP connection before the guest's sshd
+listens, so readiness is the `SSH-` banner, not a connect.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import socket
+import time
+from pathlib import Path
+
+import paramiko
+
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import HarnessError
+
+GUEST_HOST = "127.0.0.1"
+
+
+def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None) -> float:
+    """Seconds until sshd greeted us; raises HarnessError('ssh') when the deadline passes."""
+    start = time.monotonic()
+    last = "no answer"
+    while not deadline.expired():
+        why_dead = still_running()
+        if why_dead:
+            raise HarnessError("boot", why_dead)
+        try:
+            with socket.create_connection((GUEST_HOST, port), timeout=min(1.0, deadline.remaining() or 0.01)) as s:
+                s.settimeout(min(2.0, deadline.remaining() or 0.01))
+                if s.recv(4).startswith(b"SSH-"):
+                    return time.monotonic() - start
+                last = "connection closed without a banner"
+        except OSError as exc:
+            last = exc.strerror or type(exc).__name__
+        deadline.sleep(0.1)
+    raise HarnessError("boot", f"no SSH banner on 127.0.0.1:{port} within {deadline.seconds:g} s ({last})")
+
+
+def pinned_host_keys(host_key_line: str, port: int) -> paramiko.HostKeys:
+    kind, blob = host_key_line.split()[:2]
+    keys = paramiko.HostKeys()
+    keys.add(f"[{GUEST_HOST}]:{port}", kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+    return keys
+
+
+class SshSession:
+    def __init__(self, port: int, client_key: Path, host_key_line: str):
+        self.port = port
+        self._key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
+        self._host_keys = pinned_host_keys(host_key_line, port)
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self, deadline: Deadline) -> None:
+        last = ""
+        while not deadline.expired():
+            client = paramiko.SSHClient()
+            client._host_keys = self._host_keys  # the pinned key only: no known_hosts of the user
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect(GUEST_HOST, self.port, username="root", pkey=self._key,
+                               timeout=max(deadline.remaining(), 0.1), banner_timeout=max(deadline.remaining(), 0.1),
+                               auth_timeout=max(deadline.remaining(), 0.1),
+                               allow_agent=False, look_for_keys=False)
+                self._client = client
+                return
+            except paramiko.BadHostKeyException as exc:
+                client.close()
+                raise HarnessError("ssh", f"guest host key does not match the pinned one: {exc}") from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                client.close()
+                last = str(exc) or type(exc).__name__
+                deadline.sleep(0.2)
+        raise HarnessError("ssh", f"cannot log in to 127.0.0.1:{self.port} within {deadline.seconds:g} s ({last})")
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise HarnessError("ssh", "not connected")
+        return self._client
+
+    def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
+        """Run a command; (exit status, stdout+stderr). Raises HarnessError on timeout or a drop."""
+        try:
+            channel = self.client.get_transport().open_session(timeout=max(deadline.remaining(), 0.1))
+            channel.set_combined_stderr(True)
+            channel.settimeout(max(deadline.remaining(), 0.1))
+            channel.exec_command(command)
+            output = bytearray()
+            while True:
+                chunk = channel.recv(65536)
+                if not chunk:
+                    break
+                output += chunk
+                channel.settimeout(max(deadline.remaining(), 0.01))
+            status = channel.recv_exit_status()
+            channel.close()
+            return status, output.decode(errors="replace")
+        except (socket.timeout, TimeoutError):
+            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s") from None
+        except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
+            raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
+
+    def check(self, command: str, deadline: Deadline, phase: str) -> str:
+        status, output = self.run(command, deadline, phase)
+        if status != 0:
+            raise HarnessError(phase, f"'{command}' exited with {status}: {output.strip()[-200:]}")
+        return output
+
+    def upload(self, local: Path, remote: str, mode: int, deadline: Deadline, phase: str) -> None:
+        # Opening SFTP right after boot fails now and then: retry within the deadline.
+        last = ""
+        while not deadline.expired():
+            try:
+                with self.client.open_sftp() as sftp:
+                    sftp.put(str(local), remote)
+                    sftp.chmod(remote, mode)
+                return
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = str(exc) or type(exc).__name__
+                deadline.sleep(0.2)
+        raise HarnessError(phase, f"cannot upload {local.name} over SFTP within {deadline.seconds:g} s ({last})")
+
+    def start(self, command: str) -> "RemoteProcess":
+        channel = self.client.get_transport().open_session()
+        channel.exec_command(command)
+        return RemoteProcess(channel, command)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class ProbeExited(HarnessError):
+    """The probe ended without the report we waited for (it may have been killed)."""
+
+    def __init__(self, phase: str, message: str, status: int | None):
+        super().__init__(phase, message)
+        self.status = status
+
+
+class RemoteProcess:
+    """A command running in the guest that speaks JSON lines (the probe)."""
+
+    def __init__(self, channel: paramiko.Channel, command: str):
+        self._channel = channel
+        self.command = command
+        self._buffer = b""
+        self.transcript: list[str] = []
+
+    def send(self, line: str) -> None:
+        self.transcript.append(f"> {line}")
+        self._channel.sendall((line + "\n").encode())
+
+    def read_event(self, names: set[str], deadline: Deadline, phase: str) -> dict:
+        """Next JSON line whose "event" is in names; other lines are kept in the transcript."""
+        while True:
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                line = raw.decode(errors="replace")
+                self.transcript.append(line)
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if message.get("event") == "error":
+                    raise HarnessError(phase, f"probe failed: {message.get('what')}: {message.get('strerror')}")
+                if message.get("event") in names:
+                    return message
+            if deadline.expired():
+                raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
+            self._channel.settimeout(max(deadline.remaining(), 0.01))
+            try:
+                chunk = self._channel.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HarnessError(phase, f"SSH dropped while reading the probe: {exc}") from None
+            if not chunk:
+                status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+                raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
+            self._buffer += chunk
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def quote(value) -> str:
+    return shlex.quote(str(value))

@@ -1,0 +1,212 @@
+"""Expectations + evidence -> outcome with reasons. Pure.
+
+A check is FAIL when the evidence shows the kernel did something else than
+expected, ERROR when the evidence it needs could not be gathered.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from orchestrator.outcome import Outcome, worst
+from orchestrator.scenario import NONE, Expectations, Scenario
+
+KPF_HWPOISON = 19  # include/uapi/linux/kernel-page-flags.h
+PAGE_SHIFT = 12
+
+
+@dataclass
+class Evidence:
+    """Everything observed about one scenario run; filled in phase by phase."""
+    ready: dict | None = None              # the probe's "ready" report (va, pfn, gpa, pages...)
+    injected_address: int | None = None
+    probe_result: dict | None = None       # the probe's "result" report
+    probe_exit_status: int | None = None   # when the probe ended without a result
+    kpageflags: int | None = None
+    hardware_corrupted_kb_before: int | None = None
+    hardware_corrupted_kb_after: int | None = None
+    kernel_log: str | None = None
+    events: list[dict] = field(default_factory=list)
+    guest_answered_after: bool | None = None
+    console_tail: str = ""
+    unavailable: dict[str, str] = field(default_factory=dict)  # what could not be gathered, and why
+
+    @property
+    def panicked(self) -> bool:
+        return any(e.get("event") == "GUEST_PANICKED" for e in self.events)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    outcome: Outcome
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    checks: tuple[Check, ...]
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if c.outcome != Outcome.PASS]
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name, Outcome.PASS, detail)
+
+
+def _fail(name: str, detail: str) -> Check:
+    return Check(name, Outcome.FAIL, detail)
+
+
+def _missing(name: str, ev: Evidence, what: str) -> Check:
+    # An unexpected panic explains missing evidence: that is the kernel's doing.
+    if ev.panicked:
+        return _fail(name, f"no {what}: the guest panicked")
+    return Check(name, Outcome.ERROR, f"no {what}: {ev.unavailable.get(what, 'not gathered')}")
+
+
+def judge(scenario: Scenario, ev: Evidence) -> Verdict:
+    expect = scenario.expect
+    checks = [_check_guest(expect, ev)]
+    if expect.sigbus is not None:
+        checks.append(_check_sigbus(expect, ev))
+    if expect.other_pages_intact is not None:
+        checks.append(_check_intact(expect.other_pages_intact, ev))
+    if expect.page_poisoned is not None:
+        checks.append(_check_poisoned(expect.page_poisoned, ev))
+    if expect.hardware_corrupted_kb is not None:
+        checks.append(_check_corrupted(expect.hardware_corrupted_kb, ev))
+    if expect.kernel_log or expect.kernel_log_absent:
+        checks.extend(_check_kernel_log(expect, ev))
+    if expect.memory_failure_event is not None:
+        checks.append(_check_event(expect, ev))
+    return Verdict(worst(c.outcome for c in checks), tuple(checks))
+
+
+def _check_guest(expect: Expectations, ev: Evidence) -> Check:
+    name = f"guest {expect.guest}"
+    if expect.guest == "panic":
+        if ev.panicked:
+            return _ok(name, "GUEST_PANICKED seen")
+        return _fail(name, "no panic" + (" (the guest still answered over SSH)" if ev.guest_answered_after else ""))
+    if ev.panicked:
+        return _fail(name, f"the guest panicked: {_panic_line(ev.console_tail)}")
+    if ev.guest_answered_after:
+        return _ok(name, "answered over SSH after the injection")
+    if ev.guest_answered_after is None:
+        return _missing(name, ev, "liveness check")
+    return _fail(name, "did not answer over SSH after the injection")
+
+
+def _panic_line(console: str) -> str:
+    lines = [l.strip() for l in console.splitlines() if l.strip()]
+    for l in lines:
+        if "Kernel panic" in l or "Machine check:" in l:
+            return l
+    return lines[-1] if lines else "(console empty)"
+
+
+def _si_page(addr: int, lsb: int) -> int:
+    return addr >> max(lsb, PAGE_SHIFT)
+
+
+def _check_sigbus(expect: Expectations, ev: Evidence) -> Check:
+    result = ev.probe_result
+    if result is None:
+        if ev.probe_exit_status is not None:
+            return _fail("sigbus", f"the probe died (exit status {ev.probe_exit_status}) before reporting")
+        return _missing("sigbus", ev, "probe result")
+    got = (f"{result.get('si_code_name')} (si_code {result.get('si_code')}) at {result.get('si_addr')} "
+           f"lsb {result.get('si_addr_lsb')}") if result["sigbus"] else "no SIGBUS"
+    want = expect.sigbus
+    if want == NONE:
+        return _ok("sigbus", "none, as expected") if not result["sigbus"] else _fail("sigbus", f"expected none, got {got}")
+    if not result["sigbus"]:
+        return _fail("sigbus", f"expected {want.code}, got no SIGBUS" + (" (probe timed out)" if result.get("timeout") else ""))
+    problems = []
+    if result["si_code_name"] != want.code:
+        problems.append(f"code {result['si_code_name']} != {want.code}")
+    lsb = result["si_addr_lsb"]
+    if want.lsb is not None and lsb != want.lsb:
+        problems.append(f"si_addr_lsb {lsb} != {want.lsb}")
+    if want.addr == "target_page":
+        target = int(ev.ready["va"], 16)
+        si_addr = int(result["si_addr"], 16)
+        if _si_page(si_addr, lsb) != _si_page(target, lsb):
+            problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x}")
+    if problems:
+        return _fail("sigbus", "; ".join(problems) + f" (got {got})")
+    return _ok("sigbus", got)
+
+
+def _check_intact(want: bool, ev: Evidence) -> Check:
+    result = ev.probe_result
+    if result is None:
+        return _missing("other pages intact", ev, "probe result")
+    corrupt = result.get("corrupt", [])
+    intact = not corrupt
+    if intact == want:
+        return _ok("other pages intact", f"pages {result.get('intact')} kept their data" if intact else f"pages {corrupt} changed")
+    return _fail("other pages intact", f"pages {corrupt} lost their data" if corrupt else "every page kept its data")
+
+
+def _check_poisoned(want: bool, ev: Evidence) -> Check:
+    if ev.kpageflags is None:
+        return _missing("page poisoned", ev, "kpageflags")
+    pfn = ev.ready["pfn"] if ev.ready else None
+    poisoned = bool(ev.kpageflags >> KPF_HWPOISON & 1)
+    detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}: HWPOISON {'set' if poisoned else 'clear'}"
+    return _ok("page poisoned", detail) if poisoned == want else _fail("page poisoned", detail + f", expected {'set' if want else 'clear'}")
+
+
+def _check_corrupted(want_kb: int, ev: Evidence) -> Check:
+    before, after = ev.hardware_corrupted_kb_before, ev.hardware_corrupted_kb_after
+    if before is None or after is None:
+        return _missing("HardwareCorrupted", ev, "meminfo")
+    grown = after - before
+    detail = f"{before} kB -> {after} kB (+{grown})"
+    return _ok("HardwareCorrupted", detail) if grown == want_kb else _fail("HardwareCorrupted", detail + f", expected +{want_kb}")
+
+
+def expand(pattern: str, ev: Evidence) -> str:
+    """Fill {pfn}/{gpa}/{va} into a kernel-log pattern, e.g. 'Memory failure: {pfn:#x}: ...'."""
+    values = {"pfn": ev.ready["pfn"], "gpa": int(ev.ready["gpa"], 16), "va": int(ev.ready["va"], 16)} if ev.ready else {}
+    if ev.injected_address is not None:
+        values["injected_pfn"] = ev.injected_address >> PAGE_SHIFT
+    return pattern.format(**values)
+
+
+def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
+    log = ev.kernel_log
+    checks = []
+    for pattern, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
+        try:
+            line = expand(pattern, ev)
+        except (KeyError, IndexError, ValueError) as exc:
+            checks.append(Check(f"kernel log '{pattern}'", Outcome.ERROR, f"cannot fill in the pattern: {exc}"))
+            continue
+        name = f"kernel log {'has' if present else 'lacks'} '{line}'"
+        if log is None:
+            checks.append(_missing(name, ev, "kernel log"))
+        elif (line in log) == present:
+            checks.append(_ok(name, "found" if present else "absent"))
+        else:
+            checks.append(_fail(name, "not found" if present else "found"))
+    return checks
+
+
+def _check_event(expect: Expectations, ev: Evidence) -> Check:
+    events = [e for e in ev.events if e.get("event") == "MEMORY_FAILURE" and e["data"].get("recipient") == "guest"]
+    want = expect.memory_failure_event
+    if want == NONE:
+        return _ok("MEMORY_FAILURE event", "none") if not events else _fail("MEMORY_FAILURE event", f"expected none, got {len(events)}")
+    if not events:
+        return _fail("MEMORY_FAILURE event", "none received")
+    data = events[0]["data"]
+    got_ar = data.get("flags", {}).get("action-required")
+    detail = f"action {data.get('action')}, action-required {got_ar}"
+    if data.get("action") == want.action and got_ar == want.action_required:
+        return _ok("MEMORY_FAILURE event", detail)
+    return _fail("MEMORY_FAILURE event", detail + f"; expected action {want.action}, action-required {want.action_required}")

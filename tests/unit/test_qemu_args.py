@@ -1,0 +1,43 @@
+from pathlib import Path
+
+from orchestrator import qemu_args
+
+
+def config(**kw):
+    base = dict(kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd"), console_log=Path("/a/console.log"),
+                qmp_fd=7, ssh_port=2222)
+    return qemu_args.QemuConfig(**(base | kw))
+
+
+def test_golden_argv_tcg():
+    assert qemu_args.build_argv(config(firmware=Path("/usr/share/qemu/qboot.rom"))) == [
+        "qemu-system-x86_64", "-name", "mce-guest,debug-threads=on",
+        "-machine", "pc,accel=tcg", "-cpu", "Skylake-Client-v4", "-m", "512", "-smp", "1",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-action", "panic=pause",
+        "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd",
+        "-append", "console=ttyS0 quiet panic=0 tsc=reliable",
+        "-chardev", "file,id=console,path=/a/console.log", "-serial", "chardev:console",
+        "-chardev", "socket,id=qmp,fd=7", "-mon", "chardev=qmp,mode=control",
+        "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
+        "-device", "virtio-net-pci,netdev=net0", "-device", "pvpanic-pci",
+        "-bios", "/usr/share/qemu/qboot.rom",
+    ]
+
+
+def test_kvm_uses_host_cpu_and_no_firmware_override():
+    argv = qemu_args.build_argv(config(accel="kvm", vcpus=4, memory_mib=1024))
+    assert argv[argv.index("-cpu") + 1] == "host"
+    assert argv[argv.index("-machine") + 1] == "pc,accel=kvm"
+    assert argv[argv.index("-smp") + 1] == "4" and argv[argv.index("-m") + 1] == "1024"
+    assert "-bios" not in argv
+
+
+def test_ssh_forward_is_loopback_only():
+    netdev = qemu_args.build_argv(config())[qemu_args.build_argv(config()).index("-netdev") + 1]
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev and "restrict=on" in netdev
+
+
+def test_accel_needs_vmx_or_svm_not_just_dev_kvm():
+    assert qemu_args.choose_accel("flags\t: fpu vme hypervisor\n", kvm_device_usable=True) == "tcg"
+    assert qemu_args.choose_accel("flags\t: fpu vmx\n", kvm_device_usable=True) == "kvm"
+    assert qemu_args.choose_accel("flags\t: fpu svm\n", kvm_device_usable=False) == "tcg"

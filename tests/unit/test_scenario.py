@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+
+from orchestrator import mce
+from orchestrator.outcome import InputError
+from orchestrator.scenario import NONE, ScenarioError, catalog, load_scenario, parse_scenario, resolve
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "scenarios"
+
+MINIMAL = """\
+description: test
+inject:
+  preset: srao
+expect:
+  sigbus: none
+"""
+
+
+def parse(text, name="t"):
+    return parse_scenario(text, Path(f"scenarios/{name}.yaml"))
+
+
+@pytest.mark.parametrize("name", catalog(SCENARIOS))
+def test_catalog_scenarios_load(name):
+    scenario = load_scenario(SCENARIOS / f"{name}.yaml")
+    assert scenario.name == name and scenario.description
+
+
+def test_defaults():
+    s = parse(MINIMAL)
+    assert s.guest.image == "debian-6.1" and s.guest.vcpus == 1 and s.guest.memory_mib == 512
+    assert s.probe.pages == 4 and s.probe.target == 1
+    assert s.inject.fields == mce.PRESETS["srao"] and s.inject.gate == "none"
+    assert s.expect.sigbus == NONE and s.expect.guest == "alive"
+
+
+def test_srar_defaults_to_user_mode_gate():
+    text = MINIMAL.replace("srao", "srar") + "probe:\n  mode: busy\n"
+    assert parse(text).inject.gate == "user-mode"
+
+
+def test_raw_fields_and_hex_values():
+    text = MINIMAL.replace("  preset: srao", "  raw: {bank: 3, status: 0xbd000000000000c0, mcg_status: 0x5, misc: 0x8c}")
+    assert parse(text).inject.fields == mce.MceFields(3, 0xBD000000000000C0, 5, 0x8C)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (MINIMAL + "bogus: 1\n", "t.yaml:6: bogus: unknown key"),
+    (MINIMAL.replace("  sigbus: none", "  sigbus: {code: BUS_MCEERR_XX}"), "t.yaml:5: expect.sigbus.code: expected one of BUS_MCEERR_AR, BUS_MCEERR_AO; got 'BUS_MCEERR_XX'"),
+    (MINIMAL.replace("preset: srao", "preset: nope"), "t.yaml:3: inject.preset: expected one of srao, srar, ucna, ce; got 'nope'"),
+    (MINIMAL + "guest:\n  vcpus: zero\n", "t.yaml:7: guest.vcpus: expected an integer, got 'zero'"),
+    (MINIMAL + "guest:\n  memory_mib: 64\n", "t.yaml:7: guest.memory_mib: expected a value >= 128, got 64"),
+    ("inject: {preset: srao}\nexpect: {}\n", "t.yaml:1: missing key 'description'"),
+    (MINIMAL.replace("  preset: srao", "  preset: srao\n  raw: {bank: 1, status: 1, mcg_status: 0}"),
+     "t.yaml:2: inject: give exactly one of 'preset' or 'raw'"),
+    (MINIMAL.replace("  preset: srao", "  preset: srao\n  preset: srar"), "t.yaml:4: inject.preset: duplicated key"),
+    (MINIMAL + "probe: {pages: 2, target: 2}\n", "t.yaml:6: probe.target: page 2 does not exist"),
+    (MINIMAL + "  guest: alive\n  guest: panic\n", "t.yaml:7: expect.guest: duplicated key"),
+    (MINIMAL.replace("  preset: srao", "  preset: srao\n  cpu: 1"), "t.yaml:4: inject.cpu: vCPU 1 does not exist"),
+    (MINIMAL.replace("  preset: srao", "  preset: srao\n  address: 0x40000000"),
+     "t.yaml:4: inject.address: 0x40000000 is outside guest RAM (0x0-0x1fffffff)"),
+    (MINIMAL.replace("  preset: srao", "  raw: {bank: 10, status: 0xbd000000000000c0, mcg_status: 5}"),
+     "t.yaml:3: inject.raw.bank: bank 10 does not exist"),
+    (MINIMAL.replace("  preset: srao", "  raw: {bank: 1, status: 0x3d000000000000c0, mcg_status: 5}"),
+     "t.yaml:3: inject.raw.status: 0x3d000000000000c0 lacks VAL"),
+    ("description: [unclosed\n", "t.yaml:2: not valid YAML"),
+    ("", "t.yaml:1: empty file"),
+    ("- a\n- b\n", "t.yaml:1: expected a mapping at the top level"),
+    (MINIMAL + "x: !!python/object:os.system ls\n", "t.yaml:6: x: YAML tag tag:yaml.org,2002:python/object:os.system"),
+    (MINIMAL.replace("description: test", "description: !custom test"), "t.yaml:1: description: YAML tag !custom is not allowed"),
+    (MINIMAL + "name: other\n", "t.yaml:6: name: 'other' does not match the file name 't'"),
+])
+def test_errors_are_one_line_with_file_line_and_key(text, expected):
+    with pytest.raises(ScenarioError) as info:
+        parse(text)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"scenarios/{expected}"), message
+
+
+def test_gate_needs_busy_probe():
+    with pytest.raises(ScenarioError, match="inject.gate: user-mode gating needs probe.mode: busy"):
+        parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  gate: user-mode"))
+
+
+def test_resolve_names_and_files(tmp_path):
+    assert resolve("srao-anon-late-kill", SCENARIOS) == SCENARIOS / "srao-anon-late-kill.yaml"
+    with pytest.raises(InputError, match="unknown scenario 'nope' \\(known: .*srao-anon-late-kill"):
+        resolve("nope", SCENARIOS)
+    with pytest.raises(InputError, match="no such scenario file"):
+        resolve(str(tmp_path / "x.yaml"), SCENARIOS)
+
+
+def test_huge_and_binary_files_are_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("description: " + "x" * 300_000 + "\n")
+    with pytest.raises(ScenarioError, match="big.yaml: file is 300014 bytes"):
+        load_scenario(big)
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ScenarioError, match="not UTF-8"):
+        load_scenario(binary)

@@ -1,0 +1,106 @@
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.outcome import Outcome
+from orchestrator.scenario import NONE, load_scenario
+from orchestrator.verdict import Evidence, judge
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
+PFN = 0x73E2
+VA = 0x7F600D5E5000
+KPF_HWPOISON_SET = 1 << 19 | 1 << 5
+
+
+def late_kill():
+    return load_scenario(SCENARIOS / "srao-anon-late-kill.yaml")
+
+
+def good_evidence(**over) -> Evidence:
+    ev = Evidence(
+        ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1},
+        injected_address=PFN << 12,
+        probe_result={"sigbus": True, "si_code": 4, "si_code_name": "BUS_MCEERR_AR", "si_addr": hex(VA),
+                      "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "timeout": False},
+        kpageflags=KPF_HWPOISON_SET, hardware_corrupted_kb_before=0, hardware_corrupted_kb_after=4,
+        kernel_log=f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n",
+        events=[{"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": "inject",
+                                                     "flags": {"action-required": False, "recursive": False}}}],
+        guest_answered_after=True)
+    for key, value in over.items():
+        setattr(ev, key, value)
+    return ev
+
+
+def failing(verdict):
+    return {c.name: c.detail for c in verdict.checks if c.outcome != Outcome.PASS}
+
+
+def test_matching_evidence_passes():
+    verdict = judge(late_kill(), good_evidence())
+    assert verdict.outcome == Outcome.PASS, verdict.reasons
+    assert len(verdict.checks) == 7
+
+
+@pytest.mark.parametrize("change, check, words", [
+    ({"probe_result": {"sigbus": False, "timeout": False, "intact": [0, 1, 2, 3], "corrupt": []}}, "sigbus", "got no SIGBUS"),
+    ({"kpageflags": 1 << 5}, "page poisoned", "HWPOISON clear"),
+    ({"hardware_corrupted_kb_after": 8}, "HardwareCorrupted", "0 kB -> 8 kB (+8), expected +4"),
+    ({"kernel_log": "nothing here"}, f"kernel log has 'Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered'", "not found"),
+    ({"events": []}, "MEMORY_FAILURE event", "none received"),
+    ({"guest_answered_after": False}, "guest alive", "did not answer"),
+    ({"events": [{"event": "GUEST_PANICKED", "data": {}}], "console_tail": "Kernel panic - not syncing: Fatal machine check"},
+     "guest alive", "the guest panicked: Kernel panic - not syncing: Fatal machine check"),
+])
+def test_each_wrong_observation_fails(change, check, words):
+    verdict = judge(late_kill(), good_evidence(**change))
+    assert verdict.outcome == Outcome.FAIL
+    assert words in failing(verdict)[check]
+
+
+def test_sigbus_on_another_page_fails():
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"si_addr": hex(VA + 4096)}
+    assert "is not on the target page" in failing(judge(late_kill(), ev))["sigbus"]
+
+
+def test_wrong_code_and_lsb_fail():
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"si_code_name": "BUS_MCEERR_AO", "si_code": 5, "si_addr_lsb": 21}
+    detail = failing(judge(late_kill(), ev))["sigbus"]
+    assert "code BUS_MCEERR_AO != BUS_MCEERR_AR" in detail and "si_addr_lsb 21 != 12" in detail
+
+
+def test_expected_none_but_sigbus_came_fails():
+    scenario = late_kill()
+    scenario = replace(scenario, expect=replace(scenario.expect, sigbus=NONE))
+    assert "expected none, got BUS_MCEERR_AR" in failing(judge(scenario, good_evidence()))["sigbus"]
+
+
+def test_missing_evidence_is_error_not_fail():
+    ev = good_evidence(probe_result=None, kpageflags=None)
+    ev.unavailable["probe result"] = "SSH dropped"
+    verdict = judge(late_kill(), ev)
+    assert verdict.outcome == Outcome.ERROR
+    assert "SSH dropped" in failing(verdict)["sigbus"]
+
+
+def test_missing_evidence_after_unexpected_panic_is_fail():
+    ev = good_evidence(probe_result=None, kpageflags=None, guest_answered_after=None,
+                       events=[{"event": "GUEST_PANICKED", "data": {}}])
+    assert judge(late_kill(), ev).outcome == Outcome.FAIL
+
+
+def test_expected_panic():
+    scenario = late_kill()
+    scenario = replace(scenario, expect=replace(scenario.expect, guest="panic", sigbus=None, page_poisoned=None,
+                                                hardware_corrupted_kb=None, other_pages_intact=None,
+                                                kernel_log=(), memory_failure_event=None))
+    assert judge(scenario, good_evidence(events=[{"event": "GUEST_PANICKED", "data": {}}])).outcome == Outcome.PASS
+    assert "no panic" in failing(judge(scenario, good_evidence()))["guest panic"]
+
+
+def test_dead_probe_is_fail():
+    ev = good_evidence(probe_result=None, probe_exit_status=137)
+    assert "died (exit status 137)" in failing(judge(late_kill(), ev))["sigbus"]
