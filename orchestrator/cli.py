@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
+    run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
     validate = sub.add_parser("validate", help="check scenario files without running them")
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in catalog(SCENARIOS_DIR):
                 print(name)
             return 0
+        if getattr(args, "repeat", 1) < 1:
+            raise InputError(f"--repeat {args.repeat}: must be at least 1")
         scenarios = [load_scenario(resolve(s, SCENARIOS_DIR)) for s in args.scenarios]
         if args.command == "validate":
             for s in scenarios:
@@ -65,20 +68,19 @@ def run(scenarios, args) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image)
+    planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
+               for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []
     started = time.time()
     interrupted = False
     try:
-        for scenario in scenarios:
-            results.append(run_scenario(scenario, run_dir, options, reporter))
+        for label, scenario in planned:
+            results.append(run_scenario(scenario, run_dir, options, reporter, label=label))
     except KeyboardInterrupt:
         interrupted = True
-        done = {r.name for r in results}
-        for scenario in scenarios:
-            if scenario.name not in done:
-                results.append(ScenarioResult(name=scenario.name, path=str(scenario.path), outcome=Outcome.ERROR,
-                                              artifacts=run_dir / scenario.name,
-                                              error=HarnessError("run", "interrupted")))
+        for label, scenario in planned[len(results):]:
+            results.append(ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
+                                          artifacts=run_dir / label, error=HarnessError("run", "interrupted")))
     finally:
         write_junit(results, run_dir / "junit.xml")
         write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),

@@ -26,6 +26,7 @@ class ScenarioResult:
     evidence: Evidence | None = None
     injection: dict | None = None
     description: str = ""
+    qemu_pid: int | None = None
 
     @property
     def duration(self) -> float:
@@ -50,6 +51,7 @@ class ScenarioResult:
             "injection": self.injection,
             "probe": {"ready": ev.ready, "result": ev.probe_result, "exit_status": ev.probe_exit_status} if ev else None,
             "artifacts": str(self.artifacts),
+            "qemu_pid": self.qemu_pid,
         }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import json
 import re
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,10 +47,12 @@ class Phases:
         self.reporter = reporter
         self.seconds: dict[str, float] = {}
         self.notes: dict[str, str] = {}
+        self.current: str | None = None
 
     @contextlib.contextmanager
     def __call__(self, phase: str):
         start = time.monotonic()
+        self.current = phase
         self.reporter.phase_started(self.name, phase)
         try:
             yield
@@ -61,13 +64,16 @@ class Phases:
         self.reporter.phase_finished(self.name, phase, self.seconds[phase], self.notes.get(phase, ""))
 
 
-def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter) -> ScenarioResult:
-    artifacts = run_dir / scenario.name
+def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter,
+                 label: str | None = None) -> ScenarioResult:
+    """Run one scenario in its own guest. `label` names repeated runs apart (name.2, ...)."""
+    label = label or scenario.name
+    artifacts = run_dir / label
     artifacts.mkdir(parents=True, exist_ok=True)
-    reporter.scenario_started(scenario.name)
-    phases = Phases(scenario.name, reporter)
+    reporter.scenario_started(label)
+    phases = Phases(label, reporter)
     ev = Evidence()
-    result = ScenarioResult(name=scenario.name, path=str(scenario.path), outcome=Outcome.ERROR,
+    result = ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
     try:
@@ -81,6 +87,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev)
             finally:
+                result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
                 if guest.monitor:
                     ev.events = guest.monitor.events()
@@ -91,6 +98,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.error = exc
     except images.ImageError as exc:
         result.error = HarnessError("image", str(exc))
+    except Exception as exc:  # noqa: BLE001 -- a harness bug is an ERROR with its traceback kept, not a crash
+        (artifacts / "traceback.txt").write_text(traceback.format_exc())
+        result.error = HarnessError(phases.current or "run", f"internal error {exc!r}; traceback in {artifacts / 'traceback.txt'}")
     finally:
         result.phases = phases.seconds
         result.injection = asdict(injection) if injection else None

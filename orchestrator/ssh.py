@@ -82,11 +82,17 @@ class SshSession:
             raise HarnessError("ssh", "not connected")
         return self._client
 
+    def _transport(self) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("connection closed")
+        return transport
+
     def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
         """Run a command; (exit status, stdout+stderr). Raises HarnessError on timeout or a drop."""
         try:
-            channel = self.client.get_transport().open_session(timeout=max(deadline.remaining(), 0.1))
-            channel.set_combined_stderr(True)
+            channel = self._transport().open_session(timeout=max(deadline.remaining(), 0.1))
+            channel.set_combine_stderr(True)
             channel.settimeout(max(deadline.remaining(), 0.1))
             channel.exec_command(command)
             output = bytearray()
@@ -101,7 +107,7 @@ class SshSession:
             return status, output.decode(errors="replace")
         except (socket.timeout, TimeoutError):
             raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s") from None
-        except (paramiko.SSHException, OSError, EOFError, AttributeError) as exc:
+        except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
 
     def check(self, command: str, deadline: Deadline, phase: str) -> str:
@@ -125,7 +131,7 @@ class SshSession:
         raise HarnessError(phase, f"cannot upload {local.name} over SFTP within {deadline.seconds:g} s ({last})")
 
     def start(self, command: str) -> "RemoteProcess":
-        channel = self.client.get_transport().open_session()
+        channel = self._transport().open_session()
         channel.exec_command(command)
         return RemoteProcess(channel, command)
 
@@ -152,9 +158,15 @@ class RemoteProcess:
         self._buffer = b""
         self.transcript: list[str] = []
 
-    def send(self, line: str) -> None:
+    def send(self, line: str) -> bool:
+        """Send a command line; False when the probe has already gone (it exits after a SIGBUS report)."""
+        try:
+            self._channel.sendall((line + "\n").encode())
+        except (OSError, paramiko.SSHException):
+            self.transcript.append(f"> {line}   (not sent: the probe's channel is closed)")
+            return False
         self.transcript.append(f"> {line}")
-        self._channel.sendall((line + "\n").encode())
+        return True
 
     def read_event(self, names: set[str], deadline: Deadline, phase: str) -> dict:
         """Next JSON line whose "event" is in names; other lines are kept in the transcript."""

@@ -41,13 +41,17 @@ class Monitor:
         self._thread.start()
         self._client.register_listener(self._listener)
         self._run(self._client.connect(self._sock), timeout)
-        self._drain_task = asyncio.run_coroutine_threadsafe(self._drain(), self._loop)
+        self._run(self._start_drain(), timeout)
 
     def close(self) -> None:
         if self._thread.is_alive():
             try:
                 self._run(self._client.disconnect(), 5)
             except Exception:  # noqa: BLE001 -- closing must never raise
+                pass
+            try:
+                self._run(self._stop_drain(), 2)
+            except Exception:  # noqa: BLE001
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
@@ -96,6 +100,17 @@ class Monitor:
                 self._changed.wait(remaining)
 
     # --- internals ---
+    async def _start_drain(self) -> None:
+        self._drain_task = asyncio.create_task(self._drain())
+
+    async def _stop_drain(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
+            try:
+                await self._drain_task
+            except asyncio.CancelledError:
+                pass
+
     async def _drain(self) -> None:
         async for event in self._listener:
             record = dict(event)

@@ -57,6 +57,7 @@ class QemuGuest:
         self._process: subprocess.Popen | None = None
         self._qemu_log = artifacts / "qemu.log"
         self.argv: list[str] = []
+        self.launched_pid: int | None = None  # kept after shutdown, so callers can check it is gone
 
     @property
     def limits(self) -> mce.MceLimits:
@@ -93,6 +94,7 @@ class QemuGuest:
             raise HarnessError("boot", f"cannot start {self.qemu_binary}: {exc.strerror}") from None
         finally:
             theirs.close()
+        self.launched_pid = self._process.pid
         self.monitor = Monitor(ours, self.artifacts / "qmp-events.jsonl", self.artifacts / "monitor-commands.log")
         try:
             self.monitor.connect(timeout)

@@ -1,0 +1,136 @@
+"""Benchmark: orchestrated scenario wall time, by phase, against a bare baseline.
+
+The baseline is the hand-driven path with nothing of the orchestrator's
+around it: QEMU booted directly on the same kernel, an initramfs whose /init
+starts the probe at once, SRAR injected over QMP (with the same user-mode
+gate), SIGBUS read from the serial console; no SSH. Runs alternate between
+the two so machine noise hits both alike.
+
+    python -m orchestrator.bench [--runs N] [--scenario NAME]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator import image as images
+from orchestrator import mce
+from orchestrator import probe as probe_build
+from orchestrator.backends.qemu import QemuGuest
+from orchestrator.deadline import Deadline
+from orchestrator.inject import inject
+from orchestrator.outcome import Outcome
+from orchestrator.report import ConsoleReporter, new_run_dir
+from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
+from orchestrator.scenario import GuestSpec, load_scenario
+
+BASELINE_INIT = """#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+exec /mce-probe --mode busy --cpu 0 --timeout 60
+"""
+
+
+def baseline_initrd(image: images.GuestImage, probe: Path, out: Path) -> Path:
+    """The image's initramfs with /init replaced: concatenated cpio archives overlay."""
+    overlay = images.Cpio()
+    overlay.file("init", BASELINE_INIT.encode(), 0o755)
+    overlay.file("mce-probe", probe.read_bytes(), 0o755)
+    out.write_bytes(image.initrd.read_bytes() + gzip.compress(overlay.serialize(), mtime=0))
+    return out
+
+
+def _console_json(console: Path, event: str) -> dict | None:
+    for line in console.read_text(errors="replace").splitlines():
+        start = line.find('{"event":"' + event + '"')
+        if start >= 0:
+            try:
+                return json.loads(line[start:])
+            except json.JSONDecodeError:
+                return None
+    return None
+
+
+def bare_run(image: images.GuestImage, initrd: Path, workdir: Path) -> float:
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    spec = GuestSpec()
+    with QemuGuest(image=dataclasses.replace(image, initrd=initrd), spec=spec, artifacts=workdir) as guest:
+        guest.launch(timeout=60)
+        deadline = Deadline(60, "bare run")
+        ready = None
+        while ready is None:
+            deadline.check()
+            ready = _console_json(guest.console_log, "ready")
+            deadline.sleep(0.01)
+        inject(guest.monitor, mce.PRESETS["srar"], cpu=0, address=int(ready["gpa"], 16), broadcast=False,
+               limits=guest.limits, deadline=deadline,
+               user_loop=(int(ready["loop_start"], 16), int(ready["loop_end"], 16)))
+        while True:
+            deadline.check()
+            result = _console_json(guest.console_log, "result")
+            if result is not None:
+                break
+            deadline.sleep(0.005)
+        elapsed = time.monotonic() - start
+    if not (result["sigbus"] and result.get("si_code_name") == "BUS_MCEERR_AR"):
+        raise RuntimeError(f"bare run did not get BUS_MCEERR_AR: {result}")
+    return elapsed
+
+
+class _Quiet(ConsoleReporter):
+    def __init__(self):
+        super().__init__(io.StringIO())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--scenario", default="srar-anon-access")
+    args = parser.parse_args(argv)
+
+    scenario = load_scenario(REPO_ROOT / "scenarios" / f"{args.scenario}.yaml")
+    cache_root = REPO_ROOT / "guest-images" / ".cache"
+    image = images.ensure_image(scenario.guest.image, repo_root=REPO_ROOT, cache_root=cache_root,
+                                progress=lambda m: print(m, file=sys.stderr))
+    probe = probe_build.build_probe(cache_root / "probe")
+    results_root = REPO_ROOT / "results" / "bench"
+    results_root.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(results_root)
+
+    bare, orchestrated, phases = [], [], []
+    with tempfile.TemporaryDirectory(prefix="mce-bench-") as tmp:
+        initrd = baseline_initrd(image, probe, Path(tmp) / "baseline-initrd.img")
+        for i in range(args.runs):
+            bare.append(bare_run(image, initrd, run_dir / f"bare-{i}"))
+            start = time.monotonic()
+            result = run_scenario(scenario, run_dir / f"orchestrated-{i}", RunOptions(), _Quiet())
+            orchestrated.append(time.monotonic() - start)
+            if result.outcome != Outcome.PASS:
+                print(f"run {i}: {result.outcome.name}: {result.reasons}", file=sys.stderr)
+                return 2
+            phases.append(result.phases)
+            print(f"run {i + 1}/{args.runs}: bare {bare[-1]:.2f} s, orchestrated {orchestrated[-1]:.2f} s",
+                  file=sys.stderr, flush=True)
+
+    print(f"scenario {args.scenario}, {args.runs} runs each, image {image.name} ({image.kernel_release})")
+    print("orchestrated phase medians: " + ", ".join(
+        f"{name} {statistics.median(p[name] for p in phases):.2f} s" for name in phases[0]))
+    print(f"bare median: {statistics.median(bare):.2f} s (runs: {', '.join(f'{x:.2f}' for x in bare)})")
+    print(f"orchestrated median: {statistics.median(orchestrated):.2f} s "
+          f"(runs: {', '.join(f'{x:.2f}' for x in orchestrated)})")
+    print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
