@@ -172,7 +172,9 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
 def _injection_address(scenario: Scenario, ready: dict) -> int:
     if scenario.inject.address is not None:
         return scenario.inject.address
-    return int(ready["gpa"], 16) + scenario.inject.page_offset * ready["page_size"]
+    # A neighbour in the probe's own mapping: physically adjacent memory could be anything.
+    page = ready["pages"][ready["target"] + scenario.inject.page_offset]
+    return page["pfn"] * ready["page_size"]
 
 
 def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:

@@ -251,6 +251,9 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         fail(("probe", "cpu"), f"vCPU {probe.cpu} does not exist (guest has {guest.vcpus})")
 
     inject = _inject_spec(data["inject"], guest, fail)
+    if not 0 <= probe.target + inject.page_offset < probe.pages:
+        fail(("inject", "page_offset"), f"page {probe.target + inject.page_offset} is not one of the probe's "
+                                        f"{probe.pages} pages (target {probe.target})")
     expect = _expectations(data["expect"])
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")

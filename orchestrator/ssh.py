@@ -88,13 +88,25 @@ class SshSession:
             raise paramiko.SSHException("connection closed")
         return transport
 
+    def _open_exec(self, command: str, deadline: Deadline) -> paramiko.Channel:
+        # dropbear now and then refuses or closes a new channel while another one
+        # is ending; the command has not run then, so trying again is safe.
+        while True:
+            try:
+                channel = self._transport().open_session(timeout=max(deadline.remaining(), 0.1))
+                channel.set_combine_stderr(True)
+                channel.exec_command(command)
+                return channel
+            except (paramiko.ChannelException, paramiko.SSHException, EOFError):
+                if deadline.expired() or not self.client.get_transport().is_active():
+                    raise
+                deadline.sleep(0.05)
+
     def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
         """Run a command; (exit status, stdout+stderr). Raises HarnessError on timeout or a drop."""
         try:
-            channel = self._transport().open_session(timeout=max(deadline.remaining(), 0.1))
-            channel.set_combine_stderr(True)
+            channel = self._open_exec(command, deadline)
             channel.settimeout(max(deadline.remaining(), 0.1))
-            channel.exec_command(command)
             output = bytearray()
             while True:
                 chunk = channel.recv(65536)

@@ -200,7 +200,10 @@ int main(int argc, char **argv)
 
     struct sigaction sa = {0};
     sa.sa_sigaction = on_sigbus;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    /* One report only: a second SIGBUS (the poison hit memory the probe itself
+     * needs to report) takes the default action and kills the probe, instead
+     * of looping through the handler forever. */
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESETHAND;
     sigemptyset(&sa.sa_mask);
     if (sigaction(SIGBUS, &sa, NULL))
         fail("sigaction SIGBUS");

@@ -102,3 +102,9 @@ def test_huge_and_binary_files_are_refused(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ScenarioError, match="not UTF-8"):
         load_scenario(binary)
+
+
+def test_page_offset_must_stay_in_the_probe_mapping():
+    with pytest.raises(ScenarioError, match="inject.page_offset: page 4 is not one of the probe's 4 pages"):
+        parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  page_offset: 3"))
+    assert parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  page_offset: -1")).inject.page_offset == -1

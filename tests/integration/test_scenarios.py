@@ -1,0 +1,96 @@
+"""The catalog's foundation scenarios and the negative controls, on real guests."""
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from .conftest import REPO, orchestrator, process_alive
+
+FOUNDATION = ["srao-anon-late-kill", "srao-anon-early-kill", "srar-anon-access"]
+NEGATIVE = REPO / "tests" / "integration" / "negative"
+ARTIFACTS = ["console.log", "guest-kernel.log", "qmp-events.jsonl", "qemu-cmdline.txt", "monitor-commands.log",
+             "probe-transcript.txt", "evidence.json"]
+
+
+@pytest.fixture(scope="module")
+def foundation_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = orchestrator("run", *FOUNDATION, results=results)
+    latest = results / "latest"
+    report = json.loads((latest / "report.json").read_text())
+    return proc, latest, {s["name"]: s for s in report["scenarios"]}
+
+
+@pytest.fixture(scope="module")
+def negative_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = orchestrator("run", str(NEGATIVE / "neg-expects-no-sigbus.yaml"), str(NEGATIVE / "neg-wrong-page.yaml"),
+                        results=results)
+    report = json.loads((results / "latest" / "report.json").read_text())
+    return proc, {s["name"]: s for s in report["scenarios"]}
+
+
+def test_foundation_scenarios_pass(foundation_run):
+    proc, _, scenarios = foundation_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in FOUNDATION:
+        checks = scenarios[name]["checks"]
+        assert scenarios[name]["outcome"] == "PASS"
+        assert len(checks) >= 6 and all(c["outcome"] == "PASS" for c in checks), checks
+
+
+@pytest.mark.parametrize("name, code", [("srao-anon-late-kill", "BUS_MCEERR_AR"),
+                                        ("srao-anon-early-kill", "BUS_MCEERR_AO"),
+                                        ("srar-anon-access", "BUS_MCEERR_AR")])
+def test_probe_saw_the_right_signal_on_the_target_page(foundation_run, name, code):
+    probe = foundation_run[2][name]["probe"]
+    result, ready = probe["result"], probe["ready"]
+    assert result["sigbus"] and result["si_code_name"] == code and result["si_addr_lsb"] == 12
+    assert int(result["si_addr"], 16) == int(ready["va"], 16)
+    assert result["corrupt"] == [] and len(result["intact"]) == 3
+
+
+def test_srar_was_gated_into_user_mode(foundation_run):
+    injection = foundation_run[2]["srar-anon-access"]["injection"]
+    ready = foundation_run[2]["srar-anon-access"]["probe"]["ready"]
+    assert int(ready["loop_start"], 16) <= injection["rip"] < int(ready["loop_end"], 16)
+
+
+def test_results_and_artifacts_are_written(foundation_run):
+    _, latest, scenarios = foundation_run
+    suite = ET.parse(latest / "junit.xml").getroot()
+    assert suite.get("tests") == "3" and suite.get("failures") == "0" and suite.get("errors") == "0"
+    for name in FOUNDATION:
+        folder = latest / name
+        for artifact in ARTIFACTS:
+            assert (folder / artifact).stat().st_size > 0, f"{name}/{artifact} missing or empty"
+        commands = (folder / "monitor-commands.log").read_text()
+        assert "mce 0 9 0xbd" in commands
+        assert "qemu-system-x86_64" in (folder / "qemu-cmdline.txt").read_text()
+        events = [json.loads(line)["event"] for line in (folder / "qmp-events.jsonl").read_text().splitlines()]
+        assert "MEMORY_FAILURE" in events
+
+
+def test_no_qemu_outlives_the_run(foundation_run, negative_run):
+    pids = [s["qemu_pid"] for s in list(foundation_run[2].values()) + list(negative_run[1].values())]
+    assert all(pids) and not [p for p in pids if process_alive(p)]
+
+
+def test_negative_control_unexpected_sigbus_fails(negative_run):
+    proc, scenarios = negative_run
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    s = scenarios["neg-expects-no-sigbus"]
+    assert s["outcome"] == "FAIL"
+    failed = {c["name"]: c["detail"] for c in s["checks"] if c["outcome"] != "PASS"}
+    assert list(failed) == ["sigbus"]
+    assert failed["sigbus"].startswith("expected none, got BUS_MCEERR_AR")
+
+
+def test_negative_control_wrong_page_fails(negative_run):
+    s = negative_run[1]["neg-wrong-page"]
+    assert s["outcome"] == "FAIL"
+    failed = {c["name"]: c["detail"] for c in s["checks"] if c["outcome"] != "PASS"}
+    assert "is not on the target page" in failed["sigbus"]
+    assert "HWPOISON clear" in failed["page poisoned"]
+    assert any(name.startswith("kernel log has") for name in failed)
+    assert "neg-wrong-page" in negative_run[0].stderr  # the console summary names it
