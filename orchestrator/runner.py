@@ -123,7 +123,11 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
     t = scenario.timeouts
     with phases("boot"):
         guest.launch(timeout=t.boot)
-        wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died)
+        try:
+            wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died)
+        except HarnessError as exc:
+            last = tail(guest.console_log, 1) or "(nothing on the console)"
+            raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
         phases.notes["boot"] = f"{guest.accel}, ssh on 127.0.0.1:{guest.ssh_port}"
     ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line)
     try:

@@ -1,0 +1,52 @@
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from orchestrator.outcome import HarnessError, Outcome, worst
+from orchestrator.report import ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+from orchestrator.verdict import Check, Evidence, Verdict
+
+
+def results(tmp_path: Path):
+    ok = ScenarioResult("a", "scenarios/a.yaml", Outcome.PASS, tmp_path / "a", phases={"boot": 4.5, "inject": 0.01},
+                        verdict=Verdict(Outcome.PASS, (Check("sigbus", Outcome.PASS, "BUS_MCEERR_AR"),)), evidence=Evidence())
+    bad = ScenarioResult("b", "scenarios/b.yaml", Outcome.FAIL, tmp_path / "b", phases={"boot": 4.0},
+                         verdict=Verdict(Outcome.FAIL, (Check("sigbus", Outcome.FAIL, "expected none, got BUS_MCEERR_AR"),)))
+    broken = ScenarioResult("c", "scenarios/c.yaml", Outcome.ERROR, tmp_path / "c", phases={"boot": 120.0},
+                            error=HarnessError("boot", "no SSH banner on 127.0.0.1:1234 within 120 s"))
+    return [ok, bad, broken]
+
+
+def test_junit_distinguishes_failure_from_error(tmp_path):
+    write_junit(results(tmp_path), tmp_path / "junit.xml")
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
+    cases = {c.get("name"): c for c in suite}
+    assert cases["a"].find("failure") is None and cases["a"].find("error") is None
+    assert "expected none" in cases["b"].find("failure").get("message")
+    assert cases["c"].find("error").get("message") == "boot: no SSH banner on 127.0.0.1:1234 within 120 s"
+    assert "boot: 4.50 s" in cases["a"].find("system-out").text
+
+
+def test_json_report(tmp_path):
+    write_json(results(tmp_path), tmp_path / "report.json", {"started": 1})
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [s["outcome"] for s in data["scenarios"]] == ["PASS", "FAIL", "ERROR"]
+    assert data["scenarios"][2]["error"] == {"phase": "boot", "message": "no SSH banner on 127.0.0.1:1234 within 120 s"}
+    assert data["scenarios"][0]["duration_s"] == 4.51
+
+
+def test_latest_points_at_the_newest_run(tmp_path):
+    first = new_run_dir(tmp_path)
+    point_latest(tmp_path, first)
+    second = tmp_path / (first.name + "-b")
+    second.mkdir()
+    point_latest(tmp_path, second)
+    assert (tmp_path / "latest").resolve() == second.resolve()
+
+
+def test_worst_outcome_wins():
+    assert worst([Outcome.PASS, Outcome.FAIL]) == Outcome.FAIL
+    assert worst([Outcome.FAIL, Outcome.ERROR, Outcome.PASS]) == Outcome.ERROR
+    assert worst([]) == Outcome.PASS
+    assert [o.exit_code for o in Outcome] == [0, 1, 2]
