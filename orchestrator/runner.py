@@ -129,7 +129,8 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
         phases.notes["boot"] = f"{guest.accel}, ssh on 127.0.0.1:{guest.ssh_port}"
-    ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line)
+    ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line,
+                     log_file=guest.artifacts / "ssh.log")
     try:
         with phases("ssh"):
             deadline = Deadline(t.ssh, "ssh")
@@ -141,8 +142,10 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
 
         with phases("locate"):
             p = scenario.probe
-            probe = ssh.start(f"{probe_build.REMOTE_PATH} --pages {p.pages} --target {p.target} --mode {p.mode} "
-                              f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)}")
+            command = (f"{probe_build.REMOTE_PATH} --pages {p.pages} --target {p.target} --mode {p.mode} "
+                       f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)}")
+            # The shell reports how the probe ended (128+N: killed by signal N).
+            probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
             address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
@@ -170,6 +173,8 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
             (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript) + "\n")
         return injection
     finally:
+        if ssh.reconnects:
+            phases.reporter.note(f"SSH connection dropped and was re-established {ssh.reconnects} time(s)")
         ssh.close()
 
 
@@ -221,6 +226,9 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         ev.unavailable["probe result"] = exc.message
     except HarnessError as exc:
         ev.unavailable["probe result"] = exc.message
+    else:
+        # Let the probe's channel end before opening the next one (see SshSession._open_exec).
+        probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
     pfn = ev.ready["pfn"]
     try:
         output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; cat /proc/meminfo; echo; dmesg",

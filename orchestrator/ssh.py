@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shlex
 import socket
 import time
@@ -18,10 +19,11 @@ from orchestrator.deadline import Deadline
 from orchestrator.outcome import HarnessError
 
 GUEST_HOST = "127.0.0.1"
+BANNER_POLL_S = 0.25
 
 
 def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None) -> float:
-    """Seconds until sshd greeted us; raises HarnessError('ssh') when the deadline passes."""
+    """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes."""
     start = time.monotonic()
     last = "no answer"
     while not deadline.expired():
@@ -29,14 +31,16 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None) -
         if why_dead:
             raise HarnessError("boot", why_dead)
         try:
-            with socket.create_connection((GUEST_HOST, port), timeout=min(1.0, deadline.remaining() or 0.01)) as s:
-                s.settimeout(min(2.0, deadline.remaining() or 0.01))
+            with socket.create_connection((GUEST_HOST, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
+                # Short: a connection made before the guest listens hangs in slirp's
+                # SYN retries (seconds); a fresh one gets through as soon as it listens.
+                s.settimeout(BANNER_POLL_S)
                 if s.recv(4).startswith(b"SSH-"):
                     return time.monotonic() - start
                 last = "connection closed without a banner"
         except OSError as exc:
             last = exc.strerror or type(exc).__name__
-        deadline.sleep(0.1)
+        deadline.sleep(0.05)
     raise HarnessError("boot", f"no SSH banner on 127.0.0.1:{port} within {deadline.seconds:g} s ({last})")
 
 
@@ -48,11 +52,19 @@ def pinned_host_keys(host_key_line: str, port: int) -> paramiko.HostKeys:
 
 
 class SshSession:
-    def __init__(self, port: int, client_key: Path, host_key_line: str):
+    def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None):
         self.port = port
+        self._log_handler = None
+        if log_file is not None:
+            # paramiko's own account of the connection, for when it drops.
+            self._log_handler = logging.FileHandler(log_file)
+            self._log_handler.setFormatter(logging.Formatter("%(relativeCreated)9.0f %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("paramiko").addHandler(self._log_handler)
+            logging.getLogger("paramiko").setLevel(logging.DEBUG)
         self._key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
         self._host_keys = pinned_host_keys(host_key_line, port)
         self._client: paramiko.SSHClient | None = None
+        self.reconnects = 0
 
     def connect(self, deadline: Deadline) -> None:
         last = ""
@@ -98,8 +110,15 @@ class SshSession:
                 channel.exec_command(command)
                 return channel
             except (paramiko.ChannelException, paramiko.SSHException, EOFError):
-                if deadline.expired() or not self.client.get_transport().is_active():
+                if deadline.expired():
                     raise
+                transport = self.client.get_transport()
+                if transport is None or not transport.is_active():
+                    # dropbear 2022.83 now and then drops the whole connection when a
+                    # channel ends while another opens: log in again, and say so.
+                    self.reconnects += 1
+                    self.close_client()
+                    self.connect(deadline)
                 deadline.sleep(0.05)
 
     def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
@@ -147,10 +166,17 @@ class SshSession:
         channel.exec_command(command)
         return RemoteProcess(channel, command)
 
-    def close(self) -> None:
+    def close_client(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def close(self) -> None:
+        self.close_client()
+        if self._log_handler is not None:
+            logging.getLogger("paramiko").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
 
 
 class ProbeExited(HarnessError):
@@ -195,6 +221,9 @@ class RemoteProcess:
                     raise HarnessError(phase, f"probe failed: {message.get('what')}: {message.get('strerror')}")
                 if message.get("event") in names:
                     return message
+                if message.get("event") == "exit":
+                    raise ProbeExited(phase, f"probe exited (status {message.get('status')}) "
+                                             f"without {'/'.join(sorted(names))}", message.get("status"))
             if deadline.expired():
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
             self._channel.settimeout(max(deadline.remaining(), 0.01))
@@ -208,6 +237,16 @@ class RemoteProcess:
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
                 raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
             self._buffer += chunk
+
+    def wait_exit(self, deadline: Deadline) -> int | None:
+        """The probe's exit status once its channel has ended (None if it does not end in time)."""
+        try:
+            message = self.read_event({"exit"}, deadline, "observe")
+            return message.get("status")
+        except ProbeExited as exc:
+            return exc.status
+        except HarnessError:
+            return None
 
     def close(self) -> None:
         self._channel.close()

@@ -164,6 +164,22 @@ static void print_page_list(const char *key, unsigned char *mem, long page_size,
     printf("]");
 }
 
+static void announce_ready(unsigned char *mem, long page_size, unsigned char *target_va,
+                           uint64_t target_pfn, int pagemap)
+{
+    printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,"
+           "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,"
+           "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
+           getpid(), page_size, target, (void *)target_va,
+           (unsigned long long)target_pfn,
+           (unsigned long long)target_pfn * page_size, cpu,
+           (void *)busy_loop_start, (void *)busy_loop_end);
+    for (int p = 0; p < pages; p++)
+        printf("%s{\"va\":\"%p\",\"pfn\":%llu}", p ? "," : "", (void *)(mem + p * page_size),
+               (unsigned long long)pfn_of(pagemap, mem + p * page_size, page_size));
+    printf("]}\n");
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
@@ -226,21 +242,12 @@ int main(int argc, char **argv)
     if (!target_pfn)
         fail("target PFN not visible (not root, or page not present)");
 
-    printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,"
-           "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,"
-           "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
-           getpid(), page_size, target, (void *)target_va,
-           (unsigned long long)target_pfn,
-           (unsigned long long)target_pfn * page_size, cpu,
-           (void *)busy_loop_start, (void *)busy_loop_end);
-    for (int p = 0; p < pages; p++)
-        printf("%s{\"va\":\"%p\",\"pfn\":%llu}", p ? "," : "", (void *)(mem + p * page_size),
-               (unsigned long long)pfn_of(pagemap, mem + p * page_size, page_size));
-    printf("]}\n");
-
     double start = now_ms();
-    alarm(timeout);
+    /* Armed before "ready" goes out: the orchestrator injects as soon as it
+     * reads that line, and a SIGBUS before sigsetjmp would jump nowhere. */
     if (sigsetjmp(recover, 1) == 0) {
+        announce_ready(mem, page_size, target_va, target_pfn, pagemap);
+        alarm(timeout);
         if (busy) {
             busy_read(target_va);
         } else {
