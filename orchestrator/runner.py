@@ -233,6 +233,8 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     try:
         output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; cat /proc/meminfo; echo; dmesg",
                            deadline, "observe")
+        with contextlib.suppress(HarnessError):
+            ev.sshd_log = ssh.check("cat /run/dropbear.log", deadline, "observe")
         first, rest = output.split("\n", 1)
         ev.kpageflags = json.loads(first)["flags"]
         ev.hardware_corrupted_kb_after = _hardware_corrupted(rest)
@@ -252,8 +254,10 @@ def _hardware_corrupted(meminfo: str) -> int | None:
 def _write_evidence(artifacts: Path, ev: Evidence) -> None:
     if ev.kernel_log is not None:
         (artifacts / "guest-kernel.log").write_text(ev.kernel_log)
+    if ev.sshd_log is not None:
+        (artifacts / "guest-sshd.log").write_text(ev.sshd_log)
     (artifacts / "evidence.json").write_text(json.dumps(
-        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail")}, indent=2) + "\n")
+        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
 
 
 def _keep_alive_if_failed(scenario, guest: QemuGuest, ev: Evidence, guest_image, reporter) -> None:

@@ -239,14 +239,28 @@ class RemoteProcess:
             self._buffer += chunk
 
     def wait_exit(self, deadline: Deadline) -> int | None:
-        """The probe's exit status once its channel has ended (None if it does not end in time)."""
+        """Wait until the probe's channel is closed on both sides; its exit status, or None.
+
+        dropbear 2022.83 aborts the whole connection ("Failed assertion
+        (common-channel.c:705): !channel->sent_close") when a new channel opens
+        while another is closing, so nothing new is opened before this returns.
+        """
+        status = None
         try:
-            message = self.read_event({"exit"}, deadline, "observe")
-            return message.get("status")
+            status = self.read_event({"exit"}, deadline, "observe").get("status")
         except ProbeExited as exc:
-            return exc.status
+            status = exc.status
         except HarnessError:
             return None
+        while not self._channel.closed and not deadline.expired():
+            try:
+                self._channel.settimeout(max(deadline.remaining(), 0.01))
+                if not self._channel.recv(65536) and self._channel.exit_status_ready():
+                    self._channel.close()
+            except (socket.timeout, TimeoutError, OSError, paramiko.SSHException):
+                break
+            deadline.sleep(0.005)
+        return status
 
     def close(self) -> None:
         self._channel.close()

@@ -28,6 +28,7 @@ class Evidence:
     events: list[dict] = field(default_factory=list)
     guest_answered_after: bool | None = None
     console_tail: str = ""
+    sshd_log: str | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # what could not be gathered, and why
 
     @property
