@@ -28,6 +28,11 @@ from orchestrator.verdict import Evidence, expand, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PANIC_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+# Our image's /init loads the modules sshd does not need while the client logs
+# in; wait (at most 10 s) until it is done. Other images have no /etc/mceorch.
+GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/modules-loaded ] && [ $i -lt 1000 ]; "
+                 "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
+_PART = "==== mce-orchestrator part ===="
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 
@@ -124,7 +129,8 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
     with phases("boot"):
         guest.launch(timeout=t.boot)
         try:
-            wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died)
+            wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died,
+                            sshd_started=lambda: _init_reported_ready(guest))
         except HarnessError as exc:
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -136,7 +142,8 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
             deadline = Deadline(t.ssh, "ssh")
             ssh.connect(deadline)
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
-            setup = [f"sysctl -w {quote(f'{key}={value}')} >/dev/null" for key, value in scenario.guest.sysctl]
+            setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
+                                        for key, value in scenario.guest.sysctl]
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
             ev.hardware_corrupted_kb_before = _hardware_corrupted(output)
 
@@ -176,6 +183,15 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
         if ssh.reconnects:
             phases.reporter.note(f"SSH connection dropped and was re-established {ssh.reconnects} time(s)")
         ssh.close()
+
+
+def _init_reported_ready(guest: QemuGuest) -> bool:
+    """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed."""
+    console = guest.console_log.read_text(errors="replace")
+    for line in console.splitlines():
+        if line.startswith(images.ERROR_MARKER):
+            raise HarnessError("boot", f"guest init failed: {line.strip()}")
+    return images.READY_MARKER in console
 
 
 def _injection_address(scenario: Scenario, ready: dict) -> int:
@@ -231,15 +247,14 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
     pfn = ev.ready["pfn"]
     try:
-        output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; cat /proc/meminfo; echo; dmesg",
+        # One round trip for all of it; the parts are split on a marker line.
+        output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; echo {quote(_PART)}; cat /proc/meminfo; "
+                           f"echo {quote(_PART)}; dmesg; echo {quote(_PART)}; cat /run/dropbear.log 2>/dev/null; true",
                            deadline, "observe")
-        with contextlib.suppress(HarnessError):
-            ev.sshd_log = ssh.check("cat /run/dropbear.log", deadline, "observe")
-        first, rest = output.split("\n", 1)
-        ev.kpageflags = json.loads(first)["flags"]
-        ev.hardware_corrupted_kb_after = _hardware_corrupted(rest)
-        ev.kernel_log = rest[rest.index("\n\n") + 2:] if "\n\n" in rest else rest
         ev.guest_answered_after = True
+        kpageflags, meminfo, ev.kernel_log, ev.sshd_log = output.split(_PART + "\n")
+        ev.kpageflags = json.loads(kpageflags)["flags"]
+        ev.hardware_corrupted_kb_after = _hardware_corrupted(meminfo)
     except HarnessError as exc:
         for what in ("kpageflags", "meminfo", "kernel log", "liveness check"):
             ev.unavailable[what] = exc.message

@@ -22,14 +22,21 @@ GUEST_HOST = "127.0.0.1"
 BANNER_POLL_S = 0.25
 
 
-def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None) -> float:
-    """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes."""
+def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True) -> float:
+    """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes.
+
+    `sshd_started` (e.g. a look at the console for the init's READY line) is a
+    cheap local check; connections only start once it says yes.
+    """
     start = time.monotonic()
     last = "no answer"
     while not deadline.expired():
         why_dead = still_running()
         if why_dead:
             raise HarnessError("boot", why_dead)
+        if not sshd_started():
+            deadline.sleep(0.01)
+            continue
         try:
             with socket.create_connection((GUEST_HOST, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
                 # Short: a connection made before the guest listens hangs in slirp's
