@@ -27,7 +27,7 @@ from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote, wait
 from orchestrator.verdict import Evidence, expand, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PANIC_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 # Our image's /init loads the modules sshd does not need while the client logs
 # in; wait (at most 10 s) until it is done. Other images have no /etc/mceorch.
 GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/modules-loaded ] && [ $i -lt 1000 ]; "
@@ -204,39 +204,54 @@ def _injection_address(scenario: Scenario, ready: dict) -> int:
 
 def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
     deadline = Deadline(scenario.timeouts.observe, "observe")
+    down = lambda: _guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
-        event = guest.wait_for_events(PANIC_EVENTS, deadline.remaining())
-        ev.events = guest.monitor.events()
-        ev.kernel_log = guest.console_log.read_text(errors="replace")
-        if event is None:
-            _gather(ssh, probe, ev, deadline, send_report=True)
-        return
-
-    injected_pfn = ev.injected_address >> 12
-    if scenario.probe.mode == "wait":
+        guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
+    elif scenario.probe.mode == "wait":
         # The kernel logs its result after it has signalled early-kill victims,
         # so once the line is on the console the probe can be asked to go on.
-        _wait_console(guest, f"Memory failure: {injected_pfn:#x}", deadline)
-        if scenario.probe.after_inject == "touch":
+        _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline)
+        if scenario.probe.after_inject == "touch" and not down():
             probe.send("touch")
-    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait")
+    why_down = down()
+    if why_down:
+        # Nothing more comes over SSH: the console is the kernel log now.
+        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.guest_answered_after = False
+        for what in ("probe result", "kpageflags", "meminfo"):
+            ev.unavailable[what] = why_down
+        return
+    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
+    if ev.kernel_log is None:
+        ev.kernel_log = guest.console_log.read_text(errors="replace")
+
+
+def _guest_down(guest: QemuGuest) -> str | None:
+    """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
+    events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
+    if "GUEST_PANICKED" in events:
+        return "the guest panicked"
+    if events & {"SHUTDOWN", "RESET"}:
+        return "the guest reset or shut down"
+    return guest.died()
 
 
 def _wait_console(guest: QemuGuest, text: str, deadline: Deadline) -> bool:
     while not deadline.expired():
         if text in guest.console_log.read_text(errors="replace"):
             return True
-        if guest.panicked() or guest.died():
+        if _guest_down(guest):
             return False
         deadline.sleep(0.02)
     return False
 
 
-def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool) -> None:
+def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
+            abort) -> None:
     try:
         if send_report:
             probe.send("report")
-        ev.probe_result = probe.read_event({"result"}, deadline, "observe")
+        ev.probe_result = probe.read_event({"result"}, deadline, "observe", abort=abort)
     except ProbeExited as exc:
         ev.probe_exit_status = exc.status
         ev.unavailable["probe result"] = exc.message
@@ -245,6 +260,11 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     else:
         # Let the probe's channel end before opening the next one (see SshSession._open_exec).
         probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+    if abort():
+        ev.guest_answered_after = False
+        for what in ("kpageflags", "meminfo"):
+            ev.unavailable[what] = abort()
+        return
     pfn = ev.ready["pfn"]
     try:
         # One round trip for all of it; the parts are split on a marker line.

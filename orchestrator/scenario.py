@@ -255,6 +255,11 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         fail(("inject", "page_offset"), f"page {probe.target + inject.page_offset} is not one of the probe's "
                                         f"{probe.pages} pages (target {probe.target})")
     expect = _expectations(data["expect"])
+    if expect.guest == "panic":
+        for key in ("sigbus", "page_poisoned", "hardware_corrupted_kb", "other_pages_intact"):
+            if getattr(expect, key) is not None:
+                fail(("expect", key), "cannot be checked when the guest is expected to panic (only kernel_log, "
+                                      "kernel_log_absent and memory_failure_event can)")
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 

@@ -213,8 +213,12 @@ class RemoteProcess:
         self.transcript.append(f"> {line}")
         return True
 
-    def read_event(self, names: set[str], deadline: Deadline, phase: str) -> dict:
-        """Next JSON line whose "event" is in names; other lines are kept in the transcript."""
+    def read_event(self, names: set[str], deadline: Deadline, phase: str, abort=lambda: None) -> dict:
+        """Next JSON line whose "event" is in names; other lines are kept in the transcript.
+
+        `abort` is asked between reads; a reason it returns (the guest panicked)
+        ends the wait at once instead of at the deadline.
+        """
         while True:
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
@@ -233,7 +237,10 @@ class RemoteProcess:
                                              f"without {'/'.join(sorted(names))}", message.get("status"))
             if deadline.expired():
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
-            self._channel.settimeout(max(deadline.remaining(), 0.01))
+            why = abort()
+            if why:
+                raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))}: {why}")
+            self._channel.settimeout(min(max(deadline.remaining(), 0.01), 0.1))
             try:
                 chunk = self._channel.recv(65536)
             except (socket.timeout, TimeoutError):

@@ -7,6 +7,7 @@ import pytest
 from .conftest import REPO, orchestrator, process_alive
 
 FOUNDATION = ["srao-anon-late-kill", "srao-anon-early-kill", "srar-anon-access"]
+EXPECTED_PANIC = "srao-recovery-disabled-panic"
 NEGATIVE = REPO / "tests" / "integration" / "negative"
 ARTIFACTS = ["console.log", "guest-kernel.log", "qmp-events.jsonl", "qemu-cmdline.txt", "monitor-commands.log",
              "probe-transcript.txt", "evidence.json"]
@@ -15,7 +16,7 @@ ARTIFACTS = ["console.log", "guest-kernel.log", "qmp-events.jsonl", "qemu-cmdlin
 @pytest.fixture(scope="module")
 def foundation_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    proc = orchestrator("run", *FOUNDATION, results=results)
+    proc = orchestrator("run", *FOUNDATION, EXPECTED_PANIC, results=results)
     latest = results / "latest"
     report = json.loads((latest / "report.json").read_text())
     return proc, latest, {s["name"]: s for s in report["scenarios"]}
@@ -24,7 +25,8 @@ def foundation_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def negative_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    proc = orchestrator("run", str(NEGATIVE / "neg-expects-no-sigbus.yaml"), str(NEGATIVE / "neg-wrong-page.yaml"),
+    proc = orchestrator("run", *(str(NEGATIVE / f"{name}.yaml") for name in
+                                 ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic")),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -59,7 +61,7 @@ def test_srar_was_gated_into_user_mode(foundation_run):
 def test_results_and_artifacts_are_written(foundation_run):
     _, latest, scenarios = foundation_run
     suite = ET.parse(latest / "junit.xml").getroot()
-    assert suite.get("tests") == "3" and suite.get("failures") == "0" and suite.get("errors") == "0"
+    assert suite.get("tests") == "4" and suite.get("failures") == "0" and suite.get("errors") == "0"
     for name in FOUNDATION:
         folder = latest / name
         for artifact in ARTIFACTS:
@@ -94,3 +96,23 @@ def test_negative_control_wrong_page_fails(negative_run):
     assert "HWPOISON clear" in failed["page poisoned"]
     assert any(name.startswith("kernel log has") for name in failed)
     assert "neg-wrong-page" in negative_run[0].stderr  # the console summary names it
+
+
+def test_expected_panic_passes(foundation_run):
+    s = foundation_run[2][EXPECTED_PANIC]
+    assert s["outcome"] == "PASS"
+    checks = {c["name"]: c for c in s["checks"]}
+    assert checks["guest panic"]["detail"] == "GUEST_PANICKED seen"
+    assert any(n.startswith("kernel log has 'Kernel panic - not syncing: Memory failure on page") for n in checks)
+    events = (foundation_run[1] / EXPECTED_PANIC / "qmp-events.jsonl").read_text()
+    assert "GUEST_PANICKED" in events
+
+
+def test_negative_control_unexpected_panic_fails_promptly(negative_run):
+    s = negative_run[1]["neg-unexpected-panic"]
+    assert s["outcome"] == "FAIL"
+    failed = {c["name"]: c["detail"] for c in s["checks"] if c["outcome"] != "PASS"}
+    assert "Kernel panic - not syncing: Memory failure on page" in failed["guest alive"]
+    assert failed["sigbus"] == "no probe result: the guest panicked"
+    # Seen through pvpanic at once, not by running into the 60 s observe deadline.
+    assert s["phases_s"]["observe"] < 10

@@ -108,3 +108,9 @@ def test_page_offset_must_stay_in_the_probe_mapping():
     with pytest.raises(ScenarioError, match="inject.page_offset: page 4 is not one of the probe's 4 pages"):
         parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  page_offset: 3"))
     assert parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  page_offset: -1")).inject.page_offset == -1
+
+
+def test_expected_panic_refuses_checks_that_need_the_guest():
+    with pytest.raises(ScenarioError, match="expect.sigbus: cannot be checked when the guest is expected to panic"):
+        parse(MINIMAL + "  guest: panic\n")
+    assert parse(MINIMAL.replace("  sigbus: none", "  guest: panic")).expect.guest == "panic"
