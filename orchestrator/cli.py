@@ -10,7 +10,7 @@ from pathlib import Path
 from orchestrator import __version__
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
-from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
+from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
 from orchestrator.scenario import catalog, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
@@ -76,11 +76,13 @@ def run(scenarios, args) -> int:
     try:
         for label, scenario in planned:
             results.append(run_scenario(scenario, run_dir, options, reporter, label=label))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
+        if isinstance(exc, Interrupted):
+            results.append(exc.result)
         for label, scenario in planned[len(results):]:
             results.append(ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
-                                          artifacts=run_dir / label, error=HarnessError("run", "interrupted")))
+                                          artifacts=run_dir / label, error=HarnessError("run", "not run: interrupted before it started")))
     finally:
         write_junit(results, run_dir / "junit.xml")
         write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),

@@ -36,6 +36,14 @@ _PART = "==== mce-orchestrator part ===="
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C/SIGTERM during a scenario, with what that scenario got to."""
+
+    def __init__(self, result: ScenarioResult):
+        super().__init__()
+        self.result = result
+
+
 @dataclass(frozen=True)
 class RunOptions:
     cache_root: Path | None = None       # images and the probe; default guest-images/.cache
@@ -64,6 +72,9 @@ class Phases:
         except HarnessError as exc:
             self.seconds[phase] = time.monotonic() - start
             self.reporter.phase_failed(self.name, phase, self.seconds[phase], exc.message)
+            raise
+        except BaseException:
+            self.seconds[phase] = time.monotonic() - start  # interrupted: the time still counts
             raise
         self.seconds[phase] = time.monotonic() - start
         self.reporter.phase_finished(self.name, phase, self.seconds[phase], self.notes.get(phase, ""))
@@ -103,6 +114,13 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.error = exc
     except images.ImageError as exc:
         result.error = HarnessError("image", str(exc))
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM: the guest is already shut down (context manager);
+        # hand the partial result up so it is reported.
+        result.error = HarnessError(phases.current or "run", "interrupted (Ctrl-C or SIGTERM)")
+        result.phases = phases.seconds
+        _write_evidence(artifacts, ev)
+        raise Interrupted(result) from None
     except Exception as exc:  # noqa: BLE001 -- a harness bug is an ERROR with its traceback kept, not a crash
         (artifacts / "traceback.txt").write_text(traceback.format_exc())
         result.error = HarnessError(phases.current or "run", f"internal error {exc!r}; traceback in {artifacts / 'traceback.txt'}")
