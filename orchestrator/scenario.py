@@ -26,9 +26,14 @@ _PLAIN_TAGS = {
 }
 
 
+MAX_DEPTH = 16  # scenarios nest three levels; anything deeper is not a scenario
+
+
 class ScenarioError(InputError):
     def __init__(self, file: Path | str, line: int | None, key: str, message: str):
         where = f"{file}:{line}" if line else f"{file}"
+        # Always one line, whatever the YAML parser's message looked like.
+        message = " ".join(message.split())
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
 
 
@@ -125,27 +130,38 @@ def _compose(path: Path, text: str) -> yaml.Node | None:
         line = mark.line + 1 if mark else None
         raise ScenarioError(path, line, "", f"not valid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
-        raise ScenarioError(path, None, "", f"not valid YAML: {exc}") from None
+        raise ScenarioError(path, None, "", f"not valid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ScenarioError(path, None, "", "not valid YAML: nested too deeply") from None
 
 
-def _to_python(path: Path, node: yaml.Node, lines: dict[tuple, int], at: tuple = ()) -> Any:
+def _to_python(path: Path, node: yaml.Node, lines: dict[tuple, int], at: tuple = (),
+               seen: set[int] | None = None) -> Any:
     """Build plain data from the node tree, recording the line of every key."""
+    seen = set() if seen is None else seen
+    line = node.start_mark.line + 1
+    if id(node) in seen:
+        # The composer hands an alias back as the anchored node itself.
+        raise ScenarioError(path, line, _dotted(at), "YAML aliases (*name) are not allowed")
+    seen.add(id(node))
+    if len(at) > MAX_DEPTH:
+        raise ScenarioError(path, line, _dotted(at[:MAX_DEPTH]), f"nested deeper than {MAX_DEPTH} levels")
     if node.tag not in _PLAIN_TAGS:
-        raise ScenarioError(path, node.start_mark.line + 1, _dotted(at), f"YAML tag {node.tag} is not allowed")
-    lines.setdefault(at, node.start_mark.line + 1)
+        raise ScenarioError(path, line, _dotted(at), f"YAML tag {node.tag} is not allowed")
+    lines.setdefault(at, line)
     if isinstance(node, yaml.MappingNode):
         out: dict = {}
         for key_node, value_node in node.value:
-            key = _to_python(path, key_node, {}, at)
+            key = _to_python(path, key_node, {}, at, seen)
             if not isinstance(key, str):
                 raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at), f"key {key!r} must be a string")
             if key in out:
                 raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at + (key,)), "duplicated key")
             lines[at + (key,)] = key_node.start_mark.line + 1
-            out[key] = _to_python(path, value_node, lines, at + (key,))
+            out[key] = _to_python(path, value_node, lines, at + (key,), seen)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(path, item, lines, at + (i,)) for i, item in enumerate(node.value)]
+        return [_to_python(path, item, lines, at + (i,), seen) for i, item in enumerate(node.value)]
     return yaml.SafeLoader("").construct_object(node)
 
 

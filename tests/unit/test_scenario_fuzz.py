@@ -1,0 +1,86 @@
+"""Hostile and random scenario documents: a clean ScenarioError or a valid scenario, never a traceback."""
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from orchestrator.scenario import Scenario, ScenarioError, parse_scenario
+
+PATH = Path("scenarios/fuzz.yaml")
+KEYS = ["description", "guest", "probe", "inject", "expect", "timeouts", "name", "image", "memory_mib", "vcpus",
+        "sysctl", "pages", "target", "mode", "cpu", "after_inject", "preset", "raw", "bank", "status", "mcg_status",
+        "misc", "address", "page_offset", "gate", "broadcast", "sigbus", "code", "addr", "lsb", "page_poisoned",
+        "hardware_corrupted_kb", "kernel_log", "memory_failure_event", "action_required", "guest", "boot", "observe"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
+                    st.floats(allow_nan=True), st.text(max_size=20), st.sampled_from(["srao", "srar", "none", "busy",
+                                                                                       "BUS_MCEERR_AR", "panic"]))
+DOCUMENTS = st.recursive(SCALARS, lambda children: st.one_of(
+    st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=6)),
+    max_leaves=30)
+
+
+def check(text: str) -> None:
+    try:
+        scenario = parse_scenario(text, PATH)
+    except ScenarioError as exc:
+        message = str(exc)
+        assert message.startswith(str(PATH)) and "\n" not in message, message
+    else:
+        assert isinstance(scenario, Scenario)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(DOCUMENTS)
+def test_random_documents(document):
+    check(yaml.safe_dump(document))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_random_text(text):
+    check(text)
+
+
+VALID = {"description": "d", "inject": {"preset": "srao"}, "expect": {"sigbus": "none"}}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["guest", "probe", "inject", "expect", "timeouts"]), st.sampled_from(KEYS), SCALARS)
+def test_one_wrong_value_in_a_valid_document(section, key, value):
+    document = {k: dict(v) if isinstance(v, dict) else v for k, v in VALID.items()}
+    document.setdefault(section, {})[key] = value
+    check(yaml.safe_dump(document))
+
+
+HOSTILE = [
+    "a: &a [*a, *a]\n",                                   # recursive alias
+    "a: &x [1]\nb: *x\nc: *x\n" * 3,                    # duplicated anchors/keys
+    "!!python/object/apply:os.system ['true']\n",
+    "description: !!binary aGVsbG8=\ninject: {preset: srao}\nexpect: {}\n",
+    "? [a, b]\n: 1\n",                                    # a key that is a list
+    "description: x\ninject: {preset: srao}\nexpect: {}\n" + "x" * 10,
+    "%YAML 1.1\n%TAG ! tag:evil.example,2000:\n---\n!x 1\n",
+    "description: x\ninject: {preset: srao, address: 0x" + "f" * 40 + "}\nexpect: {}\n",
+    "description: x\ninject: {preset: srao}\nexpect: {}\nguest: {sysctl: {'vm.x; rm -rf /': 1}}\n",
+    "description: x\ninject: {preset: srao}\nexpect: {}\nguest: {sysctl: {vm.overcommit_memory: '1; reboot'}}\n",
+    "description: x\ninject: {preset: srao}\nexpect: {}\nguest: {image: '../../etc'}\n",
+    "\t\x00\x01",
+    "[" * 200,
+    "a: " + "[" * 60 + "]" * 60 + "\n",
+]
+
+
+def test_hostile_documents():
+    for text in HOSTILE:
+        check(text)
+
+
+def test_shell_metacharacters_never_reach_a_scenario():
+    for text in HOSTILE[8:11]:
+        try:
+            parse_scenario(text, PATH)
+        except ScenarioError as exc:
+            assert "not an allowed name" in str(exc) or "expected" in str(exc)
+        else:
+            raise AssertionError(f"accepted: {text!r}")
