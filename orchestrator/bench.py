@@ -64,8 +64,8 @@ def bare_run(image: images.GuestImage, initrd: Path, workdir: Path) -> float:
     start = time.monotonic()
     spec = GuestSpec()
     with QemuGuest(image=dataclasses.replace(image, initrd=initrd), spec=spec, artifacts=workdir) as guest:
-        guest.launch(timeout=60)
         deadline = Deadline(60, "bare run")
+        guest.launch(deadline)
         ready = None
         while ready is None:
             deadline.check()

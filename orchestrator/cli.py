@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
+    run.add_argument("--append", default="", metavar="CMDLINE", help="extra guest kernel command-line arguments")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
         return Outcome.ERROR.exit_code
+    except OSError as exc:
+        # The results folder cannot be written (disk full, read-only, ...).
+        print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return Outcome.ERROR.exit_code
     except KeyboardInterrupt:
         print("mce-orchestrator: interrupted", file=sys.stderr)
         return 130
@@ -67,7 +72,8 @@ def run(scenarios, args) -> int:
     reporter = ConsoleReporter()
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
-    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image)
+    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
+                         extra_cmdline=args.append)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -14,6 +14,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from orchestrator import image as images
 from orchestrator import probe as probe_build
@@ -44,20 +45,40 @@ class Interrupted(KeyboardInterrupt):
         self.result = result
 
 
+@dataclass
+class RunContext:
+    """What a hook can reach at the start of a phase (filled in as the run goes)."""
+    scenario: Scenario
+    artifacts: Path
+    evidence: Evidence
+    guest: QemuGuest | None = None
+    ssh: SshSession | None = None
+    probe: RemoteProcess | None = None
+
+
+# Called at the start of every phase with (phase, context); fault-injection
+# tests use it to kill QEMU, drop SSH or stop the probe at a chosen moment.
+PhaseHook = Callable[[str, RunContext], None]
+
+
 @dataclass(frozen=True)
 class RunOptions:
     cache_root: Path | None = None       # images and the probe; default guest-images/.cache
     accel: str | None = None             # None: KVM where it really works, else TCG
     keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C
     image: str | None = None             # override every scenario's guest.image
+    extra_cmdline: str = ""              # appended to the guest kernel's command line
+    hook: PhaseHook | None = None
 
 
 class Phases:
     """Times each phase and reports it; the failing phase names the error."""
 
-    def __init__(self, name: str, reporter: ConsoleReporter):
+    def __init__(self, name: str, reporter: ConsoleReporter, context: RunContext, hook: PhaseHook | None = None):
         self.name = name
         self.reporter = reporter
+        self.context = context
+        self.hook = hook
         self.seconds: dict[str, float] = {}
         self.notes: dict[str, str] = {}
         self.current: str | None = None
@@ -68,6 +89,8 @@ class Phases:
         self.current = phase
         self.reporter.phase_started(self.name, phase)
         try:
+            if self.hook is not None:
+                self.hook(phase, self.context)
             yield
         except HarnessError as exc:
             self.seconds[phase] = time.monotonic() - start
@@ -87,8 +110,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     artifacts = run_dir / label
     artifacts.mkdir(parents=True, exist_ok=True)
     reporter.scenario_started(label)
-    phases = Phases(label, reporter)
     ev = Evidence()
+    phases = Phases(label, reporter, RunContext(scenario, artifacts, ev), options.hook)
     result = ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
@@ -99,7 +122,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                               cache_root=cache_root, progress=reporter.note)
             probe_binary = probe_build.build_probe(cache_root / "probe")
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
-        with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel) as guest:
+        with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel,
+                       extra_cmdline=options.extra_cmdline) as guest:
+            phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev)
             finally:
@@ -121,13 +146,19 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.phases = phases.seconds
         _write_evidence(artifacts, ev)
         raise Interrupted(result) from None
+    except OSError as exc:
+        # Artifacts disk full, a file we cannot write: the harness's trouble.
+        result.error = HarnessError(phases.current or "run", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
     except Exception as exc:  # noqa: BLE001 -- a harness bug is an ERROR with its traceback kept, not a crash
         (artifacts / "traceback.txt").write_text(traceback.format_exc())
         result.error = HarnessError(phases.current or "run", f"internal error {exc!r}; traceback in {artifacts / 'traceback.txt'}")
     finally:
         result.phases = phases.seconds
         result.injection = asdict(injection) if injection else None
-        _write_evidence(artifacts, ev)
+        try:
+            _write_evidence(artifacts, ev)
+        except OSError as exc:
+            result.error = result.error or HarnessError("artifacts", f"cannot write evidence: {exc.strerror}: {exc.filename}")
 
     if result.error is None or injection is not None:
         with phases("verdict"):
@@ -145,16 +176,30 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
                   phases: Phases, ev: Evidence) -> Injection | None:
     t = scenario.timeouts
     with phases("boot"):
-        guest.launch(timeout=t.boot)
+        deadline = Deadline(t.boot, "boot")  # one deadline for launch and banner together
+        guest.launch(deadline)
         try:
-            wait_for_banner(guest.ssh_port, Deadline(t.boot, "boot"), still_running=guest.died,
+            wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
                             sshd_started=lambda: _init_reported_ready(guest))
         except HarnessError as exc:
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
         phases.notes["boot"] = f"{guest.accel}, ssh on 127.0.0.1:{guest.ssh_port}"
+    try:
+        return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev)
+    except HarnessError as exc:
+        gone = guest.exit_summary()
+        if gone and "QEMU" not in exc.message:
+            raise HarnessError(exc.phase, f"QEMU {gone}: {exc.message}") from None
+        raise
+
+
+def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
+                    phases: Phases, ev: Evidence) -> Injection | None:
+    t = scenario.timeouts
     ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line,
                      log_file=guest.artifacts / "ssh.log")
+    phases.context.ssh = ssh
     try:
         with phases("ssh"):
             deadline = Deadline(t.ssh, "ssh")
@@ -171,6 +216,7 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
                        f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)}")
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
+            phases.context.probe = probe
             ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
             address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
@@ -294,9 +340,12 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         ev.kpageflags = json.loads(kpageflags)["flags"]
         ev.hardware_corrupted_kb_after = _hardware_corrupted(meminfo)
     except HarnessError as exc:
+        # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
+        # kernel look the same from here, so this is not evidence against the kernel.
+        why = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
         for what in ("kpageflags", "meminfo", "kernel log", "liveness check"):
-            ev.unavailable[what] = exc.message
-        ev.guest_answered_after = False if not deadline.expired() else None
+            ev.unavailable[what] = why
+        ev.guest_answered_after = False if abort() else None
 
 
 def _hardware_corrupted(meminfo: str) -> int | None:

@@ -35,6 +35,7 @@ class Monitor:
         self._listener = EventListener()
         self._drain_task = None
         self._t0 = time.monotonic()
+        self.log_error: str | None = None
 
     # --- lifecycle ---
     def connect(self, timeout: float) -> None:
@@ -56,8 +57,11 @@ class Monitor:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         self._sock.close()
-        self._event_log.close()
-        self._command_log.close()
+        for log in (self._event_log, self._command_log):
+            try:
+                log.close()
+            except OSError as exc:  # the buffered tail could not be written
+                self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
 
     # --- commands ---
     def execute(self, command: str, arguments: dict | None = None, timeout: float = 10) -> object:
@@ -115,13 +119,20 @@ class Monitor:
         async for event in self._listener:
             record = dict(event)
             record["elapsed"] = round(time.monotonic() - self._t0, 3)
-            self._event_log.write(json.dumps(record) + "\n")
+            self._write(self._event_log, json.dumps(record) + "\n")
             with self._changed:
                 self._events.append(record)
                 self._changed.notify_all()
 
     def _log_command(self, text: str) -> None:
-        self._command_log.write(f"{time.monotonic() - self._t0:9.3f} {text}\n")
+        self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
+
+    def _write(self, log, text: str) -> None:
+        # A full artifacts disk must not cost us the events themselves (kept in memory).
+        try:
+            log.write(text)
+        except OSError as exc:
+            self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
 
     def _run(self, coro, timeout: float):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

@@ -17,11 +17,13 @@ from pathlib import Path
 
 from orchestrator import mce, qemu_args
 from orchestrator.backends.monitor import Monitor, MonitorError
+from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
 
 _PR_SET_PDEATHSIG = 1
+PORT_ATTEMPTS = 3
 
 
 def _die_with_parent() -> None:
@@ -71,7 +73,17 @@ class QemuGuest:
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def launch(self, timeout: float) -> None:
+    def launch(self, deadline: Deadline) -> None:
+        """Start QEMU and connect its monitor. A forwarded port another process took
+        between our probe of it and QEMU's bind is retried with a new port."""
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                return self._launch_once(max(deadline.remaining(), 0.1))
+            except HarnessError as exc:
+                if "host forwarding rule" not in exc.message or attempt == PORT_ATTEMPTS - 1 or deadline.expired():
+                    raise
+
+    def _launch_once(self, timeout: float) -> None:
         ours, theirs = socket.socketpair()
         self.ssh_port = free_loopback_port()
         config = qemu_args.QemuConfig(
@@ -107,6 +119,13 @@ class QemuGuest:
         state = f"QEMU exited with code {code}" if code is not None else f"QEMU did not start ({why})"
         log = tail(self._qemu_log, 3).replace("\n", " | ")
         return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
+
+    def exit_summary(self) -> str | None:
+        """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""
+        code = self._process.poll() if self._process else None
+        if code is None:
+            return None
+        return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
 
     def died(self) -> str | None:
         """Why QEMU is gone, or None while it runs."""

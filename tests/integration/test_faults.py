@@ -1,0 +1,191 @@
+"""Faults survived: each ends in ERROR (or FAIL where the kernel did it) naming the
+phase and the cause, keeps the artifacts, leaves no process, port or temp dir of
+the run behind, and the next scenario runs normally."""
+import dataclasses
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import Outcome
+from orchestrator.report import ConsoleReporter
+from orchestrator.runner import RunOptions, run_scenario
+from orchestrator.scenario import Timeouts, load_scenario
+
+from .conftest import REPO, process_alive
+
+LATE_KILL = REPO / "scenarios" / "srao-anon-late-kill.yaml"
+
+
+def our_children() -> list[int]:
+    """Live processes whose parent is this test process (QEMU would be one)."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    """Nobody listens on it (TIME_WAIT leftovers of closed connections do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            return True
+        except OSError:
+            return False
+
+
+def temp_entries() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith("mce")}
+
+
+class Recorder(ConsoleReporter):
+    def __init__(self):
+        super().__init__(io.StringIO())
+        self.ports: list[int] = []
+
+
+def run(tmp_path: Path, scenario=None, hook=None, **options):
+    scenario = scenario or load_scenario(LATE_KILL)
+    seen: dict = {}
+
+    def record_and_hook(phase, ctx):
+        if ctx.guest is not None and ctx.guest.ssh_port:
+            seen["port"] = ctx.guest.ssh_port
+        if hook:
+            hook(phase, ctx)
+
+    result = run_scenario(scenario, tmp_path, RunOptions(hook=record_and_hook, **options), Recorder())
+    return result, seen.get("port")
+
+
+def assert_nothing_left(result, port):
+    assert result.qemu_pid and not process_alive(result.qemu_pid)
+    assert our_children() == []
+    if port:
+        assert port_is_free(port)
+    assert (result.artifacts / "console.log").exists() and (result.artifacts / "qemu-cmdline.txt").exists()
+
+
+@pytest.fixture
+def clean_temp():
+    before = temp_entries()
+    yield
+    assert temp_entries() - before == set()
+
+
+def test_then_the_next_scenario_runs_normally(tmp_path):
+    """The control: a run right after the faults below passes (module order runs it last too)."""
+    result, port = run(tmp_path)
+    assert result.outcome == Outcome.PASS, result.reasons
+    assert_nothing_left(result, port)
+
+
+def test_qemu_killed_mid_scenario(tmp_path, clean_temp):
+    def kill_qemu(phase, ctx):
+        if phase == "inject":
+            os.kill(ctx.guest.pid, signal.SIGKILL)
+            time.sleep(0.2)
+
+    result, port = run(tmp_path, hook=kill_qemu)
+    assert result.outcome == Outcome.ERROR
+    assert result.error.phase == "inject"
+    assert "QEMU was killed by signal 9" in result.error.message
+    assert_nothing_left(result, port)
+
+
+def test_guest_that_never_brings_ssh_up(tmp_path, clean_temp):
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(boot=8))
+    start = time.monotonic()
+    # A shell as init: the kernel boots, nothing starts sshd.
+    result, port = run(tmp_path, scenario=scenario, extra_cmdline="rdinit=/bin/sh")
+    assert result.outcome == Outcome.ERROR and result.error.phase == "boot"
+    assert "no SSH banner" in result.error.message and "within 8 s" in result.error.message
+    assert time.monotonic() - start < 8 + 10  # the deadline held
+    assert_nothing_left(result, port)
+
+
+def test_ssh_dropped_mid_command(tmp_path, clean_temp):
+    def kill_sshd(phase, ctx):
+        if phase == "observe":
+            # Every dropbear, our own session's included: the connection drops under us.
+            ctx.ssh.run("killall dropbear; sleep 1", Deadline(5, "fault"), "fault")
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=8))
+    result, port = run(tmp_path, scenario=scenario, hook=kill_sshd)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    reasons = " ".join(result.reasons)
+    assert "no panic or reset seen; QEMU still running" in reasons
+    assert_nothing_left(result, port)
+
+
+def test_probe_that_hangs(tmp_path, clean_temp):
+    def stop_probe(phase, ctx):
+        if phase == "observe":
+            ctx.ssh.check(f"kill -STOP {ctx.evidence.ready['pid']}", Deadline(5, "fault"), "fault")
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=scenario, hook=stop_probe)
+    assert result.outcome == Outcome.ERROR
+    assert "probe sent no result within 6 s" in " ".join(result.reasons)
+    # The rest of the evidence was still gathered: the page was poisoned.
+    checks = {c.name: c for c in result.verdict.checks}
+    assert checks["page poisoned"].outcome == Outcome.PASS
+    assert result.phases["observe"] < 6 + 3
+    assert_nothing_left(result, port)
+
+
+def test_artifacts_disk_full(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={full}/filler", "bs=4k", "count=15"], capture_output=True)
+        proc = subprocess.run([sys.executable, "-m", "orchestrator", "run", "srao-anon-late-kill", "srar-anon-access",
+                               "--results", str(full)], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "No space left on device" in proc.stderr
+        assert our_children() == []
+        assert not subprocess.run(["pgrep", "-f", f"console.*{full}"], capture_output=True).stdout
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm(tmp_path, signum):
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "srao-anon-late-kill", "srar-anon-access",
+                             "--results", str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if line.strip().startswith("image"):  # the boot phase is starting
+            break
+    time.sleep(1.0)
+    proc.send_signal(signum)
+    rest = proc.stderr.read()
+    assert proc.wait(30) == 130, rest
+    assert "Traceback" not in rest
+    report = json.loads((tmp_path / "latest" / "report.json").read_text())
+    assert report["interrupted"] is True
+    first, second = report["scenarios"]
+    assert first["outcome"] == "ERROR" and "interrupted" in first["error"]["message"]
+    assert second["error"]["message"] == "not run: interrupted before it started"
+    assert first["qemu_pid"] and not process_alive(first["qemu_pid"])
+    assert (tmp_path / "latest" / "srao-anon-late-kill" / "console.log").exists()
