@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import time
 import traceback
@@ -34,6 +35,8 @@ GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/modules-loaded ] && [ $i -lt 1000 ]; "
                  "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
 _PART = "==== mce-orchestrator part ===="
+BANNER_FALLBACK_S = 10.0
+MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 
@@ -109,6 +112,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     label = label or scenario.name
     artifacts = run_dir / label
     artifacts.mkdir(parents=True, exist_ok=True)
+    free = _free_bytes(artifacts)
     reporter.scenario_started(label)
     ev = Evidence()
     phases = Phases(label, reporter, RunContext(scenario, artifacts, ev), options.hook)
@@ -116,6 +120,10 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
     try:
+        if free < MIN_FREE_ARTIFACT_BYTES:
+            # Refused up front: a console log that cannot be written would hide everything.
+            raise HarnessError("artifacts", f"only {free >> 10} KiB free in {artifacts} "
+                                            f"(need {MIN_FREE_ARTIFACT_BYTES >> 20} MiB): No space left on device")
         with phases("image"):
             cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
             guest_image = images.ensure_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
@@ -148,7 +156,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         raise Interrupted(result) from None
     except OSError as exc:
         # Artifacts disk full, a file we cannot write: the harness's trouble.
-        result.error = HarnessError(phases.current or "run", f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+        where = exc.filename or f"artifacts in {artifacts}"
+        result.error = HarnessError(phases.current or "run", f"cannot write {where}: {exc.strerror or exc}")
     except Exception as exc:  # noqa: BLE001 -- a harness bug is an ERROR with its traceback kept, not a crash
         (artifacts / "traceback.txt").write_text(traceback.format_exc())
         result.error = HarnessError(phases.current or "run", f"internal error {exc!r}; traceback in {artifacts / 'traceback.txt'}")
@@ -178,9 +187,10 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
     with phases("boot"):
         deadline = Deadline(t.boot, "boot")  # one deadline for launch and banner together
         guest.launch(deadline)
+        booted = time.monotonic()
         try:
             wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                            sshd_started=lambda: _init_reported_ready(guest))
+                            sshd_started=lambda: _init_reported_ready(guest, booted))
         except HarnessError as exc:
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -249,8 +259,17 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
         ssh.close()
 
 
-def _init_reported_ready(guest: QemuGuest) -> bool:
-    """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed."""
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _init_reported_ready(guest: QemuGuest, since: float) -> bool:
+    """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
+    Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
+    that could not be written, must not cost the whole boot deadline."""
+    if time.monotonic() - since > BANNER_FALLBACK_S:
+        return True
     console = guest.console_log.read_text(errors="replace")
     for line in console.splitlines():
         if line.startswith(images.ERROR_MARKER):

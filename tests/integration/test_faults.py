@@ -189,3 +189,24 @@ def test_ctrl_c_and_sigterm(tmp_path, signum):
     assert second["error"]["message"] == "not run: interrupted before it started"
     assert first["qemu_pid"] and not process_alive(first["qemu_pid"])
     assert (tmp_path / "latest" / "srao-anon-late-kill" / "console.log").exists()
+
+
+def test_artifacts_disk_fills_up_mid_run(tmp_path, clean_temp):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
+    try:
+        def fill_disk(phase, ctx):
+            if phase == "observe":
+                subprocess.run(["dd", "if=/dev/zero", f"of={small}/filler", "bs=64k"], capture_output=True)
+
+        result, port = run(small, hook=fill_disk)
+        assert result.outcome == Outcome.ERROR
+        assert "No space left on device" in str(result.error), result.reasons
+        assert_nothing_left(result, port)
+        (small / "filler").unlink()
+        # Space again: the next scenario runs normally in the same results folder.
+        again, port = run(small)
+        assert again.outcome == Outcome.PASS, again.reasons
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
