@@ -32,9 +32,9 @@ MAX_DEPTH = 16  # scenarios nest three levels; anything deeper is not a scenario
 class ScenarioError(InputError):
     def __init__(self, file: Path | str, line: int | None, key: str, message: str):
         where = f"{file}:{line}" if line else f"{file}"
-        # Always one line, whatever the YAML parser's message looked like.
-        message = " ".join(message.split())
-        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+        # Always one line, whatever the YAML parser's message or a hostile key looked like.
+        key = key if key.isprintable() else repr(key)
+        super().__init__(" ".join(f"{where}: {key + ': ' if key else ''}{message}".split()))
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,13 @@ class Scenario:
     inject: InjectSpec
     expect: Expectations
     timeouts: Timeouts = field(default_factory=Timeouts)
+
+
+# JSON Schema calls 512.0 an integer; for addresses and counts it is not one.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)))
 
 
 def _schema() -> dict:
@@ -239,7 +246,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     if not isinstance(data, dict):
         raise ScenarioError(path, 1, "", "expected a mapping at the top level")
 
-    validator = jsonschema.Draft202012Validator(_schema())
+    validator = _Validator(_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:
         at, message = _schema_message(error)
