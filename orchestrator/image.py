@@ -914,7 +914,9 @@ def _build(
     archive = cpio.serialize()
     compression = definition.get("compression", DEFAULT_COMPRESSION)
     progress(f"writing initramfs ({len(archive) / 2**20:.1f} MiB, {compression})")
-    (out / "initrd.img").write_bytes(_compress(archive, compression))
+    initrd = out / "initrd.img"
+    initrd.touch(mode=0o600)  # it carries the guest's private host key
+    initrd.write_bytes(_compress(archive, compression))
     shutil.rmtree(work)
 
     return {
@@ -1049,7 +1051,9 @@ def ensure_image(
             progress(f"image {name}: building with {kernel_package} {packages[kernel_package]}")
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=home))
             try:
-                os.chmod(tmp, 0o755)  # the private key sits in keys/ (0700)
+                # Private to the user: keys/ holds the client key and the initramfs
+                # carries the guest's host key.
+                os.chmod(tmp, 0o700)
                 manifest = _build(name, definition, kernel_package, packages, digest, tmp,
                                   debs_dir, init_script, apt, progress)
                 (tmp / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
