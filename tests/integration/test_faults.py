@@ -210,3 +210,12 @@ def test_artifacts_disk_fills_up_mid_run(tmp_path, clean_temp):
         assert again.outcome == Outcome.PASS, again.reasons
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_guest_that_panics_unexpectedly(tmp_path, clean_temp):
+    scenario = load_scenario(REPO / "tests" / "integration" / "negative" / "neg-unexpected-panic.yaml")
+    result, port = run(tmp_path, scenario=scenario)
+    assert result.outcome == Outcome.FAIL
+    assert "Kernel panic - not syncing" in " ".join(result.reasons)
+    assert result.phases["observe"] < 10  # seen through pvpanic, not by waiting out the 60 s deadline
+    assert_nothing_left(result, port)
