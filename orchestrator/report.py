@@ -27,6 +27,8 @@ class ScenarioResult:
     injection: dict | None = None
     description: str = ""
     qemu_pid: int | None = None
+    image: str | None = None
+    kernel_release: str | None = None
 
     @property
     def duration(self) -> float:
@@ -52,6 +54,8 @@ class ScenarioResult:
             "probe": {"ready": ev.ready, "result": ev.probe_result, "exit_status": ev.probe_exit_status} if ev else None,
             "artifacts": str(self.artifacts),
             "qemu_pid": self.qemu_pid,
+            "image": self.image,
+            "kernel_release": self.kernel_release,
         }
 
 

@@ -130,6 +130,10 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                               cache_root=cache_root, progress=reporter.note)
             probe_binary = probe_build.build_probe(cache_root / "probe")
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
+            scenario, variant = scenario.for_kernel(guest_image.kernel_release)
+            result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
+            if variant is not None:
+                phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
         with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel,
                        extra_cmdline=options.extra_cmdline) as guest:
             phases.context.guest = guest

@@ -6,7 +6,8 @@ use it too. Every error is one line naming the file, the line and the key.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,13 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class KernelVariant:
+    condition: str          # e.g. ">=6.12"
+    because: str
+    expect: Expectations    # the whole effective expectation on matching kernels
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
@@ -114,6 +122,38 @@ class Scenario:
     inject: InjectSpec
     expect: Expectations
     timeouts: Timeouts = field(default_factory=Timeouts)
+    kernel_variants: tuple[KernelVariant, ...] = ()
+
+    def for_kernel(self, release: str) -> tuple["Scenario", KernelVariant | None]:
+        """This scenario with the expectations that hold on kernel `release` (e.g. '6.12.117+deb12-amd64')."""
+        chosen = None
+        for variant in self.kernel_variants:
+            if kernel_matches(variant.condition, release):
+                chosen = variant
+        if chosen is None:
+            return self, None
+        return replace(self, expect=chosen.expect), chosen
+
+
+_VERSION = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+_CONDITION = re.compile(r"^(>=|<=|>|<|==)?(\d+(?:\.\d+){0,2})$")
+
+
+def kernel_version(release: str) -> tuple[int, int, int]:
+    match = _VERSION.match(release)
+    if not match:
+        raise ValueError(f"cannot read a version from kernel release {release!r}")
+    return tuple(int(part or 0) for part in match.groups())  # type: ignore[return-value]
+
+
+def kernel_matches(condition: str, release: str) -> bool:
+    """'>=6.12' against '6.12.117+deb12-amd64'; a bare '6.1' means that major.minor series."""
+    op, version = _CONDITION.match(condition).groups()
+    want = tuple(int(p) for p in version.split("."))
+    have = kernel_version(release)[:len(want)] if not op else kernel_version(release)
+    want = want + (0,) * (3 - len(want)) if op else want
+    return {None: have == want, "==": have == want, ">=": have >= want, "<=": have <= want,
+            ">": have > want, "<": have < want}[op]
 
 
 # JSON Schema calls 512.0 an integer; for addresses and counts it is not one.
@@ -278,16 +318,21 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         fail(("inject", "page_offset"), f"page {probe.target + inject.page_offset} is not one of the probe's "
                                         f"{probe.pages} pages (target {probe.target})")
     expect = _expectations(data["expect"])
-    if expect.guest == "panic":
-        for key in ("sigbus", "page_poisoned", "hardware_corrupted_kb", "other_pages_intact"):
-            if getattr(expect, key) is not None:
-                fail(("expect", key), "cannot be checked when the guest is expected to panic (only kernel_log, "
+    variants = tuple(
+        KernelVariant(v["kernel"], " ".join(v["because"].split()), _expectations({**data["expect"], **v["expect"]}))
+        for v in data.get("kernel_variants", ()))
+    for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
+        if e.guest == "panic":
+            for key in ("sigbus", "page_poisoned", "hardware_corrupted_kb", "other_pages_intact"):
+                if getattr(e, key) is not None:
+                    fail(at + (key,), "cannot be checked when the guest is expected to panic (only kernel_log, "
                                       "kernel_log_absent and memory_failure_event can)")
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 
     return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
-                    probe=probe, inject=inject, expect=expect, timeouts=Timeouts(**data.get("timeouts", {})))
+                    probe=probe, inject=inject, expect=expect, timeouts=Timeouts(**data.get("timeouts", {})),
+                    kernel_variants=variants)
 
 
 def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
