@@ -59,8 +59,7 @@ def _inject_in_user_loop(monitor: Monitor, command: str, address: int, cpu: int,
         attempts += 1
         monitor.hmp("stop")
         try:
-            monitor.hmp(f"cpu {cpu}")
-            cpl, rip = parse_registers(monitor.hmp_query("info registers"))
+            cpl, rip = parse_registers(monitor.hmp_query("info registers", cpu=cpu))
             if cpl == 3 and loop[0] <= rip < loop[1]:
                 monitor.hmp(command)
                 return Injection(command, address, attempts, rip)

@@ -25,6 +25,7 @@ class QemuConfig:
     qemu_binary: str = "qemu-system-x86_64"
     extra_cmdline: str = ""
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
+    disk: Path | None = None      # a raw image, the guest's /dev/vda
 
 
 def cpu_model(accel: str) -> str:
@@ -57,6 +58,10 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "pvpanic-pci",
     ]
+    if c.disk is not None:
+        # cache=unsafe: the disk is thrown away after the run; speed over durability.
+        argv += ["-drive", f"file={c.disk},if=none,id=disk0,format=raw,cache=unsafe",
+                 "-device", "virtio-blk-pci,drive=disk0"]
     if c.firmware is not None:
         argv += ["-bios", str(c.firmware)]
     return argv

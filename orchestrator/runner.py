@@ -11,6 +11,9 @@ import contextlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -36,6 +39,8 @@ GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/mo
                  "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
 _PART = "==== mce-orchestrator part ===="
 BANNER_FALLBACK_S = 10.0
+GUEST_MOUNT = "/mnt"
+PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
@@ -119,6 +124,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     result = ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
+    stack = contextlib.ExitStack()
     try:
         if free < MIN_FREE_ARTIFACT_BYTES:
             # Refused up front: a console log that cannot be written would hide everything.
@@ -134,8 +140,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
             if variant is not None:
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
+        disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
         with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel,
-                       extra_cmdline=options.extra_cmdline) as guest:
+                       extra_cmdline=options.extra_cmdline, disk=disk) as guest:
             phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev)
@@ -166,6 +173,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         (artifacts / "traceback.txt").write_text(traceback.format_exc())
         result.error = HarnessError(phases.current or "run", f"internal error {exc!r}; traceback in {artifacts / 'traceback.txt'}")
     finally:
+        stack.close()  # the scratch disk goes, whatever happened
         result.phases = phases.seconds
         result.injection = asdict(injection) if injection else None
         try:
@@ -221,17 +229,27 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
             setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
                                         for key, value in scenario.guest.sysctl]
+            setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
+            if scenario.guest.disk_mib:
+                setup.append(f"mount -t ext4 /dev/vda {GUEST_MOUNT}")
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
             ev.hardware_corrupted_kb_before = _hardware_corrupted(output)
 
         with phases("locate"):
             p = scenario.probe
             command = (f"{probe_build.REMOTE_PATH} --pages {p.pages} --target {p.target} --mode {p.mode} "
-                       f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)}")
+                       f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)} --memory {p.memory} "
+                       f"--processes {p.processes}"
+                       + (f" --file {PROBE_FILE} --file-state {p.file_state}" if p.memory == "file" else "")
+                       + (" --free-target" if p.free_target else ""))
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe
             ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            if p.memory == "thp" and not ev.ready["thp"]:
+                raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
+            if p.memory == "hugetlb" and not ev.ready["huge"]:
+                raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
             address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
             phases.notes["locate"] = (f"target VA {ev.ready['va']} PFN {ev.ready['pfn']:#x} "
@@ -241,10 +259,15 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
             if p.mode == "busy":
                 time.sleep(0.05)  # let the probe reach its loop before the first look
             loop = (int(ev.ready["loop_start"], 16), int(ev.ready["loop_end"], 16))
-            injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu, address=address,
-                               broadcast=scenario.inject.broadcast, limits=guest.limits,
-                               deadline=Deadline(t.inject, "inject"),
-                               user_loop=loop if scenario.inject.gate == "user-mode" else None)
+            deadline = Deadline(t.inject, "inject")
+            for n in range(scenario.inject.count):
+                if n:
+                    # The next one only once the kernel has logged the one before.
+                    _wait_console(guest, f"Memory failure: {address >> 12:#x}", deadline, occurrences=n)
+                injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
+                                   address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
+                                   deadline=deadline,
+                                   user_loop=loop if scenario.inject.gate == "user-mode" else None)
             phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else "")
 
         try:
@@ -261,6 +284,23 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
         if ssh.reconnects:
             phases.reporter.note(f"SSH connection dropped and was re-established {ssh.reconnects} time(s)")
         ssh.close()
+
+
+@contextlib.contextmanager
+def _scratch_disk(size_mib: int):
+    """A fresh ext4 image in a private temporary folder, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="mce-disk-"))
+    try:
+        disk = folder / "disk.img"
+        with disk.open("wb") as f:
+            f.truncate(size_mib << 20)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "mce-scratch", str(disk)],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise HarnessError("boot", f"mkfs.ext4 failed: {(made.stderr.strip() or 'no output').splitlines()[0]}")
+        yield disk
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_bytes(path: Path) -> int:
@@ -297,9 +337,9 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
     elif scenario.probe.mode == "wait":
         # The kernel logs its result after it has signalled early-kill victims,
         # so once the line is on the console the probe can be asked to go on.
-        _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline)
-        if scenario.probe.after_inject == "touch" and not down():
-            probe.send("touch")
+        _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
+                      occurrences=scenario.inject.count)
+        _run_steps(scenario.probe.after_inject, probe, ev, deadline, down)
     why_down = down()
     if why_down:
         # Nothing more comes over SSH: the console is the kernel log now.
@@ -313,6 +353,25 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
         ev.kernel_log = guest.console_log.read_text(errors="replace")
 
 
+STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
+
+
+def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ev: Evidence, deadline: Deadline, down) -> None:
+    """Each step is a probe command; its answer goes into the evidence. A SIGBUS
+    (or the guest going down) ends the sequence: the probe has reported and gone."""
+    for step in steps:
+        if down() or not probe.send(step):
+            return
+        try:
+            answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)
+        except HarnessError:
+            return  # the evidence gathering that follows says what is missing
+        if answer["event"] == "result":
+            probe.pushback(answer)
+            return
+        ev.steps.append(answer)
+
+
 def _guest_down(guest: QemuGuest) -> str | None:
     """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
     events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
@@ -323,9 +382,9 @@ def _guest_down(guest: QemuGuest) -> str | None:
     return guest.died()
 
 
-def _wait_console(guest: QemuGuest, text: str, deadline: Deadline) -> bool:
+def _wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1) -> bool:
     while not deadline.expired():
-        if text in guest.console_log.read_text(errors="replace"):
+        if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
             return True
         if _guest_down(guest):
             return False
@@ -338,7 +397,12 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     try:
         if send_report:
             probe.send("report")
-        ev.probe_result = probe.read_event({"result"}, deadline, "observe", abort=abort)
+        while True:
+            result = probe.read_event({"result"}, deadline, "observe", abort=abort)
+            if result.get("process") != "child":
+                ev.probe_result = result
+                break
+            ev.child_results.append(result)
     except ProbeExited as exc:
         ev.probe_exit_status = exc.status
         ev.unavailable["probe result"] = exc.message

@@ -45,6 +45,8 @@ class GuestSpec:
     vcpus: int = 1
     machine: str = "pc"
     sysctl: tuple[tuple[str, int], ...] = ()
+    disk_mib: int | None = None    # an ext4 disk mounted at /mnt
+    sysfs: tuple[tuple[str, str], ...] = ()   # (path under /sys, value), written in order
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,11 @@ class ProbeSpec:
     target: int = 1
     mode: Literal["wait", "busy"] = "wait"
     cpu: int = 0
-    after_inject: Literal["touch", "wait"] = "wait"
+    after_inject: tuple[str, ...] = ()   # steps after the injection; () = wait for a signal
+    memory: str = "anon"
+    file_state: str = "dirty"
+    processes: int = 1
+    free_target: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class InjectSpec:
     page_offset: int = 0
     address: int | None = None
     gate: Literal["user-mode", "none"] = "none"
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class Expectations:
     memory_failure_event: EventExpectation | Literal["none"] | None = None
     other_pages_intact: bool | None = None
     guest: Literal["alive", "panic"] = "alive"
+    fsync: tuple[str, ...] | None = None
+    reread: str | None = None
+    collapse: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,8 +316,17 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         vcpus=guest_data.get("vcpus", GuestSpec.vcpus),
         machine=guest_data.get("machine", GuestSpec.machine),
         sysctl=tuple(sorted(guest_data.get("sysctl", {}).items())),
+        disk_mib=guest_data.get("disk", {}).get("size_mib"),
+        sysfs=tuple((path, str(value)) for path, value in guest_data.get("sysfs", {}).items()),
     )
-    probe = ProbeSpec(**data.get("probe", {}))
+    probe_data = dict(data.get("probe", {}))
+    steps = probe_data.pop("after_inject", "wait")
+    probe = ProbeSpec(after_inject=() if steps == "wait" else (steps,) if isinstance(steps, str) else tuple(steps),
+                      **probe_data)
+    if probe.memory == "file" and guest.disk_mib is None:
+        fail(("probe", "memory"), "memory: file needs guest.disk (the file lives on the guest's ext4 disk)")
+    if probe.memory in ("hugetlb", "thp") and probe.pages % 512:
+        fail(("probe", "pages"), f"{probe.pages} is not a multiple of 512 (2 MiB pages of {probe.memory})")
     if probe.target >= probe.pages:
         fail(("probe", "target"), f"page {probe.target} does not exist (the probe has {probe.pages} pages)")
     if probe.cpu >= guest.vcpus:
@@ -358,7 +377,7 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
             fail(("inject", "address"), f"{address:#x} is outside guest RAM ({ram})")
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
     return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
-                      page_offset=d.get("page_offset", 0), address=address, gate=gate)
+                      page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1))
 
 
 def _expectations(d: dict) -> Expectations:
@@ -374,6 +393,7 @@ def _expectations(d: dict) -> Expectations:
         kernel_log=tuple(d.get("kernel_log", ())), kernel_log_absent=tuple(d.get("kernel_log_absent", ())),
         memory_failure_event=event, other_pages_intact=d.get("other_pages_intact"),
         guest=d.get("guest", "alive"),
+        fsync=tuple(d["fsync"]) if "fsync" in d else None, reread=d.get("reread"), collapse=d.get("collapse"),
     )
 
 

@@ -201,7 +201,12 @@ class RemoteProcess:
         self._channel = channel
         self.command = command
         self._buffer = b""
+        self._pending: list[dict] = []
         self.transcript: list[str] = []
+
+    def pushback(self, message: dict) -> None:
+        """Hand a message already read back to the next read_event."""
+        self._pending.append(message)
 
     def send(self, line: str) -> bool:
         """Send a command line; False when the probe has already gone (it exits after a SIGBUS report)."""
@@ -219,6 +224,10 @@ class RemoteProcess:
         `abort` is asked between reads; a reason it returns (the guest panicked)
         ends the wait at once instead of at the deadline.
         """
+        for message in list(self._pending):
+            if message.get("event") in names:
+                self._pending.remove(message)
+                return message
         while True:
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)

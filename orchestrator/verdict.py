@@ -20,6 +20,8 @@ class Evidence:
     ready: dict | None = None              # the probe's "ready" report (va, pfn, gpa, pages...)
     injected_address: int | None = None
     probe_result: dict | None = None       # the probe's "result" report
+    child_results: list[dict] = field(default_factory=list)  # the forked child's, with processes: 2
+    steps: list[dict] = field(default_factory=list)          # answers to fsync/reread/collapse/touch
     probe_exit_status: int | None = None   # when the probe ended without a result
     kpageflags: int | None = None
     hardware_corrupted_kb_before: int | None = None
@@ -73,6 +75,17 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     checks = [_check_guest(expect, ev)]
     if expect.sigbus is not None:
         checks.append(_check_sigbus(expect, ev))
+        if ev.ready and ev.ready.get("processes", 1) > 1:
+            checks.append(_check_children(expect, ev))
+    if expect.fsync is not None:
+        got = [step.get("result") for step in ev.steps if step.get("event") == "fsync"]
+        checks.append(_compare("fsync results", list(expect.fsync), got))
+    if expect.reread is not None:
+        got = [step.get("result") for step in ev.steps if step.get("event") == "reread"]
+        checks.append(_compare("reread", expect.reread, got[-1] if got else None))
+    if expect.collapse is not None:
+        got = [step.get("result") for step in ev.steps if step.get("event") == "collapse"]
+        checks.append(_compare("MADV_COLLAPSE", expect.collapse, got[-1] if got else None))
     if expect.other_pages_intact is not None:
         checks.append(_check_intact(expect.other_pages_intact, ev))
     if expect.page_poisoned is not None:
@@ -113,8 +126,25 @@ def _si_page(addr: int, lsb: int) -> int:
     return addr >> max(lsb, PAGE_SHIFT)
 
 
-def _check_sigbus(expect: Expectations, ev: Evidence) -> Check:
-    result = ev.probe_result
+def _compare(name: str, want, got) -> Check:
+    if got is None or got == []:
+        return _fail(name, f"expected {want}, but the probe never answered that step (it may have been signalled)")
+    return _ok(name, f"{got}") if got == want else _fail(name, f"got {got}, expected {want}")
+
+
+def _check_children(expect: Expectations, ev: Evidence) -> Check:
+    wanted = ev.ready.get("processes", 1) - 1
+    if len(ev.child_results) < wanted:
+        return _fail("sigbus (child)", f"{len(ev.child_results)} of {wanted} child processes reported")
+    verdicts = [_check_sigbus(expect, ev, result) for result in ev.child_results]
+    bad = [v.detail for v in verdicts if v.outcome != Outcome.PASS]
+    if bad:
+        return _fail("sigbus (child)", "; ".join(bad))
+    return _ok("sigbus (child)", "; ".join(v.detail for v in verdicts))
+
+
+def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None) -> Check:
+    result = result if result is not None else ev.probe_result
     if result is None:
         if ev.probe_exit_status is not None:
             return _fail("sigbus", f"the probe died (exit status {ev.probe_exit_status}) before reporting")

@@ -80,8 +80,11 @@ class Monitor:
             raise MonitorError(f"HMP '{line}' failed: {reply.strip()}")
         return reply
 
-    def hmp_query(self, line: str, timeout: float = 10) -> str:
-        reply = self.execute("human-monitor-command", {"command-line": line}, timeout)
+    def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
+        # Each call gets a fresh HMP monitor, so an earlier "cpu N" does not carry
+        # over: the vCPU a command is about goes with the same call.
+        arguments = {"command-line": line} if cpu is None else {"command-line": line, "cpu-index": cpu}
+        reply = self.execute("human-monitor-command", arguments, timeout)
         assert isinstance(reply, str)
         return reply
 

@@ -46,13 +46,14 @@ def tail(path: Path, lines: int = 20) -> str:
 
 class QemuGuest:
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
-                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = ""):
+                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None):
         self.image = image
         self.spec = spec
         self.artifacts = artifacts
         self.accel = accel or qemu_args.host_accel()
         self.qemu_binary = qemu_binary
         self.extra_cmdline = extra_cmdline
+        self.disk = disk
         self.console_log = artifacts / "console.log"
         self.ssh_port = 0
         self.monitor: Monitor | None = None
@@ -90,7 +91,7 @@ class QemuGuest:
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, memory_mib=self.spec.memory_mib,
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
-            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline,
+            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk,
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
         self.argv = qemu_args.build_argv(config)
         (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")

@@ -1,21 +1,35 @@
 /*
  * Guest-side probe for the MCE orchestrator.
  *
- * Allocates target memory, reports where it lives (VA, PFN, GPA) and waits for
- * the orchestrator; catches SIGBUS with SA_SIGINFO and reports what the kernel
- * delivered. Static, so it runs on any x86_64 Linux guest. Output is one JSON
- * object per line on stdout; commands arrive one per line on stdin.
+ * Allocates target memory of a chosen kind, reports where it lives (VA, PFN,
+ * GPA) and waits for the orchestrator; catches SIGBUS with SA_SIGINFO and
+ * reports what the kernel delivered. Static, so it runs on any x86_64 Linux
+ * guest. Output is one JSON object per line on stdout; commands arrive one per
+ * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
+ *         [--memory anon|mlock|shmem|hugetlb|thp|file] [--file PATH]
+ *         [--file-state clean|dirty] [--processes 1|2] [--free-target]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *
  * Modes:
- *   wait  report "ready", then obey stdin: "touch" reads every page (late kill
- *         shows up here), "report" finishes. A SIGBUS that arrives while waiting
- *         (early kill, BUS_MCEERR_AO) ends the wait.
+ *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
+ *         waiting (early kill, BUS_MCEERR_AO) ends the wait.
  *   busy  report "ready", then read the target page in a tight loop between the
  *         symbols busy_loop_start/busy_loop_end, so the orchestrator can check
  *         that the vCPU is in this loop (user mode) before an SRAR.
+ * Commands: touch (read every page: late kill shows up here), fsync (msync +
+ * fsync of a file mapping), reread (pread the target page of the file),
+ * collapse (MADV_COLLAPSE over the mapping), report (finish).
+ *
+ * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
+ * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
+ * thp (anonymous, 2 MiB aligned, MADV_HUGEPAGE), file (a MAP_SHARED mapping of
+ * PATH, written and synced first; clean: mapped read-only, dirty: rewritten
+ * through the mapping and not synced).
+ * --processes 2 forks a child that shares the pages (copy-on-write, none
+ * written after the fork) and reports its own result; --free-target unmaps
+ * the target page after reporting its PFN (a page the kernel has freed).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +52,17 @@
 #ifndef BUS_MCEERR_AO
 #define BUS_MCEERR_AO 5
 #endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+#define HUGE_SIZE (2UL << 20)
+#define KPF_HUGE 17
+#define KPF_THP 22
+/* Patterns: what was written and synced to the file (and to every other
+ * kind of memory), and what a dirty file page holds on top of it. */
+#define ON_DISK 0
+#define UNSYNCED 1000
 
 extern char busy_loop_start[], busy_loop_end[];
 
@@ -44,6 +70,15 @@ static sigjmp_buf recover;
 static volatile sig_atomic_t got_sigbus, got_alarm;
 static volatile int sig_code, sig_lsb;
 static void *volatile sig_addr;
+
+/* File scope, so siglongjmp cannot clobber them. */
+static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, free_target;
+static const char *memory = "anon", *file_path, *file_state = "dirty";
+static volatile int touched;
+static int file_fd = -1, generation = ON_DISK, is_child;
+static unsigned char *mem;
+static size_t mem_size;
+static long page_size;
 
 static void on_sigbus(int sig, siginfo_t *info, void *uctx)
 {
@@ -78,7 +113,7 @@ static void fail(const char *what)
 }
 
 /* Bits 0-54 of a pagemap entry are the PFN (visible to root only), bit 63 "present". */
-static uint64_t pfn_of(int pagemap, void *va, long page_size)
+static uint64_t pfn_of(int pagemap, void *va)
 {
     uint64_t entry;
     off_t off = (off_t)((uintptr_t)va / page_size) * sizeof(entry);
@@ -89,18 +124,36 @@ static uint64_t pfn_of(int pagemap, void *va, long page_size)
     return entry & ((1ULL << 55) - 1);
 }
 
+static int kpageflags_of(uint64_t pfn, unsigned long long *flags)
+{
+    int fd = open("/proc/kpageflags", O_RDONLY);
+    int ok = fd >= 0 && pread(fd, flags, sizeof(*flags), (off_t)(pfn * sizeof(*flags))) == sizeof(*flags);
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+static int print_kpageflags(const char *arg)
+{
+    unsigned long long pfn = strtoull(arg, NULL, 0), flags;
+    if (!kpageflags_of(pfn, &flags))
+        fail("read /proc/kpageflags");
+    printf("{\"event\":\"kpageflags\",\"pfn\":%llu,\"flags\":%llu}\n", pfn, flags);
+    return 0;
+}
+
 static unsigned char pattern(int page, size_t i)
 {
     return (unsigned char)(0x5a ^ (page * 31) ^ (i & 0xff));
 }
 
-static void fill(unsigned char *p, int page, long page_size)
+static void fill(unsigned char *p, int page)
 {
     for (long i = 0; i < page_size; i++)
         p[i] = pattern(page, i);
 }
 
-static int intact(const unsigned char *p, int page, long page_size)
+static int holds(const unsigned char *p, int page)
 {
     for (long i = 0; i < page_size; i++)
         if (p[i] != pattern(page, i))
@@ -120,8 +173,23 @@ static const char *code_name(int code)
     }
 }
 
+static const char *errno_name(int e)
+{
+    switch (e) {
+    case 0: return "ok";
+    case EIO: return "EIO";
+    case EINVAL: return "EINVAL";
+    case EAGAIN: return "EAGAIN";
+    case ENOMEM: return "ENOMEM";
+    case EBUSY: return "EBUSY";
+    case EFAULT: return "EFAULT";
+    case EHWPOISON: return "EHWPOISON";
+    default: return "other";
+    }
+}
+
 /* Reads the target forever; leaves only through SIGBUS or SIGALRM. */
-static void busy_read(volatile unsigned char *target)
+static void busy_read(volatile unsigned char *target_va)
 {
     __asm__ volatile(
         ".globl busy_loop_start\n"
@@ -130,54 +198,190 @@ static void busy_read(volatile unsigned char *target)
         "   jmp 1b\n"
         ".globl busy_loop_end\n"
         "busy_loop_end:\n"
-        : : "r"(target) : "rax", "memory");
+        : : "r"(target_va) : "rax", "memory");
 }
 
-static int print_kpageflags(const char *arg)
+static int poisoned_page(int p)
 {
-    unsigned long long pfn = strtoull(arg, NULL, 0), flags;
-    int fd = open("/proc/kpageflags", O_RDONLY);
-    if (fd < 0)
-        fail("open /proc/kpageflags");
-    if (pread(fd, &flags, sizeof(flags), (off_t)(pfn * sizeof(flags))) != sizeof(flags))
-        fail("pread /proc/kpageflags");
-    printf("{\"event\":\"kpageflags\",\"pfn\":%llu,\"flags\":%llu}\n", pfn, flags);
-    return 0;
+    /* A huge page is poisoned whole: every subpage in si_addr_lsb's range is off limits. */
+    int lsb = sig_lsb > 12 ? sig_lsb : 12;
+    uintptr_t addr = (uintptr_t)(mem + p * page_size);
+    return (got_sigbus && ((addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target)) ||
+           (free_target && p == target);
 }
 
-/* File scope, so siglongjmp cannot clobber them. */
-static int pages = 4, target = 1, cpu = -1, timeout = 60, busy;
-static volatile int touched;
-
-static void print_page_list(const char *key, unsigned char *mem, long page_size,
-                            uintptr_t skip, int want_intact)
+static void print_page_list(const char *key, int want_intact)
 {
     int first = 1;
     printf(",\"%s\":[", key);
     for (int p = 0; p < pages; p++) {
-        unsigned char *page = mem + p * page_size;
-        if ((uintptr_t)page == skip || (got_sigbus && p == target))
+        if (poisoned_page(p))
             continue;
-        if (intact(page, p, page_size) == want_intact)
+        if (holds(mem + p * page_size, p + generation) == want_intact)
             printf("%s%d", first ? "" : ",", p), first = 0;
     }
     printf("]");
 }
 
-static void announce_ready(unsigned char *mem, long page_size, unsigned char *target_va,
-                           uint64_t target_pfn, int pagemap)
+static unsigned char *map_memory(void)
 {
-    printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,"
-           "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,"
+    int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strcmp(memory, "thp");
+    if (huge && (pages % (HUGE_SIZE / page_size))) {
+        fprintf(stderr, "probe: --memory %s needs --pages in multiples of %lu\n", memory, HUGE_SIZE / page_size);
+        exit(2);
+    }
+    mem_size = pages * page_size;
+    unsigned char *p;
+    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock")) {
+        p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        /* 4 KiB pages only: a THP would turn a page failure into a split first. */
+        if (p != MAP_FAILED)
+            madvise(p, mem_size, MADV_NOHUGEPAGE);
+    } else if (!strcmp(memory, "shmem")) {
+        p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    } else if (!strcmp(memory, "hugetlb")) {
+        p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+    } else if (!strcmp(memory, "thp")) {
+        unsigned char *raw = mmap(NULL, mem_size + HUGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == MAP_FAILED)
+            fail("mmap");
+        p = (unsigned char *)(((uintptr_t)raw + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1));
+        if (madvise(p, mem_size, MADV_HUGEPAGE))
+            fail("madvise MADV_HUGEPAGE");
+    } else if (!strcmp(memory, "file")) {
+        if (!file_path) {
+            fprintf(stderr, "probe: --memory file needs --file PATH\n");
+            exit(2);
+        }
+        file_fd = open(file_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+        if (file_fd < 0)
+            fail("open --file");
+        unsigned char *buf = malloc(page_size);
+        for (int i = 0; i < pages; i++) {
+            fill(buf, i + ON_DISK);
+            if (write(file_fd, buf, page_size) != page_size)
+                fail("write --file");
+        }
+        free(buf);
+        /* On disk, then out of the page cache: the mapping faults in clean pages. */
+        if (fsync(file_fd) || posix_fadvise(file_fd, 0, 0, POSIX_FADV_DONTNEED))
+            fail("fsync/fadvise --file");
+        int dirty = !strcmp(file_state, "dirty");
+        p = mmap(NULL, mem_size, dirty ? prot : PROT_READ, MAP_SHARED, file_fd, 0);
+        if (p != MAP_FAILED) {
+            for (int i = 0; i < pages; i++)
+                (void)*(volatile unsigned char *)(p + i * page_size);
+            if (dirty)
+                generation = UNSYNCED;
+        }
+        if (p == MAP_FAILED)
+            fail("mmap --file");
+        return p;
+    } else {
+        fprintf(stderr, "probe: unknown memory kind %s\n", memory);
+        exit(2);
+    }
+    if (p == MAP_FAILED)
+        fail("mmap");
+    return p;
+}
+
+static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pagemap)
+{
+    unsigned long long flags = 0;
+    int have_flags = kpageflags_of(target_pfn, &flags);
+    printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
+           "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
+           "\"huge\":%s,\"thp\":%s,\"freed\":%s,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
-           getpid(), page_size, target, (void *)target_va,
-           (unsigned long long)target_pfn,
-           (unsigned long long)target_pfn * page_size, cpu,
+           getpid(), page_size, target, memory, (void *)target_va,
+           (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
+           have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
+           have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
+           free_target ? "true" : "false",
            (void *)busy_loop_start, (void *)busy_loop_end);
     for (int p = 0; p < pages; p++)
         printf("%s{\"va\":\"%p\",\"pfn\":%llu}", p ? "," : "", (void *)(mem + p * page_size),
-               (unsigned long long)pfn_of(pagemap, mem + p * page_size, page_size));
+               (unsigned long long)pfn_of(pagemap, mem + p * page_size));
     printf("]}\n");
+}
+
+static void touch_all(void)
+{
+    touched = 1;
+    for (int p = 0; p < pages; p++)
+        if (!(free_target && p == target))
+            (void)*(volatile unsigned char *)(mem + p * page_size);
+}
+
+static void do_fsync(void)
+{
+    errno = 0;
+    int rc = msync(mem, mem_size, MS_SYNC);
+    int msync_errno = rc ? errno : 0;
+    rc = file_fd >= 0 ? fsync(file_fd) : 0;
+    int fsync_errno = rc ? errno : 0;
+    /* The error is reported once per file: whichever call saw it is the result. */
+    printf("{\"event\":\"fsync\",\"result\":\"%s\",\"msync\":\"%s\",\"fsync\":\"%s\"}\n",
+           errno_name(msync_errno ? msync_errno : fsync_errno), errno_name(msync_errno), errno_name(fsync_errno));
+}
+
+static void do_reread(void)
+{
+    unsigned char *buf = malloc(page_size);
+    const char *what;
+    ssize_t n = file_fd >= 0 ? pread(file_fd, buf, page_size, (off_t)target * page_size) : -1;
+    if (file_fd < 0)
+        what = "no-file";
+    else if (n != page_size)
+        what = n < 0 ? errno_name(errno) : "short";
+    else if (holds(buf, target + ON_DISK))
+        what = "original";
+    else if (holds(buf, target + UNSYNCED))
+        what = "rewritten";
+    else
+        what = "other";
+    free(buf);
+    printf("{\"event\":\"reread\",\"result\":\"%s\"}\n", what);
+}
+
+static void do_collapse(void)
+{
+    int rc = madvise(mem, mem_size, MADV_COLLAPSE);
+    printf("{\"event\":\"collapse\",\"result\":\"%s\"}\n", errno_name(rc ? errno : 0));
+}
+
+static void report(double start, int children_ok)
+{
+    double elapsed = now_ms() - start;
+    printf("{\"event\":\"result\",\"process\":\"%s\",\"pid\":%d,\"sigbus\":%s,\"timeout\":%s,\"touched\":%s",
+           is_child ? "child" : "parent", getpid(), got_sigbus ? "true" : "false",
+           got_alarm ? "true" : "false", touched ? "true" : "false");
+    if (got_sigbus)
+        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"%p\",\"si_addr_lsb\":%d",
+               sig_code, code_name(sig_code), sig_addr, sig_lsb);
+    printf(",\"elapsed_ms\":%.1f", elapsed);
+    /* Never read back the page(s) the kernel reported: that would fault again. */
+    print_page_list("intact", 1);
+    print_page_list("corrupt", 0);
+    if (!is_child)
+        printf(",\"children_reported\":%d", children_ok);
+    printf("}\n");
+}
+
+/* The child shares the pages copy-on-write; it follows "touch" and "report"
+ * through a pipe from the parent, so only the parent reads stdin. */
+static void run_child(int from_parent, double start)
+{
+    is_child = 1;
+    if (sigsetjmp(recover, 1) == 0) {
+        char c;
+        while (read(from_parent, &c, 1) == 1)
+            if (c == 't')
+                touch_all();
+    }
+    report(start, 0);
+    exit(0);
 }
 
 int main(int argc, char **argv)
@@ -186,11 +390,17 @@ int main(int argc, char **argv)
         return print_kpageflags(argv[2]);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--pages") && v) pages = atoi(v), i++;
-        else if (!strcmp(a, "--target") && v) target = atoi(v), i++;
-        else if (!strcmp(a, "--cpu") && v) cpu = atoi(v), i++;
-        else if (!strcmp(a, "--timeout") && v) timeout = atoi(v), i++;
-        else if (!strcmp(a, "--mode") && v) {
+        if (!strcmp(a, "--free-target")) free_target = 1;
+        else if (!v) { fprintf(stderr, "probe: bad argument %s\n", a); return 2; }
+        else if (!strcmp(a, "--pages")) pages = atoi(v), i++;
+        else if (!strcmp(a, "--target")) target = atoi(v), i++;
+        else if (!strcmp(a, "--cpu")) cpu = atoi(v), i++;
+        else if (!strcmp(a, "--timeout")) timeout = atoi(v), i++;
+        else if (!strcmp(a, "--processes")) processes = atoi(v), i++;
+        else if (!strcmp(a, "--memory")) memory = v, i++;
+        else if (!strcmp(a, "--file")) file_path = v, i++;
+        else if (!strcmp(a, "--file-state")) file_state = v, i++;
+        else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "busy")) busy = 1;
             else if (strcmp(v, "wait")) { fprintf(stderr, "probe: unknown mode %s\n", v); return 2; }
             i++;
@@ -199,12 +409,12 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (pages < 1 || pages > 4096 || target < 0 || target >= pages) {
-        fprintf(stderr, "probe: need 0 <= target < pages <= 4096\n");
+    if (pages < 1 || pages > 4096 || target < 0 || target >= pages || processes < 1 || processes > 2) {
+        fprintf(stderr, "probe: need 0 <= target < pages <= 4096 and 1 <= processes <= 2\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
-    long page_size = sysconf(_SC_PAGESIZE);
+    page_size = sysconf(_SC_PAGESIZE);
 
     if (cpu >= 0) {
         cpu_set_t set;
@@ -225,28 +435,48 @@ int main(int argc, char **argv)
         fail("sigaction SIGBUS");
     signal(SIGALRM, on_alarm);
 
-    unsigned char *mem = mmap(NULL, pages * page_size, PROT_READ | PROT_WRITE,
-                              MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mem == MAP_FAILED)
-        fail("mmap");
-    /* 4 KiB pages only: a THP would turn a page failure into a split first. */
-    madvise(mem, pages * page_size, MADV_NOHUGEPAGE);
-    for (int p = 0; p < pages; p++)
-        fill(mem + p * page_size, p, page_size);
+    mem = map_memory();
+    if (strcmp(memory, "file"))
+        for (int p = 0; p < pages; p++)
+            fill(mem + p * page_size, p);
+    else if (generation == UNSYNCED)
+        for (int p = 0; p < pages; p++)
+            fill(mem + p * page_size, p + UNSYNCED);
+    if (!strcmp(memory, "mlock") && mlock(mem, mem_size))
+        fail("mlock");
 
     int pagemap = open("/proc/self/pagemap", O_RDONLY);
     if (pagemap < 0)
         fail("open /proc/self/pagemap");
     unsigned char *target_va = mem + target * page_size;
-    uint64_t target_pfn = pfn_of(pagemap, target_va, page_size);
+    uint64_t target_pfn = pfn_of(pagemap, target_va);
     if (!target_pfn)
         fail("target PFN not visible (not root, or page not present)");
 
     double start = now_ms();
+    int to_child = -1;
+    pid_t child = -1;
+    if (processes == 2) {
+        int fds[2];
+        if (pipe(fds))
+            fail("pipe");
+        fflush(stdout);
+        child = fork();
+        if (child < 0)
+            fail("fork");
+        if (child == 0) {
+            close(fds[1]);
+            run_child(fds[0], start);
+        }
+        close(fds[0]);
+        to_child = fds[1];
+    }
     /* Armed before "ready" goes out: the orchestrator injects as soon as it
      * reads that line, and a SIGBUS before sigsetjmp would jump nowhere. */
     if (sigsetjmp(recover, 1) == 0) {
-        announce_ready(mem, page_size, target_va, target_pfn, pagemap);
+        announce_ready(target_va, target_pfn, pagemap);
+        if (free_target && munmap(target_va, page_size))
+            fail("munmap target");
         alarm(timeout);
         if (busy) {
             busy_read(target_va);
@@ -254,10 +484,16 @@ int main(int argc, char **argv)
             char line[64];
             while (fgets(line, sizeof(line), stdin)) {
                 if (!strncmp(line, "touch", 5)) {
-                    touched = 1;
-                    for (int p = 0; p < pages; p++)
-                        (void)*(volatile unsigned char *)(mem + p * page_size);
+                    if (to_child >= 0 && write(to_child, "t", 1) != 1)
+                        fail("write to child");
+                    touch_all();
                     printf("{\"event\":\"touched\"}\n");
+                } else if (!strncmp(line, "fsync", 5)) {
+                    do_fsync();
+                } else if (!strncmp(line, "reread", 6)) {
+                    do_reread();
+                } else if (!strncmp(line, "collapse", 8)) {
+                    do_collapse();
                 } else if (!strncmp(line, "report", 6)) {
                     break;
                 }
@@ -265,19 +501,13 @@ int main(int argc, char **argv)
         }
     }
     alarm(0);
-    double elapsed = now_ms() - start;
-
-    /* Never read back the page the kernel reported: that would fault again. */
-    uintptr_t bad_page = got_sigbus ? ((uintptr_t)sig_addr & ~(uintptr_t)(page_size - 1)) : 0;
-    printf("{\"event\":\"result\",\"sigbus\":%s,\"timeout\":%s,\"touched\":%s",
-           got_sigbus ? "true" : "false", got_alarm ? "true" : "false",
-           touched ? "true" : "false");
-    if (got_sigbus)
-        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"%p\",\"si_addr_lsb\":%d",
-               sig_code, code_name(sig_code), sig_addr, sig_lsb);
-    printf(",\"elapsed_ms\":%.1f", elapsed);
-    print_page_list("intact", mem, page_size, bad_page, 1);
-    print_page_list("corrupt", mem, page_size, bad_page, 0);
-    printf("}\n");
+    int children_ok = 0;
+    if (child > 0) {
+        int status;
+        close(to_child);  /* EOF: the child reports and exits */
+        if (waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0)
+            children_ok = 1;
+    }
+    report(start, children_ok);
     return 0;
 }

@@ -32,8 +32,8 @@ class FakeMonitor:
         self.sent.append(line)
         return ""
 
-    def hmp_query(self, line, timeout=10):
-        self.sent.append(line)
+    def hmp_query(self, line, timeout=10, cpu=None):
+        self.sent.append(f"{line} (cpu {cpu})")
         return self.registers.pop(0) if len(self.registers) > 1 else self.registers[0]
 
 
@@ -42,6 +42,8 @@ def test_gated_injection_waits_for_user_mode_in_the_loop():
     result = inject(monitor, mce.PRESETS["srar"], cpu=0, address=0x5000, broadcast=False, limits=LIMITS,
                     deadline=Deadline(5, "inject"), user_loop=(0x401B8D, 0x401B91))
     assert result.attempts == 3 and result.rip == 0x401B8D
+    # The registers looked at are the target vCPU's, in the same monitor call.
+    assert monitor.sent.count("info registers (cpu 0)") == 3
     mce_lines = [s for s in monitor.sent if s.startswith("mce ")]
     assert mce_lines == ["mce 0 9 0xbd80000000000134 0x7 0x5000 0x8c"]
     # The MCE is sent while stopped, and every stop is followed by cont.
@@ -63,3 +65,21 @@ def test_invalid_address_is_refused_before_anything_is_sent():
         inject(monitor, mce.PRESETS["srao"], cpu=0, address=1 << 30, broadcast=False, limits=LIMITS,
                deadline=Deadline(1, "inject"), user_loop=None)
     assert monitor.sent == []
+
+
+class PerCpuMonitor(FakeMonitor):
+    """vCPU 1 runs the probe's loop in user mode; vCPU 0 is in the kernel. Like QEMU,
+    a separate `cpu 1` command does not change what a later call looks at."""
+
+    def hmp_query(self, line, timeout=10, cpu=None):
+        self.sent.append(f"{line} (cpu {cpu})")
+        return REGS_USER if cpu == 1 else REGS_KERNEL
+
+
+def test_gate_looks_at_the_target_vcpu():
+    limits = mce.MceLimits(vcpus=2, banks=10, ram_ranges=((0, 512 << 20),))
+    monitor = PerCpuMonitor([])
+    result = inject(monitor, mce.PRESETS["srar"], cpu=1, address=0x5000, broadcast=True, limits=limits,
+                    deadline=Deadline(2, "inject"), user_loop=(0x401B8D, 0x401B91))
+    assert result.attempts == 1
+    assert "mce -b 1 9 0xbd80000000000134 0x7 0x5000 0x8c" in monitor.sent

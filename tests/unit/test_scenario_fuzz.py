@@ -84,3 +84,15 @@ def test_shell_metacharacters_never_reach_a_scenario():
             assert "not an allowed name" in str(exc) or "expected" in str(exc)
         else:
             raise AssertionError(f"accepted: {text!r}")
+
+
+def test_sysfs_paths_and_values_cannot_reach_a_shell():
+    base = "description: x\ninject: {preset: srao}\nexpect: {}\nguest:\n  sysfs:\n"
+    for bad in ["    /sys/../etc/passwd: 1\n", "    /etc/shadow: 1\n", "    /sys/x: 'a; reboot'\n",
+                "    /sys/x: '$(reboot)'\n", "    '/sys/x y': 1\n"]:
+        try:
+            parse_scenario(base + bad, PATH)
+        except ScenarioError:
+            continue
+        raise AssertionError(f"accepted: {bad!r}")
+    assert parse_scenario(base + "    /sys/kernel/mm/transparent_hugepage/enabled: madvise\n", PATH).guest.sysfs
