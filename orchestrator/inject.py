@@ -36,23 +36,29 @@ def parse_registers(text: str) -> tuple[int, int]:
 
 
 def inject(monitor: Monitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
-           limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None) -> Injection:
+           limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None,
+           kernel_mode: bool = False) -> Injection:
     try:
         mce.validate(fields, cpu=cpu, address=address, limits=limits)
     except mce.MceError as exc:
         raise HarnessError("inject", str(exc)) from None
     command = mce.hmp_command(fields, cpu=cpu, address=address, broadcast=broadcast)
     try:
+        if kernel_mode:
+            return _inject_when(monitor, command, address, cpu, deadline, "in kernel code",
+                                lambda cpl, rip: cpl == 0)
         if user_loop is None:
             monitor.hmp(command)
             return Injection(command, address, attempts=1)
-        return _inject_in_user_loop(monitor, command, address, cpu, user_loop, deadline)
+        return _inject_when(monitor, command, address, cpu, deadline, "in the probe's loop in user mode",
+                            lambda cpl, rip: cpl == 3 and user_loop[0] <= rip < user_loop[1])
     except MonitorError as exc:
         raise HarnessError("inject", str(exc)) from None
 
 
-def _inject_in_user_loop(monitor: Monitor, command: str, address: int, cpu: int,
-                         loop: tuple[int, int], deadline: Deadline) -> Injection:
+def _inject_when(monitor: Monitor, command: str, address: int, cpu: int, deadline: Deadline,
+                 where: str, ready) -> Injection:
+    """Stop the VM, look at the vCPU, inject only if ready(cpl, rip); cont either way."""
     attempts = 0
     last = "never looked"
     while not deadline.expired():
@@ -60,7 +66,7 @@ def _inject_in_user_loop(monitor: Monitor, command: str, address: int, cpu: int,
         monitor.hmp("stop")
         try:
             cpl, rip = parse_registers(monitor.hmp_query("info registers", cpu=cpu))
-            if cpl == 3 and loop[0] <= rip < loop[1]:
+            if ready(cpl, rip):
                 monitor.hmp(command)
                 return Injection(command, address, attempts, rip)
             last = f"CPL={cpl} RIP={rip:#x}"
@@ -68,5 +74,5 @@ def _inject_in_user_loop(monitor: Monitor, command: str, address: int, cpu: int,
             monitor.hmp("cont")
         # Let the vCPU run a little before looking again.
         deadline.sleep(min(0.002 * attempts, 0.05))
-    raise HarnessError("inject", f"vCPU {cpu} was never in the probe's loop in user mode "
+    raise HarnessError("inject", f"vCPU {cpu} was never {where} "
                                  f"({attempts} looks in {deadline.seconds:g} s; last {last})")

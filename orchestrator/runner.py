@@ -250,7 +250,8 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "hugetlb" and not ev.ready["huge"]:
                 raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
-            address = _injection_address(scenario, ev.ready)
+            address = (_kernel_code_page(ssh, Deadline(t.locate, "locate")) if scenario.inject.region == "kernel-code"
+                       else _injection_address(scenario, ev.ready))
             ev.injected_address = address
             phases.notes["locate"] = (f"target VA {ev.ready['va']} PFN {ev.ready['pfn']:#x} "
                                       f"GPA {ev.ready['gpa']}; injecting at {address:#x}")
@@ -261,13 +262,16 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
             loop = (int(ev.ready["loop_start"], 16), int(ev.ready["loop_end"], 16))
             deadline = Deadline(t.inject, "inject")
             for n in range(scenario.inject.count):
-                if n:
+                if n and scenario.inject.interval_s:
+                    deadline.sleep(scenario.inject.interval_s)
+                elif n:
                     # The next one only once the kernel has logged the one before.
                     _wait_console(guest, f"Memory failure: {address >> 12:#x}", deadline, occurrences=n)
                 injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
                                    address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
                                    deadline=deadline,
-                                   user_loop=loop if scenario.inject.gate == "user-mode" else None)
+                                   user_loop=loop if scenario.inject.gate == "user-mode" else None,
+                                   kernel_mode=scenario.inject.gate == "kernel-mode")
             phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else "")
 
         try:
@@ -321,9 +325,21 @@ def _init_reported_ready(guest: QemuGuest, since: float) -> bool:
     return images.READY_MARKER in console
 
 
+def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:
+    """The second page of 'Kernel code' in the guest's /proc/iomem (root sees real addresses)."""
+    for line in ssh.check("cat /proc/iomem", deadline, "locate").splitlines():
+        if line.strip().endswith("Kernel code"):
+            start = int(line.split("-")[0].strip(), 16)
+            if start:
+                return start + 0x1000
+    raise HarnessError("locate", "no 'Kernel code' range in the guest's /proc/iomem")
+
+
 def _injection_address(scenario: Scenario, ready: dict) -> int:
     if scenario.inject.address is not None:
         return scenario.inject.address
+    if scenario.inject.page_offset == 0:
+        return int(ready["gpa"], 16)  # known even when the probe has freed it since
     # A neighbour in the probe's own mapping: physically adjacent memory could be anything.
     page = ready["pages"][ready["target"] + scenario.inject.page_offset]
     return page["pfn"] * ready["page_size"]
@@ -334,6 +350,7 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
     down = lambda: _guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
         guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
+        _let_panic_print(guest, deadline)
     elif scenario.probe.mode == "wait":
         # The kernel logs its result after it has signalled early-kill victims,
         # so once the line is on the console the probe can be asked to go on.
@@ -342,6 +359,7 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
         _run_steps(scenario.probe.after_inject, probe, ev, deadline, down)
     why_down = down()
     if why_down:
+        _let_panic_print(guest, deadline)
         # Nothing more comes over SSH: the console is the kernel log now.
         ev.kernel_log = guest.console_log.read_text(errors="replace")
         ev.guest_answered_after = False
@@ -372,6 +390,17 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ev: Evidence, deadl
         ev.steps.append(answer)
 
 
+def _let_panic_print(guest: QemuGuest, deadline: Deadline) -> None:
+    """With -action panic=pause, a panic raised in machine-check context pauses
+    the guest before its text reaches the serial port: resume it briefly."""
+    if not guest.panicked() or guest.died():
+        return
+    with contextlib.suppress(Exception):
+        guest.monitor.execute("cont", timeout=2)
+    wait = Deadline(min(3.0, deadline.remaining()), "panic text")
+    _wait_console(guest, "Kernel panic", wait, stop_when_down=False)
+
+
 def _guest_down(guest: QemuGuest) -> str | None:
     """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
     events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
@@ -382,11 +411,12 @@ def _guest_down(guest: QemuGuest) -> str | None:
     return guest.died()
 
 
-def _wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1) -> bool:
+def _wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1,
+                  stop_when_down: bool = True) -> bool:
     while not deadline.expired():
         if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
             return True
-        if _guest_down(guest):
+        if stop_when_down and _guest_down(guest):
             return False
         deadline.sleep(0.02)
     return False

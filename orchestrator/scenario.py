@@ -70,8 +70,10 @@ class InjectSpec:
     broadcast: bool = False
     page_offset: int = 0
     address: int | None = None
-    gate: Literal["user-mode", "none"] = "none"
+    gate: Literal["user-mode", "kernel-mode", "none"] = "none"
     count: int = 1
+    region: Literal["probe", "kernel-code"] = "probe"
+    interval_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class Expectations:
     fsync: tuple[str, ...] | None = None
     reread: str | None = None
     collapse: str | None = None
+    huge_regions_after_collapse: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
                       **probe_data)
     if probe.memory == "file" and guest.disk_mib is None:
         fail(("probe", "memory"), "memory: file needs guest.disk (the file lives on the guest's ext4 disk)")
-    if probe.memory in ("hugetlb", "thp") and probe.pages % 512:
+    if probe.memory in ("hugetlb", "thp", "thp-eligible") and probe.pages % 512:
         fail(("probe", "pages"), f"{probe.pages} is not a multiple of 512 (2 MiB pages of {probe.memory})")
     if probe.target >= probe.pages:
         fail(("probe", "target"), f"page {probe.target} does not exist (the probe has {probe.pages} pages)")
@@ -377,7 +380,8 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
             fail(("inject", "address"), f"{address:#x} is outside guest RAM ({ram})")
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
     return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
-                      page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1))
+                      page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1),
+                      region=d.get("region", "probe"), interval_s=d.get("interval_s"))
 
 
 def _expectations(d: dict) -> Expectations:
@@ -394,6 +398,7 @@ def _expectations(d: dict) -> Expectations:
         memory_failure_event=event, other_pages_intact=d.get("other_pages_intact"),
         guest=d.get("guest", "alive"),
         fsync=tuple(d["fsync"]) if "fsync" in d else None, reread=d.get("reread"), collapse=d.get("collapse"),
+        huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
     )
 
 

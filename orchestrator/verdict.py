@@ -83,9 +83,12 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     if expect.reread is not None:
         got = [step.get("result") for step in ev.steps if step.get("event") == "reread"]
         checks.append(_compare("reread", expect.reread, got[-1] if got else None))
+    collapses = [step for step in ev.steps if step.get("event") == "collapse"]
     if expect.collapse is not None:
-        got = [step.get("result") for step in ev.steps if step.get("event") == "collapse"]
-        checks.append(_compare("MADV_COLLAPSE", expect.collapse, got[-1] if got else None))
+        checks.append(_compare("MADV_COLLAPSE", expect.collapse, collapses[-1].get("result") if collapses else None))
+    if expect.huge_regions_after_collapse is not None:
+        checks.append(_compare("huge pages after collapse", list(expect.huge_regions_after_collapse),
+                               collapses[-1].get("huge_regions") if collapses else None))
     if expect.other_pages_intact is not None:
         checks.append(_check_intact(expect.other_pages_intact, ev))
     if expect.page_poisoned is not None:

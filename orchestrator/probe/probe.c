@@ -8,7 +8,7 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|hugetlb|thp|file] [--file PATH]
+ *         [--memory anon|mlock|shmem|hugetlb|thp|thp-eligible|file] [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--free-target]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *
@@ -24,7 +24,9 @@
  *
  * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
  * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
- * thp (anonymous, 2 MiB aligned, MADV_HUGEPAGE), file (a MAP_SHARED mapping of
+ * thp (anonymous, 2 MiB aligned, MADV_HUGEPAGE), thp-eligible (the same range
+ * as 4 KiB pages, MADV_NOHUGEPAGE until the collapse step makes it eligible
+ * with MADV_HUGEPAGE and asks for MADV_COLLAPSE), file (a MAP_SHARED mapping of
  * PATH, written and synced first; clean: mapped read-only, dirty: rewritten
  * through the mapping and not synced).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
@@ -225,7 +227,7 @@ static void print_page_list(const char *key, int want_intact)
 
 static unsigned char *map_memory(void)
 {
-    int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strcmp(memory, "thp");
+    int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strncmp(memory, "thp", 3);
     if (huge && (pages % (HUGE_SIZE / page_size))) {
         fprintf(stderr, "probe: --memory %s needs --pages in multiples of %lu\n", memory, HUGE_SIZE / page_size);
         exit(2);
@@ -241,13 +243,14 @@ static unsigned char *map_memory(void)
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     } else if (!strcmp(memory, "hugetlb")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-    } else if (!strcmp(memory, "thp")) {
+    } else if (!strcmp(memory, "thp") || !strcmp(memory, "thp-eligible")) {
         unsigned char *raw = mmap(NULL, mem_size + HUGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (raw == MAP_FAILED)
             fail("mmap");
         p = (unsigned char *)(((uintptr_t)raw + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1));
-        if (madvise(p, mem_size, MADV_HUGEPAGE))
-            fail("madvise MADV_HUGEPAGE");
+        /* thp-eligible: 4 KiB pages until the collapse step (see do_collapse). */
+        if (madvise(p, mem_size, strcmp(memory, "thp") ? MADV_NOHUGEPAGE : MADV_HUGEPAGE))
+            fail("madvise");
     } else if (!strcmp(memory, "file")) {
         if (!file_path) {
             fprintf(stderr, "probe: --memory file needs --file PATH\n");
@@ -345,10 +348,23 @@ static void do_reread(void)
     printf("{\"event\":\"reread\",\"result\":\"%s\"}\n", what);
 }
 
-static void do_collapse(void)
+static void do_collapse(int pagemap)
 {
-    int rc = madvise(mem, mem_size, MADV_COLLAPSE);
-    printf("{\"event\":\"collapse\",\"result\":\"%s\"}\n", errno_name(rc ? errno : 0));
+    /* Eligible only now: nothing (khugepaged included) could collapse the range,
+     * and move its pages, before the poison was in place. */
+    int rc = madvise(mem, mem_size, MADV_HUGEPAGE);
+    if (!rc)
+        rc = madvise(mem, mem_size, MADV_COLLAPSE);
+    int saved = rc ? errno : 0;
+    /* Which 2 MiB regions are huge pages now (KPF_THP of each region's first page). */
+    printf("{\"event\":\"collapse\",\"result\":\"%s\",\"huge_regions\":[", errno_name(saved));
+    for (size_t off = 0; off < mem_size; off += HUGE_SIZE) {
+        unsigned long long flags = 0;
+        uint64_t pfn = pfn_of(pagemap, mem + off);
+        int thp = pfn && kpageflags_of(pfn, &flags) && (flags >> KPF_THP & 1);
+        printf("%s%s", off ? "," : "", thp ? "true" : "false");
+    }
+    printf("]}\n");
 }
 
 static void report(double start, int children_ok)
@@ -371,11 +387,15 @@ static void report(double start, int children_ok)
 
 /* The child shares the pages copy-on-write; it follows "touch" and "report"
  * through a pipe from the parent, so only the parent reads stdin. */
-static void run_child(int from_parent, double start)
+static void run_child(int from_parent, int armed, double start)
 {
     is_child = 1;
     if (sigsetjmp(recover, 1) == 0) {
-        char c;
+        char c = 'r';
+        /* Tell the parent we can take a SIGBUS: only then does it announce ready. */
+        if (write(armed, &c, 1) != 1)
+            fail("write to parent");
+        close(armed);
         while (read(from_parent, &c, 1) == 1)
             if (c == 't')
                 touch_all();
@@ -457,8 +477,9 @@ int main(int argc, char **argv)
     int to_child = -1;
     pid_t child = -1;
     if (processes == 2) {
-        int fds[2];
-        if (pipe(fds))
+        int fds[2], back[2];
+        char c;
+        if (pipe(fds) || pipe(back))
             fail("pipe");
         fflush(stdout);
         child = fork();
@@ -466,17 +487,23 @@ int main(int argc, char **argv)
             fail("fork");
         if (child == 0) {
             close(fds[1]);
-            run_child(fds[0], start);
+            close(back[0]);
+            run_child(fds[0], back[1], start);
         }
         close(fds[0]);
+        close(back[1]);
         to_child = fds[1];
+        if (read(back[0], &c, 1) != 1)
+            fail("child did not start");
+        close(back[0]);
     }
     /* Armed before "ready" goes out: the orchestrator injects as soon as it
      * reads that line, and a SIGBUS before sigsetjmp would jump nowhere. */
+    /* Freed before "ready": the orchestrator injects as soon as it reads it. */
+    if (free_target && munmap(target_va, page_size))
+        fail("munmap target");
     if (sigsetjmp(recover, 1) == 0) {
         announce_ready(target_va, target_pfn, pagemap);
-        if (free_target && munmap(target_va, page_size))
-            fail("munmap target");
         alarm(timeout);
         if (busy) {
             busy_read(target_va);
@@ -493,7 +520,7 @@ int main(int argc, char **argv)
                 } else if (!strncmp(line, "reread", 6)) {
                     do_reread();
                 } else if (!strncmp(line, "collapse", 8)) {
-                    do_collapse();
+                    do_collapse(pagemap);
                 } else if (!strncmp(line, "report", 6)) {
                     break;
                 }
