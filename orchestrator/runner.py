@@ -241,7 +241,7 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                        f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)} --memory {p.memory} "
                        f"--processes {p.processes}"
                        + (f" --file {PROBE_FILE} --file-state {p.file_state}" if p.memory == "file" else "")
-                       + (" --free-target" if p.free_target else ""))
+                       + (" --find-free" if scenario.inject.region == "free-page" else ""))
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe
@@ -250,9 +250,19 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "hugetlb" and not ev.ready["huge"]:
                 raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
-            address = (_kernel_code_page(ssh, Deadline(t.locate, "locate")) if scenario.inject.region == "kernel-code"
-                       else _injection_address(scenario, ev.ready))
+            region = scenario.inject.region
+            if region == "kernel-code":
+                address = _kernel_code_page(ssh, Deadline(t.locate, "locate"))
+            elif region == "free-page":
+                if not ev.ready["free_pfn"]:
+                    raise HarnessError("locate", "the guest has no page that is only a free buddy page")
+                address = ev.ready["free_pfn"] * ev.ready["page_size"]
+            else:
+                address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
+            # The checks look at the probe's target (even when a negative control
+            # injects elsewhere), or at the injected page when it is not the probe's.
+            ev.checked_pfn = ev.ready["pfn"] if region == "probe" else address >> 12
             phases.notes["locate"] = (f"target VA {ev.ready['va']} PFN {ev.ready['pfn']:#x} "
                                       f"GPA {ev.ready['gpa']}; injecting at {address:#x}")
 
@@ -446,7 +456,7 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         for what in ("kpageflags", "meminfo"):
             ev.unavailable[what] = abort()
         return
-    pfn = ev.ready["pfn"]
+    pfn = ev.checked_pfn
     try:
         # One round trip for all of it; the parts are split on a marker line.
         output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; echo {quote(_PART)}; cat /proc/meminfo; "

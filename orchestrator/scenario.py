@@ -59,7 +59,6 @@ class ProbeSpec:
     memory: str = "anon"
     file_state: str = "dirty"
     processes: int = 1
-    free_target: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class InjectSpec:
     address: int | None = None
     gate: Literal["user-mode", "kernel-mode", "none"] = "none"
     count: int = 1
-    region: Literal["probe", "kernel-code"] = "probe"
+    region: Literal["probe", "kernel-code", "free-page"] = "probe"
     interval_s: float | None = None
 
 

@@ -19,6 +19,7 @@ class Evidence:
     """Everything observed about one scenario run; filled in phase by phase."""
     ready: dict | None = None              # the probe's "ready" report (va, pfn, gpa, pages...)
     injected_address: int | None = None
+    checked_pfn: int | None = None         # the page the page checks look at
     probe_result: dict | None = None       # the probe's "result" report
     child_results: list[dict] = field(default_factory=list)  # the forked child's, with processes: 2
     steps: list[dict] = field(default_factory=list)          # answers to fsync/reread/collapse/touch
@@ -189,7 +190,7 @@ def _check_intact(want: bool, ev: Evidence) -> Check:
 def _check_poisoned(want: bool, ev: Evidence) -> Check:
     if ev.kpageflags is None:
         return _missing("page poisoned", ev, "kpageflags")
-    pfn = ev.ready["pfn"] if ev.ready else None
+    pfn = ev.checked_pfn
     poisoned = bool(ev.kpageflags >> KPF_HWPOISON & 1)
     detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}: HWPOISON {'set' if poisoned else 'clear'}"
     return _ok("page poisoned", detail) if poisoned == want else _fail("page poisoned", detail + f", expected {'set' if want else 'clear'}")
@@ -206,7 +207,8 @@ def _check_corrupted(want_kb: int, ev: Evidence) -> Check:
 
 def expand(pattern: str, ev: Evidence) -> str:
     """Fill {pfn}/{gpa}/{va} into a kernel-log pattern, e.g. 'Memory failure: {pfn:#x}: ...'."""
-    values = {"pfn": ev.ready["pfn"], "gpa": int(ev.ready["gpa"], 16), "va": int(ev.ready["va"], 16)} if ev.ready else {}
+    values = {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT,
+              "va": int(ev.ready["va"], 16)} if ev.ready and ev.checked_pfn is not None else {}
     if ev.injected_address is not None:
         values["injected_pfn"] = ev.injected_address >> PAGE_SHIFT
     return pattern.format(**values)

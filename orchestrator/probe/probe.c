@@ -9,7 +9,7 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|hugetlb|thp|thp-eligible|file] [--file PATH]
- *         [--file-state clean|dirty] [--processes 1|2] [--free-target]
+ *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *
  * Modes:
@@ -30,8 +30,9 @@
  * PATH, written and synced first; clean: mapped read-only, dirty: rewritten
  * through the mapping and not synced).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
- * written after the fork) and reports its own result; --free-target unmaps
- * the target page after reporting its PFN (a page the kernel has freed).
+ * written after the fork) and reports its own result; --find-free adds
+ * "free_pfn" to the ready report: the highest PFN that /proc/kpageflags shows
+ * as a free buddy page and nothing else (far from where allocations happen).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -74,7 +75,7 @@ static volatile int sig_code, sig_lsb;
 static void *volatile sig_addr;
 
 /* File scope, so siglongjmp cannot clobber them. */
-static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, free_target;
+static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, find_free;
 static const char *memory = "anon", *file_path, *file_state = "dirty";
 static volatile int touched;
 static int file_fd = -1, generation = ON_DISK, is_child;
@@ -208,8 +209,7 @@ static int poisoned_page(int p)
     /* A huge page is poisoned whole: every subpage in si_addr_lsb's range is off limits. */
     int lsb = sig_lsb > 12 ? sig_lsb : 12;
     uintptr_t addr = (uintptr_t)(mem + p * page_size);
-    return (got_sigbus && ((addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target)) ||
-           (free_target && p == target);
+    return got_sigbus && ((addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target);
 }
 
 static void print_page_list(const char *key, int want_intact)
@@ -289,19 +289,41 @@ static unsigned char *map_memory(void)
     return p;
 }
 
+#define KPF_BUDDY 10
+
+/* The highest PFN whose only flag is KPF_BUDDY: a free page, at the end of RAM
+ * where the allocator rarely goes. 0 if there is none. */
+static unsigned long long free_buddy_pfn(void)
+{
+    static unsigned long long flags[4096];
+    int fd = open("/proc/kpageflags", O_RDONLY);
+    unsigned long long found = 0, base = 0;
+    ssize_t n;
+    /* /proc/kpageflags has no useful size: read it all, keep the last match. */
+    while (fd >= 0 && (n = read(fd, flags, sizeof(flags))) > 0) {
+        for (ssize_t i = 0; i < n / 8; i++)
+            if (flags[i] == 1ULL << KPF_BUDDY)
+                found = base + i;
+        base += n / 8;
+    }
+    if (fd >= 0)
+        close(fd);
+    return found;
+}
+
 static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pagemap)
 {
     unsigned long long flags = 0;
     int have_flags = kpageflags_of(target_pfn, &flags);
     printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
            "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
-           "\"huge\":%s,\"thp\":%s,\"freed\":%s,"
+           "\"huge\":%s,\"thp\":%s,\"free_pfn\":%llu,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
            getpid(), page_size, target, memory, (void *)target_va,
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
-           free_target ? "true" : "false",
+           find_free ? free_buddy_pfn() : 0ULL,
            (void *)busy_loop_start, (void *)busy_loop_end);
     for (int p = 0; p < pages; p++)
         printf("%s{\"va\":\"%p\",\"pfn\":%llu}", p ? "," : "", (void *)(mem + p * page_size),
@@ -313,8 +335,7 @@ static void touch_all(void)
 {
     touched = 1;
     for (int p = 0; p < pages; p++)
-        if (!(free_target && p == target))
-            (void)*(volatile unsigned char *)(mem + p * page_size);
+        (void)*(volatile unsigned char *)(mem + p * page_size);
 }
 
 static void do_fsync(void)
@@ -410,7 +431,7 @@ int main(int argc, char **argv)
         return print_kpageflags(argv[2]);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--free-target")) free_target = 1;
+        if (!strcmp(a, "--find-free")) find_free = 1;
         else if (!v) { fprintf(stderr, "probe: bad argument %s\n", a); return 2; }
         else if (!strcmp(a, "--pages")) pages = atoi(v), i++;
         else if (!strcmp(a, "--target")) target = atoi(v), i++;
@@ -499,9 +520,6 @@ int main(int argc, char **argv)
     }
     /* Armed before "ready" goes out: the orchestrator injects as soon as it
      * reads that line, and a SIGBUS before sigsetjmp would jump nowhere. */
-    /* Freed before "ready": the orchestrator injects as soon as it reads it. */
-    if (free_target && munmap(target_va, page_size))
-        fail("munmap target");
     if (sigsetjmp(recover, 1) == 0) {
         announce_ready(target_va, target_pfn, pagemap);
         alarm(timeout);

@@ -20,7 +20,7 @@ def late_kill():
 def good_evidence(**over) -> Evidence:
     ev = Evidence(
         ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1},
-        injected_address=PFN << 12,
+        injected_address=PFN << 12, checked_pfn=PFN,
         probe_result={"sigbus": True, "si_code": 4, "si_code_name": "BUS_MCEERR_AR", "si_addr": hex(VA),
                       "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "timeout": False},
         kpageflags=KPF_HWPOISON_SET, hardware_corrupted_kb_before=0, hardware_corrupted_kb_after=4,
