@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 # What the host needs: QEMU, the tools that build the guest image and the
 # probe, and Python's venv module.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
-                 openssh-sftp-server openssh-client cpio zstd gzip binutils \
+                 openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
                  gcc libc6-dev python3 python3-venv make
 
 NAME   ?=
@@ -23,6 +23,7 @@ ARGS   ?=
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
 	@echo "make test                                run the test suite, real guests included"
+	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
 	@echo "make image                               build (or reuse) the default guest image"
 
@@ -48,8 +49,18 @@ scenario: setup
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(ls scenarios | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
 	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(ARGS)
 
+# Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
+# the scenario x kernel table goes to results/verdict-table.md, and into the
+# README when all kernels ran.
+KERNELS := debian-6.1 debian-6.12
 suite: setup
-	$(ORCH) run $(if $(KERNEL),--image $(KERNEL)) $(ARGS) scenarios/*.yaml
+	@status=0; runs=""; \
+	for kernel in $(if $(KERNEL),$(KERNEL),$(KERNELS)); do \
+	  $(ORCH) run --image $$kernel $(ARGS) scenarios/*.yaml || status=1; \
+	  runs="$$runs $$(readlink -f results/latest)"; \
+	done; \
+	$(PY) -m orchestrator.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
+	cat results/verdict-table.md; exit $$status
 
 image: setup
 	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)

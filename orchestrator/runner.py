@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import image as images
+from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.qemu import QemuGuest, tail
 from orchestrator.deadline import Deadline
@@ -39,6 +40,7 @@ GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/mo
                  "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
 _PART = "==== mce-orchestrator part ===="
 BANNER_FALLBACK_S = 10.0
+CE_SETTLE_S = 1.5
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
@@ -362,10 +364,15 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
         guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
         _let_panic_print(guest, deadline)
     elif scenario.probe.mode == "wait":
-        # The kernel logs its result after it has signalled early-kill victims,
-        # so once the line is on the console the probe can be asked to go on.
-        _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
-                      occurrences=scenario.inject.count)
+        if scenario.inject.fields.status & mce.MCI_STATUS_UC:
+            # The kernel logs its result after it has signalled early-kill victims,
+            # so once the line is on the console the probe can be asked to go on.
+            _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
+                          occurrences=scenario.inject.count)
+        else:
+            # A corrected error is seen when the guest next polls its banks; there
+            # is no line to wait for, so give it one more interval.
+            deadline.sleep(scenario.inject.interval_s or CE_SETTLE_S)
         _run_steps(scenario.probe.after_inject, probe, ev, deadline, down)
     why_down = down()
     if why_down:

@@ -106,6 +106,7 @@ class Expectations:
     reread: str | None = None
     collapse: str | None = None
     huge_regions_after_collapse: tuple[bool, ...] | None = None
+    no_kernel_bugs: bool = True
 
 
 @dataclass(frozen=True)
@@ -398,6 +399,7 @@ def _expectations(d: dict) -> Expectations:
         guest=d.get("guest", "alive"),
         fsync=tuple(d["fsync"]) if "fsync" in d else None, reread=d.get("reread"), collapse=d.get("collapse"),
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
+        no_kernel_bugs=d.get("no_kernel_bugs", True),
     )
 
 

@@ -5,6 +5,7 @@ expected, ERROR when the evidence it needs could not be gathered.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from orchestrator.outcome import Outcome, worst
@@ -100,6 +101,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.extend(_check_kernel_log(expect, ev))
     if expect.memory_failure_event is not None:
         checks.append(_check_event(expect, ev))
+    if expect.no_kernel_bugs and expect.guest == "alive":
+        checks.append(_check_kernel_health(ev))
     return Verdict(worst(c.outcome for c in checks), tuple(checks))
 
 
@@ -231,6 +234,17 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
         else:
             checks.append(_fail(name, "not found" if present else "found"))
     return checks
+
+
+_KERNEL_BUG = re.compile(r"BUG: |Oops|WARNING: CPU: \d+|general protection fault")
+
+
+def _check_kernel_health(ev: Evidence) -> Check:
+    name = "no kernel bugs"
+    if ev.kernel_log is None:
+        return _missing(name, ev, "kernel log")
+    bad = [line.strip() for line in ev.kernel_log.splitlines() if _KERNEL_BUG.search(line)]
+    return _fail(name, f"the kernel reported: {bad[0]}") if bad else _ok(name, "no BUG, Oops or WARNING in the kernel log")
 
 
 def _check_event(expect: Expectations, ev: Evidence) -> Check:

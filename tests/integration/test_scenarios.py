@@ -26,7 +26,8 @@ def foundation_run(tmp_path_factory):
 def negative_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     proc = orchestrator("run", *(str(NEGATIVE / f"{name}.yaml") for name in
-                                 ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic")),
+                                 ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic",
+                                  "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result")),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -116,3 +117,23 @@ def test_negative_control_unexpected_panic_fails_promptly(negative_run):
     assert failed["sigbus"] == "no probe result: the guest panicked"
     # Seen through pvpanic at once, not by running into the 60 s observe deadline.
     assert s["phases_s"]["observe"] < 10
+
+
+def failed_checks(scenario):
+    return {c["name"]: c["detail"] for c in scenario["checks"] if c["outcome"] != "PASS"}
+
+
+def test_negative_control_wrong_lsb_fails(negative_run):
+    s = negative_run[1]["neg-hugetlb-wrong-lsb"]
+    assert s["outcome"] == "FAIL"
+    failed = failed_checks(s)
+    assert list(failed) == ["sigbus"] and "si_addr_lsb 21 != 12" in failed["sigbus"]
+
+
+def test_negative_control_wrong_result_line_fails(negative_run):
+    s = negative_run[1]["neg-clean-page-wrong-result"]
+    assert s["outcome"] == "FAIL"
+    failed = failed_checks(s)
+    assert len(failed) == 1
+    (name, detail), = failed.items()
+    assert name.startswith("kernel log has") and "dirty LRU page" in name and detail == "not found"

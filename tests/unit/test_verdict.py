@@ -40,7 +40,7 @@ def failing(verdict):
 def test_matching_evidence_passes():
     verdict = judge(late_kill(), good_evidence())
     assert verdict.outcome == Outcome.PASS, verdict.reasons
-    assert len(verdict.checks) == 7
+    assert len(verdict.checks) == 8
 
 
 @pytest.mark.parametrize("change, check, words", [
@@ -50,6 +50,9 @@ def test_matching_evidence_passes():
     ({"kernel_log": "nothing here"}, f"kernel log has 'Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered'", "not found"),
     ({"events": []}, "MEMORY_FAILURE event", "none received"),
     ({"guest_answered_after": False}, "guest alive", "did not answer"),
+    ({"kernel_log": f"Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n"
+                    "BUG: unable to handle page fault for address: ffff888002bb1000\n"},
+     "no kernel bugs", "the kernel reported: BUG: unable to handle page fault"),
     ({"events": [{"event": "GUEST_PANICKED", "data": {}}], "console_tail": "Kernel panic - not syncing: Fatal machine check"},
      "guest alive", "the guest panicked: Kernel panic - not syncing: Fatal machine check"),
 ])

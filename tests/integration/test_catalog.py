@@ -1,0 +1,21 @@
+"""The whole scenario catalog on both kernel images (real guests, TCG)."""
+import json
+
+import pytest
+
+from .conftest import REPO, orchestrator
+
+CATALOG = sorted(p.stem for p in (REPO / "scenarios").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("image, release_prefix", [("debian-6.1", "6.1."), ("debian-6.12", "6.12.")])
+def test_catalog_passes(tmp_path, image, release_prefix):
+    proc = orchestrator("run", "--image", image, *CATALOG, results=tmp_path, timeout=1800)
+    report = json.loads((tmp_path / "latest" / "report.json").read_text())
+    outcomes = {s["name"]: s["outcome"] for s in report["scenarios"]}
+    assert set(outcomes) == set(CATALOG)
+    assert proc.returncode == 0 and set(outcomes.values()) == {"PASS"}, \
+        {n: o for n, o in outcomes.items() if o != "PASS"}
+    assert all(s["kernel_release"].startswith(release_prefix) for s in report["scenarios"])
+    # Every scenario really checked something.
+    assert all(len(s["checks"]) >= 3 for s in report["scenarios"])
