@@ -221,6 +221,7 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
 def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
                     phases: Phases, ev: Evidence) -> Injection | None:
     t = scenario.timeouts
+    injection = None
     ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line,
                      log_file=guest.artifacts / "ssh.log")
     phases.context.ssh = ssh
@@ -273,7 +274,9 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                 time.sleep(0.05)  # let the probe reach its loop before the first look
             loop = (int(ev.ready["loop_start"], 16), int(ev.ready["loop_end"], 16))
             deadline = Deadline(t.inject, "inject")
-            for n in range(scenario.inject.count):
+            if scenario.inject.fields is None:
+                phases.notes["inject"] = "no machine check (preset: none)"
+            for n in range(scenario.inject.count if scenario.inject.fields else 0):
                 if n and scenario.inject.interval_s:
                     deadline.sleep(scenario.inject.interval_s)
                 elif n:
@@ -284,7 +287,9 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                                    deadline=deadline,
                                    user_loop=loop if scenario.inject.gate == "user-mode" else None,
                                    kernel_mode=scenario.inject.gate == "kernel-mode")
-            phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else "")
+            if injection is not None:
+                phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"
+                                                              if injection.attempts > 1 else "")
 
         try:
             with phases("observe"):
@@ -364,7 +369,9 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
         guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
         _let_panic_print(guest, deadline)
     elif scenario.probe.mode == "wait":
-        if scenario.inject.fields.status & mce.MCI_STATUS_UC:
+        if scenario.inject.fields is None:
+            pass  # nothing was injected: straight to the steps
+        elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
             # The kernel logs its result after it has signalled early-kill victims,
             # so once the line is on the console the probe can be asked to go on.
             _wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
@@ -373,7 +380,7 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
             # A corrected error is seen when the guest next polls its banks; there
             # is no line to wait for, so give it one more interval.
             deadline.sleep(scenario.inject.interval_s or CE_SETTLE_S)
-        _run_steps(scenario.probe.after_inject, probe, ev, deadline, down)
+        _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
     why_down = down()
     if why_down:
         _let_panic_print(guest, deadline)
@@ -391,11 +398,39 @@ def _observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remot
 STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
 
 
-def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ev: Evidence, deadline: Deadline, down) -> None:
-    """Each step is a probe command; its answer goes into the evidence. A SIGBUS
-    (or the guest going down) ends the sequence: the probe has reported and gone."""
+# Steps the harness does in the guest, on the target page: (file, what to write).
+GUEST_STEPS = {
+    "soft-offline": ("/sys/devices/system/memory/soft_offline_page", lambda pfn: f"{pfn << 12:#x}"),
+    "soft-poison": ("/sys/kernel/debug/hwpoison/corrupt-pfn", lambda pfn: f"{pfn:#x}"),
+    "unpoison": ("/sys/kernel/debug/hwpoison/unpoison-pfn", lambda pfn: f"{pfn:#x}"),
+}
+_ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy": "EBUSY",
+               "Invalid argument": "EINVAL", "Operation not permitted": "EPERM", "I/O error": "EIO",
+               "Input/output error": "EIO", "No such device or address": "ENXIO"}
+
+
+def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) -> dict:
+    path, value = GUEST_STEPS[step]
+    status, output = ssh.run(f"echo {value(ev.checked_pfn)} > {path}", deadline, "observe")
+    result = "ok" if status == 0 else next((name for text, name in _ERRNO_TEXT.items() if text in output), "other")
+    return {"event": step, "result": result, "output": output.strip()}
+
+
+def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev: Evidence,
+               deadline: Deadline, down) -> None:
+    """Each step is a probe command (or a harness write in the guest); its answer goes
+    into the evidence. A SIGBUS (or the guest going down) ends the sequence: the
+    probe has reported and gone."""
     for step in steps:
-        if down() or not probe.send(step):
+        if down():
+            return
+        if step in GUEST_STEPS:
+            try:
+                ev.steps.append(_guest_step(step, ssh, ev, deadline))
+            except HarnessError:
+                return
+            continue
+        if not probe.send(step):
             return
         try:
             answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)

@@ -63,7 +63,7 @@ class ProbeSpec:
 
 @dataclass(frozen=True)
 class InjectSpec:
-    fields: mce.MceFields
+    fields: mce.MceFields | None   # None: no machine check (preset: none)
     preset: str | None
     cpu: int = 0
     broadcast: bool = False
@@ -105,6 +105,10 @@ class Expectations:
     fsync: tuple[str, ...] | None = None
     reread: str | None = None
     collapse: str | None = None
+    soft_offline: str | None = None
+    soft_poison: str | None = None
+    unpoison: str | None = None
+    target_moved: bool | None = None
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
 
@@ -358,6 +362,8 @@ def parse_scenario(text: str, path: Path) -> Scenario:
 
 
 def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
+    if d.get("preset") == "none":
+        return InjectSpec(fields=None, preset="none", cpu=0)
     if "preset" in d:
         fields = mce.PRESETS[d["preset"]]
     else:
@@ -400,6 +406,8 @@ def _expectations(d: dict) -> Expectations:
         fsync=tuple(d["fsync"]) if "fsync" in d else None, reread=d.get("reread"), collapse=d.get("collapse"),
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
         no_kernel_bugs=d.get("no_kernel_bugs", True),
+        soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
+        target_moved=d.get("target_moved"),
     )
 
 

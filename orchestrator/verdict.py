@@ -85,6 +85,17 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     if expect.reread is not None:
         got = [step.get("result") for step in ev.steps if step.get("event") == "reread"]
         checks.append(_compare("reread", expect.reread, got[-1] if got else None))
+    for key, event in (("soft_offline", "soft-offline"), ("soft_poison", "soft-poison"), ("unpoison", "unpoison")):
+        want = getattr(expect, key)
+        if want is not None:
+            got = [step.get("result") for step in ev.steps if step.get("event") == event]
+            checks.append(_compare(event, want, got[-1] if got else None))
+    if expect.target_moved is not None:
+        touches = [step for step in ev.steps if step.get("event") == "touched" and "target_pfn" in step]
+        now = touches[-1]["target_pfn"] if touches else None
+        moved = now is not None and now != ev.ready["pfn"]
+        detail = f"target PFN {ev.ready['pfn']:#x} -> {now:#x}" if now is not None else "no touch step answered"
+        checks.append((_ok if now is not None and moved == expect.target_moved else _fail)("target moved", detail))
     collapses = [step for step in ev.steps if step.get("event") == "collapse"]
     if expect.collapse is not None:
         checks.append(_compare("MADV_COLLAPSE", expect.collapse, collapses[-1].get("result") if collapses else None))

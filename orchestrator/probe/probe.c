@@ -532,7 +532,9 @@ int main(int argc, char **argv)
                     if (to_child >= 0 && write(to_child, "t", 1) != 1)
                         fail("write to child");
                     touch_all();
-                    printf("{\"event\":\"touched\"}\n");
+                    /* Where the target lives now (soft offline migrates it). */
+                    printf("{\"event\":\"touched\",\"target_pfn\":%llu}\n",
+                           (unsigned long long)pfn_of(pagemap, target_va));
                 } else if (!strncmp(line, "fsync", 5)) {
                     do_fsync();
                 } else if (!strncmp(line, "reread", 6)) {

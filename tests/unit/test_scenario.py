@@ -49,7 +49,7 @@ def test_raw_fields_and_hex_values():
 @pytest.mark.parametrize("text, expected", [
     (MINIMAL + "bogus: 1\n", "t.yaml:6: bogus: unknown key"),
     (MINIMAL.replace("  sigbus: none", "  sigbus: {code: BUS_MCEERR_XX}"), "t.yaml:5: expect.sigbus.code: expected one of BUS_MCEERR_AR, BUS_MCEERR_AO; got 'BUS_MCEERR_XX'"),
-    (MINIMAL.replace("preset: srao", "preset: nope"), "t.yaml:3: inject.preset: expected one of srao, srar, ucna, ce; got 'nope'"),
+    (MINIMAL.replace("preset: srao", "preset: nope"), "t.yaml:3: inject.preset: expected one of srao, srar, ucna, ce, none; got 'nope'"),
     (MINIMAL + "guest:\n  vcpus: zero\n", "t.yaml:7: guest.vcpus: expected an integer, got 'zero'"),
     (MINIMAL + "guest:\n  memory_mib: 64\n", "t.yaml:7: guest.memory_mib: expected a value >= 128, got 64"),
     ("inject: {preset: srao}\nexpect: {}\n", "t.yaml:1: missing key 'description'"),
