@@ -41,6 +41,7 @@ GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/mo
 _PART = "==== mce-orchestrator part ===="
 BANNER_FALLBACK_S = 10.0
 CE_SETTLE_S = 1.5
+SETTLE_S = 2.0
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
@@ -251,6 +252,8 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
             ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
             if p.memory == "thp" and not ev.ready["thp"]:
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
+            if p.memory == "ksm" and not ev.ready["merged"]:
+                raise HarnessError("locate", "ksmd did not merge the probe's pages (is /sys/kernel/mm/ksm/run 1?)")
             if p.memory == "hugetlb" and not ev.ready["huge"]:
                 raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
             region = scenario.inject.region
@@ -424,6 +427,9 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
     for step in steps:
         if down():
             return
+        if step == "settle":
+            deadline.sleep(SETTLE_S)
+            continue
         if step in GUEST_STEPS:
             try:
                 ev.steps.append(_guest_step(step, ssh, ev, deadline))

@@ -8,7 +8,7 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|hugetlb|thp|thp-eligible|file] [--file PATH]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file] [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *
@@ -24,7 +24,9 @@
  *
  * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
  * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
- * thp (anonymous, 2 MiB aligned, MADV_HUGEPAGE), thp-eligible (the same range
+ * ksm (anonymous pages of identical content, MADV_MERGEABLE; "ready" waits
+ * until ksmd has merged the target with page 0), thp (anonymous, 2 MiB
+ * aligned, MADV_HUGEPAGE), thp-eligible (the same range
  * as 4 KiB pages, MADV_NOHUGEPAGE until the collapse step makes it eligible
  * with MADV_HUGEPAGE and asks for MADV_COLLAPSE), file (a MAP_SHARED mapping of
  * PATH, written and synced first; clean: mapped read-only, dirty: rewritten
@@ -78,7 +80,7 @@ static void *volatile sig_addr;
 static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, find_free;
 static const char *memory = "anon", *file_path, *file_state = "dirty";
 static volatile int touched;
-static int file_fd = -1, generation = ON_DISK, is_child;
+static int file_fd = -1, generation = ON_DISK, is_child, same_content;
 static unsigned char *mem;
 static size_t mem_size;
 static long page_size;
@@ -209,7 +211,8 @@ static int poisoned_page(int p)
     /* A huge page is poisoned whole: every subpage in si_addr_lsb's range is off limits. */
     int lsb = sig_lsb > 12 ? sig_lsb : 12;
     uintptr_t addr = (uintptr_t)(mem + p * page_size);
-    return got_sigbus && ((addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target);
+    /* KSM: every page is the same physical page, so all of them are poisoned. */
+    return got_sigbus && (same_content || (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target);
 }
 
 static void print_page_list(const char *key, int want_intact)
@@ -219,7 +222,7 @@ static void print_page_list(const char *key, int want_intact)
     for (int p = 0; p < pages; p++) {
         if (poisoned_page(p))
             continue;
-        if (holds(mem + p * page_size, p + generation) == want_intact)
+        if (holds(mem + p * page_size, same_content ? 0 : p + generation) == want_intact)
             printf("%s%d", first ? "" : ",", p), first = 0;
     }
     printf("]");
@@ -237,6 +240,10 @@ static unsigned char *map_memory(void)
     if (!strcmp(memory, "anon") || !strcmp(memory, "mlock")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         /* 4 KiB pages only: a THP would turn a page failure into a split first. */
+        if (p != MAP_FAILED)
+            madvise(p, mem_size, MADV_NOHUGEPAGE);
+    } else if (!strcmp(memory, "ksm")) {
+        p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p != MAP_FAILED)
             madvise(p, mem_size, MADV_NOHUGEPAGE);
     } else if (!strcmp(memory, "shmem")) {
@@ -317,12 +324,13 @@ static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pa
     int have_flags = kpageflags_of(target_pfn, &flags);
     printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
            "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
-           "\"huge\":%s,\"thp\":%s,\"free_pfn\":%llu,"
+           "\"huge\":%s,\"thp\":%s,\"merged\":%s,\"free_pfn\":%llu,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
            getpid(), page_size, target, memory, (void *)target_va,
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
+           target_va != mem && pfn_of(pagemap, target_va) == pfn_of(pagemap, mem) ? "true" : "false",
            find_free ? free_buddy_pfn() : 0ULL,
            (void *)busy_loop_start, (void *)busy_loop_end);
     for (int p = 0; p < pages; p++)
@@ -477,9 +485,10 @@ int main(int argc, char **argv)
     signal(SIGALRM, on_alarm);
 
     mem = map_memory();
+    same_content = !strcmp(memory, "ksm");  /* identical pages, for KSM to merge */
     if (strcmp(memory, "file"))
         for (int p = 0; p < pages; p++)
-            fill(mem + p * page_size, p);
+            fill(mem + p * page_size, same_content ? 0 : p);
     else if (generation == UNSYNCED)
         for (int p = 0; p < pages; p++)
             fill(mem + p * page_size, p + UNSYNCED);
@@ -490,6 +499,13 @@ int main(int argc, char **argv)
     if (pagemap < 0)
         fail("open /proc/self/pagemap");
     unsigned char *target_va = mem + target * page_size;
+    if (same_content) {
+        /* Wait (up to 30 s) for ksmd to merge the target with page 0. */
+        if (madvise(mem, mem_size, MADV_MERGEABLE))
+            fail("madvise MADV_MERGEABLE");
+        for (int i = 0; i < 3000 && pfn_of(pagemap, target_va) != pfn_of(pagemap, mem); i++)
+            usleep(10000);
+    }
     uint64_t target_pfn = pfn_of(pagemap, target_va);
     if (!target_pfn)
         fail("target PFN not visible (not root, or page not present)");
