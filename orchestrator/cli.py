@@ -11,7 +11,7 @@ from orchestrator import __version__
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
-from orchestrator.scenario import catalog, load_scenario, resolve
+from orchestrator.scenario import catalog, expand, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if getattr(args, "repeat", 1) < 1:
             raise InputError(f"--repeat {args.repeat}: must be at least 1")
-        scenarios = [load_scenario(resolve(s, SCENARIOS_DIR)) for s in args.scenarios]
+        scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
             for s in scenarios:
                 print(f"{s.path}: ok")

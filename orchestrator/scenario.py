@@ -71,6 +71,7 @@ class InjectSpec:
     address: int | None = None
     gate: Literal["user-mode", "kernel-mode", "none"] = "none"
     count: int = 1
+    each_vcpu: bool = False   # run once per vCPU (see expand)
     region: Literal["probe", "kernel-code", "free-page"] = "probe"
     interval_s: float | None = None
 
@@ -375,7 +376,8 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
                                          f"{mce.QEMU_MCE_BANKS} banks, 0-{mce.QEMU_MCE_BANKS - 1})")
     if not fields.status & mce.MCI_STATUS_VAL:
         fail(("inject", "raw", "status"), f"{fields.status:#x} lacks VAL (bit 63): the guest would ignore it")
-    cpu = d.get("cpu", 0)
+    each_vcpu = d.get("cpu") == "each"
+    cpu = 0 if each_vcpu else d.get("cpu", 0)
     if cpu >= guest.vcpus:
         fail(("inject", "cpu"), f"vCPU {cpu} does not exist (guest has {guest.vcpus}); QEMU would drop it silently")
     address = d.get("address")
@@ -387,7 +389,7 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
     return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
                       page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1),
-                      region=d.get("region", "probe"), interval_s=d.get("interval_s"))
+                      region=d.get("region", "probe"), interval_s=d.get("interval_s"), each_vcpu=each_vcpu)
 
 
 def _expectations(d: dict) -> Expectations:
@@ -409,6 +411,14 @@ def _expectations(d: dict) -> Expectations:
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
         target_moved=d.get("target_moved"),
     )
+
+
+def expand(scenario: Scenario) -> list[Scenario]:
+    """A scenario with inject.cpu: each becomes one per vCPU, NAME.cpuN, probe pinned there too."""
+    if not scenario.inject.each_vcpu:
+        return [scenario]
+    return [replace(scenario, name=f"{scenario.name}.cpu{k}", inject=replace(scenario.inject, cpu=k),
+                    probe=replace(scenario.probe, cpu=k)) for k in range(scenario.guest.vcpus)]
 
 
 def resolve(name_or_file: str, scenarios_dir: Path) -> Path:

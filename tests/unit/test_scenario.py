@@ -114,3 +114,11 @@ def test_expected_panic_refuses_checks_that_need_the_guest():
     with pytest.raises(ScenarioError, match="expect.sigbus: cannot be checked when the guest is expected to panic"):
         parse(MINIMAL + "  guest: panic\n")
     assert parse(MINIMAL.replace("  sigbus: none", "  guest: panic")).expect.guest == "panic"
+
+
+def test_each_vcpu_expands_into_one_scenario_per_vcpu():
+    from orchestrator.scenario import expand
+    text = MINIMAL.replace("  preset: srao", "  preset: srao\n  cpu: each") + "guest: {vcpus: 3}\n"
+    names = [(s.name, s.inject.cpu, s.probe.cpu) for s in expand(parse(text))]
+    assert names == [("t.cpu0", 0, 0), ("t.cpu1", 1, 1), ("t.cpu2", 2, 2)]
+    assert [s.name for s in expand(parse(MINIMAL))] == ["t"]
