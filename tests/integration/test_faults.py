@@ -142,7 +142,6 @@ def test_probe_that_hangs(tmp_path, clean_temp):
             ctx.ssh.check(f"kill -STOP {ctx.evidence.ready['pid']}", Deadline(5, "fault"), "fault")
 
     scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
-    start = time.monotonic()
     result, port = run(tmp_path, scenario=scenario, hook=stop_probe)
     assert result.outcome == Outcome.ERROR
     assert "probe sent no result within 6 s" in " ".join(result.reasons)

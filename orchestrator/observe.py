@@ -1,0 +1,194 @@
+"""Observation: what happens after the injection, and the evidence gathered.
+
+Waits on the console and QMP (cheap, local) rather than on SSH where it can;
+runs the scenario's steps (probe commands, or writes the harness makes in the
+guest); gathers the probe's report, kpageflags, meminfo, the kernel log and
+sshd's log in one SSH round trip. A guest that went down (panic, reset, QEMU
+gone) is never waited for: the console stands in for the kernel log.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+from orchestrator import mce
+from orchestrator import probe as probe_build
+from orchestrator.backends.qemu import QemuGuest
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import HarnessError
+from orchestrator.scenario import Scenario
+from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote
+from orchestrator.verdict import Evidence
+
+GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+
+_PART = "==== mce-orchestrator part ===="
+
+CE_SETTLE_S = 1.5
+
+SETTLE_S = 2.0
+
+_HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
+
+STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
+
+# Steps the harness does in the guest, on the target page: (file, what to write).
+GUEST_STEPS = {
+    "soft-offline": ("/sys/devices/system/memory/soft_offline_page", lambda pfn: f"{pfn << 12:#x}"),
+    "soft-poison": ("/sys/kernel/debug/hwpoison/corrupt-pfn", lambda pfn: f"{pfn:#x}"),
+    "unpoison": ("/sys/kernel/debug/hwpoison/unpoison-pfn", lambda pfn: f"{pfn:#x}"),
+}
+
+_ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy": "EBUSY",
+               "Invalid argument": "EINVAL", "Operation not permitted": "EPERM", "I/O error": "EIO",
+               "Input/output error": "EIO", "No such device or address": "ENXIO"}
+
+
+def observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
+    deadline = Deadline(scenario.timeouts.observe, "observe")
+    down = lambda: _guest_down(guest)  # noqa: E731
+    if scenario.expect.guest == "panic":
+        guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
+        _let_panic_print(guest, deadline)
+    elif scenario.probe.mode == "wait":
+        if scenario.inject.fields is None:
+            pass  # nothing was injected: straight to the steps
+        elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
+            # The kernel logs its result after it has signalled early-kill victims,
+            # so once the line is on the console the probe can be asked to go on.
+            wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
+                          occurrences=scenario.inject.count)
+        else:
+            # A corrected error is seen when the guest next polls its banks; there
+            # is no line to wait for, so give it one more interval.
+            deadline.sleep(scenario.inject.interval_s or CE_SETTLE_S)
+        _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
+    why_down = down()
+    if why_down:
+        _let_panic_print(guest, deadline)
+        # Nothing more comes over SSH: the console is the kernel log now.
+        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.guest_answered_after = False
+        for what in ("probe result", "kpageflags", "meminfo"):
+            ev.unavailable[what] = why_down
+        return
+    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
+    if ev.kernel_log is None:
+        ev.kernel_log = guest.console_log.read_text(errors="replace")
+
+
+def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) -> dict:
+    path, value = GUEST_STEPS[step]
+    status, output = ssh.run(f"echo {value(ev.checked_pfn)} > {path}", deadline, "observe")
+    result = "ok" if status == 0 else next((name for text, name in _ERRNO_TEXT.items() if text in output), "other")
+    return {"event": step, "result": result, "output": output.strip()}
+
+
+def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev: Evidence,
+               deadline: Deadline, down) -> None:
+    """Each step is a probe command (or a harness write in the guest); its answer goes
+    into the evidence. A SIGBUS (or the guest going down) ends the sequence: the
+    probe has reported and gone."""
+    for step in steps:
+        if down():
+            return
+        if step == "settle":
+            deadline.sleep(SETTLE_S)
+            continue
+        if step in GUEST_STEPS:
+            try:
+                ev.steps.append(_guest_step(step, ssh, ev, deadline))
+            except HarnessError:
+                return
+            continue
+        if not probe.send(step):
+            return
+        try:
+            answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)
+        except HarnessError:
+            return  # the evidence gathering that follows says what is missing
+        if answer["event"] == "result":
+            probe.pushback(answer)
+            return
+        ev.steps.append(answer)
+
+
+def _let_panic_print(guest: QemuGuest, deadline: Deadline) -> None:
+    """With -action panic=pause, a panic raised in machine-check context pauses
+    the guest before its text reaches the serial port: resume it briefly."""
+    if not guest.panicked() or guest.died():
+        return
+    with contextlib.suppress(Exception):
+        guest.monitor.execute("cont", timeout=2)
+    wait = Deadline(min(3.0, deadline.remaining()), "panic text")
+    wait_console(guest, "Kernel panic", wait, stop_when_down=False)
+
+
+def _guest_down(guest: QemuGuest) -> str | None:
+    """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
+    events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
+    if "GUEST_PANICKED" in events:
+        return "the guest panicked"
+    if events & {"SHUTDOWN", "RESET"}:
+        return "the guest reset or shut down"
+    return guest.died()
+
+
+def wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1,
+                  stop_when_down: bool = True) -> bool:
+    while not deadline.expired():
+        if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
+            return True
+        if stop_when_down and _guest_down(guest):
+            return False
+        deadline.sleep(0.02)
+    return False
+
+
+def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
+            abort) -> None:
+    try:
+        if send_report:
+            probe.send("report")
+        while True:
+            result = probe.read_event({"result"}, deadline, "observe", abort=abort)
+            if result.get("process") != "child":
+                ev.probe_result = result
+                break
+            ev.child_results.append(result)
+    except ProbeExited as exc:
+        ev.probe_exit_status = exc.status
+        ev.unavailable["probe result"] = exc.message
+    except HarnessError as exc:
+        ev.unavailable["probe result"] = exc.message
+    else:
+        # Let the probe's channel end before opening the next one (see SshSession._open_exec).
+        probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+    if abort():
+        ev.guest_answered_after = False
+        for what in ("kpageflags", "meminfo"):
+            ev.unavailable[what] = abort()
+        return
+    pfn = ev.checked_pfn
+    try:
+        # One round trip for all of it; the parts are split on a marker line.
+        output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; echo {quote(_PART)}; cat /proc/meminfo; "
+                           f"echo {quote(_PART)}; dmesg; echo {quote(_PART)}; cat /run/dropbear.log 2>/dev/null; true",
+                           deadline, "observe")
+        ev.guest_answered_after = True
+        kpageflags, meminfo, ev.kernel_log, ev.sshd_log = output.split(_PART + "\n")
+        ev.kpageflags = json.loads(kpageflags)["flags"]
+        ev.hardware_corrupted_kb_after = hardware_corrupted(meminfo)
+    except HarnessError as exc:
+        # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
+        # kernel look the same from here, so this is not evidence against the kernel.
+        why = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
+        for what in ("kpageflags", "meminfo", "kernel log", "liveness check"):
+            ev.unavailable[what] = why
+        ev.guest_answered_after = False if abort() else None
+
+
+def hardware_corrupted(meminfo: str) -> int | None:
+    match = _HW_CORRUPTED.search(meminfo)
+    return int(match.group(1)) if match else None
