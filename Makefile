@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed-stamp
 # probe, and Python's venv module.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
                  openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
-                 gcc libc6-dev python3 python3-venv make
+                 gcc libc6-dev musl-tools python3 python3-venv make
 
 NAME   ?=
 KERNEL ?=
