@@ -22,15 +22,12 @@ from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote
 from orchestrator.verdict import Evidence
 
 GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
-
-_PART = "==== mce-orchestrator part ===="
-
-CE_SETTLE_S = 1.5
-
-SETTLE_S = 2.0
-
+_PART = "==== mce-orchestrator part ===="  # separates the outputs of the one gathering command
+CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
+SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
+# Probe commands and the event each answers with.
 STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
 
 # Steps the harness does in the guest, on the target page: (file, what to write).
@@ -50,7 +47,6 @@ def observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remote
     down = lambda: _guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
         guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
-        _let_panic_print(guest, deadline)
     elif scenario.probe.mode == "wait":
         if scenario.inject.fields is None:
             pass  # nothing was injected: straight to the steps
@@ -58,7 +54,7 @@ def observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remote
             # The kernel logs its result after it has signalled early-kill victims,
             # so once the line is on the console the probe can be asked to go on.
             wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
-                          occurrences=scenario.inject.count)
+                         occurrences=scenario.inject.count)
         else:
             # A corrected error is seen when the guest next polls its banks; there
             # is no line to wait for, so give it one more interval.
@@ -136,7 +132,8 @@ def _guest_down(guest: QemuGuest) -> str | None:
 
 
 def wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1,
-                  stop_when_down: bool = True) -> bool:
+                 stop_when_down: bool = True) -> bool:
+    """Until `text` is on the console `occurrences` times (a local file: cheap to poll)."""
     while not deadline.expired():
         if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
             return True

@@ -17,5 +17,5 @@ def test_catalog_passes(tmp_path, image, release_prefix):
     assert proc.returncode == 0 and set(outcomes.values()) == {"PASS"}, \
         {n: o for n, o in outcomes.items() if o != "PASS"}
     assert all(s["kernel_release"].startswith(release_prefix) for s in report["scenarios"])
-    # Every scenario really checked something.
-    assert all(len(s["checks"]) >= 3 for s in report["scenarios"])
+    # Every scenario checked more than the guest's state (alive or panicked).
+    assert all(len(s["checks"]) >= 2 for s in report["scenarios"])
