@@ -18,12 +18,13 @@ NAME   ?=
 KERNEL ?=
 ARGS   ?=
 
-.PHONY: all setup host-packages scenario suite test unit image bench clean help
+.PHONY: all setup host-packages scenario suite nightly test unit image bench clean help
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
+	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
 	@echo "make image                               build (or reuse) the default guest image"
 
@@ -61,6 +62,12 @@ suite: setup
 	done; \
 	$(PY) -m orchestrator.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
 	cat results/verdict-table.md; exit $$status
+
+# The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
+# once (pytest-xdist), JUnit XML in results/nightly-junit.xml.
+JOBS ?= 2
+nightly: setup
+	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 
 image: setup
 	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)

@@ -102,6 +102,24 @@ static void on_alarm(int sig)
     siglongjmp(recover, 2);
 }
 
+/* stdio is not async-signal-safe: a SIGBUS (early kill) or SIGALRM that
+ * siglongjmps out of a printf leaves stdout's buffer in a state that repeats
+ * old output and loses new (seen: the ready line twice, the result never).
+ * So output is written with both signals blocked; one that arrives meanwhile
+ * is delivered when they are unblocked, outside stdio. */
+static sigset_t async_signals;
+
+static void output_begin(void)
+{
+    sigprocmask(SIG_BLOCK, &async_signals, NULL);
+}
+
+static void output_end(void)
+{
+    fflush(stdout);
+    sigprocmask(SIG_UNBLOCK, &async_signals, NULL);
+}
+
 static double now_ms(void)
 {
     struct timespec ts;
@@ -386,6 +404,7 @@ static void do_collapse(int pagemap)
         rc = madvise(mem, mem_size, MADV_COLLAPSE);
     int saved = rc ? errno : 0;
     /* Which 2 MiB regions are huge pages now (KPF_THP of each region's first page). */
+    output_begin();
     printf("{\"event\":\"collapse\",\"result\":\"%s\",\"huge_regions\":[", errno_name(saved));
     for (size_t off = 0; off < mem_size; off += HUGE_SIZE) {
         unsigned long long flags = 0;
@@ -394,6 +413,7 @@ static void do_collapse(int pagemap)
         printf("%s%s", off ? "," : "", thp ? "true" : "false");
     }
     printf("]}\n");
+    output_end();
 }
 
 static void report(double start, int children_ok)
@@ -473,6 +493,9 @@ int main(int argc, char **argv)
             fail("sched_setaffinity");
     }
 
+    sigemptyset(&async_signals);
+    sigaddset(&async_signals, SIGBUS);
+    sigaddset(&async_signals, SIGALRM);
     struct sigaction sa = {0};
     sa.sa_sigaction = on_sigbus;
     /* One report only: a second SIGBUS (the poison hit memory the probe itself
@@ -537,7 +560,9 @@ int main(int argc, char **argv)
     /* Armed before "ready" goes out: the orchestrator injects as soon as it
      * reads that line, and a SIGBUS before sigsetjmp would jump nowhere. */
     if (sigsetjmp(recover, 1) == 0) {
+        output_begin();
         announce_ready(target_va, target_pfn, pagemap);
+        output_end();
         alarm(timeout);
         if (busy) {
             busy_read(target_va);
@@ -549,14 +574,20 @@ int main(int argc, char **argv)
                         fail("write to child");
                     touch_all();
                     /* Where the target lives now (soft offline migrates it). */
+                    output_begin();
                     printf("{\"event\":\"touched\",\"target_pfn\":%llu}\n",
                            (unsigned long long)pfn_of(pagemap, target_va));
+                    output_end();
                 } else if (!strncmp(line, "fsync", 5)) {
+                    output_begin();
                     do_fsync();
+                    output_end();
                 } else if (!strncmp(line, "reread", 6)) {
+                    output_begin();
                     do_reread();
+                    output_end();
                 } else if (!strncmp(line, "collapse", 8)) {
-                    do_collapse(pagemap);
+                    do_collapse(pagemap);  /* prints nothing until the madvise calls are done */
                 } else if (!strncmp(line, "report", 6)) {
                     break;
                 }

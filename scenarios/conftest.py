@@ -1,0 +1,85 @@
+"""Scenarios as pytest items (pytest's "non-python test files" pattern).
+
+    pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--junitxml=...]
+
+Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
+kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
+pytest-xdist, `-n N` runs N guests at once in separate worker processes.
+A FAIL (the kernel misbehaved) fails the item; an ERROR (the harness could
+not tell) is reported as an error. Artifacts go under results/pytest/.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from orchestrator.outcome import InputError, Outcome
+from orchestrator.report import ConsoleReporter
+from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
+from orchestrator.scenario import expand, load_scenario
+
+DEFAULT_KERNELS = "debian-6.1,debian-6.12"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--kernels", default=DEFAULT_KERNELS,
+                     help="comma-separated guest images to run every scenario on (default: %(default)s)")
+
+
+def pytest_collect_file(parent, file_path: Path):
+    if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios":
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
+
+
+class HarnessTrouble(Exception):
+    """ERROR: nothing is known about the kernel."""
+
+
+class KernelMisbehaved(Exception):
+    """FAIL: the kernel did not do what the scenario expects."""
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        kernels = [k for k in self.config.getoption("--kernels").split(",") if k]
+        try:
+            scenarios = expand(load_scenario(self.path))
+        except InputError as exc:
+            raise self.CollectError(str(exc)) from None  # one line, no traceback
+        for scenario in scenarios:
+            for kernel in kernels:
+                yield ScenarioItem.from_parent(self, name=f"{scenario.name}[{kernel}]", scenario=scenario,
+                                               kernel=kernel)
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario, kernel, **kwargs):
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.kernel = kernel
+
+    def runtest(self):
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        run_dir = REPO_ROOT / "results" / "pytest" / self.kernel / worker
+        run_dir.mkdir(parents=True, exist_ok=True)
+        console = io.StringIO()
+        result = run_scenario(self.scenario, run_dir, RunOptions(image=self.kernel), ConsoleReporter(console))
+        self.user_properties.append(("artifacts", str(result.artifacts)))
+        self.user_properties.append(("outcome", result.outcome.name))
+        if result.outcome == Outcome.FAIL:
+            raise KernelMisbehaved("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
+        if result.outcome == Outcome.ERROR:
+            raise HarnessTrouble("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
+
+    def repr_failure(self, excinfo):
+        kind = "FAIL" if excinfo.errisinstance(KernelMisbehaved) else "ERROR"
+        if excinfo.errisinstance((KernelMisbehaved, HarnessTrouble)):
+            return f"{kind} {self.name}:\n{excinfo.value}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, None, f"scenario {self.name}"
