@@ -62,12 +62,17 @@ class SshSession:
     def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None):
         self.port = port
         self._log_handler = None
+        # paramiko's own account of the connection, for when it drops: a logger
+        # of this session's own, kept out of the root logger (and of other
+        # sessions' files, and of pytest's captured output).
+        self._log_channel = f"paramiko.mce-{port}-{id(self):x}"
         if log_file is not None:
-            # paramiko's own account of the connection, for when it drops.
             self._log_handler = logging.FileHandler(log_file)
             self._log_handler.setFormatter(logging.Formatter("%(relativeCreated)9.0f %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger("paramiko").addHandler(self._log_handler)
-            logging.getLogger("paramiko").setLevel(logging.DEBUG)
+            logger = logging.getLogger(self._log_channel)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+            logger.addHandler(self._log_handler)
         self._key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
         self._host_keys = pinned_host_keys(host_key_line, port)
         self._client: paramiko.SSHClient | None = None
@@ -79,6 +84,7 @@ class SshSession:
             client = paramiko.SSHClient()
             client._host_keys = self._host_keys  # the pinned key only: no known_hosts of the user
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            client.set_log_channel(self._log_channel)
             try:
                 client.connect(GUEST_HOST, self.port, username="root", pkey=self._key,
                                timeout=max(deadline.remaining(), 0.1), banner_timeout=max(deadline.remaining(), 0.1),
@@ -181,7 +187,7 @@ class SshSession:
     def close(self) -> None:
         self.close_client()
         if self._log_handler is not None:
-            logging.getLogger("paramiko").removeHandler(self._log_handler)
+            logging.getLogger(self._log_channel).removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
 
