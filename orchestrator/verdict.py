@@ -79,6 +79,25 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.append(_check_sigbus(expect, ev))
         if ev.ready and ev.ready.get("processes", 1) > 1:
             checks.append(_check_children(expect, ev))
+    checks.extend(_check_steps(expect, ev))
+    if expect.other_pages_intact is not None:
+        checks.append(_check_intact(expect.other_pages_intact, ev))
+    if expect.page_poisoned is not None:
+        checks.append(_check_poisoned(expect.page_poisoned, ev))
+    if expect.hardware_corrupted_kb is not None:
+        checks.append(_check_corrupted(expect.hardware_corrupted_kb, ev))
+    if expect.kernel_log or expect.kernel_log_absent:
+        checks.extend(_check_kernel_log(expect, ev))
+    if expect.memory_failure_event is not None:
+        checks.append(_check_event(expect, ev))
+    if expect.no_kernel_bugs and expect.guest == "alive":
+        checks.append(_check_kernel_health(ev))
+    return Verdict(worst(c.outcome for c in checks), tuple(checks))
+
+
+def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
+    """What the probe's and the harness's steps after the injection answered."""
+    checks = []
     if expect.fsync is not None:
         got = [step.get("result") for step in ev.steps if step.get("event") == "fsync"]
         checks.append(_compare("fsync results", list(expect.fsync), got))
@@ -102,19 +121,7 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     if expect.huge_regions_after_collapse is not None:
         checks.append(_compare("huge pages after collapse", list(expect.huge_regions_after_collapse),
                                collapses[-1].get("huge_regions") if collapses else None))
-    if expect.other_pages_intact is not None:
-        checks.append(_check_intact(expect.other_pages_intact, ev))
-    if expect.page_poisoned is not None:
-        checks.append(_check_poisoned(expect.page_poisoned, ev))
-    if expect.hardware_corrupted_kb is not None:
-        checks.append(_check_corrupted(expect.hardware_corrupted_kb, ev))
-    if expect.kernel_log or expect.kernel_log_absent:
-        checks.extend(_check_kernel_log(expect, ev))
-    if expect.memory_failure_event is not None:
-        checks.append(_check_event(expect, ev))
-    if expect.no_kernel_bugs and expect.guest == "alive":
-        checks.append(_check_kernel_health(ev))
-    return Verdict(worst(c.outcome for c in checks), tuple(checks))
+    return checks
 
 
 def _check_guest(expect: Expectations, ev: Evidence) -> Check:

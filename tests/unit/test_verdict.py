@@ -107,3 +107,36 @@ def test_expected_panic():
 def test_dead_probe_is_fail():
     ev = good_evidence(probe_result=None, probe_exit_status=137)
     assert "died (exit status 137)" in failing(judge(late_kill(), ev))["sigbus"]
+
+
+def with_expect(**changes):
+    scenario = late_kill()
+    return replace(scenario, expect=replace(scenario.expect, **changes))
+
+
+def test_step_answers_are_compared_in_order():
+    scenario = with_expect(fsync=("EIO", "ok"), reread="original", collapse="EINVAL",
+                           huge_regions_after_collapse=(True, False))
+    ev = good_evidence(steps=[{"event": "fsync", "result": "EIO"}, {"event": "fsync", "result": "ok"},
+                              {"event": "reread", "result": "original"},
+                              {"event": "collapse", "result": "EINVAL", "huge_regions": [True, False]}])
+    assert judge(scenario, ev).outcome == Outcome.PASS
+    ev.steps[1] = {"event": "fsync", "result": "EIO"}        # the error reported twice
+    ev.steps[3] = {"event": "collapse", "result": "ok", "huge_regions": [True, True]}  # built over the poison
+    failed = failing(judge(scenario, ev))
+    assert failed["fsync results"] == "got ['EIO', 'EIO'], expected ['EIO', 'ok']"
+    assert "got ok, expected EINVAL" in failed["MADV_COLLAPSE"]
+    assert "expected [True, False]" in failed["huge pages after collapse"]
+
+
+def test_a_step_the_probe_never_answered_fails():
+    failed = failing(judge(with_expect(reread="original"), good_evidence(steps=[])))
+    assert "never answered" in failed["reread"]
+
+
+def test_target_moved():
+    scenario = with_expect(target_moved=True)
+    moved = good_evidence(steps=[{"event": "touched", "target_pfn": PFN + 7}])
+    stayed = good_evidence(steps=[{"event": "touched", "target_pfn": PFN}])
+    assert judge(scenario, moved).outcome == Outcome.PASS
+    assert failing(judge(scenario, stayed))["target moved"] == f"target PFN {PFN:#x} -> {PFN:#x}"
