@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
     run.add_argument("--append", default="", metavar="CMDLINE", help="extra guest kernel command-line arguments")
+    run.add_argument("--snapshot", action="store_true",
+                     help="boot each guest configuration once, save it, and restore it for every scenario "
+                          "(about 0.1 s instead of a 2 s boot; scenarios with a disk still boot)")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
@@ -73,7 +76,7 @@ def run(scenarios, args) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
-                         extra_cmdline=args.append)
+                         extra_cmdline=args.append, snapshot=args.snapshot)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

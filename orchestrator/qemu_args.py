@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 # An Intel model with MCA/MCE; the guest sees MCG_SER_P and QEMU's 10 banks.
 TCG_CPU_MODEL = "Skylake-Client-v4"
 KERNEL_CMDLINE = "console=ttyS0 quiet panic=0 tsc=reliable"
+SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,7 @@ class QemuConfig:
     extra_cmdline: str = ""
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
     disk: Path | None = None      # a raw image, the guest's /dev/vda
+    incoming: Path | None = None  # restore this saved guest instead of booting
 
 
 def cpu_model(accel: str) -> str:
@@ -62,6 +65,11 @@ def build_argv(c: QemuConfig) -> list[str]:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
         argv += ["-drive", f"file={c.disk},if=none,id=disk0,format=raw,cache=unsafe",
                  "-device", "virtio-blk-pci,drive=disk0"]
+    if c.incoming is not None:
+        # QEMU hands exec: URIs to /bin/sh; the path is ours, but keep it plain.
+        if not SAFE_PATH.match(str(c.incoming)):
+            raise ValueError(f"snapshot path {c.incoming} has characters a shell would interpret")
+        argv += ["-incoming", f"exec:cat {c.incoming}"]
     if c.firmware is not None:
         argv += ["-bios", str(c.firmware)]
     return argv

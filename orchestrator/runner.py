@@ -28,14 +28,11 @@ from orchestrator.observe import hardware_corrupted, observe, wait_console
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
+from orchestrator.snapshot import GUEST_SETTLED, ensure_snapshot
 from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
 from orchestrator.verdict import Evidence, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Our image's /init loads the modules sshd does not need while the client logs
-# in; wait (at most 10 s) until it is done. Other images have no /etc/mceorch.
-GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/modules-loaded ] && [ $i -lt 1000 ]; "
-                 "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
 BANNER_FALLBACK_S = 10.0
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
@@ -73,6 +70,7 @@ class RunOptions:
     keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C
     image: str | None = None             # override every scenario's guest.image
     extra_cmdline: str = ""              # appended to the guest kernel's command line
+    snapshot: bool = False               # restore a saved booted guest instead of a cold boot
     hook: PhaseHook | None = None
 
 
@@ -142,7 +140,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                        extra_cmdline=options.extra_cmdline, disk=disk) as guest:
             phases.context.guest = guest
             try:
-                injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev)
+                injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
+                                          snapshot_cache=cache_root if options.snapshot else None)
             finally:
                 result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
@@ -191,19 +190,29 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
 
 
 def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
-                  phases: Phases, ev: Evidence) -> Injection | None:
+                  phases: Phases, ev: Evidence, snapshot_cache: Path | None = None) -> Injection | None:
     t = scenario.timeouts
     with phases("boot"):
         deadline = Deadline(t.boot, "boot")  # one deadline for launch and banner together
+        # A saved guest has no disk in its state: scenarios with one always boot.
+        restore = snapshot_cache is not None and guest.disk is None
+        if restore:
+            guest.incoming = ensure_snapshot(guest_image, scenario.guest, accel=guest.accel,
+                                             cache_root=snapshot_cache, extra_cmdline=guest.extra_cmdline,
+                                             binary=guest.qemu_binary, deadline=deadline,
+                                             progress=phases.reporter.note)
         guest.launch(deadline)
+        if restore:
+            guest.resume_incoming(deadline)
         booted = time.monotonic()
         try:
             wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                            sshd_started=lambda: _init_reported_ready(guest, booted))
+                            sshd_started=lambda: restore or _init_reported_ready(guest, booted))
         except HarnessError as exc:
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
-        phases.notes["boot"] = f"{guest.accel}, ssh on 127.0.0.1:{guest.ssh_port}"
+        phases.notes["boot"] = (f"{guest.accel}, {'restored from ' + guest.incoming.name if restore else 'booted'}, "
+                                f"ssh on 127.0.0.1:{guest.ssh_port}")
     try:
         return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev)
     except HarnessError as exc:

@@ -8,6 +8,7 @@ log tail; shutdown() asks politely, then kills.
 from __future__ import annotations
 
 import ctypes
+import os
 import shlex
 import signal
 import socket
@@ -45,7 +46,8 @@ def tail(path: Path, lines: int = 20) -> str:
 
 class QemuGuest:
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
-                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None):
+                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
+                 incoming: Path | None = None):
         self.image = image
         self.spec = spec
         self.artifacts = artifacts
@@ -53,6 +55,7 @@ class QemuGuest:
         self.qemu_binary = qemu_binary
         self.extra_cmdline = extra_cmdline
         self.disk = disk
+        self.incoming = incoming  # a saved guest to restore instead of a cold boot
         self.console_log = artifacts / "console.log"
         self.ssh_port = 0
         self.monitor: Monitor | None = None
@@ -90,7 +93,7 @@ class QemuGuest:
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, memory_mib=self.spec.memory_mib,
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
-            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk,
+            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
         self.argv = qemu_args.build_argv(config)
         (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
@@ -119,6 +122,33 @@ class QemuGuest:
         state = f"QEMU exited with code {code}" if code is not None else f"QEMU did not start ({why})"
         log = tail(self._qemu_log, 3).replace("\n", " | ")
         return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
+
+    def save(self, path: Path, deadline: Deadline) -> None:
+        """Stop the guest and write its whole state to `path` (QEMU's migration stream)."""
+        assert self.monitor
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        if not qemu_args.SAFE_PATH.match(str(partial)):  # QEMU hands exec: URIs to /bin/sh
+            raise HarnessError("boot", f"snapshot path {partial} has characters a shell would interpret")
+        self.monitor.execute("stop")
+        self.monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
+        self._wait_migration(deadline, "saving the guest")
+        partial.replace(path)  # atomic: a half-written state is never used
+
+    def resume_incoming(self, deadline: Deadline) -> None:
+        """After launch() with `incoming`: wait until the state is loaded, then run."""
+        assert self.monitor
+        self._wait_migration(deadline, "restoring the guest")
+        self.monitor.execute("cont")
+
+    def _wait_migration(self, deadline: Deadline, what: str) -> None:
+        while not deadline.expired():
+            status = self.monitor.execute("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HarnessError("boot", f"{what} failed (migration {status})")
+            deadline.sleep(0.02)
+        raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
     def exit_summary(self) -> str | None:
         """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""

@@ -41,3 +41,14 @@ def test_accel_needs_vmx_or_svm_not_just_dev_kvm():
     assert qemu_args.choose_accel("flags\t: fpu vme hypervisor\n", kvm_device_usable=True) == "tcg"
     assert qemu_args.choose_accel("flags\t: fpu vmx\n", kvm_device_usable=True) == "kvm"
     assert qemu_args.choose_accel("flags\t: fpu svm\n", kvm_device_usable=False) == "tcg"
+
+
+def test_restore_from_a_saved_guest():
+    argv = qemu_args.build_argv(config(incoming=Path("/cache/snapshots/debian-6.1-abc.state")))
+    assert argv[argv.index("-incoming") + 1] == "exec:cat /cache/snapshots/debian-6.1-abc.state"
+
+
+def test_a_snapshot_path_a_shell_would_interpret_is_refused():
+    import pytest
+    with pytest.raises(ValueError, match="characters a shell would interpret"):
+        qemu_args.build_argv(config(incoming=Path("/tmp/x; reboot")))
