@@ -64,10 +64,11 @@ suite: setup
 	cat results/verdict-table.md; exit $$status
 
 # The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
-# once (pytest-xdist), JUnit XML in results/nightly-junit.xml.
+# once (pytest-xdist), restored from saved guests, JUnit XML in
+# results/nightly-junit.xml.
 JOBS ?= 2
 nightly: setup
-	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
+	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 
 image: setup
 	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)

@@ -1,6 +1,6 @@
 """Scenarios as pytest items (pytest's "non-python test files" pattern).
 
-    pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--junitxml=...]
+    pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--snapshot] [--junitxml=...]
 
 Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
 kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
@@ -27,6 +27,8 @@ DEFAULT_KERNELS = "debian-6.1,debian-6.12"
 def pytest_addoption(parser):
     parser.addoption("--kernels", default=DEFAULT_KERNELS,
                      help="comma-separated guest images to run every scenario on (default: %(default)s)")
+    parser.addoption("--snapshot", action="store_true",
+                     help="restore a saved booted guest instead of booting (mce-orchestrator run --snapshot)")
 
 
 def pytest_collect_file(parent, file_path: Path):
@@ -67,7 +69,8 @@ class ScenarioItem(pytest.Item):
         run_dir = REPO_ROOT / "results" / "pytest" / self.kernel / worker
         run_dir.mkdir(parents=True, exist_ok=True)
         console = io.StringIO()
-        result = run_scenario(self.scenario, run_dir, RunOptions(image=self.kernel), ConsoleReporter(console))
+        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"))
+        result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.name))
         if result.outcome == Outcome.FAIL:
