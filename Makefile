@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 scenario: setup
-	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(ls scenarios | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
+	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(cd scenarios && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
 	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(ARGS)
 
 # Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
