@@ -53,8 +53,7 @@ def observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: Remote
         elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
             # The kernel logs its result after it has signalled early-kill victims,
             # so once the line is on the console the probe can be asked to go on.
-            wait_console(guest, f"Memory failure: {ev.injected_address >> 12:#x}", deadline,
-                         occurrences=scenario.inject.count)
+            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count)
         else:
             # A corrected error is seen when the guest next polls its banks; there
             # is no line to wait for, so give it one more interval.
@@ -129,6 +128,11 @@ def _guest_down(guest: QemuGuest) -> str | None:
     if events & {"SHUTDOWN", "RESET"}:
         return "the guest reset or shut down"
     return guest.died()
+
+
+def wait_failure_logged(guest: QemuGuest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
+    """Until memory_failure() has reported on `pfn` that many times (its pr_err lines reach the console)."""
+    return wait_console(guest, f"Memory failure: {pfn:#x}", deadline, occurrences=occurrences)
 
 
 def wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1,

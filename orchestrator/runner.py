@@ -24,7 +24,7 @@ from orchestrator import probe as probe_build
 from orchestrator.backends.qemu import QemuGuest, tail
 from orchestrator.deadline import Deadline
 from orchestrator.inject import Injection, inject
-from orchestrator.observe import hardware_corrupted, observe, wait_console
+from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
@@ -287,7 +287,7 @@ def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_bin
                     deadline.sleep(scenario.inject.interval_s)
                 elif n:
                     # The next one only once the kernel has logged the one before.
-                    wait_console(guest, f"Memory failure: {address >> 12:#x}", deadline, occurrences=n)
+                    wait_failure_logged(guest, address >> 12, deadline, occurrences=n)
                 injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
                                    address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
                                    deadline=deadline,

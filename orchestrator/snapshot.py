@@ -9,7 +9,6 @@ arguments and the QEMU binary's version.
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import shutil
@@ -78,7 +77,3 @@ def ensure_snapshot(image: GuestImage, spec: GuestSpec, *, accel: str, cache_roo
             shutil.rmtree(work, ignore_errors=True)
         return state
 
-
-def clear_snapshots(cache_root: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(cache_root / "snapshots")
