@@ -73,8 +73,20 @@ nightly: setup
 image: setup
 	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)
 
+# TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
+# one file on one worker, so a module fixture's orchestrator run happens
+# once). results/progress.log gets a line per test, scenario and phase from
+# every process and is shown as it grows, so a hung job names where it hangs.
+# pytest's exit code 5 (no tests ran) is a failure.
+TEST_JOBS ?= 2
 test: setup
-	$(PY) -m pytest -ra --junitxml=results/pytest-junit.xml $(ARGS) tests
+	@mkdir -p results && : > results/progress.log
+	@tail -s 0.3 -n +1 -F --pid=$$$$ results/progress.log 2>/dev/null | sed -u 's/^/progress: /' & \
+	MCE_PROGRESS_LOG=$(CURDIR)/results/progress.log $(PY) -m pytest -v -ra -p no:cacheprovider \
+	  -n $(TEST_JOBS) --dist loadfile --junitxml=results/pytest-junit.xml $(ARGS) tests; \
+	status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; status=1; fi; \
+	exit $$status
 
 unit: setup
 	$(PY) -m pytest -ra $(ARGS) tests/unit

@@ -13,6 +13,30 @@ from typing import TextIO
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.verdict import Evidence, Verdict
 
+# Where `make test` (and CI) follow what every orchestrator process is doing:
+# one line per scenario start, phase start and verdict, appended by each
+# process (and each pytest-xdist worker) to the same file, which the Makefile
+# shows as it grows. A hung job's last line there names scenario and phase.
+PROGRESS_LOG_ENV = "MCE_PROGRESS_LOG"
+
+
+def progress(text: str) -> None:
+    """Append one progress line when MCE_PROGRESS_LOG names a file; never raises."""
+    path = os.environ.get(PROGRESS_LOG_ENV)
+    if not path:
+        return
+    who = os.environ.get("PYTEST_XDIST_WORKER", "")
+    line = f"{time.strftime('%H:%M:%S')} {'[' + who + '] ' if who else ''}{text}\n"
+    try:
+        # One write() on an O_APPEND file: lines from many processes never interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode(errors="replace"))
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # progress is a courtesy; a full disk must not cost the run
+
 
 @dataclass
 class ScenarioResult:
@@ -72,10 +96,11 @@ class ConsoleReporter:
         print(text, file=self.stream, flush=True)
 
     def scenario_started(self, name: str) -> None:
+        progress(f"{name}: started")
         self._print(f"== {name}")
 
     def phase_started(self, name: str, phase: str) -> None:
-        pass
+        progress(f"{name}: {phase}")
 
     def phase_finished(self, name: str, phase: str, seconds: float, note: str = "") -> None:
         self._print(f"   {phase:<8} {seconds:6.2f} s  {note}".rstrip())
@@ -84,9 +109,11 @@ class ConsoleReporter:
         self._print(f"   {phase:<8} {seconds:6.2f} s  ERROR: {error}")
 
     def note(self, text: str) -> None:
+        progress(f"   {text}")
         self._print(f"   {text}")
 
     def scenario_finished(self, result: ScenarioResult) -> None:
+        progress(f"{result.name}: {result.outcome.name} in {result.duration:.1f} s")
         self._print(f"   {result.outcome.name} {result.name} in {result.duration:.1f} s")
         if result.verdict:
             for check in result.verdict.checks:

@@ -1,4 +1,9 @@
-"""Load: 50+ scenarios back to back, and two independent orchestrator runs at once."""
+"""Load: 50+ scenarios back to back, and two independent orchestrator runs at once.
+
+Guests are restored from a saved state (--snapshot): these tests are about
+many guests in a row and at once (a QEMU per scenario, none left, nothing
+shared), not about booting; the two runs at once also share the saved
+state and race to create it."""
 import json
 import os
 import subprocess
@@ -23,7 +28,7 @@ def report_of(proc, results_dir):
 
 
 def test_51_scenarios_back_to_back(tmp_path):
-    proc = start(tmp_path, *SCENARIOS, "--repeat", "17")
+    proc = start(tmp_path, "--snapshot", *SCENARIOS, "--repeat", "17")
     code, report, stderr = report_of(proc, tmp_path)
     outcomes = Counter(s["outcome"] for s in report["scenarios"])
     assert len(report["scenarios"]) == 51
@@ -34,7 +39,8 @@ def test_51_scenarios_back_to_back(tmp_path):
 
 def test_two_runs_at_once_share_nothing(tmp_path):
     # Same results folder on purpose: run folders, ports and guests must not collide.
-    first, second = start(tmp_path, *SCENARIOS, "--repeat", "2"), start(tmp_path, *SCENARIOS, "--repeat", "2")
+    first = start(tmp_path, "--snapshot", *SCENARIOS, "--repeat", "2")
+    second = start(tmp_path, "--snapshot", *SCENARIOS, "--repeat", "2")
     (code1, report1, err1), (code2, report2, err2) = report_of(first, tmp_path), report_of(second, tmp_path)
     assert code1 == 0 and code2 == 0, (err1[-2000:], err2[-2000:])
     verdicts1 = {s["name"]: (s["outcome"], [c["outcome"] for c in s["checks"]]) for s in report1["scenarios"]}
