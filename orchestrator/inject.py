@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 
 from orchestrator import mce
-from orchestrator.backends.monitor import Monitor, MonitorError
+from orchestrator.backends.base import GuestMonitor
+from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.outcome import HarnessError
 
@@ -35,7 +36,7 @@ def parse_registers(text: str) -> tuple[int, int]:
     return int(cpl.group(1)), int(rip.group(1), 16)
 
 
-def inject(monitor: Monitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
+def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
            limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None,
            kernel_mode: bool = False) -> Injection:
     try:
@@ -56,7 +57,7 @@ def inject(monitor: Monitor, fields: mce.MceFields, *, cpu: int, address: int, b
         raise HarnessError("inject", str(exc)) from None
 
 
-def _inject_when(monitor: Monitor, command: str, address: int, cpu: int, deadline: Deadline,
+def _inject_when(monitor: GuestMonitor, command: str, address: int, cpu: int, deadline: Deadline,
                  where: str, ready) -> Injection:
     """Stop the VM, look at the vCPU, inject only if ready(cpl, rip); cont either way."""
     attempts = 0

@@ -14,7 +14,7 @@ import re
 
 from orchestrator import mce
 from orchestrator import probe as probe_build
-from orchestrator.backends.qemu import QemuGuest
+from orchestrator.backends.base import Guest
 from orchestrator.deadline import Deadline
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
@@ -42,7 +42,7 @@ _ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy
                "Input/output error": "EIO", "No such device or address": "ENXIO"}
 
 
-def observe(scenario: Scenario, guest: QemuGuest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
+def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
     deadline = Deadline(scenario.timeouts.observe, "observe")
     down = lambda: _guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
@@ -109,7 +109,7 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
         ev.steps.append(answer)
 
 
-def _let_panic_print(guest: QemuGuest, deadline: Deadline) -> None:
+def _let_panic_print(guest: Guest, deadline: Deadline) -> None:
     """With -action panic=pause, a panic raised in machine-check context pauses
     the guest before its text reaches the serial port: resume it briefly."""
     if not guest.panicked() or guest.died():
@@ -120,7 +120,7 @@ def _let_panic_print(guest: QemuGuest, deadline: Deadline) -> None:
     wait_console(guest, "Kernel panic", wait, stop_when_down=False)
 
 
-def _guest_down(guest: QemuGuest) -> str | None:
+def _guest_down(guest: Guest) -> str | None:
     """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
     events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
     if "GUEST_PANICKED" in events:
@@ -130,12 +130,12 @@ def _guest_down(guest: QemuGuest) -> str | None:
     return guest.died()
 
 
-def wait_failure_logged(guest: QemuGuest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
+def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
     """Until memory_failure() has reported on `pfn` that many times (its pr_err lines reach the console)."""
     return wait_console(guest, f"Memory failure: {pfn:#x}", deadline, occurrences=occurrences)
 
 
-def wait_console(guest: QemuGuest, text: str, deadline: Deadline, occurrences: int = 1,
+def wait_console(guest: Guest, text: str, deadline: Deadline, occurrences: int = 1,
                  stop_when_down: bool = True) -> bool:
     """Until `text` is on the console `occurrences` times (a local file: cheap to poll)."""
     while not deadline.expired():

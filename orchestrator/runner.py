@@ -21,7 +21,9 @@ from typing import Callable
 
 from orchestrator import image as images
 from orchestrator import probe as probe_build
-from orchestrator.backends.qemu import QemuGuest, tail
+from orchestrator.backends import DEFAULT_BACKEND, new_guest
+from orchestrator.backends.base import Guest
+from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.inject import Injection, inject
 from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
@@ -53,7 +55,7 @@ class RunContext:
     scenario: Scenario
     artifacts: Path
     evidence: Evidence
-    guest: QemuGuest | None = None
+    guest: Guest | None = None
     ssh: SshSession | None = None
     probe: RemoteProcess | None = None
 
@@ -71,6 +73,7 @@ class RunOptions:
     image: str | None = None             # override every scenario's guest.image
     extra_cmdline: str = ""              # appended to the guest kernel's command line
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
+    backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
     hook: PhaseHook | None = None
 
 
@@ -136,8 +139,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             if variant is not None:
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
-        with QemuGuest(image=guest_image, spec=scenario.guest, artifacts=artifacts, accel=options.accel,
-                       extra_cmdline=options.extra_cmdline, disk=disk) as guest:
+        with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
+                       accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
             phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
@@ -189,7 +192,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     return result
 
 
-def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
+def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                   phases: Phases, ev: Evidence, snapshot_cache: Path | None = None) -> Injection | None:
     t = scenario.timeouts
     with phases("boot"):
@@ -200,7 +203,7 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
             guest.incoming = ensure_snapshot(guest_image, scenario.guest, accel=guest.accel,
                                              cache_root=snapshot_cache, extra_cmdline=guest.extra_cmdline,
                                              binary=guest.qemu_binary, deadline=deadline,
-                                             progress=phases.reporter.note)
+                                             progress=phases.reporter.note, new_guest=guest.fresh)
         guest.launch(deadline)
         if restore:
             guest.resume_incoming(deadline)
@@ -222,7 +225,7 @@ def _run_in_guest(scenario: Scenario, guest: QemuGuest, guest_image, probe_binar
         raise
 
 
-def _run_after_boot(scenario: Scenario, guest: QemuGuest, guest_image, probe_binary: Path,
+def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                     phases: Phases, ev: Evidence) -> Injection | None:
     t = scenario.timeouts
     injection = None
@@ -335,7 +338,7 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _init_reported_ready(guest: QemuGuest, since: float) -> bool:
+def _init_reported_ready(guest: Guest, since: float) -> bool:
     """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
     Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
     that could not be written, must not cost the whole boot deadline."""
@@ -377,7 +380,7 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
 
 
-def _keep_alive_if_failed(scenario, guest: QemuGuest, ev: Evidence, guest_image, reporter) -> None:
+def _keep_alive_if_failed(scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
     verdict = judge(scenario, ev) if ev.ready else None
     if verdict is not None and verdict.outcome == Outcome.PASS:
         return

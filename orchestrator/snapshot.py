@@ -18,6 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
+from orchestrator.backends.base import Guest
 from orchestrator.backends.qemu import QemuGuest
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
@@ -47,8 +48,10 @@ def snapshot_key(image: GuestImage, spec: GuestSpec, accel: str, extra_cmdline: 
 
 def ensure_snapshot(image: GuestImage, spec: GuestSpec, *, accel: str, cache_root: Path, extra_cmdline: str = "",
                     binary: str = "qemu-system-x86_64", deadline: Deadline,
-                    progress: Callable[[str], None] = lambda m: None) -> Path:
-    """The saved guest for this configuration, booting and saving it first if needed."""
+                    progress: Callable[[str], None] = lambda m: None,
+                    new_guest: Callable[[Path], Guest] | None = None) -> Path:
+    """The saved guest for this configuration, booting and saving it first if needed.
+    `new_guest(folder)` makes the guest that boots and is saved (default: a QemuGuest)."""
     folder = cache_root / "snapshots"
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = folder / f"{image.name}-{snapshot_key(image, spec, accel, extra_cmdline, binary)}.state"
@@ -59,8 +62,9 @@ def ensure_snapshot(image: GuestImage, spec: GuestSpec, *, accel: str, cache_roo
         progress(f"saving a booted {image.name} guest for later runs ({state.name})")
         work = Path(tempfile.mkdtemp(prefix="mce-snapshot-"))
         try:
-            with QemuGuest(image=image, spec=spec, artifacts=work, accel=accel, qemu_binary=binary,
-                           extra_cmdline=extra_cmdline) as guest:
+            guest = new_guest(work) if new_guest else QemuGuest(
+                image=image, spec=spec, artifacts=work, accel=accel, qemu_binary=binary, extra_cmdline=extra_cmdline)
+            with guest:
                 guest.launch(deadline)
                 wait_for_banner(guest.ssh_port, deadline, still_running=guest.died)
                 ssh = SshSession(guest.ssh_port, image.client_key, image.host_key_line)

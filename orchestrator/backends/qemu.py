@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from orchestrator import mce, qemu_args
+from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import Monitor, MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
@@ -44,7 +45,7 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-class QemuGuest:
+class QemuGuest(Guest):
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
                  qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
                  incoming: Path | None = None):
@@ -150,6 +151,10 @@ class QemuGuest:
             deadline.sleep(0.02)
         raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
+    def fresh(self, artifacts: Path) -> "QemuGuest":
+        return QemuGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,
+                         qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline)
+
     def exit_summary(self) -> str | None:
         """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""
         code = self._process.poll() if self._process else None
@@ -182,17 +187,3 @@ class QemuGuest:
         finally:
             if monitor is not None:
                 monitor.close()
-
-    def __enter__(self) -> "QemuGuest":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-
-    # --- injection ---
-    def wait_for_events(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
-        assert self.monitor
-        return self.monitor.wait_for_event(names, timeout, start)
-
-    def panicked(self) -> bool:
-        return bool(self.monitor and any(e["event"] == "GUEST_PANICKED" for e in self.monitor.events()))

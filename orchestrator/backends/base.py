@@ -1,0 +1,115 @@
+"""The guest-backend interface: what the runner, observe, inject and snapshot use.
+
+A backend starts one guest and gives the pipeline its monitor (QMP commands,
+HMP lines, QEMU's events), its serial console as a local file, an SSH port on
+127.0.0.1, whether it panicked or went away, save/restore, and a shutdown that
+always cleans up. The pipeline never asks which backend made the guest (tmt's
+provision step is the model: one Guest class, several provisioners).
+"""
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Protocol
+
+from orchestrator import mce
+from orchestrator.deadline import Deadline
+from orchestrator.image import GuestImage
+from orchestrator.scenario import GuestSpec
+
+
+class GuestMonitor(Protocol):
+    """QEMU's monitor as the pipeline sees it. Failures raise
+    orchestrator.backends.monitor.MonitorError, whichever backend carries them."""
+
+    log_error: str | None  # an event/command log that could not be written
+
+    def execute(self, command: str, arguments: dict | None = None, timeout: float = 10) -> object:
+        """A QMP command; its `return` value."""
+
+    def hmp(self, line: str, timeout: float = 10) -> str:
+        """An HMP command whose success is an empty reply."""
+
+    def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
+        """An HMP command's text reply, optionally about vCPU `cpu`."""
+
+    def events(self) -> list[dict]:
+        """Every QEMU event so far, in order, each with an `elapsed` timestamp."""
+
+    def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
+        """First event named in `names` at index >= start, or None when time runs out."""
+
+
+class Guest(abc.ABC):
+    """One guest for one scenario. The constructor only stores configuration;
+    launch() starts it; shutdown() (also the context manager's exit) always
+    cleans up and is idempotent."""
+
+    image: GuestImage
+    spec: GuestSpec
+    artifacts: Path
+    accel: str
+    extra_cmdline: str
+    disk: Path | None             # the scratch disk, the guest's /dev/vda
+    incoming: Path | None         # a saved guest to restore instead of a cold boot
+    qemu_binary: str              # keys saved guests (its version shapes the saved state)
+    console_log: Path             # the serial console, a local file
+    ssh_port: int                 # SSH on 127.0.0.1 (known once launched)
+    monitor: GuestMonitor | None  # None before launch and after shutdown
+    launched_pid: int | None      # QEMU's pid, kept after shutdown so callers can check it is gone
+
+    @property
+    @abc.abstractmethod
+    def limits(self) -> mce.MceLimits:
+        """What an injection is checked against: vCPUs, banks, guest RAM."""
+
+    @property
+    @abc.abstractmethod
+    def pid(self) -> int | None:
+        """QEMU's pid while it runs."""
+
+    @abc.abstractmethod
+    def is_running(self) -> bool: ...
+
+    @abc.abstractmethod
+    def launch(self, deadline: Deadline) -> None:
+        """Start the guest (restoring `incoming` if set) and connect its monitor;
+        on failure clean up and raise HarnessError('boot', ...)."""
+
+    @abc.abstractmethod
+    def resume_incoming(self, deadline: Deadline) -> None:
+        """After launch() with `incoming`: wait until the state is loaded, then run."""
+
+    @abc.abstractmethod
+    def save(self, path: Path, deadline: Deadline) -> None:
+        """Stop the guest and write its whole state to `path`, atomically."""
+
+    @abc.abstractmethod
+    def fresh(self, artifacts: Path) -> "Guest":
+        """A new, unlaunched guest like this one (no disk, no incoming state),
+        its files in `artifacts`: what a saved guest is booted from."""
+
+    @abc.abstractmethod
+    def exit_summary(self) -> str | None:
+        """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""
+
+    @abc.abstractmethod
+    def died(self) -> str | None:
+        """Why QEMU is gone (one line), or None while it runs."""
+
+    @abc.abstractmethod
+    def shutdown(self, timeout: float = 5) -> None:
+        """Stop the guest whatever state it is in; always releases everything. Idempotent."""
+
+    def wait_for_events(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
+        assert self.monitor
+        return self.monitor.wait_for_event(names, timeout, start)
+
+    def panicked(self) -> bool:
+        return bool(self.monitor and any(e["event"] == "GUEST_PANICKED" for e in self.monitor.events()))
+
+    def __enter__(self) -> "Guest":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
