@@ -3,14 +3,17 @@
 Waits on the console and QMP (cheap, local) rather than on SSH where it can;
 runs the scenario's steps (probe commands, or writes the harness makes in the
 guest); gathers the probe's report, kpageflags, meminfo, the kernel log and
-sshd's log in one SSH round trip. A guest that went down (panic, reset, QEMU
-gone) is never waited for: the console stands in for the kernel log.
+sshd's log, each part its own SSH command with its own deadline, so one
+failure costs one part. A guest that went down (panic, reset, QEMU gone) is
+never waited for: the console stands in for the kernel log.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import re
+from dataclasses import dataclass
+from typing import Callable
 
 from orchestrator import mce
 from orchestrator import probe as probe_build
@@ -18,11 +21,11 @@ from orchestrator.backends.base import Guest
 from orchestrator.deadline import Deadline
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
-from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote
+from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession
 from orchestrator.verdict import Evidence
 
 GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
-_PART = "==== mce-orchestrator part ===="  # separates the outputs of the one gathering command
+GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
@@ -166,28 +169,94 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     else:
         # Let the probe's channel end before opening the next one (see SshSession._open_exec).
         probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
-    if abort():
-        ev.guest_answered_after = False
-        for what in ("kpageflags", "meminfo"):
-            ev.unavailable[what] = abort()
-        return
-    pfn = ev.checked_pfn
-    try:
-        # One round trip for all of it; the parts are split on a marker line.
-        output = ssh.check(f"{probe_build.REMOTE_PATH} --kpageflags {pfn}; echo {quote(_PART)}; cat /proc/meminfo; "
-                           f"echo {quote(_PART)}; dmesg; echo {quote(_PART)}; cat /run/dropbear.log 2>/dev/null; true",
-                           deadline, "observe")
+    gather_parts(ssh, ev, abort)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of evidence gathered over SSH: its own command, its own deadline."""
+    name: str                                # as named in Evidence.unavailable
+    command: Callable[[Evidence], str]
+    store: Callable[[Evidence, str], None]   # parses the output; ValueError when it is unreadable
+
+
+def _store_kpageflags(ev: Evidence, output: str) -> None:
+    ev.kpageflags = parse_kpageflags(output, ev.checked_pfn)
+
+
+def _store_meminfo(ev: Evidence, output: str) -> None:
+    kb = hardware_corrupted(output)
+    if kb is None:
+        raise ValueError(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
+    ev.hardware_corrupted_kb_after = kb
+
+
+PARTS = (
+    Part("kpageflags", lambda ev: f"{probe_build.REMOTE_PATH} --kpageflags {ev.checked_pfn}", _store_kpageflags),
+    Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
+    Part("kernel log", lambda ev: "dmesg", lambda ev, output: setattr(ev, "kernel_log", output)),
+    Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
+         lambda ev, output: setattr(ev, "sshd_log", output)),
+)
+
+
+def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: float = GATHER_PART_S) -> None:
+    """Each part is its own command with a fresh budget of `part_s` seconds, whatever is
+    left of the phase's deadline (a hung probe may have spent it all), so one failure
+    costs one part. Once SSH itself is gone, or the guest went down, the parts left
+    are not tried: they would fail the same way."""
+    failed: str | None = None
+    for part in parts:
+        why_down = abort()
+        if why_down:
+            ev.unavailable[part.name] = why_down
+            ev.guest_answered_after = False
+            continue
+        if failed is not None and not ssh.connected():
+            ev.unavailable[part.name] = failed
+            continue
+        try:
+            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe")
+        except HarnessError as exc:
+            # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
+            # kernel look the same from here, so this is not evidence against the kernel.
+            failed = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
+            ev.unavailable[part.name] = failed
+            continue
         ev.guest_answered_after = True
-        kpageflags, meminfo, ev.kernel_log, ev.sshd_log = output.split(_PART + "\n")
-        ev.kpageflags = json.loads(kpageflags)["flags"]
-        ev.hardware_corrupted_kb_after = hardware_corrupted(meminfo)
-    except HarnessError as exc:
-        # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
-        # kernel look the same from here, so this is not evidence against the kernel.
-        why = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
-        for what in ("kpageflags", "meminfo", "kernel log", "liveness check"):
-            ev.unavailable[what] = why
-        ev.guest_answered_after = False if abort() else None
+        try:
+            part.store(ev, output)
+        except ValueError as exc:
+            ev.unavailable[part.name] = f"the guest's answer was unreadable: {exc}"
+    if ev.guest_answered_after is None and failed is not None:
+        ev.unavailable["liveness check"] = failed
+        if abort():
+            ev.guest_answered_after = False
+
+
+def parse_kpageflags(output: str, pfn: int | None) -> int:
+    """The flags word from the probe's `--kpageflags PFN` line; other lines are ignored,
+    anything that is not one clear answer for that PFN is a ValueError."""
+    found = set()
+    for line in output.splitlines():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("event") == "kpageflags":
+            flags = message.get("flags")
+            if message.get("pfn") != pfn or type(flags) is not int or not 0 <= flags < 1 << 64:
+                raise ValueError(f"page-flags answer for PFN {pfn}: {shown(line)}")
+            found.add(flags)
+    if len(found) != 1:
+        raise ValueError(f"{'no' if not found else 'more than one'} page-flags answer for PFN {pfn}: {shown(output)}")
+    return found.pop()
+
+
+def shown(text: str, limit: int = 120) -> str:
+    """A guest-provided value quoted for a message, cut to `limit` characters."""
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)")
 
 
 def hardware_corrupted(meminfo: str) -> int | None:

@@ -107,6 +107,11 @@ class SshSession:
             raise HarnessError("ssh", "not connected")
         return self._client
 
+    def connected(self) -> bool:
+        """Logged in, and the connection still up."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
     def _transport(self) -> paramiko.Transport:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
@@ -145,6 +150,9 @@ class SshSession:
                 if not chunk:
                     break
                 output += chunk
+                if deadline.expired():  # a command that keeps printing does not extend it
+                    channel.close()
+                    raise TimeoutError
                 channel.settimeout(max(deadline.remaining(), 0.01))
             status = channel.recv_exit_status()
             channel.close()
