@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,8 @@ GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
+PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
+PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
 _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 # Probe commands and the event each answers with.
@@ -119,8 +122,31 @@ def _let_panic_print(guest: Guest, deadline: Deadline) -> None:
         return
     with contextlib.suppress(Exception):
         guest.monitor.execute("cont", timeout=2)
-    wait = Deadline(min(3.0, deadline.remaining()), "panic text")
-    wait_console(guest, "Kernel panic", wait, stop_when_down=False)
+    wait = Deadline(max(min(PANIC_TEXT_S, deadline.remaining()), 1.0), "panic text")
+    if wait_console(guest, "Kernel panic", wait, stop_when_down=False):
+        _wait_console_settled(guest, wait)
+
+
+def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
+    """Until the console ends with a whole line and has not grown for PANIC_QUIET_S.
+    "Kernel panic" alone can be read while the rest of its line is still on its way
+    through the serial port (seen on a loaded host: the message cut in the middle, a
+    false FAIL). Waiting for panic()'s own last line does not work: in machine-check
+    context it stays in the printk buffer and never reaches the console."""
+    size, since = -1, time.monotonic()
+    while not deadline.expired():
+        try:
+            now = guest.console_log.stat().st_size
+            with guest.console_log.open("rb") as console:
+                console.seek(max(now - 1, 0))
+                whole_line = console.read(1) == b"\n"
+        except OSError:
+            return
+        if now != size:
+            size, since = now, time.monotonic()
+        elif whole_line and time.monotonic() - since >= PANIC_QUIET_S:
+            return
+        deadline.sleep(0.05)
 
 
 def _guest_down(guest: Guest) -> str | None:
