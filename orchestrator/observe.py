@@ -43,6 +43,11 @@ GUEST_STEPS = {
     "unpoison": ("/sys/kernel/debug/hwpoison/unpoison-pfn", lambda pfn: f"{pfn:#x}"),
 }
 
+# A step the harness runs as a second process in the guest (the probe binary in
+# another mode): fresh pages with the ksm kind's content, for ksmd to scan.
+KSM_REMERGE_PAGES = 16
+ANSWER_MARGIN_S = 5.0  # of the observe deadline, kept for the answer and the evidence gathering
+
 _ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy": "EBUSY",
                "Invalid argument": "EINVAL", "Operation not permitted": "EPERM", "I/O error": "EIO",
                "Input/output error": "EIO", "No such device or address": "ENXIO"}
@@ -86,6 +91,20 @@ def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) ->
     return {"event": step, "result": result, "output": output.strip()}
 
 
+def _ksm_remerge_step(ssh: SshSession, deadline: Deadline) -> dict:
+    """The probe's --ksm-remerge mode waits in the guest for ksmd's full_scans to
+    advance, bounded by what is left of the observe deadline."""
+    seconds = max(1, int(deadline.remaining() - ANSWER_MARGIN_S))
+    status, output = ssh.run(f"{probe_build.REMOTE_PATH} --ksm-remerge {KSM_REMERGE_PAGES} --timeout {seconds}",
+                             deadline, "observe")
+    for line in reversed(output.splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            if isinstance(answer, dict) and answer.get("event") == "ksm-remerge":
+                return answer
+    return {"event": "ksm-remerge", "result": "error", "output": output.strip()[-500:], "status": status}
+
+
 def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev: Evidence,
                deadline: Deadline, down) -> None:
     """Each step is a probe command (or a harness write in the guest); its answer goes
@@ -97,9 +116,10 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
         if step == "settle":
             deadline.sleep(SETTLE_S)
             continue
-        if step in GUEST_STEPS:
+        if step in GUEST_STEPS or step == "ksm-remerge":
             try:
-                ev.steps.append(_guest_step(step, ssh, ev, deadline))
+                ev.steps.append(_guest_step(step, ssh, ev, deadline) if step in GUEST_STEPS
+                                else _ksm_remerge_step(ssh, deadline))
             except HarnessError:
                 return
             continue

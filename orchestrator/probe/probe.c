@@ -11,6 +11,9 @@
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file] [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
+ *   probe --ksm-remerge N [--timeout S]
+ *         (a second process: N fresh pages with the content of the ksm kind's
+ *         pages, MADV_MERGEABLE; waits for ksmd to scan them, see ksm_remerge)
  *
  * Modes:
  *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
@@ -37,6 +40,7 @@
  * as a free buddy page and nothing else (far from where allocations happen).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -453,10 +457,111 @@ static void run_child(int from_parent, int armed, double start)
     exit(0);
 }
 
+static long read_ksm_counter(const char *name)
+{
+    char path[96];
+    long value = -1;
+    snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", name);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        if (fscanf(f, "%ld", &value) != 1)
+            value = -1;
+        fclose(f);
+    }
+    return value;
+}
+
+/* ksmd's pid and state letter from /proc/PID/stat ('?' and pid 0 when there is no ksmd). */
+static int find_ksmd(char *state)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    int found = 0;
+    *state = '?';
+    while (proc && !found && (entry = readdir(proc))) {
+        char path[300], stat[256] = "";
+        int pid = atoi(entry->d_name);
+        if (pid <= 0)
+            continue;
+        snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        /* "PID (comm) S ...": the state follows the last ')'. */
+        if (fgets(stat, sizeof(stat), f) && strstr(stat, " (ksmd) ")) {
+            char *after = strrchr(stat, ')');
+            found = pid;
+            if (after && after[1] == ' ')
+                *state = after[2];
+        }
+        fclose(f);
+    }
+    if (proc)
+        closedir(proc);
+    return found;
+}
+
+/*
+ * Fresh anonymous pages with the content the ksm kind gives every page
+ * (pattern 0), so each is a candidate for the stable tree node of the page
+ * the orchestrator poisoned. ksmd searches the stable tree first for every
+ * page it scans (cmp_and_merge_page -> stable_tree_search -> memcmp_pages).
+ * MADV_MERGEABLE inserts this mm just behind ksmd's cursor, so the scan pass
+ * under way may miss it and the next one covers it: two more full_scans mean
+ * every page was looked at. Not before the timeout: "stalled"; ksmd no
+ * longer in /proc: "ksmd-gone".
+ */
+static int ksm_remerge(int n)
+{
+    long scans_before = read_ksm_counter("full_scans"), scanned_before = read_ksm_counter("pages_scanned");
+    size_t size = (size_t)n * page_size;
+    double start = now_ms();
+    unsigned char *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        fail("mmap");
+    madvise(p, size, MADV_NOHUGEPAGE);
+    for (int i = 0; i < n; i++)
+        fill(p + i * page_size, 0);
+    if (scans_before < 0)
+        fail("read /sys/kernel/mm/ksm/full_scans");
+    if (madvise(p, size, MADV_MERGEABLE))
+        fail("madvise MADV_MERGEABLE");
+    long scans = scans_before;
+    char state;
+    int ksmd = find_ksmd(&state), polls = 0;
+    /* A ksmd that died (an oops in a kernel thread ends it) will never scan: stop looking. */
+    while (scans < scans_before + 2 && ksmd && now_ms() - start < timeout * 1e3) {
+        usleep(10000);
+        scans = read_ksm_counter("full_scans");
+        if (++polls % 10 == 0)
+            ksmd = find_ksmd(&state);
+    }
+    ksmd = find_ksmd(&state);
+    /* How many physical pages back the n pages now (1: all merged into one), and
+     * the first one's PFN (the poisoned page's: merged into it). */
+    int pagemap = open("/proc/self/pagemap", O_RDONLY), distinct = 0;
+    uint64_t *pfns = calloc(n, sizeof(*pfns));
+    for (int i = 0; pagemap >= 0 && pfns && i < n; i++) {
+        pfns[i] = pfn_of(pagemap, p + i * page_size);
+        int seen = 0;
+        for (int j = 0; j < i; j++)
+            seen |= pfns[j] == pfns[i];
+        distinct += !seen;
+    }
+    printf("{\"event\":\"ksm-remerge\",\"result\":\"%s\",\"pages\":%d,\"distinct_pfns\":%d,\"first_pfn\":%llu,"
+           "\"full_scans\":[%ld,%ld],\"pages_scanned\":[%ld,%ld],\"ksmd_pid\":%d,\"ksmd_state\":\"%c\","
+           "\"elapsed_ms\":%.1f}\n",
+           scans >= scans_before + 2 ? "scanned" : ksmd ? "stalled" : "ksmd-gone", n, distinct,
+           (unsigned long long)(pfns ? pfns[0] : 0), scans_before, scans,
+           scanned_before, read_ksm_counter("pages_scanned"), ksmd, state, now_ms() - start);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
         return print_kpageflags(argv[2]);
+    int remerge = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--find-free")) find_free = 1;
@@ -469,6 +574,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--memory")) memory = v, i++;
         else if (!strcmp(a, "--file")) file_path = v, i++;
         else if (!strcmp(a, "--file-state")) file_state = v, i++;
+        else if (!strcmp(a, "--ksm-remerge")) remerge = atoi(v) > 0 && atoi(v) <= 4096 ? atoi(v) : -1, i++;
         else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "busy")) busy = 1;
             else if (strcmp(v, "wait")) { fprintf(stderr, "probe: unknown mode %s\n", v); return 2; }
@@ -484,6 +590,12 @@ int main(int argc, char **argv)
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     page_size = sysconf(_SC_PAGESIZE);
+    if (remerge < 0) {
+        fprintf(stderr, "probe: --ksm-remerge needs 1 to 4096 pages\n");
+        return 2;
+    }
+    if (remerge)
+        return ksm_remerge(remerge);
 
     if (cpu >= 0) {
         cpu_set_t set;
