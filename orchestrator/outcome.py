@@ -2,7 +2,10 @@
 
 FAIL means the guest kernel did not do what the scenario expects; ERROR means
 the harness, the host or the input is at fault and nothing can be said about
-the kernel (the distinction tmt makes). The worst outcome wins.
+the kernel (the distinction tmt makes). The worst outcome wins. A scenario
+can mark kernels as known to fail it (known_failures): there a failure that
+shows the marked signature is KNOWN-FAIL (exit 0, like pytest's xfail) and a
+pass is XPASS (exit 1, like a strict xfail that passed).
 """
 from __future__ import annotations
 
@@ -10,14 +13,26 @@ import enum
 
 
 class Outcome(enum.IntEnum):
-    # Ordered by severity, so max() combines several outcomes.
+    # Ordered by severity, so max() combines several outcomes. The exit code is
+    # a separate mapping (a known failure exits 0 like a pass), monotonic in
+    # that order, so the worst outcome's exit code is also the highest one.
     PASS = 0
-    FAIL = 1
-    ERROR = 2
+    KNOWN_FAIL = 1   # failed as a known_failures mark says this kernel does
+    XPASS = 2        # marked as known to fail on this kernel, but passed: the mark is stale
+    FAIL = 3
+    ERROR = 4
 
     @property
     def exit_code(self) -> int:
-        return int(self)
+        return _EXIT_CODES[self]
+
+    @property
+    def label(self) -> str:
+        """As reports show it: PASS, KNOWN-FAIL, XPASS, FAIL, ERROR."""
+        return self.name.replace("_", "-")
+
+
+_EXIT_CODES = {Outcome.PASS: 0, Outcome.KNOWN_FAIL: 0, Outcome.XPASS: 1, Outcome.FAIL: 1, Outcome.ERROR: 2}
 
 
 def worst(outcomes) -> Outcome:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from orchestrator.outcome import HarnessError, Outcome
+from orchestrator.scenario import KnownFailure
 from orchestrator.verdict import Evidence, Verdict
 
 # Where `make test` (and CI) follow what every orchestrator process is doing:
@@ -53,6 +54,8 @@ class ScenarioResult:
     qemu_pid: int | None = None
     image: str | None = None
     kernel_release: str | None = None
+    known_failure: KnownFailure | None = None   # marked for this kernel
+    known_note: str | None = None               # what the mark made of the verdict
 
     @property
     def duration(self) -> float:
@@ -63,12 +66,15 @@ class ScenarioResult:
         reasons = [str(self.error)] if self.error else []
         if self.verdict:
             reasons += self.verdict.reasons
+        if self.known_note:
+            # First for KNOWN-FAIL and XPASS (that is the news); after the failed checks for a FAIL.
+            reasons = reasons + [self.known_note] if self.outcome == Outcome.FAIL else [self.known_note] + reasons
         return reasons
 
     def to_json(self) -> dict:
         ev = self.evidence
         return {
-            "name": self.name, "file": self.path, "outcome": self.outcome.name,
+            "name": self.name, "file": self.path, "outcome": self.outcome.label,
             "duration_s": round(self.duration, 3),
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
             "error": {"phase": self.error.phase, "message": self.error.message} if self.error else None,
@@ -80,6 +86,9 @@ class ScenarioResult:
             "qemu_pid": self.qemu_pid,
             "image": self.image,
             "kernel_release": self.kernel_release,
+            "known_failure": {"kernel": self.known_failure.condition, "because": self.known_failure.because,
+                              "signature": self.known_failure.signature, "note": self.known_note}
+            if self.known_failure else None,
         }
 
 
@@ -113,8 +122,10 @@ class ConsoleReporter:
         self._print(f"   {text}")
 
     def scenario_finished(self, result: ScenarioResult) -> None:
-        progress(f"{result.name}: {result.outcome.name} in {result.duration:.1f} s")
-        self._print(f"   {result.outcome.name} {result.name} in {result.duration:.1f} s")
+        progress(f"{result.name}: {result.outcome.label} in {result.duration:.1f} s")
+        self._print(f"   {result.outcome.label} {result.name} in {result.duration:.1f} s")
+        if result.known_note:
+            self._print(f"     {result.known_note}")
         if result.verdict:
             for check in result.verdict.checks:
                 self._print(f"     [{_MARK[check.outcome]}] {check.name}: {check.detail}")
@@ -125,11 +136,14 @@ class ConsoleReporter:
     def run_finished(self, results: list[ScenarioResult], run_dir: Path) -> None:
         counts = {o: sum(r.outcome == o for r in results) for o in Outcome}
         self._print("")
+        width = max([5] + [len(r.outcome.label) for r in results])  # KNOWN-FAIL is wider than PASS, ERROR
         for r in results:
-            self._print(f"{r.outcome.name:<5} {r.name:<32} {r.duration:6.1f} s"
+            self._print(f"{r.outcome.label:<{width}} {r.name:<32} {r.duration:6.1f} s"
                         + (f"  {r.reasons[0]}" if r.reasons else ""))
+        marked = "".join(f", {counts[o]} {what}" for o, what in ((Outcome.KNOWN_FAIL, "known failures"),
+                                                                 (Outcome.XPASS, "unexpected passes")) if counts[o])
         self._print(f"{len(results)} scenarios: {counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
-                    f"{counts[Outcome.ERROR]} errors; report: {run_dir}")
+                    f"{counts[Outcome.ERROR]} errors{marked}; report: {run_dir}")
 
 
 def new_run_dir(results_root: Path) -> Path:
@@ -148,15 +162,22 @@ def point_latest(results_root: Path, run_dir: Path) -> None:
 
 
 def write_junit(results: list[ScenarioResult], path: Path) -> None:
+    """As pytest writes it: a known failure is <skipped type="pytest.xfail">, an
+    unexpected pass a <failure> "[XPASS(strict)] ..." (a strict xfail that passed)."""
     suite = ET.Element("testsuite", name="mce-orchestrator", tests=str(len(results)),
-                       failures=str(sum(r.outcome == Outcome.FAIL for r in results)),
+                       failures=str(sum(r.outcome in (Outcome.FAIL, Outcome.XPASS) for r in results)),
                        errors=str(sum(r.outcome == Outcome.ERROR for r in results)),
+                       skipped=str(sum(r.outcome == Outcome.KNOWN_FAIL for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
         case = ET.SubElement(suite, "testcase", classname="scenarios", name=r.name, file=r.path,
                              time=f"{r.duration:.3f}")
         if r.outcome == Outcome.FAIL:
             ET.SubElement(case, "failure", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
+        elif r.outcome == Outcome.XPASS:
+            ET.SubElement(case, "failure", message=f"[XPASS(strict)] {r.known_note}").text = r.known_note
+        elif r.outcome == Outcome.KNOWN_FAIL:
+            ET.SubElement(case, "skipped", type="pytest.xfail", message=r.known_note or "").text = "\n".join(r.reasons)
         elif r.outcome == Outcome.ERROR:
             ET.SubElement(case, "error", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
         lines = [f"{phase}: {seconds:.2f} s" for phase, seconds in r.phases.items()]

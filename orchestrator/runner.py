@@ -26,6 +26,7 @@ from orchestrator.backends.base import Guest
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.inject import Injection, inject
+from orchestrator.known_failures import apply_known_failure
 from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
@@ -136,8 +137,11 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
+            result.known_failure = scenario.known_failure(guest_image.kernel_release)
             if variant is not None:
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
+            if result.known_failure is not None:
+                phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
         with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
                        accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
@@ -187,6 +191,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         if result.error is not None and result.outcome == Outcome.PASS:
             # Every check passed, but the harness broke afterwards: say so.
             result.outcome = Outcome.ERROR
+        result.outcome, result.known_note = apply_known_failure(result.outcome, result.verdict.checks,
+                                                                result.known_failure)
     result.phases = phases.seconds
     reporter.scenario_finished(result)
     return result

@@ -110,6 +110,7 @@ class Expectations:
     soft_poison: str | None = None
     unpoison: str | None = None
     target_moved: bool | None = None
+    ksm_remerge: str | None = None
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
 
@@ -131,6 +132,15 @@ class KernelVariant:
 
 
 @dataclass(frozen=True)
+class KnownFailure:
+    """A guest kernel bug this scenario runs into: on matching kernels, a failure
+    whose failed checks show `signature` is KNOWN-FAIL, a pass is XPASS."""
+    condition: str          # e.g. ">=6.12"
+    because: str
+    signature: str          # exact text in the detail of a failed check
+
+
+@dataclass(frozen=True)
 class Scenario:
     name: str
     path: Path
@@ -141,6 +151,15 @@ class Scenario:
     expect: Expectations
     timeouts: Timeouts = field(default_factory=Timeouts)
     kernel_variants: tuple[KernelVariant, ...] = ()
+    known_failures: tuple[KnownFailure, ...] = ()
+
+    def known_failure(self, release: str) -> KnownFailure | None:
+        """The known failure marked for kernel `release`, if any (the last matching entry wins)."""
+        chosen = None
+        for known in self.known_failures:
+            if kernel_matches(known.condition, release):
+                chosen = known
+        return chosen
 
     def for_kernel(self, release: str) -> tuple["Scenario", KernelVariant | None]:
         """This scenario with the expectations that hold on kernel `release` (e.g. '6.12.117+deb12-amd64')."""
@@ -354,12 +373,26 @@ def parse_scenario(text: str, path: Path) -> Scenario:
                 if getattr(e, key) is not None:
                     fail(at + (key,), "cannot be checked when the guest is expected to panic (only kernel_log, "
                                       "kernel_log_absent and memory_failure_event can)")
+    known = tuple(KnownFailure(k["kernel"], " ".join(k["because"].split()), k["signature"])
+                  for k in data.get("known_failures", ()))
+    for i, k in enumerate(known):
+        if len(k.signature.splitlines()) != 1 or not k.signature.strip():
+            fail(("known_failures", i, "signature"), "must be one line of text (it is looked for in the detail "
+                                                     "of a failed check)")
+        if any(other.condition == k.condition for other in known[:i]):
+            fail(("known_failures", i, "kernel"), f"'{k.condition}' is already marked by an earlier entry")
+    remerges = "ksm-remerge" in probe.after_inject
+    if remerges and probe.memory != "ksm":
+        fail(("probe", "after_inject"), "ksm-remerge needs probe.memory: ksm (its pages copy the ksm kind's content)")
+    for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
+        if e.ksm_remerge is not None and not remerges:
+            fail(at + ("ksm_remerge",), "needs a ksm-remerge step in probe.after_inject")
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 
     return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
                     probe=probe, inject=inject, expect=expect, timeouts=Timeouts(**data.get("timeouts", {})),
-                    kernel_variants=variants)
+                    kernel_variants=variants, known_failures=known)
 
 
 def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
@@ -409,7 +442,7 @@ def _expectations(d: dict) -> Expectations:
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
         no_kernel_bugs=d.get("no_kernel_bugs", True),
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
-        target_moved=d.get("target_moved"),
+        target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"),
     )
 
 

@@ -92,6 +92,9 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.append(_check_event(expect, ev))
     if expect.no_kernel_bugs and expect.guest == "alive":
         checks.append(_check_kernel_health(ev))
+    if expect.ksm_remerge is not None:
+        # After the health check: an oops that killed ksmd is the first reason given.
+        checks.append(_check_ksm_remerge(expect.ksm_remerge, ev))
     return Verdict(worst(c.outcome for c in checks), tuple(checks))
 
 
@@ -122,6 +125,28 @@ def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
         checks.append(_compare("huge pages after collapse", list(expect.huge_regions_after_collapse),
                                collapses[-1].get("huge_regions") if collapses else None))
     return checks
+
+
+def _check_ksm_remerge(want: str, ev: Evidence) -> Check:
+    """ksmd's progress over the fresh pages of the ksm-remerge step, and whether ksmd is still there."""
+    name = "ksmd scanned again"
+    answers = [step for step in ev.steps if step.get("event") == "ksm-remerge"]
+    if not answers:
+        return _fail(name, f"expected {want}, but the ksm-remerge step never answered")
+    a = answers[-1]
+    got = a.get("result")
+    if got == "error":
+        return Check(name, Outcome.ERROR, f"the ksm-remerge step failed: {a.get('output') or 'no output'}")
+    scans = a.get("full_scans", [None, None])
+    ksmd = f"ksmd pid {a.get('ksmd_pid')} state {a.get('ksmd_state')}" if a.get("ksmd_pid") else "no ksmd thread"
+    detail = (f"{got}: full_scans {scans[0]} -> {scans[1]} in {a.get('elapsed_ms', 0) / 1000:.1f} s over "
+              f"{a.get('pages')} fresh pages ({a.get('distinct_pfns')} distinct PFNs after, the first "
+              f"{a.get('first_pfn', 0):#x}{', the poisoned page' if a.get('first_pfn') == ev.checked_pfn else ''}); "
+              f"{ksmd}")
+    # Scanned, yet a zombie or dead ksmd is no healthy ksmd.
+    if got == "scanned" and a.get("ksmd_state") in ("Z", "X"):
+        got = "ksmd-gone"
+    return _ok(name, detail) if got == want else _fail(name, detail + f"; expected {want}")
 
 
 def _check_guest(expect: Expectations, ev: Evidence) -> Check:
@@ -261,8 +286,30 @@ def _check_kernel_health(ev: Evidence) -> Check:
     name = "no kernel bugs"
     if ev.kernel_log is None:
         return _missing(name, ev, "kernel log")
-    bad = [line.strip() for line in ev.kernel_log.splitlines() if _KERNEL_BUG.search(line)]
-    return _fail(name, f"the kernel reported: {bad[0]}") if bad else _ok(name, "no BUG, Oops or WARNING in the kernel log")
+    lines = ev.kernel_log.splitlines()
+    bad = [i for i, line in enumerate(lines) if _KERNEL_BUG.search(line)]
+    if not bad:
+        return _ok(name, "no BUG, Oops or WARNING in the kernel log")
+    return _fail(name, f"the kernel reported: {' | '.join(_oops_head(lines, bad[0]))}")
+
+
+_OOPS_HEAD_END = re.compile(r"\bRIP: |Call Trace:")
+_OOPS_HEAD_KEEP = re.compile(r"^(#PF: |Oops|CPU: |RIP: )")  # what the fault was, which task, where
+_PRINTK_PREFIX = re.compile(r"^\s*(<\d>)?\[\s*\d+\.\d+\]\s*")
+OOPS_HEAD_WINDOW = 16
+
+
+def _oops_head(lines: list[str], first: int) -> list[str]:
+    """The report's first lines, as a kernel developer reads them: the BUG/Oops line,
+    then the #PF, Oops, CPU (task) and RIP lines up to RIP, without printk timestamps."""
+    head = []
+    for n, line in enumerate(lines[first:first + OOPS_HEAD_WINDOW]):
+        text = _PRINTK_PREFIX.sub("", line).strip()
+        if n == 0 or _OOPS_HEAD_KEEP.match(text):
+            head.append(text)
+        if _OOPS_HEAD_END.search(text):
+            break
+    return head
 
 
 def _check_event(expect: Expectations, ev: Evidence) -> Check:

@@ -6,7 +6,10 @@ Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
 kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
 pytest-xdist, `-n N` runs N guests at once in separate worker processes.
 A FAIL (the kernel misbehaved) fails the item; an ERROR (the harness could
-not tell) is reported as an error. Artifacts go under results/pytest/.
+not tell) is reported as an error. On a kernel a scenario marks in
+known_failures, the item gets a strict xfail mark once the run knows the
+kernel: a KNOWN-FAIL is xfailed, an unexpected pass is XPASS(strict) (failed),
+a failure another way fails. Artifacts go under results/pytest/.
 """
 from __future__ import annotations
 
@@ -45,6 +48,10 @@ class KernelMisbehaved(Exception):
     """FAIL: the kernel did not do what the scenario expects."""
 
 
+class KnownKernelFailure(Exception):
+    """KNOWN-FAIL: the kernel failed the way the scenario's known_failures mark says."""
+
+
 class ScenarioFile(pytest.File):
     def collect(self):
         kernels = [k for k in self.config.getoption("--kernels").split(",") if k]
@@ -72,11 +79,21 @@ class ScenarioItem(pytest.Item):
         options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"))
         result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
-        self.user_properties.append(("outcome", result.outcome.name))
+        self.user_properties.append(("outcome", result.outcome.label))
+        if result.known_failure is not None:
+            # Known only now (the image gives the kernel release); pytest's skipping
+            # plugin reads marks added during the call. Strict: a pass is XPASS(strict).
+            known = result.known_failure
+            self.add_marker(pytest.mark.xfail(reason=f"known to fail on kernel {known.condition} "
+                                                     f"('{known.signature}'): {known.because}",
+                                              raises=KnownKernelFailure, strict=True))
+        if result.outcome == Outcome.KNOWN_FAIL:
+            raise KnownKernelFailure("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
         if result.outcome == Outcome.FAIL:
             raise KernelMisbehaved("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
         if result.outcome == Outcome.ERROR:
             raise HarnessTrouble("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
+        # XPASS returns like a PASS: the strict xfail mark makes pytest report it as XPASS(strict).
 
     def repr_failure(self, excinfo):
         kind = "FAIL" if excinfo.errisinstance(KernelMisbehaved) else "ERROR"

@@ -49,4 +49,11 @@ def test_worst_outcome_wins():
     assert worst([Outcome.PASS, Outcome.FAIL]) == Outcome.FAIL
     assert worst([Outcome.FAIL, Outcome.ERROR, Outcome.PASS]) == Outcome.ERROR
     assert worst([]) == Outcome.PASS
-    assert [o.exit_code for o in Outcome] == [0, 1, 2]
+    assert [(o.label, o.exit_code) for o in Outcome] == [("PASS", 0), ("KNOWN-FAIL", 0), ("XPASS", 1), ("FAIL", 1),
+                                                          ("ERROR", 2)]
+    # Severity order and exit codes agree: the worst outcome has the highest exit code.
+    assert [o.exit_code for o in sorted(Outcome)] == sorted(o.exit_code for o in Outcome)
+    assert worst([Outcome.KNOWN_FAIL, Outcome.PASS]) == Outcome.KNOWN_FAIL
+    assert worst([Outcome.KNOWN_FAIL, Outcome.XPASS]) == Outcome.XPASS
+    assert worst([Outcome.XPASS, Outcome.FAIL]) == Outcome.FAIL
+    assert worst([Outcome.XPASS, Outcome.ERROR]) == Outcome.ERROR

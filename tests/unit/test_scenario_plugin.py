@@ -1,0 +1,64 @@
+"""The scenarios' pytest plugin turns known failures into pytest's xfail outcomes (no guest: run_scenario is faked)."""
+import textwrap
+from pathlib import Path
+
+pytest_plugins = "pytester"
+
+PLUGIN = Path(__file__).resolve().parents[2] / "scenarios" / "conftest.py"
+
+CONFTEST = f"""
+import importlib.util
+from orchestrator.outcome import Outcome
+from orchestrator.report import ScenarioResult
+from orchestrator.scenario import KnownFailure
+
+spec = importlib.util.spec_from_file_location("scenario_plugin_under_test", {str(PLUGIN)!r})
+plugin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(plugin)
+MARK = KnownFailure(">=6.12", "ksmd oopses", "BUG: unable to handle page fault for address")
+# name -> (outcome, marked for this kernel)
+PLANNED = {{"known": (Outcome.KNOWN_FAIL, True), "fixed": (Outcome.XPASS, True), "other": (Outcome.FAIL, True),
+            "plain": (Outcome.PASS, False), "broken": (Outcome.FAIL, False)}}
+
+
+def fake_run_scenario(scenario, run_dir, options, reporter, label=None):
+    outcome, marked = PLANNED[scenario.name]
+    return ScenarioResult(scenario.name, str(scenario.path), outcome, run_dir / scenario.name,
+                          known_failure=MARK if marked else None, known_note=f"note for {{scenario.name}}")
+
+
+plugin.run_scenario = fake_run_scenario
+pytest_addoption = plugin.pytest_addoption
+pytest_collect_file = plugin.pytest_collect_file
+"""
+
+SCENARIO = textwrap.dedent("""\
+    description: t
+    inject: {preset: srao}
+    expect: {sigbus: none}
+    """)
+
+
+def test_known_failures_are_xfailed_and_unexpected_passes_strict(pytester):
+    pytester.makeconftest(CONFTEST)
+    folder = pytester.mkdir("scenarios")
+    for name in ("known", "fixed", "other", "plain", "broken"):
+        (folder / f"{name}.yaml").write_text(SCENARIO)
+    result = pytester.runpytest("--kernels", "debian-6.12", "-rxX", "-p", "no:cacheprovider",
+                                "--junitxml", str(pytester.path / "junit.xml"), "scenarios")
+    result.assert_outcomes(passed=1, xfailed=1, failed=3)
+    result.stdout.fnmatch_lines(["*[[]XPASS(strict)[]] known to fail on kernel >=6.12*",
+                                 "*XFAIL scenarios/known.yaml::known?debian-6.12?*known to fail on kernel >=6.12*"])
+    assert result.ret == 1
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'type="pytest.xfail"' in junit and "[XPASS(strict)] known to fail on kernel &gt;=6.12" in junit
+
+
+def test_only_known_failures_exit_zero(pytester):
+    pytester.makeconftest(CONFTEST)
+    folder = pytester.mkdir("scenarios")
+    for name in ("known", "plain"):
+        (folder / f"{name}.yaml").write_text(SCENARIO)
+    result = pytester.runpytest("--kernels", "debian-6.12", "-p", "no:cacheprovider", "scenarios")
+    result.assert_outcomes(passed=1, xfailed=1)
+    assert result.ret == 0
