@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.monotonic()
         result = run_scenario(scenario, run_dir / label, options, _Quiet())
         if result.outcome != Outcome.PASS:
-            raise SystemExit(f"{label}: {result.outcome.name}: {result.reasons}")
+            raise SystemExit(f"{label}: {result.outcome.label}: {result.reasons}")
         if not options.snapshot:
             phases.append(result.phases)
         return time.monotonic() - start
