@@ -28,7 +28,7 @@
  * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
  * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
  * ksm (anonymous pages of identical content, MADV_MERGEABLE; "ready" waits
- * until ksmd has merged the target with page 0), thp (anonymous, 2 MiB
+ * until ksmd has merged every page into one), thp (anonymous, 2 MiB
  * aligned, MADV_HUGEPAGE), thp-eligible (the same range
  * as 4 KiB pages, MADV_NOHUGEPAGE until the collapse step makes it eligible
  * with MADV_HUGEPAGE and asks for MADV_COLLAPSE), file (a MAP_SHARED mapping of
@@ -250,6 +250,16 @@ static void print_page_list(const char *key, int want_intact)
     printf("]");
 }
 
+/* Every page of the mapping on page 0's physical page (KSM has merged them all). */
+static int all_merged(int pagemap)
+{
+    uint64_t first = pfn_of(pagemap, mem);
+    for (int p = 1; p < pages; p++)
+        if (!first || pfn_of(pagemap, mem + p * page_size) != first)
+            return 0;
+    return 1;
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strncmp(memory, "thp", 3);
@@ -352,7 +362,7 @@ static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pa
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
-           target_va != mem && pfn_of(pagemap, target_va) == pfn_of(pagemap, mem) ? "true" : "false",
+           same_content && all_merged(pagemap) ? "true" : "false",
            find_free ? free_buddy_pfn() : 0ULL,
            (void *)busy_loop_start, (void *)busy_loop_end);
     for (int p = 0; p < pages; p++)
@@ -635,10 +645,13 @@ int main(int argc, char **argv)
         fail("open /proc/self/pagemap");
     unsigned char *target_va = mem + target * page_size;
     if (same_content) {
-        /* Wait (up to 30 s) for ksmd to merge the target with page 0. */
+        /* Wait (up to 30 s) until ksmd has merged every page into page 0's: with
+         * only the target merged, ksmd can still be merging the others while the
+         * error is handled, and 6.12's unmap then races with it ("failed to unmap
+         * page (folio mapcount=1)", "unmapping failed page: Failed", seen 1 in 11). */
         if (madvise(mem, mem_size, MADV_MERGEABLE))
             fail("madvise MADV_MERGEABLE");
-        for (int i = 0; i < 3000 && pfn_of(pagemap, target_va) != pfn_of(pagemap, mem); i++)
+        for (int i = 0; i < 3000 && !all_merged(pagemap); i++)
             usleep(10000);
     }
     uint64_t target_pfn = pfn_of(pagemap, target_va);
