@@ -14,6 +14,7 @@ from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
 from orchestrator.scenario import catalog, expand, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
+MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in catalog(SCENARIOS_DIR):
                 print(name)
             return 0
-        if getattr(args, "repeat", 1) < 1:
-            raise InputError(f"--repeat {args.repeat}: must be at least 1")
+        if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
+            raise InputError(f"--repeat {args.repeat}: must be 1 to {MAX_REPEAT}")
         scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
             for s in scenarios:
@@ -65,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # The results folder cannot be written (disk full, read-only, ...).
         print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return Outcome.ERROR.exit_code
+    except MemoryError:
+        # The host's trouble, not the guest kernel's: an ERROR, never a FAIL or a traceback.
+        print("mce-orchestrator: error: the host ran out of memory", file=sys.stderr)
         return Outcome.ERROR.exit_code
     except KeyboardInterrupt:
         print("mce-orchestrator: interrupted", file=sys.stderr)

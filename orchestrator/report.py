@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -185,8 +187,32 @@ def write_junit(results: list[ScenarioResult], path: Path) -> None:
             lines += [f"[{c.outcome.name}] {c.name}: {c.detail}" for c in r.verdict.checks]
         lines.append(f"artifacts: {r.artifacts}")
         ET.SubElement(case, "system-out").text = "\n".join(lines)
+    for element in suite.iter():
+        # Guest output, scenario strings and file names can hold characters XML 1.0 cannot carry at all.
+        element.text = xml_safe(element.text) if element.text is not None else None
+        element.attrib = {key: xml_safe(value) for key, value in element.attrib.items()}
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 
 
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` with every character XML 1.0 forbids (controls, lone surrogates, U+FFFE/F) written as \\xNN."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def _json_safe(value):
+    """NaN and infinities are not JSON: written as strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(results: list[ScenarioResult], path: Path, meta: dict) -> None:
-    path.write_text(json.dumps({**meta, "scenarios": [r.to_json() for r in results]}, indent=2) + "\n")
+    report = _json_safe({**meta, "scenarios": [r.to_json() for r in results]})
+    path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -6,6 +6,7 @@ use it too. Every error is one line naming the file, the line and the key.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ _PLAIN_TAGS = {
 }
 
 
+_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")  # the schema's name pattern
 MAX_DEPTH = 16  # scenarios nest three levels; anything deeper is not a scenario
 
 
@@ -193,11 +195,26 @@ def kernel_matches(condition: str, release: str) -> bool:
             ">": have > want, "<": have < want}[op]
 
 
+def _pattern(validator, pattern: str, instance, schema):
+    # ECMA-262's '$' is the end of the string; Python's also matches before a final
+    # newline, which would let "debian-6.1\n" or "vm.max_map_count\n" through.
+    if validator.is_type(instance, "string") and not re.search(re.sub(r"(?<!\\)\$$", r"\\Z", pattern), instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
 # JSON Schema calls 512.0 an integer; for addresses and counts it is not one.
+# Nor is .nan or .inf a number of seconds: a NaN deadline never expires.
 _Validator = jsonschema.validators.extend(
     jsonschema.Draft202012Validator,
-    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool)))
+    validators={"pattern": _pattern},
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many({
+        "integer": lambda _checker, value: isinstance(value, int) and not isinstance(value, bool),
+        "number": lambda _checker, value: (isinstance(value, int) and not isinstance(value, bool))
+        or (isinstance(value, float) and math.isfinite(value)),
+    }))
+
+# Fields a kernel_log pattern may use; verdict.expand fills them in.
+PLACEHOLDERS = {"pfn": 1, "gpa": 4096, "va": 4096, "injected_pfn": 1}
 
 
 def _schema() -> dict:
@@ -239,6 +256,9 @@ def _to_python(path: Path, node: yaml.Node, lines: dict[tuple, int], at: tuple =
             key = _to_python(path, key_node, {}, at, seen)
             if not isinstance(key, str):
                 raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at), f"key {key!r} must be a string")
+            if not key.isprintable() or key != key.strip():
+                raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at),
+                                    f"key {key!r} has control characters or surrounding blanks")
             if key in out:
                 raise ScenarioError(path, key_node.start_mark.line + 1, _dotted(at + (key,)), "duplicated key")
             lines[at + (key,)] = key_node.start_mark.line + 1
@@ -280,6 +300,8 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[tuple, str]:
         return at, "give exactly one of 'preset' or 'raw'"
     if v == "oneOf":
         return at, f"expected 'none' or a mapping of {', '.join(_oneof_keys(error))}; got {inst!r}"
+    if v == "pattern" and error.validator_value == _schema()["$defs"]["log_line"]["pattern"]:
+        return at, f"{inst!r} has control characters (a kernel log line has none)"
     if v == "pattern" or v == "propertyNames":
         return at, f"{inst!r} is not an allowed name"
     return at, error.message
@@ -335,6 +357,10 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     name = data.get("name", path.stem)
     if name != path.stem:
         fail(("name",), f"'{name}' does not match the file name '{path.stem}'")
+    if not _NAME.fullmatch(name):
+        # Names become folders under results/: the same rule as an explicit name.
+        raise ScenarioError(path, None, "", f"the file name gives the scenario name {name!r}, which is not "
+                                            f"allowed (lower-case letters, digits, '.', '_', '-'; at most 64)")
 
     guest_data = data.get("guest", {})
     guest = GuestSpec(
@@ -387,16 +413,57 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
         if e.ksm_remerge is not None and not remerges:
             fail(at + ("ksm_remerge",), "needs a ksm-remerge step in probe.after_inject")
+    for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
+        for key in ("kernel_log", "kernel_log_absent"):
+            for i, pattern in enumerate(getattr(e, key)):
+                problem = _placeholder_problem(pattern)
+                if problem:
+                    fail(at + (key, i), problem)
+    timeouts = Timeouts(**data.get("timeouts", {}))
+    _check_repeats(inject, timeouts, fail)
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 
     return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
-                    probe=probe, inject=inject, expect=expect, timeouts=Timeouts(**data.get("timeouts", {})),
+                    probe=probe, inject=inject, expect=expect, timeouts=timeouts,
                     kernel_variants=variants, known_failures=known)
+
+
+def _placeholder_problem(pattern: str) -> str | None:
+    """Why `pattern` cannot be filled in by the verdict, or None."""
+    try:
+        pattern.format(**PLACEHOLDERS)
+    except KeyError as exc:
+        return f"unknown placeholder {{{exc.args[0]}}} (known: {', '.join(sorted(PLACEHOLDERS))}; write {{{{ for a brace)"
+    except (IndexError, ValueError) as exc:
+        return f"cannot be filled in: {exc} (placeholders look like {{pfn:#x}}; write {{{{ for a brace)"
+    return None
+
+
+def _check_repeats(inject: InjectSpec, timeouts: Timeouts, fail) -> None:
+    """count and interval_s against the error kind and the phase deadlines."""
+    if inject.fields is None:
+        return
+    if inject.interval_s is not None and inject.count == 1 and inject.fields.status & mce.MCI_STATUS_UC:
+        fail(("inject", "interval_s"), "only means something with count > 1 (or a corrected error's poll wait)")
+    if inject.count > 1 and inject.interval_s is None and not inject.fields.status & mce.MCI_STATUS_UC:
+        fail(("inject", "count"), "a corrected error prints no memory-failure line to wait for between "
+                                  "injections: give interval_s")
+    if inject.interval_s is not None:
+        spent = inject.interval_s * (inject.count - 1)
+        if spent >= timeouts.inject:
+            fail(("inject", "interval_s"), f"{inject.count - 1} interval(s) of {inject.interval_s:g} s do not fit "
+                                           f"in timeouts.inject ({timeouts.inject:g} s)")
+        if not inject.fields.status & mce.MCI_STATUS_UC and inject.interval_s >= timeouts.observe:
+            fail(("inject", "interval_s"), f"{inject.interval_s:g} s (the wait for the guest's next poll after the "
+                                           f"last one) does not fit in timeouts.observe ({timeouts.observe:g} s)")
 
 
 def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
     if d.get("preset") == "none":
+        for key in ("count", "interval_s", "address", "page_offset", "region", "gate", "broadcast"):
+            if key in d:
+                fail(("inject", key), "preset: none injects nothing")
         return InjectSpec(fields=None, preset="none", cpu=0)
     if "preset" in d:
         fields = mce.PRESETS[d["preset"]]
@@ -414,11 +481,16 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
     if cpu >= guest.vcpus:
         fail(("inject", "cpu"), f"vCPU {cpu} does not exist (guest has {guest.vcpus}); QEMU would drop it silently")
     address = d.get("address")
+    for key in ("region", "page_offset"):
+        if address is not None and d.get(key, InjectSpec.region if key == "region" else 0) not in ("probe", 0):
+            fail(("inject", key), f"contradicts inject.address (an absolute address is injected as given)")
     if address is not None:
         ranges = mce.guest_ram_ranges(guest.memory_mib << 20, guest.machine)
         if not any(lo <= address < hi for lo, hi in ranges):
             ram = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in ranges)
             fail(("inject", "address"), f"{address:#x} is outside guest RAM ({ram})")
+    if d.get("page_offset", 0) and d.get("region", "probe") != "probe":
+        fail(("inject", "page_offset"), f"counts pages of the probe's mapping; region {d['region']} is not the probe's")
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
     return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
                       page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1),

@@ -196,6 +196,10 @@ def _check_children(expect: Expectations, ev: Evidence) -> Check:
 def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None) -> Check:
     result = result if result is not None else ev.probe_result
     if result is None:
+        oom = _oom_kill(ev)
+        if oom:
+            # The scenario asked for more memory than the guest has: nothing is known about the MCE handling.
+            return Check("sigbus", Outcome.ERROR, f"the guest ran out of memory before the probe reported: {oom}")
         if ev.probe_exit_status is not None:
             return _fail("sigbus", f"the probe died (exit status {ev.probe_exit_status}) before reporting")
         return _missing("sigbus", ev, "probe result")
@@ -220,6 +224,16 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
     if problems:
         return _fail("sigbus", "; ".join(problems) + f" (got {got})")
     return _ok("sigbus", got)
+
+
+_OOM_KILL = re.compile(r"Out of memory: Killed process \d+ \(mce-probe\)|oom-kill:.*task=mce-probe")
+
+
+def _oom_kill(ev: Evidence) -> str | None:
+    """The kernel log's line saying the OOM killer killed the probe, if it did."""
+    if ev.probe_exit_status != 128 + 9 or not ev.kernel_log:
+        return None
+    return next((line.strip() for line in ev.kernel_log.splitlines() if _OOM_KILL.search(line)), None)
 
 
 def _check_intact(want: bool, ev: Evidence) -> Check:

@@ -57,3 +57,25 @@ def test_worst_outcome_wins():
     assert worst([Outcome.KNOWN_FAIL, Outcome.XPASS]) == Outcome.XPASS
     assert worst([Outcome.XPASS, Outcome.FAIL]) == Outcome.FAIL
     assert worst([Outcome.XPASS, Outcome.ERROR]) == Outcome.ERROR
+
+
+HOSTILE = "]]><&\"' \x00\x01\x08\x0b\x1b[31m\x7f \ud800 \ufffe \u2028 é 😀"
+
+
+def test_junit_and_json_stay_well_formed_whatever_the_strings(tmp_path):
+    hostile = ScenarioResult("h.1", f"scenarios/{HOSTILE}.yaml", Outcome.FAIL, tmp_path / "h",
+                             phases={"observe": float("nan")},
+                             verdict=Verdict(Outcome.FAIL, (Check(f"kernel log has '{HOSTILE}'", Outcome.FAIL,
+                                                                  f"console: {HOSTILE}"),)),
+                             error=HarnessError("observe", HOSTILE), evidence=Evidence(probe_result={"x": float("inf")}))
+    write_junit([hostile], tmp_path / "junit.xml")
+    write_json([hostile], tmp_path / "report.json", {"started": 0.0})
+    case = ET.parse(tmp_path / "junit.xml").getroot().find("testcase")
+    assert "\\x01" in case.find("failure").get("message") and "😀" in case.find("failure").text
+    assert "\\x1b[31m" in case.find("system-out").text and "\\ud800" in case.get("file")
+
+    def no_constants(name):
+        raise ValueError(f"{name} is not JSON")
+    report = json.loads((tmp_path / "report.json").read_text(), parse_constant=no_constants)
+    assert report["scenarios"][0]["checks"][0]["detail"] == f"console: {HOSTILE}"
+    assert report["scenarios"][0]["probe"]["result"] == {"x": "inf"}

@@ -122,3 +122,109 @@ def test_each_vcpu_expands_into_one_scenario_per_vcpu():
     names = [(s.name, s.inject.cpu, s.probe.cpu) for s in expand(parse(text))]
     assert names == [("t.cpu0", 0, 0), ("t.cpu1", 1, 1), ("t.cpu2", 2, 2)]
     assert [s.name for s in expand(parse(MINIMAL))] == ["t"]
+
+
+# --- inputs checked up front (issue 13): real files through `validate` --------------------------
+
+def validate(tmp_path, text, name="t", capsys=None):
+    from orchestrator.cli import main
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    code = main(["validate", str(path)])
+    return code, capsys.readouterr().err if capsys else ""
+
+
+@pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", "0", "-1", "0.0", "1e999"])
+def test_timeouts_are_finite_positive_numbers(tmp_path, capsys, value):
+    code, err = validate(tmp_path, MINIMAL + f"timeouts:\n  observe: {value}\n", capsys=capsys)
+    assert code == 2 and err.count("\n") == 1 and "timeouts.observe" in err and "t.yaml:7" in err, err
+
+
+@pytest.mark.parametrize("inject, problem", [
+    ("preset: ce\n  count: 3", "inject.count: a corrected error prints no memory-failure line"),
+    ("preset: srao\n  count: 4\n  interval_s: 11", "inject.interval_s: 3 interval(s) of 11 s do not fit in timeouts.inject (30 s)"),
+    ("preset: ce\n  count: 2\n  interval_s: 30", "do not fit in timeouts.inject"),
+    ("preset: ce\n  count: 2\n  interval_s: 12\ntimeouts:\n  observe: 10", "does not fit in timeouts.observe (10 s)"),
+    ("preset: srao\n  interval_s: 2", "inject.interval_s: only means something with count > 1"),
+    ("preset: none\n  count: 2", "inject.count: preset: none injects nothing"),
+])
+def test_count_and_interval_fit_the_error_kind_and_the_deadlines(tmp_path, capsys, inject, problem):
+    code, err = validate(tmp_path, f"description: t\ninject:\n  {inject}\nexpect:\n  guest: alive\n", capsys=capsys)
+    assert code == 2 and problem in err and err.count("\n") == 1, err
+
+
+def test_counts_that_fit_are_accepted(tmp_path):
+    for inject in ("preset: ce\n  count: 3\n  interval_s: 1.2", "preset: srao\n  count: 3",
+                   "preset: srao\n  count: 3\n  interval_s: 9"):
+        path = tmp_path / "t.yaml"
+        path.write_text(f"description: t\ninject:\n  {inject}\nexpect:\n  guest: alive\n")
+        assert load_scenario(path).inject.count == 3
+
+
+@pytest.mark.parametrize("file_name", ["Upper-Case", "with space", "-leading-dash", "x" * 65, "a,comma", "über"])
+def test_names_from_file_names_follow_the_name_pattern(tmp_path, capsys, file_name):
+    code, err = validate(tmp_path, MINIMAL, name=file_name, capsys=capsys)
+    assert code == 2 and "is not allowed" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("expect, problem", [
+    ('kernel_log: ["Memory failure: {pfm:#x}"]', "expect.kernel_log[0]: unknown placeholder {pfm}"),
+    ('kernel_log_absent: ["{0}"]', "expect.kernel_log_absent[0]: cannot be filled in"),
+    ('kernel_log: ["{pfn:#q}"]', "cannot be filled in"),
+    ('kernel_log: ["open { brace"]', "cannot be filled in"),
+    ('kernel_log: ["bell \\a here"]', "expect.kernel_log[0]"),
+    ('kernel_log: ["line\\nbreak"]', "expect.kernel_log[0]"),
+    ('kernel_log: ["trailing newline\\n"]', "expect.kernel_log[0]"),
+])
+def test_kernel_log_patterns_are_checked_before_any_guest(tmp_path, capsys, expect, problem):
+    code, err = validate(tmp_path, f"description: t\ninject:\n  preset: srao\nexpect:\n  {expect}\n", capsys=capsys)
+    assert code == 2 and problem in err and err.count("\n") == 1, err
+
+
+def test_literal_braces_and_known_placeholders_pass(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text('description: t\ninject:\n  preset: srao\nexpect:\n'
+                    '  kernel_log: ["{pfn:#x} {gpa:#x} {va:x} {injected_pfn:#x} {{literal}}"]\n')
+    assert load_scenario(path).expect.kernel_log
+
+
+@pytest.mark.parametrize("inject, key", [
+    ("address: 0x100000\n  region: kernel-code", "inject.region: contradicts inject.address"),
+    ("address: 0x100000\n  region: free-page", "inject.region: contradicts inject.address"),
+    ("address: 0x100000\n  page_offset: 1", "inject.page_offset: contradicts inject.address"),
+    ("region: free-page\n  page_offset: 1", "inject.page_offset: counts pages of the probe's mapping"),
+])
+def test_contradictory_inject_keys_are_refused(tmp_path, capsys, inject, key):
+    code, err = validate(tmp_path, f"description: t\ninject:\n  preset: srao\n  {inject}\nexpect:\n  guest: alive\n",
+                         capsys=capsys)
+    assert code == 2 and key in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("text", [
+    'description: t\ninject:\n  preset: srao\nexpect:\n  guest: alive\nguest:\n  image: "debian-6.1\\n"\n',
+    'description: t\ninject:\n  preset: srao\nexpect:\n  guest: alive\nguest:\n  sysctl:\n    "vm.overcommit_memory\\n": 1\n',
+    'description: t\ninject:\n  preset: srao\nexpect:\n  guest: alive\n"timeouts\\n":\n  boot: 5\n',
+    'description: t\nname: "t\\n"\ninject:\n  preset: srao\nexpect:\n  guest: alive\n',
+    'description: t\ninject:\n  preset: srao\nexpect:\n  guest: alive\nguest:\n  sysfs:\n    /sys/kernel/mm/ksm/run: "1\\n"\n',
+])
+def test_trailing_newlines_in_keys_and_names_are_refused(tmp_path, capsys, text):
+    code, err = validate(tmp_path, text, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("repeat", ["0", "-1", "1001", "100000000"])
+def test_repeat_has_sane_bounds(capsys, repeat):
+    from orchestrator.cli import main
+    assert main(["run", "--repeat", repeat, "srao-anon-late-kill"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"mce-orchestrator: error: --repeat {repeat}: must be 1 to 1000\n"
+
+
+def test_running_out_of_host_memory_is_one_line_and_error(capsys, monkeypatch):
+    from orchestrator import cli
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+    monkeypatch.setattr(cli, "load_scenario", no_memory)
+    assert cli.main(["validate", "srao-anon-late-kill"]) == 2
+    assert capsys.readouterr().err == "mce-orchestrator: error: the host ran out of memory\n"

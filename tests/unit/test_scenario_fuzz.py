@@ -1,4 +1,6 @@
 """Hostile and random scenario documents: a clean ScenarioError or a valid scenario, never a traceback."""
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -11,10 +13,13 @@ PATH = Path("scenarios/fuzz.yaml")
 KEYS = ["description", "guest", "probe", "inject", "expect", "timeouts", "name", "image", "memory_mib", "vcpus",
         "sysctl", "pages", "target", "mode", "cpu", "after_inject", "preset", "raw", "bank", "status", "mcg_status",
         "misc", "address", "page_offset", "gate", "broadcast", "sigbus", "code", "addr", "lsb", "page_poisoned",
-        "hardware_corrupted_kb", "kernel_log", "memory_failure_event", "action_required", "guest", "boot", "observe"]
+        "hardware_corrupted_kb", "kernel_log", "memory_failure_event", "action_required", "guest", "boot", "observe",
+        "count", "interval_s", "region", "kernel_log_absent", "inject"]
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2**70, max_value=2**70),
                     st.floats(allow_nan=True), st.text(max_size=20), st.sampled_from(["srao", "srar", "none", "busy",
-                                                                                       "BUS_MCEERR_AR", "panic"]))
+                                                                                       "BUS_MCEERR_AR", "panic", "ce",
+                                                                                       "kernel-code", "{pfm:#x}",
+                                                                                       "{pfn:#x}\n", ".nan"]))
 DOCUMENTS = st.recursive(SCALARS, lambda children: st.one_of(
     st.lists(children, max_size=4), st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), children, max_size=6)),
     max_leaves=30)
@@ -28,6 +33,23 @@ def check(text: str) -> None:
         assert message.startswith(str(PATH)) and "\n" not in message, message
     else:
         assert isinstance(scenario, Scenario)
+        assert_sane(scenario)
+
+
+def assert_sane(scenario: Scenario) -> None:
+    """What every accepted scenario guarantees to the runner (issue 13)."""
+    for seconds in vars(scenario.timeouts).values():
+        assert math.isfinite(seconds) and seconds > 0, scenario.timeouts
+    assert re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", scenario.name)
+    for expect in [scenario.expect] + [v.expect for v in scenario.kernel_variants]:
+        for line in expect.kernel_log + expect.kernel_log_absent:
+            assert line.isprintable(), line
+            line.format(pfn=1, gpa=4096, va=4096, injected_pfn=1)
+    inject = scenario.inject
+    if inject.interval_s is not None:
+        assert math.isfinite(inject.interval_s) and inject.interval_s * (inject.count - 1) < scenario.timeouts.inject
+    if inject.address is not None:
+        assert inject.region == "probe" and inject.page_offset == 0
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -109,6 +109,19 @@ def test_dead_probe_is_fail():
     assert "died (exit status 137)" in failing(judge(late_kill(), ev))["sigbus"]
 
 
+def test_probe_killed_by_the_oom_killer_is_error_not_fail():
+    oom = ("[ 9.2] Out of memory: Killed process 84 (mce-probe) total-vm:530000kB, anon-rss:510000kB\n")
+    ev = good_evidence(probe_result=None, probe_exit_status=137, kernel_log=good_evidence().kernel_log + oom)
+    verdict = judge(late_kill(), ev)
+    sigbus = next(c for c in verdict.checks if c.name == "sigbus")
+    assert sigbus.outcome == Outcome.ERROR and "ran out of memory" in sigbus.detail and "(mce-probe)" in sigbus.detail
+    assert verdict.outcome == Outcome.ERROR
+    # Another process OOM-killed, the probe killed otherwise: still the probe's death, a FAIL.
+    other = ev.kernel_log.replace("(mce-probe)", "(stress)")
+    verdict = judge(late_kill(), good_evidence(probe_result=None, probe_exit_status=137, kernel_log=other))
+    assert next(c for c in verdict.checks if c.name == "sigbus").outcome == Outcome.FAIL
+
+
 def with_expect(**changes):
     scenario = late_kill()
     return replace(scenario, expect=replace(scenario.expect, **changes))
