@@ -1,8 +1,9 @@
 """Guest configuration -> qemu-system-x86_64 argv. Pure; golden-tested."""
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,6 @@ QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 # An Intel model with MCA/MCE; the guest sees MCG_SER_P and QEMU's 10 banks.
 TCG_CPU_MODEL = "Skylake-Client-v4"
 KERNEL_CMDLINE = "console=ttyS0 quiet panic=0 tsc=reliable"
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+-]+$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class QemuConfig:
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
     disk: Path | None = None      # a raw image, the guest's /dev/vda
     incoming: Path | None = None  # restore this saved guest instead of booting
+    console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
+
+
+def option_value(value: object) -> str:
+    """A value inside a QEMU option list: ',' separates options, ',,' is a literal comma."""
+    return str(value).replace(",", ",,")
 
 
 def cpu_model(accel: str) -> str:
@@ -49,10 +55,10 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-no-reboot",
         # Keep a panicked guest paused, so its state stays for whoever looks.
         "-action", "panic=pause",
-        "-kernel", str(c.kernel),
+        "-kernel", str(c.kernel),  # plain values, not option lists: no escaping
         "-initrd", str(c.initrd),
         "-append", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip(),
-        "-chardev", f"file,id=console,path={c.console_log}",
+        "-chardev", f"file,id=console,path={option_value(c.console_log)}" + (",append=on" if c.console_append else ""),
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,fd={c.qmp_fd}",
         "-mon", "chardev=qmp,mode=control",
@@ -63,16 +69,22 @@ def build_argv(c: QemuConfig) -> list[str]:
     ]
     if c.disk is not None:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
-        argv += ["-drive", f"file={c.disk},if=none,id=disk0,format=raw,cache=unsafe",
+        argv += ["-drive", f"file={option_value(c.disk)},if=none,id=disk0,format=raw,cache=unsafe",
                  "-device", "virtio-blk-pci,drive=disk0"]
     if c.incoming is not None:
-        # QEMU hands exec: URIs to /bin/sh; the path is ours, but keep it plain.
-        if not SAFE_PATH.match(str(c.incoming)):
-            raise ValueError(f"snapshot path {c.incoming} has characters a shell would interpret")
-        argv += ["-incoming", f"exec:cat {c.incoming}"]
+        # QEMU hands exec: URIs to /bin/sh: quoted, any path works.
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
     if c.firmware is not None:
         argv += ["-bios", str(c.firmware)]
     return argv
+
+
+def state_argv(c: QemuConfig) -> list[str]:
+    """The command line of `c` without its per-run parts (QMP fd, SSH port, console and
+    image paths, the state to restore): what shapes a saved guest. Pure."""
+    return build_argv(dataclasses.replace(c, qmp_fd=-1, ssh_port=0, console_log=Path("console.log"),
+                                          kernel=Path(c.kernel.name), initrd=Path(c.initrd.name),
+                                          incoming=None, console_append=False))
 
 
 def choose_accel(cpuinfo: str, kvm_device_usable: bool) -> str:

@@ -28,10 +28,10 @@ from orchestrator.deadline import Deadline
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
 from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
-from orchestrator.outcome import HarnessError, Outcome
+from orchestrator.outcome import HarnessError, InputError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
-from orchestrator.snapshot import GUEST_SETTLED, ensure_snapshot
+from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
 from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
 from orchestrator.verdict import Evidence, judge
 
@@ -75,6 +75,7 @@ class RunOptions:
     extra_cmdline: str = ""              # appended to the guest kernel's command line
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
     backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
+    snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
     hook: PhaseHook | None = None
 
 
@@ -114,6 +115,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                  label: str | None = None) -> ScenarioResult:
     """Run one scenario in its own guest. `label` names repeated runs apart (name.2, ...)."""
     label = label or scenario.name
+    if Path(label).name != label or label in (".", ".."):  # names are checked on loading; this is the last guard
+        raise InputError(f"scenario name {label!r} would put its artifacts outside {run_dir}")
     artifacts = run_dir / label
     artifacts.mkdir(parents=True, exist_ok=True)
     free = _free_bytes(artifacts)
@@ -148,7 +151,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
-                                          snapshot_cache=cache_root if options.snapshot else None)
+                                          snapshots=(options.snapshot_dir or cache_root / "snapshots")
+                                          if options.snapshot else None)
             finally:
                 result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
@@ -168,6 +172,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.phases = phases.seconds
         _write_evidence(artifacts, ev)
         raise Interrupted(result) from None
+    except MemoryError:
+        result.error = HarnessError(phases.current or "run", "the host ran out of memory")
     except OSError as exc:
         # Artifacts disk full, a file we cannot write: the harness's trouble.
         where = exc.filename or f"artifacts in {artifacts}"
@@ -199,31 +205,19 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
 
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
-                  phases: Phases, ev: Evidence, snapshot_cache: Path | None = None) -> Injection | None:
-    t = scenario.timeouts
-    with phases("boot"):
-        deadline = Deadline(t.boot, "boot")  # one deadline for launch and banner together
-        # A saved guest has no disk in its state: scenarios with one always boot.
-        restore = snapshot_cache is not None and guest.disk is None
-        if restore:
-            guest.incoming = ensure_snapshot(guest_image, scenario.guest, accel=guest.accel,
-                                             cache_root=snapshot_cache, extra_cmdline=guest.extra_cmdline,
-                                             binary=guest.qemu_binary, deadline=deadline,
-                                             progress=phases.reporter.note, new_guest=guest.fresh)
-        guest.launch(deadline)
-        if restore:
-            guest.resume_incoming(deadline)
-        booted = time.monotonic()
-        try:
-            wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                            sshd_started=lambda: restore or _init_reported_ready(guest, booted))
-        except HarnessError as exc:
-            last = tail(guest.console_log, 1) or "(nothing on the console)"
-            raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
-        phases.notes["boot"] = (f"{guest.accel}, {'restored from ' + guest.incoming.name if restore else 'booted'}, "
-                                f"ssh on 127.0.0.1:{guest.ssh_port}")
+                  phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
+    # A saved guest has no disk in its state: scenarios with one always boot.
+    restore = snapshots is not None and guest.disk is None
+    if restore:
+        _restore_saved_guest(scenario, guest, probe_binary, phases, SnapshotStore(snapshots))
+    else:
+        with phases("boot"):
+            deadline = Deadline(scenario.timeouts.boot, "boot")  # one deadline for launch and banner together
+            guest.launch(deadline)
+            _wait_sshd(guest, deadline, since=time.monotonic())
+            phases.notes["boot"] = f"{guest.accel}, booted, ssh on 127.0.0.1:{guest.ssh_port}"
     try:
-        return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev)
+        return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore)
     except HarnessError as exc:
         gone = guest.exit_summary()
         if gone and "QEMU" not in exc.message:
@@ -231,8 +225,53 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
         raise
 
 
+def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
+    try:
+        wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
+                        sshd_started=lambda: restored or _init_reported_ready(guest, since))
+    except HarnessError as exc:
+        last = tail(guest.console_log, 1) or "(nothing on the console)"
+        raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
+
+
+def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, phases: Phases,
+                         store: SnapshotStore) -> None:
+    """Restore the saved guest of this configuration, saving it first (its own "save"
+    phase and deadline) when no run has. A state that is damaged or does not load is
+    discarded and saved again, once."""
+    key = guest_key(guest, probe_binary)
+    for attempt in (1, 2):
+        saved = store.find(guest.image.name, key)
+        if saved is None:
+            with phases("save"):
+                saved = store.ensure(guest, key, Deadline(SAVE_TIMEOUT_S, "save"), progress=phases.reporter.note)
+                phases.notes["save"] = f"{guest.image.name} guest saved as {saved.state.name}"
+        broken = saved.damage()
+        if broken is None:
+            with phases("boot"):
+                deadline = Deadline(scenario.timeouts.boot, "boot")  # this guest's restore only
+                # The restored console continues the saving boot's: judged over the same span as a cold boot.
+                guest.console_log.write_text(saved.console_for_restore())
+                guest.incoming = saved.state
+                try:
+                    guest.launch(deadline)  # QEMU may exit at once on a stream it cannot read
+                    guest.resume_incoming(deadline)
+                except HarnessError as exc:
+                    broken = exc.message
+                    guest.shutdown()
+                else:
+                    _wait_sshd(guest, deadline, since=time.monotonic(), restored=True)
+                    phases.notes["boot"] = (f"{guest.accel}, restored from {saved.state.name}, "
+                                            f"ssh on 127.0.0.1:{guest.ssh_port}")
+                    return
+        if attempt == 2:
+            raise HarnessError("boot", f"the freshly saved guest {saved.state.name} is broken too: {broken}")
+        phases.reporter.note(f"saved guest {saved.state.name} is broken ({broken}); discarded, saving it again")
+        store.discard(saved)
+
+
 def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
-                    phases: Phases, ev: Evidence) -> Injection | None:
+                    phases: Phases, ev: Evidence, restored: bool = False) -> Injection | None:
     t = scenario.timeouts
     injection = None
     ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line,
@@ -248,6 +287,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
             if scenario.guest.disk_mib:
                 setup.append(f"mount -t ext4 /dev/vda {GUEST_MOUNT}")
+            if restored:
+                setup.insert(1, fresh_identity_command(guest.artifacts))
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
             ev.hardware_corrupted_kb_before = hardware_corrupted(output)
 
@@ -320,6 +361,15 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
         if ssh.reconnects:
             phases.reporter.note(f"SSH connection dropped and was re-established {ssh.reconnects} time(s)")
         ssh.close()
+
+
+def fresh_identity_command(artifacts: Path) -> str:
+    """A restored guest shares its random pool, its clock and its log with every other
+    restore of the same state: the probe reseeds the pool with host bytes, sets the
+    host's time (taken now: the command is sent at once) and marks the kernel log."""
+    marker = f"<5>mce-orchestrator: restored guest for run {artifacts.parent.name}/{artifacts.name}"
+    return (f"{probe_build.REMOTE_PATH} --fresh-identity {os.urandom(64).hex()} {time.time_ns()} "
+            f"{quote(marker)}")
 
 
 @contextlib.contextmanager

@@ -3,81 +3,175 @@
 A snapshot is QEMU's migration stream of a guest that has booted, started
 sshd and loaded its modules, saved while stopped. A guest launched with
 `-incoming` from it resumes where it stopped in about 0.1 s; only the host
-side (QMP, the forwarded port) is new. Keyed by everything that shapes the
-saved state: the image build, memory, vCPUs, machine, accelerator, kernel
-arguments and the QEMU binary's version.
+side (QMP, the forwarded port) is new.
+
+Keyed by everything that shapes the saved state (Guest.state_identity: for
+QEMU, the command line the guest is started with -- kernel command line, CPU
+model, machine, memory, devices, firmware -- minus what differs per run, plus
+the firmware's and QEMU's builds), the image build and the probe build. Beside the state lie its SHA-256 (checked before the first restore in
+a process) and the saving boot's console, which a restored run
+puts in front of its own (so a verdict sees the same span of the guest's life
+either way), and a lock per key: one run saves, the others wait a bounded
+time, then find it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import os
 import shutil
-import subprocess
 import tempfile
-from functools import lru_cache
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.backends.base import Guest
-from orchestrator.backends.qemu import QemuGuest
+from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
-from orchestrator.image import GuestImage
 from orchestrator.outcome import HarnessError
-from orchestrator.scenario import GuestSpec
 from orchestrator.ssh import SshSession, wait_for_banner
 
 # Our image's /init loads the modules sshd does not need while the client logs
 # in; wait (at most 10 s) until it is done. Other images have no /etc/mceorch.
 GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/modules-loaded ] && [ $i -lt 1000 ]; "
                  "do usleep 10000; i=$((i + 1)); done; [ -e /run/mceorch/modules-loaded ]; }; }")
+# Saving is a cold boot to a settled guest plus the migration: its own phase and
+# deadline (the "save" phase), not the scenario's boot time. Waiting for
+# another run's save of the same configuration is bounded by the same time.
+SAVE_TIMEOUT_S = 240.0
+WAIT_PROGRESS_S = 10.0
+_VERIFIED: set[tuple] = set()
+CONSOLE_SEAM = ("==== mce-orchestrator: above, the console of the boot that saved this guest ({name}); "
+                "below, the restored guest ====\n")
 
 
-@lru_cache(maxsize=None)
-def qemu_version(binary: str) -> str:
-    try:
-        return subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    except (OSError, IndexError):
-        return "unknown"
-
-
-def snapshot_key(image: GuestImage, spec: GuestSpec, accel: str, extra_cmdline: str, binary: str) -> str:
-    parts = [image.directory.name, image.name, str(spec.memory_mib), str(spec.vcpus), spec.machine, accel,
-             extra_cmdline, qemu_version(binary)]
+def snapshot_key(identity: list[str], *, image_build: str, probe_build: str) -> str:
+    """Everything that shapes a saved guest, hashed. Pure."""
+    parts = identity + [f"image={image_build}", f"probe={probe_build}"]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def ensure_snapshot(image: GuestImage, spec: GuestSpec, *, accel: str, cache_root: Path, extra_cmdline: str = "",
-                    binary: str = "qemu-system-x86_64", deadline: Deadline,
-                    progress: Callable[[str], None] = lambda m: None,
-                    new_guest: Callable[[Path], Guest] | None = None) -> Path:
-    """The saved guest for this configuration, booting and saving it first if needed.
-    `new_guest(folder)` makes the guest that boots and is saved (default: a QemuGuest)."""
-    folder = cache_root / "snapshots"
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    state = folder / f"{image.name}-{snapshot_key(image, spec, accel, extra_cmdline, binary)}.state"
-    with (folder / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time; the others then find it
-        if state.is_file():
-            return state
-        progress(f"saving a booted {image.name} guest for later runs ({state.name})")
-        work = Path(tempfile.mkdtemp(prefix="mce-snapshot-"))
+def guest_key(guest: Guest, probe_binary: Path) -> str:
+    return snapshot_key(guest.state_identity(), image_build=f"{guest.image.directory.name} {guest.image.kernel_release}",
+                        probe_build=probe_binary.name)
+
+
+@dataclass(frozen=True)
+class SavedGuest:
+    state: Path    # QEMU's migration stream
+    console: Path  # the saving boot's serial console, up to the save
+    digest: Path   # the state's SHA-256, written when it was saved
+
+    def damage(self) -> str | None:
+        """Why the state is not the one that was saved (changed, cut short), or None.
+        RAM pages in a migration stream carry no checksum: a flipped byte would load."""
         try:
-            guest = new_guest(work) if new_guest else QemuGuest(
-                image=image, spec=spec, artifacts=work, accel=accel, qemu_binary=binary, extra_cmdline=extra_cmdline)
-            with guest:
-                guest.launch(deadline)
-                wait_for_banner(guest.ssh_port, deadline, still_running=guest.died)
-                ssh = SshSession(guest.ssh_port, image.client_key, image.host_key_line)
-                try:
-                    ssh.connect(deadline)
-                    ssh.check(GUEST_SETTLED, deadline, "boot")
-                finally:
-                    ssh.close()
-                deadline.sleep(0.3)  # let dropbear's session process for that login end
-                guest.save(state, deadline)
-        except HarnessError as exc:
-            raise HarnessError("boot", f"saving a booted guest failed: {exc.message}") from None
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return state
+            st = self.state.stat()
+            identity = (str(self.state), st.st_ino, st.st_size, st.st_mtime_ns)
+            if identity not in _VERIFIED:  # once per process: a catalog run restores it often
+                want = self.digest.read_text().strip()
+                got = hashlib.sha256(self.state.read_bytes()).hexdigest()
+                if got != want:
+                    return f"its SHA-256 is {got[:12]}..., saved as {want[:12]}..."
+                _VERIFIED.add(identity)
+        except OSError as exc:
+            return f"cannot read it: {exc.strerror}"
+        return None
+
+    def console_for_restore(self) -> str:
+        """What a restored run's console.log starts with."""
+        return self.console.read_text(errors="replace") + CONSOLE_SEAM.format(name=self.state.name)
+
+
+class SnapshotStore:
+    """The saved guests in one folder: <image>-<key>.state, .console, and a lock per key."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def paths(self, image_name: str, key: str) -> SavedGuest:
+        stem = f"{image_name}-{key}"
+        return SavedGuest(self.folder / f"{stem}.state", self.folder / f"{stem}.console",
+                          self.folder / f"{stem}.sha256")
+
+    def find(self, image_name: str, key: str) -> SavedGuest | None:
+        saved = self.paths(image_name, key)
+        return saved if _complete(saved) else None
+
+    def discard(self, saved: SavedGuest) -> None:
+        for path in (saved.state, saved.console, saved.digest, *self._partials(saved)):
+            path.unlink(missing_ok=True)
+
+    def ensure(self, guest: Guest, key: str, deadline: Deadline,
+               progress: Callable[[str], None] = lambda m: None) -> SavedGuest:
+        """The saved guest for `key`, booting `guest`'s configuration and saving it
+        first if no run has; waits (bounded by `deadline`) for a run saving it now."""
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        saved = self.paths(guest.image.name, key)
+        with (self.folder / f".{saved.state.stem}.lock").open("w") as lock:
+            self._lock(lock, saved, deadline, progress)
+            if _complete(saved):
+                return saved  # another run saved it while we waited
+            self.discard(saved)  # what a failed or killed save left, or a half set
+            progress(f"saving a booted {guest.image.name} guest for later runs ({saved.state.name})")
+            try:
+                _boot_and_save(guest, saved, deadline)
+            except BaseException:
+                self.discard(saved)  # a failed or interrupted save leaves nothing behind
+                raise
+            return saved
+
+    def _lock(self, lock, saved: SavedGuest, deadline: Deadline, progress: Callable[[str], None]) -> None:
+        start = last_note = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+            if deadline.expired():
+                raise HarnessError("save", f"another run has been saving {saved.state.name} for "
+                                           f"{time.monotonic() - start:.0f} s; gave up waiting")
+            if time.monotonic() - last_note >= WAIT_PROGRESS_S:
+                last_note = time.monotonic()
+                progress(f"waiting for another run saving {saved.state.name} ({last_note - start:.0f} s)")
+            deadline.sleep(0.2)
+
+    def _partials(self, saved: SavedGuest) -> list[Path]:
+        return [p for f in (saved.state, saved.console, saved.digest) for p in self.folder.glob(f".{f.name}.*")]
+
+
+def _complete(saved: SavedGuest) -> bool:
+    # The console and the digest are written before the state is renamed into place.
+    return saved.console.is_file() and saved.digest.is_file() and saved.state.is_file()
+
+
+def _boot_and_save(template: Guest, saved: SavedGuest, deadline: Deadline) -> None:
+    work = Path(tempfile.mkdtemp(prefix="mce-snapshot-"))
+    try:
+        with template.fresh(work) as guest:
+            guest.launch(deadline)
+            wait_for_banner(guest.ssh_port, deadline, still_running=guest.died)
+            ssh = SshSession(guest.ssh_port, guest.image.client_key, guest.image.host_key_line)
+            try:
+                ssh.connect(deadline)
+                ssh.check(GUEST_SETTLED, deadline, "save")
+            finally:
+                ssh.close()
+            deadline.sleep(0.3)  # let dropbear's session process for that login end
+            partial = saved.state.with_name(f".{saved.state.name}.{os.getpid()}")
+            guest.save(partial, deadline)
+            for final, text in ((saved.console, guest.console_log.read_text(errors="replace")),
+                                (saved.digest, hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")):
+                temporary = final.with_name(f".{final.name}.{os.getpid()}")
+                temporary.write_text(text)
+                temporary.replace(final)
+            partial.replace(saved.state)  # last: a state on disk always has its console and digest
+    except (HarnessError, MonitorError) as exc:
+        raise HarnessError("save", f"saving a booted guest failed: {getattr(exc, 'message', exc)}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 

@@ -82,7 +82,14 @@ class Guest(abc.ABC):
 
     @abc.abstractmethod
     def save(self, path: Path, deadline: Deadline) -> None:
-        """Stop the guest and write its whole state to `path`, atomically."""
+        """Stop the guest and write its whole state to `path` (the caller writes to a
+        temporary name and renames it: a half-written state is never used)."""
+
+    @abc.abstractmethod
+    def state_identity(self) -> list[str]:
+        """Everything of this guest's configuration that shapes a saved state (the whole
+        launch configuration, firmware and emulator builds), without per-run parts
+        (ports, fds, artifact paths, the state to restore): saved guests are keyed by it."""
 
     @abc.abstractmethod
     def fresh(self, artifacts: Path) -> "Guest":

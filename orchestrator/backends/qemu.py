@@ -7,12 +7,16 @@ log tail; shutdown() asks politely, then kills.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import hashlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 from orchestrator import mce, qemu_args
@@ -36,6 +40,28 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@lru_cache(maxsize=None)
+def qemu_build(binary: str) -> str:
+    """The QEMU binary's version line plus its file identity (a rebuilt QEMU of the
+    same version gets new saved guests too)."""
+    path = shutil.which(binary) or binary
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+        st = os.stat(path)
+    except (OSError, IndexError):
+        return "unknown"
+    return f"{version} {path} {st.st_size} {st.st_mtime_ns}"
+
+
+def file_digest(path: Path | None) -> str:
+    if path is None:
+        return "none"
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -90,13 +116,7 @@ class QemuGuest(Guest):
     def _launch_once(self, timeout: float) -> None:
         ours, theirs = socket.socketpair()
         self.ssh_port = free_loopback_port()
-        config = qemu_args.QemuConfig(
-            kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
-            qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, memory_mib=self.spec.memory_mib,
-            vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
-            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
-            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
-        self.argv = qemu_args.build_argv(config)
+        self.argv = qemu_args.build_argv(self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port))
         (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
         try:
             with self._qemu_log.open("wb") as log:
@@ -118,6 +138,17 @@ class QemuGuest(Guest):
             self.shutdown()
             raise HarnessError("boot", self._launch_failure(str(exc))) from None
 
+    def config(self, qmp_fd: int = -1, ssh_port: int = 0) -> qemu_args.QemuConfig:
+        """This guest's QEMU configuration (per-run parts as given)."""
+        return qemu_args.QemuConfig(
+            kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
+            qmp_fd=qmp_fd, ssh_port=ssh_port, memory_mib=self.spec.memory_mib,
+            vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
+            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
+            # A restored guest's console.log already holds the saving boot's console.
+            console_append=self.incoming is not None,
+            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
+
     def _launch_failure(self, why: str) -> str:
         code = self._process.poll() if self._process else None
         state = f"QEMU exited with code {code}" if code is not None else f"QEMU did not start ({why})"
@@ -125,21 +156,27 @@ class QemuGuest(Guest):
         return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
 
     def save(self, path: Path, deadline: Deadline) -> None:
-        """Stop the guest and write its whole state to `path` (QEMU's migration stream)."""
+        """Stop the guest and write its whole state to `path` (QEMU's migration stream).
+        The caller writes to a temporary name and renames: a half-written state is never used."""
         assert self.monitor
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        if not qemu_args.SAFE_PATH.match(str(partial)):  # QEMU hands exec: URIs to /bin/sh
-            raise HarnessError("boot", f"snapshot path {partial} has characters a shell would interpret")
         self.monitor.execute("stop")
-        self.monitor.execute("migrate", {"uri": f"exec:cat > {partial}"})
+        # QEMU hands exec: URIs to /bin/sh: quoted, any path works.
+        self.monitor.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(path))}"})
         self._wait_migration(deadline, "saving the guest")
-        partial.replace(path)  # atomic: a half-written state is never used
 
     def resume_incoming(self, deadline: Deadline) -> None:
         """After launch() with `incoming`: wait until the state is loaded, then run."""
         assert self.monitor
-        self._wait_migration(deadline, "restoring the guest")
-        self.monitor.execute("cont")
+        try:
+            self._wait_migration(deadline, "restoring the guest")
+            self.monitor.execute("cont")
+        except MonitorError as exc:
+            # QEMU exits when the stream does not load (truncated, garbage, another version).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(2)  # QMP drops a moment before QEMU has exited
+            gone = self.exit_summary()
+            why = f"QEMU {gone}: {tail(self._qemu_log, 2).replace(chr(10), ' | ') or 'no output'}" if gone else exc
+            raise HarnessError("boot", f"restoring the guest failed: {why}") from None
 
     def _wait_migration(self, deadline: Deadline, what: str) -> None:
         while not deadline.expired():
@@ -150,6 +187,11 @@ class QemuGuest(Guest):
                 raise HarnessError("boot", f"{what} failed (migration {status})")
             deadline.sleep(0.02)
         raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
+
+    def state_identity(self) -> list[str]:
+        config = self.config()
+        return qemu_args.state_argv(config) + [f"firmware={file_digest(config.firmware)}",
+                                               f"qemu={qemu_build(self.qemu_binary)}"]
 
     def fresh(self, artifacts: Path) -> "QemuGuest":
         return QemuGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,

@@ -14,6 +14,9 @@
  *   probe --ksm-remerge N [--timeout S]
  *         (a second process: N fresh pages with the content of the ksm kind's
  *         pages, MADV_MERGEABLE; waits for ksmd to scan them, see ksm_remerge)
+ *   probe --fresh-identity SEED_HEX EPOCH_NS MARKER
+ *         (after a restore: mixes SEED into the random pool and reseeds the
+ *         CRNG, sets the clock to EPOCH_NS, writes MARKER to the kernel log)
  *
  * Modes:
  *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
@@ -50,6 +53,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -63,6 +67,14 @@
 #endif
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25
+#endif
+
+/* include/uapi/linux/random.h (musl has no kernel headers) */
+#ifndef RNDADDENTROPY
+#define RNDADDENTROPY _IOW('R', 0x03, int[2])
+#endif
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07)
 #endif
 
 #define HUGE_SIZE (2UL << 20)
@@ -166,6 +178,44 @@ static int print_kpageflags(const char *arg)
     if (!kpageflags_of(pfn, &flags))
         fail("read /proc/kpageflags");
     printf("{\"event\":\"kpageflags\",\"pfn\":%llu,\"flags\":%llu}\n", pfn, flags);
+    return 0;
+}
+
+/* Every restore of a saved guest starts with the same random pool, the
+ * clock of the moment it was saved and the same kernel log. Credit the host's
+ * bytes to the pool and reseed the CRNG (its generation changes, so every
+ * per-CPU key and batch is refilled: /dev/urandom, ASLR and the kernel's own
+ * randomness differ from here on), take the host's time, and mark the log. */
+static int fresh_identity(const char *seed_hex, const char *epoch_ns, const char *marker)
+{
+    struct { int entropy_count, buf_size; unsigned char buf[256]; } pool = {0};
+    size_t len = strlen(seed_hex) / 2;
+    if (len == 0 || len > sizeof(pool.buf) || strlen(seed_hex) % 2) {
+        fprintf(stderr, "probe: the seed must be 2 to 512 hex digits\n");
+        return 2;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned int byte;
+        if (sscanf(seed_hex + 2 * i, "%2x", &byte) != 1) {
+            fprintf(stderr, "probe: the seed is not hex\n");
+            return 2;
+        }
+        pool.buf[i] = (unsigned char)byte;
+    }
+    pool.buf_size = (int)len;
+    pool.entropy_count = (int)len * 8;
+    int fd = open("/dev/urandom", O_WRONLY);
+    if (fd < 0 || ioctl(fd, RNDADDENTROPY, &pool) || ioctl(fd, RNDRESEEDCRNG))
+        fail("reseed the random pool (RNDADDENTROPY, RNDRESEEDCRNG on /dev/urandom)");
+    close(fd);
+    long long ns = strtoll(epoch_ns, NULL, 10);
+    struct timespec now = { .tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL };
+    if (clock_settime(CLOCK_REALTIME, &now))
+        fail("clock_settime");
+    fd = open("/dev/kmsg", O_WRONLY);
+    if (fd < 0 || dprintf(fd, "%s\n", marker) < 0)
+        fail("write /dev/kmsg");
+    close(fd);
     return 0;
 }
 
@@ -572,6 +622,8 @@ int main(int argc, char **argv)
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
         return print_kpageflags(argv[2]);
     int remerge = 0;
+    if (argc == 5 && !strcmp(argv[1], "--fresh-identity"))
+        return fresh_identity(argv[2], argv[3], argv[4]);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--find-free")) find_free = 1;

@@ -48,7 +48,19 @@ def test_restore_from_a_saved_guest():
     assert argv[argv.index("-incoming") + 1] == "exec:cat /cache/snapshots/debian-6.1-abc.state"
 
 
-def test_a_snapshot_path_a_shell_would_interpret_is_refused():
-    import pytest
-    with pytest.raises(ValueError, match="characters a shell would interpret"):
-        qemu_args.build_argv(config(incoming=Path("/tmp/x; reboot")))
+def test_a_snapshot_path_a_shell_would_interpret_is_quoted():
+    import shlex
+    argv = qemu_args.build_argv(config(incoming=Path("/tmp/a,b/x; reboot $(id)")))
+    uri = argv[argv.index("-incoming") + 1]
+    assert uri.startswith("exec:") and shlex.split(uri[len("exec:"):]) == ["cat", "/tmp/a,b/x; reboot $(id)"]
+
+
+def test_paths_with_commas_are_escaped_in_option_lists():
+    argv = qemu_args.build_argv(config(console_log=Path("/a,b/console.log"), disk=Path("/d,x/disk.img")))
+    assert argv[argv.index("-chardev") + 1] == "file,id=console,path=/a,,b/console.log"
+    assert argv[argv.index("-drive") + 1].startswith("file=/d,,x/disk.img,if=none")
+
+
+def test_restored_console_is_appended_to():
+    argv = qemu_args.build_argv(config(console_append=True))
+    assert argv[argv.index("-chardev") + 1] == "file,id=console,path=/a/console.log,append=on"

@@ -1,0 +1,140 @@
+"""The saved-guest key and store: pure parts and files, no guest."""
+import fcntl
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator import qemu_args, snapshot
+from orchestrator.backends.qemu import QemuGuest, file_digest
+from orchestrator.image import GuestImage
+from orchestrator.scenario import GuestSpec
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import HarnessError
+
+BUILDS = dict(image_build="0123abcd 6.1.0-56-amd64", probe_build="probe-aaaa", qemu="QEMU 7.2.0",
+              firmware="f00d")
+
+
+def config(**kw):
+    base = dict(kernel=Path("/cache/debian-6.1/0123abcd/vmlinux"), initrd=Path("/cache/debian-6.1/0123abcd/initrd"),
+                console_log=Path("/results/run/x/console.log"), qmp_fd=7, ssh_port=2222,
+                firmware=Path("/usr/share/qemu/qboot.rom"))
+    return qemu_args.QemuConfig(**(base | kw))
+
+
+def key(c=None, **builds):
+    """The key QemuGuest.state_identity and snapshot.guest_key make of this configuration and these builds."""
+    b = BUILDS | builds
+    identity = qemu_args.state_argv(c or config()) + [f"firmware={b['firmware']}", f"qemu={b['qemu']}"]
+    return snapshot.snapshot_key(identity, image_build=b["image_build"], probe_build=b["probe_build"])
+
+
+def test_per_run_parts_do_not_change_the_key():
+    assert key(config(qmp_fd=9, ssh_port=40000, console_log=Path("/elsewhere/console.log"),
+                      incoming=Path("/s/x.state"), console_append=True)) == key()
+
+
+@pytest.mark.parametrize("change", [
+    dict(memory_mib=1024), dict(vcpus=2), dict(machine="q35"), dict(accel="kvm"),
+    dict(extra_cmdline="nokaslr"), dict(firmware=None), dict(qemu_binary="/opt/qemu/bin/qemu-system-x86_64"),
+    dict(kernel=Path("/cache/debian-6.1/0123abcd/bzImage")),
+])
+def test_every_part_of_the_guest_config_changes_the_key(change):
+    assert key(config(**change)) != key()
+
+
+@pytest.mark.parametrize("build", ["image_build", "probe_build", "qemu", "firmware"])
+def test_every_build_changes_the_key(build):
+    assert key(**{build: BUILDS[build] + "x"}) != key()
+
+
+def test_harness_kernel_cmdline_cpu_model_and_devices_change_the_key(monkeypatch):
+    before = key()
+    monkeypatch.setattr(qemu_args, "KERNEL_CMDLINE", qemu_args.KERNEL_CMDLINE + " mitigations=off")
+    assert key() != before
+    monkeypatch.undo()
+    monkeypatch.setattr(qemu_args, "TCG_CPU_MODEL", "Cascadelake-Server")
+    assert key() != before
+    monkeypatch.undo()
+    build = qemu_args.build_argv
+    monkeypatch.setattr(qemu_args, "build_argv", lambda c: build(c) + ["-device", "virtio-rng-pci"])
+    assert key() != before
+
+
+def test_firmware_digest_follows_the_file(tmp_path):
+    rom = tmp_path / "bios.rom"
+    rom.write_bytes(b"one")
+    first = file_digest(rom)
+    rom.write_bytes(b"two")
+    assert file_digest(rom) != first and file_digest(None) == "none"
+
+
+def test_the_qemu_guest_identity_is_its_argv_without_per_run_parts(tmp_path):
+    image = GuestImage(name="debian-6.1", directory=tmp_path / "0123abcd", kernel=tmp_path / "0123abcd" / "vmlinux",
+                       initrd=tmp_path / "0123abcd" / "initrd", kernel_release="6.1.0-56-amd64",
+                       kernel_package="linux-image-6.1.0-56-amd64", kernel_package_version="6.1.192-2",
+                       client_key=tmp_path / "key", host_key_line="ssh-ed25519 AAAA")
+    one = QemuGuest(image=image, spec=GuestSpec(), artifacts=tmp_path / "a", accel="tcg")
+    two = QemuGuest(image=image, spec=GuestSpec(), artifacts=tmp_path / "b", accel="tcg",
+                    incoming=tmp_path / "x.state")
+    assert one.state_identity() == two.state_identity()
+    assert "-append" in one.state_identity() and any(p.startswith("qemu=QEMU emulator") for p in one.state_identity())
+    assert QemuGuest(image=image, spec=GuestSpec(vcpus=2), artifacts=tmp_path / "a",
+                     accel="tcg").state_identity() != one.state_identity()
+
+
+def test_a_half_saved_guest_is_never_found_and_discard_leaves_nothing(tmp_path):
+    store = snapshot.SnapshotStore(tmp_path)
+    saved = store.paths("debian-6.1", "k")
+    saved.state.write_bytes(b"QEVM")
+    assert store.find("debian-6.1", "k") is None  # no console nor digest beside it
+    saved.console.write_text("boot\n")
+    assert store.find("debian-6.1", "k") is None
+    saved.digest.write_text(hashlib.sha256(b"QEVM").hexdigest() + "\n")
+    assert store.find("debian-6.1", "k") == saved
+    (tmp_path / f".{saved.state.name}.123").write_bytes(b"partial")  # a killed save's
+    (tmp_path / f".{saved.console.name}.123").write_text("partial")
+    store.discard(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "garbage", "missing"])
+def test_a_damaged_state_is_recognised(tmp_path, damage):
+    saved = snapshot.SnapshotStore(tmp_path).paths("debian-6.1", "k")
+    data = bytes(range(256)) * 64
+    saved.state.write_bytes(data)
+    saved.digest.write_text(hashlib.sha256(data).hexdigest() + "\n")
+    assert saved.damage() is None
+    time.sleep(0.01)  # a new mtime, as any rewrite has
+    if damage == "missing":
+        saved.state.unlink()
+    else:
+        saved.state.write_bytes({"flipped": data[:100] + b"\xff" + data[101:], "truncated": data[:1000],
+                                 "garbage": b"garbage"}[damage])
+    assert saved.damage() is not None
+
+
+def test_restored_console_starts_with_the_saving_boot(tmp_path):
+    saved = snapshot.SavedGuest(tmp_path / "g.state", tmp_path / "g.console", tmp_path / "g.sha256")
+    saved.console.write_text("Linux version 6.1\nWARNING: CPU: 0 PID: 1 at boot\n")
+    text = saved.console_for_restore()
+    assert text.startswith("Linux version 6.1\nWARNING: CPU: 0 PID: 1 at boot\n")
+    assert text.endswith("restored guest ====\n") and "g.state" in text
+
+
+def test_waiting_for_another_save_is_bounded_per_key_and_shows_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(snapshot, "WAIT_PROGRESS_S", 0.1)
+    store = snapshot.SnapshotStore(tmp_path)
+    busy, free = store.paths("debian-6.1", "k"), store.paths("debian-6.1", "other")
+    lock = lambda saved: open(tmp_path / f".{saved.state.stem}.lock", "w")  # noqa: E731
+    notes = []
+    with lock(busy) as other_run, lock(busy) as mine:
+        fcntl.flock(other_run, fcntl.LOCK_EX)  # another run is saving this configuration
+        with pytest.raises(HarnessError) as exc:
+            store._lock(mine, busy, Deadline(0.5, "save"), notes.append)
+        assert exc.value.phase == "save" and "gave up waiting" in exc.value.message
+        assert notes and all("waiting for another run saving debian-6.1-k.state" in n for n in notes)
+        with lock(free) as other_config:  # ... while another configuration's lock is free
+            store._lock(other_config, free, Deadline(0.5, "save"), notes.append)
