@@ -275,7 +275,7 @@ def _dotted(at: tuple) -> str:
 
 # --- schema errors as one line ------------------------------------------------
 
-_JSON_TYPES = {"integer": "an integer", "number": "a number", "string": "a string",
+_JSON_TYPES = {"integer": "an integer", "number": "a finite number", "string": "a string",
                "object": "a mapping", "array": "a list", "boolean": "true or false"}
 
 
