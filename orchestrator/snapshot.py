@@ -47,15 +47,20 @@ CONSOLE_SEAM = ("==== mce-orchestrator: above, the console of the boot that save
                 "below, the restored guest ====\n")
 
 
-def snapshot_key(identity: list[str], *, image_build: str, probe_build: str) -> str:
+def snapshot_key(identity: list[str], *, image_build: str, probe_build: str, procedure: str = "") -> str:
     """Everything that shapes a saved guest, hashed. Pure."""
-    parts = identity + [f"image={image_build}", f"probe={probe_build}"]
+    parts = identity + [f"image={image_build}", f"probe={probe_build}", f"procedure={procedure}"]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+# How a guest is brought to the saved point (GUEST_SETTLED, the order of the
+# steps) is this file: a change to it must not reuse states saved the old way.
+_PROCEDURE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def guest_key(guest: Guest, probe_binary: Path) -> str:
     return snapshot_key(guest.state_identity(), image_build=f"{guest.image.directory.name} {guest.image.kernel_release}",
-                        probe_build=probe_binary.name)
+                        probe_build=probe_binary.name, procedure=_PROCEDURE)
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,13 @@ def test_every_build_changes_the_key(build):
     assert key(**{build: BUILDS[build] + "x"}) != key()
 
 
+def test_the_saving_procedure_changes_the_key():
+    identity = qemu_args.state_argv(config())
+    builds = dict(image_build="i", probe_build="p")
+    assert snapshot.snapshot_key(identity, **builds, procedure="a") != snapshot.snapshot_key(identity, **builds,
+                                                                                          procedure="b")
+
+
 def test_harness_kernel_cmdline_cpu_model_and_devices_change_the_key(monkeypatch):
     before = key()
     monkeypatch.setattr(qemu_args, "KERNEL_CMDLINE", qemu_args.KERNEL_CMDLINE + " mitigations=off")
