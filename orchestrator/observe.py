@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +19,7 @@ from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import Unreadable, hardware_corrupted, parse_kpageflags, shown
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
 from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession
@@ -31,7 +31,6 @@ CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_in
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
 PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
-_HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 # Probe commands and the event each answers with.
 STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
@@ -223,7 +222,7 @@ class Part:
     """One piece of evidence gathered over SSH: its own command, its own deadline."""
     name: str                                # as named in Evidence.unavailable
     command: Callable[[Evidence], str]
-    store: Callable[[Evidence, str], None]   # parses the output; ValueError when it is unreadable
+    store: Callable[[Evidence, str], None]   # parses the output; Unreadable when it is unreadable
 
 
 def _store_kpageflags(ev: Evidence, output: str) -> None:
@@ -233,7 +232,7 @@ def _store_kpageflags(ev: Evidence, output: str) -> None:
 def _store_meminfo(ev: Evidence, output: str) -> None:
     kb = hardware_corrupted(output)
     if kb is None:
-        raise ValueError(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
+        raise Unreadable(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
     ev.hardware_corrupted_kb_after = kb
 
 
@@ -272,39 +271,9 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
         ev.guest_answered_after = True
         try:
             part.store(ev, output)
-        except ValueError as exc:
+        except Unreadable as exc:
             ev.unavailable[part.name] = f"the guest's answer was unreadable: {exc}"
     if ev.guest_answered_after is None and failed is not None:
         ev.unavailable["liveness check"] = failed
         if abort():
             ev.guest_answered_after = False
-
-
-def parse_kpageflags(output: str, pfn: int | None) -> int:
-    """The flags word from the probe's `--kpageflags PFN` line; other lines are ignored,
-    anything that is not one clear answer for that PFN is a ValueError."""
-    found = set()
-    for line in output.splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("event") == "kpageflags":
-            flags = message.get("flags")
-            if message.get("pfn") != pfn or type(flags) is not int or not 0 <= flags < 1 << 64:
-                raise ValueError(f"page-flags answer for PFN {pfn}: {shown(line)}")
-            found.add(flags)
-    if len(found) != 1:
-        raise ValueError(f"{'no' if not found else 'more than one'} page-flags answer for PFN {pfn}: {shown(output)}")
-    return found.pop()
-
-
-def shown(text: str, limit: int = 120) -> str:
-    """A guest-provided value quoted for a message, cut to `limit` characters."""
-    text = str(text)
-    return repr(text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)")
-
-
-def hardware_corrupted(meminfo: str) -> int | None:
-    match = _HW_CORRUPTED.search(meminfo)
-    return int(match.group(1)) if match else None

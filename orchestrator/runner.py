@@ -25,6 +25,7 @@ from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
 from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
@@ -33,7 +34,7 @@ from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
 from orchestrator.snapshot import GUEST_SETTLED, ensure_snapshot
 from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
-from orchestrator.verdict import Evidence, judge
+from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
@@ -186,7 +187,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
 
     if result.error is None or injection is not None:
         with phases("verdict"):
-            result.verdict = judge(scenario, ev)
+            result.verdict = _judge_safely(scenario, ev, artifacts)
         result.outcome = result.verdict.outcome
         if result.error is not None and result.outcome == Outcome.PASS:
             # Every check passed, but the harness broke afterwards: say so.
@@ -196,6 +197,18 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     result.phases = phases.seconds
     reporter.scenario_finished(result)
     return result
+
+
+def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
+    """The verdict, or an ERROR naming the harness bug: one scenario's judging never stops the run."""
+    try:
+        return judge(scenario, ev)
+    except Exception as exc:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            (artifacts / "traceback.txt").write_text(traceback.format_exc())
+        return Verdict(Outcome.ERROR, (Check("verdict", Outcome.ERROR,
+                                             f"internal error judging the evidence: {exc!r}"[:300]
+                                             + f"; traceback in {artifacts / 'traceback.txt'}"),))
 
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
@@ -261,7 +274,12 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe
-            ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            try:
+                check_ready(ready)
+            except Unreadable as exc:
+                raise HarnessError("locate", str(exc)) from None
+            ev.ready = ready
             if p.memory == "thp" and not ev.ready["thp"]:
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "ksm" and not ev.ready["merged"]:
@@ -361,7 +379,10 @@ def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:
     """The second page of 'Kernel code' in the guest's /proc/iomem (root sees real addresses)."""
     for line in ssh.check("cat /proc/iomem", deadline, "locate").splitlines():
         if line.strip().endswith("Kernel code"):
-            start = int(line.split("-")[0].strip(), 16)
+            try:
+                start = int(line.split("-")[0].strip()[:16], 16)
+            except ValueError:
+                raise HarnessError("locate", f"unreadable 'Kernel code' line in /proc/iomem: {line[:120]!r}") from None
             if start:
                 return start + 0x1000
     raise HarnessError("locate", "no 'Kernel code' range in the guest's /proc/iomem")
@@ -373,8 +394,11 @@ def _injection_address(scenario: Scenario, ready: dict) -> int:
     if scenario.inject.page_offset == 0:
         return int(ready["gpa"], 16)  # known even when the probe has freed it since
     # A neighbour in the probe's own mapping: physically adjacent memory could be anything.
-    page = ready["pages"][ready["target"] + scenario.inject.page_offset]
-    return page["pfn"] * ready["page_size"]
+    index = ready["target"] + scenario.inject.page_offset
+    if not 0 <= index < len(ready["pages"]):
+        raise HarnessError("locate", f"page_offset {scenario.inject.page_offset} is outside the probe's "
+                                     f"{len(ready['pages'])} pages")
+    return ready["pages"][index]["pfn"] * ready["page_size"]
 
 
 def _write_evidence(artifacts: Path, ev: Evidence) -> None:

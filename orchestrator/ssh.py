@@ -6,7 +6,6 @@ listens, so readiness is the `SSH-` banner, not a connect.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import shlex
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 import paramiko
 
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import MAX_LINE, json_message
 from orchestrator.outcome import HarnessError
 
 GUEST_HOST = "127.0.0.1"
@@ -243,21 +243,30 @@ class RemoteProcess:
                 self._pending.remove(message)
                 return message
         while True:
+            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+                # A line without end: keep its start in the transcript, drop the rest.
+                self.transcript.append(self._buffer[:200].decode(errors="replace")
+                                       + f"... (line cut: over {MAX_LINE} bytes without a newline)")
+                self._buffer = b""
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
+                if len(raw) > MAX_LINE:
+                    self.transcript.append(raw[:200].decode(errors="replace") + f"... (line cut: {len(raw)} bytes)")
+                    continue
                 line = raw.decode(errors="replace")
                 self.transcript.append(line)
-                try:
-                    message = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+                message = json_message(line)
+                if message is None:
+                    continue  # not one of the probe's JSON objects: kept in the transcript only
                 if message.get("event") == "error":
-                    raise HarnessError(phase, f"probe failed: {message.get('what')}: {message.get('strerror')}")
+                    raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
+                                              f"{str(message.get('strerror'))[:200]}")
                 if message.get("event") in names:
                     return message
                 if message.get("event") == "exit":
-                    raise ProbeExited(phase, f"probe exited (status {message.get('status')}) "
-                                             f"without {'/'.join(sorted(names))}", message.get("status"))
+                    status = message.get("status") if type(message.get("status")) is int else None
+                    raise ProbeExited(phase, f"probe exited (status {status}) "
+                                             f"without {'/'.join(sorted(names))}", status)
             if deadline.expired():
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
             why = abort()

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from orchestrator.observe import PARTS, gather_parts, parse_kpageflags
+from orchestrator.guest_data import parse_kpageflags
+from orchestrator.observe import PARTS, gather_parts
 from orchestrator.outcome import HarnessError
 from orchestrator.verdict import Evidence
 
