@@ -13,20 +13,25 @@ import contextlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
 from orchestrator.deadline import Deadline
-from orchestrator.guest_data import Unreadable, hardware_corrupted, parse_kpageflags, shown
+from orchestrator.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
-from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession
+from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote
 from orchestrator.verdict import Evidence
 
 GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
+STEP_MIN_S = 5.0     # a step's own time when the phase has less left
+DMESG_LOOK_S = 0.5   # a console wait also looks in dmesg over SSH this often
+KERNEL_LOG_LOOK_BYTES = 1 << 20  # what such a look reads at most
+CONSOLE_READ_BYTES = 4 << 20     # what one console poll reads at most
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
@@ -54,20 +59,21 @@ _ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy
 
 def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
     deadline = Deadline(scenario.timeouts.observe, "observe")
-    down = lambda: _guest_down(guest)  # noqa: E731
+    down = lambda: guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
-        guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
+        sleep_watching(deadline, deadline.remaining(), down)
     elif scenario.probe.mode == "wait":
         if scenario.inject.fields is None:
             pass  # nothing was injected: straight to the steps
         elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
             # The kernel logs its result after it has signalled early-kill victims,
-            # so once the line is on the console the probe can be asked to go on.
-            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count)
+            # so once the line is in its log the probe can be asked to go on.
+            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count,
+                                ssh=ssh)
         else:
             # A corrected error is seen when the guest next polls its banks; there
             # is no line to wait for, so give it one more interval.
-            deadline.sleep(scenario.inject.interval_s or CE_SETTLE_S)
+            sleep_watching(deadline, scenario.inject.interval_s or CE_SETTLE_S, down)
         _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
     why_down = down()
     if why_down:
@@ -81,6 +87,23 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
     _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
     if ev.kernel_log is None:
         ev.kernel_log = guest.console_log.read_text(errors="replace")
+
+
+def own_time(deadline: Deadline, what: str) -> Deadline:
+    """The phase's deadline, or a fresh STEP_MIN_S when less is left: a wait that spent
+    the phase (a console line that never came) does not leave the next step no time."""
+    return deadline if deadline.remaining() >= STEP_MIN_S else Deadline(STEP_MIN_S, what)
+
+
+def sleep_watching(deadline: Deadline, seconds: float, down) -> str | None:
+    """Sleep up to `seconds` within the deadline, ending early when the guest goes down (and why)."""
+    end = Deadline(min(seconds, deadline.remaining()), "sleep")
+    while not end.expired():
+        why = down()
+        if why:
+            return why
+        end.sleep(0.05)
+    return down()
 
 
 def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) -> dict:
@@ -113,19 +136,19 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
         if down():
             return
         if step == "settle":
-            deadline.sleep(SETTLE_S)
+            sleep_watching(deadline, SETTLE_S, down)
             continue
         if step in GUEST_STEPS or step == "ksm-remerge":
             try:
-                ev.steps.append(_guest_step(step, ssh, ev, deadline) if step in GUEST_STEPS
-                                else _ksm_remerge_step(ssh, deadline))
+                ev.steps.append(_guest_step(step, ssh, ev, own_time(deadline, step)) if step in GUEST_STEPS
+                                else _ksm_remerge_step(ssh, own_time(deadline, step)))
             except HarnessError:
                 return
             continue
         if not probe.send(step):
             return
         try:
-            answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)
+            answer = probe.read_event({STEP_EVENTS[step], "result"}, own_time(deadline, step), "observe", abort=down)
         except HarnessError:
             return  # the evidence gathering that follows says what is missing
         if answer["event"] == "result":
@@ -168,7 +191,7 @@ def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
         deadline.sleep(0.05)
 
 
-def _guest_down(guest: Guest) -> str | None:
+def guest_down(guest: Guest) -> str | None:
     """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
     events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
     if "GUEST_PANICKED" in events:
@@ -178,21 +201,73 @@ def _guest_down(guest: Guest) -> str | None:
     return guest.died()
 
 
-def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
-    """Until memory_failure() has reported on `pfn` that many times (its pr_err lines reach the console)."""
-    return wait_console(guest, f"Memory failure: {pfn:#x}", deadline, occurrences=occurrences)
+def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1,
+                        ssh: SshSession | None = None) -> bool:
+    """Until memory_failure() has reported on `pfn` that many times: its pr_err lines reach
+    the console, or, with a quiet console (loglevel=0), are found in dmesg over `ssh`."""
+    text = f"Memory failure: {pfn:#x}"
+    return wait_console(guest, text, deadline, occurrences=occurrences,
+                        kernel_log=(lambda: _kernel_log_lines(ssh, text, deadline)) if ssh else None)
+
+
+def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[str] | None:
+    """The guest kernel log's lines holding `text` (dmesg over SSH), or None when SSH does not answer."""
+    try:
+        status, output = ssh.run(f"dmesg | grep -F -e {quote(text)}",
+                                 Deadline(min(DMESG_LOOK_S * 4, max(deadline.remaining(), 0.5)), "dmesg"), "observe",
+                                 limit=KERNEL_LOG_LOOK_BYTES)
+    except HarnessError:
+        return None
+    return output.splitlines() if status in (0, 1) else None
+
+
+class ConsoleFollower:
+    """Reads the console log on from where it stopped, so a poll costs only what is new."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""  # the line being written
+
+    def new_lines(self) -> list[str]:
+        lines: list[str] = []
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read(CONSOLE_READ_BYTES)
+        except OSError:
+            return lines
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        if len(self.partial) > MAX_LINE:  # a line without end: judged in pieces
+            complete.append(self.partial)
+            self.partial = b""
+        return [line.decode(errors="replace") for line in complete]
 
 
 def wait_console(guest: Guest, text: str, deadline: Deadline, occurrences: int = 1,
-                 stop_when_down: bool = True) -> bool:
-    """Until `text` is on the console `occurrences` times (a local file: cheap to poll)."""
-    while not deadline.expired():
-        if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
+                 stop_when_down: bool = True, kernel_log=None) -> bool:
+    """Until `text` is in `occurrences` lines of the console (a local file: cheap to poll,
+    read on from the last offset). `kernel_log`, when given, is asked every DMESG_LOOK_S for
+    the kernel log's lines holding `text`: a line that never reaches the console is found
+    there. Ends early when the guest goes down."""
+    console = ConsoleFollower(guest.console_log)
+    seen = 0
+    next_look = time.monotonic() + DMESG_LOOK_S
+    while True:
+        seen += sum(text in line for line in console.new_lines())
+        if seen + (text in console.partial.decode(errors="replace")) >= occurrences:
             return True
-        if stop_when_down and _guest_down(guest):
+        if stop_when_down and guest_down(guest):
+            return False
+        if kernel_log is not None and (time.monotonic() >= next_look or deadline.expired()):
+            lines = kernel_log()
+            if lines is not None and sum(text in line for line in lines) >= occurrences:
+                return True
+            next_look = time.monotonic() + DMESG_LOOK_S
+        if deadline.expired():
             return False
         deadline.sleep(0.02)
-    return False
 
 
 def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,

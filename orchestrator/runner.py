@@ -28,7 +28,7 @@ from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
-from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
+from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
@@ -314,12 +314,13 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                     deadline.sleep(scenario.inject.interval_s)
                 elif n:
                     # The next one only once the kernel has logged the one before.
-                    wait_failure_logged(guest, address >> 12, deadline, occurrences=n)
+                    wait_failure_logged(guest, address >> 12, deadline, occurrences=n, ssh=ssh)
                 injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
                                    address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
                                    deadline=deadline,
                                    user_loop=loop if scenario.inject.gate == "user-mode" else None,
-                                   kernel_mode=scenario.inject.gate == "kernel-mode")
+                                   kernel_mode=scenario.inject.gate == "kernel-mode",
+                                   down=lambda: guest_down(guest))
             if injection is not None:
                 phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"
                                                               if injection.attempts > 1 else "")

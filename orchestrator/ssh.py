@@ -14,12 +14,14 @@ from pathlib import Path
 
 import paramiko
 
+from orchestrator.bounded import HeadTail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import MAX_LINE, json_message
 from orchestrator.outcome import HarnessError
 
 GUEST_HOST = "127.0.0.1"
 BANNER_POLL_S = 0.25
+OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
 
 
 def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True) -> float:
@@ -139,24 +141,29 @@ class SshSession:
                     self.connect(deadline)
                 deadline.sleep(0.05)
 
-    def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
-        """Run a command; (exit status, stdout+stderr). Raises HarnessError on timeout or a drop."""
+    def run(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
+        """Run a command; (exit status, stdout+stderr, its first and last `limit // 2` bytes when
+        longer). Raises HarnessError on timeout, also while output keeps coming, or a drop."""
         try:
             channel = self._open_exec(command, deadline)
             channel.settimeout(max(deadline.remaining(), 0.1))
-            output = bytearray()
+            output = HeadTail(limit)
             while True:
                 chunk = channel.recv(65536)
                 if not chunk:
                     break
-                output += chunk
+                output.add(chunk)
                 if deadline.expired():  # a command that keeps printing does not extend it
                     channel.close()
                     raise TimeoutError
                 channel.settimeout(max(deadline.remaining(), 0.01))
+            channel.settimeout(max(deadline.remaining(), 0.01))
+            if not channel.status_event.wait(max(deadline.remaining(), 0.01)):
+                channel.close()
+                raise TimeoutError
             status = channel.recv_exit_status()
             channel.close()
-            return status, output.decode(errors="replace")
+            return status, output.value().decode(errors="replace")
         except (socket.timeout, TimeoutError):
             raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:

@@ -5,11 +5,14 @@ import dataclasses
 import time
 from pathlib import Path
 
+import pytest
+
 from orchestrator.deadline import Deadline
 from orchestrator.outcome import Outcome
 from orchestrator.probe import REMOTE_PATH
 from orchestrator.scenario import Timeouts, load_scenario
 
+from .conftest import REPO
 from .test_faults import LATE_KILL, assert_nothing_left, run
 
 FIVE_THOUSAND_DIGITS = "9" * 5000
@@ -64,4 +67,38 @@ def test_garbage_from_the_probe_is_evidence_not_a_crash(tmp_path):
     transcript = (result.artifacts / "probe-transcript.txt").read_text()
     assert transcript.startswith("[1]\n") and FIVE_THOUSAND_DIGITS in transcript
     assert time.monotonic() - start < 60
+    assert_nothing_left(result, port)
+
+
+def in_background(ctx, command: str) -> None:
+    """Start `command` in the guest a moment from now, without waiting for it."""
+    ctx.ssh.check(f"(sleep 0.5; {command}) </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"), "fault")
+
+
+def test_the_srar_gate_stops_when_the_guest_panics(tmp_path):
+    """The probe is stopped (the vCPU is never in its loop, so the gate keeps looking),
+    then the guest panics: the gate ends at once, naming the panic, not at its deadline."""
+    def stop_probe_then_panic(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.check(f"kill -STOP {ctx.evidence.ready['pid']}", Deadline(5, "fault"), "fault")
+            in_background(ctx, "echo c > /proc/sysrq-trigger")
+
+    scenario = dataclasses.replace(load_scenario(REPO / "scenarios" / "srar-anon-access.yaml"),
+                                   timeouts=Timeouts(inject=30))
+    result, port = run(tmp_path, scenario=scenario, hook=stop_probe_then_panic, snapshot=True)
+    assert result.outcome == Outcome.ERROR
+    assert result.error.phase == "inject"
+    assert result.error.message.startswith("the guest panicked before the machine check was sent"), result.error
+    assert result.phases["inject"] < 10
+    assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("name", ["srao-anon-late-kill", "srar-anon-access"])
+def test_a_quiet_console_costs_no_deadline(tmp_path, name):
+    """With loglevel=0 no kernel line reaches the console: the wait finds it in dmesg."""
+    scenario = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    result, port = run(tmp_path, scenario=scenario, extra_cmdline="loglevel=0", snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons
+    assert "Memory failure" not in (result.artifacts / "console.log").read_text(errors="replace")
+    assert result.phases["observe"] < 10  # of 30
     assert_nothing_left(result, port)
