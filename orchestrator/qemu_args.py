@@ -29,6 +29,7 @@ class QemuConfig:
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
     disk: Path | None = None      # a raw image, the guest's /dev/vda
     incoming: Path | None = None  # restore this saved guest instead of booting
+    hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
 
 
 def cpu_model(accel: str) -> str:
@@ -61,6 +62,8 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "pvpanic-pci",
     ]
+    if c.hmp_fd is not None:
+        argv += ["-chardev", f"socket,id=hmp,fd={c.hmp_fd}", "-mon", "chardev=hmp,mode=readline"]
     if c.disk is not None:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
         argv += ["-drive", f"file={c.disk},if=none,id=disk0,format=raw,cache=unsafe",

@@ -40,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
+EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
@@ -154,6 +155,14 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
                 if guest.monitor:
+                    if guest.monitor.storm:
+                        # The events the scenario is judged on may still be queued behind it.
+                        caught_up = guest.monitor.catch_up(EVENTS_CATCH_UP_S)
+                        ev.add_cause(f"{guest.monitor.storm}: {guest.monitor.summary()}"
+                                     + ("" if caught_up else "; the events QEMU had queued were not all read "
+                                                             f"within {EVENTS_CATCH_UP_S:g} s"))
+                        if not caught_up:
+                            ev.unavailable["QEMU events"] = guest.monitor.storm
                     ev.events = guest.monitor.events()
                 result.phases = phases.seconds
                 if options.keep_alive_on_failure:

@@ -35,6 +35,13 @@ class Evidence:
     console_tail: str = ""
     sshd_log: str | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # what could not be gathered, and why
+    # What the guest did to the harness (went down, stormed, flooded), first cause first.
+    causes: list[str] = field(default_factory=list)
+    down: str | None = None                # why the guest stopped answering, when it went down
+
+    def add_cause(self, cause: str) -> None:
+        if cause not in self.causes:
+            self.causes.append(cause)
 
     @property
     def panicked(self) -> bool:
@@ -331,6 +338,8 @@ def _check_event(expect: Expectations, ev: Evidence) -> Check:
     if want == NONE:
         return _ok("MEMORY_FAILURE event", "none") if not events else _fail("MEMORY_FAILURE event", f"expected none, got {len(events)}")
     if not events:
+        if "QEMU events" in ev.unavailable:
+            return _missing("MEMORY_FAILURE event", ev, "QEMU events")
         return _fail("MEMORY_FAILURE event", "none received")
     data = events[0]["data"]
     got_ar = data.get("flags", {}).get("action-required")

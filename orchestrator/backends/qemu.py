@@ -38,9 +38,14 @@ def free_loopback_port() -> int:
         return s.getsockname()[1]
 
 
+TAIL_BYTES = 256 << 10  # the last lines of a log are looked for in its last part only
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as f:
+            f.seek(max(f.seek(0, 2) - TAIL_BYTES, 0))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -89,10 +94,12 @@ class QemuGuest(Guest):
 
     def _launch_once(self, timeout: float) -> None:
         ours, theirs = socket.socketpair()
+        hmp_ours, hmp_theirs = socket.socketpair()
         self.ssh_port = free_loopback_port()
         config = qemu_args.QemuConfig(
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
-            qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, memory_mib=self.spec.memory_mib,
+            qmp_fd=theirs.fileno(), hmp_fd=hmp_theirs.fileno(), ssh_port=self.ssh_port,
+            memory_mib=self.spec.memory_mib,
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
@@ -102,19 +109,23 @@ class QemuGuest(Guest):
             with self._qemu_log.open("wb") as log:
                 self._process = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    pass_fds=[theirs.fileno()], preexec_fn=_die_with_parent,
+                    pass_fds=[theirs.fileno(), hmp_theirs.fileno()], preexec_fn=_die_with_parent,
                     # Its own session: the terminal's Ctrl-C reaches us, and we shut QEMU down.
                     start_new_session=True)
         except OSError as exc:
             ours.close()
+            hmp_ours.close()
             raise HarnessError("boot", f"cannot start {self.qemu_binary}: {exc.strerror}") from None
         finally:
             theirs.close()
+            hmp_theirs.close()
         self.launched_pid = self._process.pid
         self.monitor = Monitor(ours, self.artifacts / "qmp-events.jsonl", self.artifacts / "monitor-commands.log")
         try:
             self.monitor.connect(timeout)
+            self.monitor.attach_hmp(hmp_ours, timeout)
         except (MonitorError, OSError, EOFError) as exc:
+            hmp_ours.close()
             self.shutdown()
             raise HarnessError("boot", self._launch_failure(str(exc))) from None
 

@@ -2,6 +2,9 @@
 panics at awkward moments each end in the right outcome naming the right cause,
 within the deadline, with memory and artifacts inside the README's bounds."""
 import dataclasses
+import resource
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from .conftest import REPO
 from .test_faults import LATE_KILL, assert_nothing_left, run
 
 FIVE_THOUSAND_DIGITS = "9" * 5000
+# The bounds the README states per scenario.
+MEMORY_BOUND_MIB = 200
+ARTIFACTS_BOUND_MIB = 40
 
 # Wraps the real probe: garbage before the ready line, si_addr as glibc prints a
 # NULL pointer, and extra lines around the page-flags answer.
@@ -101,4 +107,44 @@ def test_a_quiet_console_costs_no_deadline(tmp_path, name):
     assert result.outcome == Outcome.PASS, result.reasons
     assert "Memory failure" not in (result.artifacts / "console.log").read_text(errors="replace")
     assert result.phases["observe"] < 10  # of 30
+    assert_nothing_left(result, port)
+
+
+def guest_tool(name: str, folder: Path) -> Path:
+    """A small static program for the guest, from tests/integration/guest_tools/NAME.c."""
+    source = Path(__file__).with_name("guest_tools") / f"{name}.c"
+    binary = folder / name
+    cc = shutil.which("musl-gcc") or "gcc"
+    subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def artifacts_mib(result) -> float:
+    return sum(f.stat().st_size for f in result.artifacts.rglob("*") if f.is_file()) / (1 << 20)
+
+
+def test_a_qmp_event_storm_is_bounded_and_named(tmp_path):
+    """The guest writes its pvpanic register in a loop (a GUEST_CRASHLOADED event per
+    write) from before the injection to past the gathering: the `mce` reply and every
+    other QMP answer still come, memory and artifacts stay within the README's bounds,
+    and the report names the storm."""
+    storm = guest_tool("pvpanic_storm", tmp_path)
+
+    def start_storm(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
+            ctx.ssh.check("/tmp/pvpanic_storm 8 </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"), "fault")
+            time.sleep(1.0)  # the storm is on before the machine check is sent
+
+    before = rss_peak_mib()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=start_storm, snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons  # the kernel did its part
+    storm_cause = [c for c in result.evidence.causes if c.startswith("event storm")]
+    assert storm_cause and "GUEST_CRASHLOADED" in storm_cause[0], result.evidence.causes
+    assert rss_peak_mib() - before < MEMORY_BOUND_MIB
+    assert artifacts_mib(result) < ARTIFACTS_BOUND_MIB
     assert_nothing_left(result, port)
