@@ -61,3 +61,19 @@ def cap_file(path: Path, limit: int) -> int:
         f.flush()
         os.fsync(f.fileno())
     return cut
+
+
+def read_head_tail(path: Path, limit: int) -> str:
+    """A text file's first and last `limit // 2` bytes, with a marker between when it is longer."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            if size <= limit:
+                return f.read().decode(errors="replace")
+            half = limit // 2
+            head = f.read(half)
+            f.seek(size - half)
+            return (head + truncated_marker(size - 2 * half) + f.read(half)).decode(errors="replace")
+    except OSError:
+        return ""

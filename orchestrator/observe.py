@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from typing import Callable
 from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
+from orchestrator.bounded import read_head_tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
 from orchestrator.outcome import HarnessError
@@ -32,6 +34,7 @@ STEP_MIN_S = 5.0     # a step's own time when the phase has less left
 DMESG_LOOK_S = 0.5   # a console wait also looks in dmesg over SSH this often
 KERNEL_LOG_LOOK_BYTES = 1 << 20  # what such a look reads at most
 CONSOLE_READ_BYTES = 4 << 20     # what one console poll reads at most
+KERNEL_LOG_BYTES = 8 << 20       # the console standing in for the kernel log: first and last halves
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
@@ -79,14 +82,22 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
     if why_down:
         _let_panic_print(guest, deadline)
         # Nothing more comes over SSH: the console is the kernel log now.
-        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
         ev.guest_answered_after = False
-        for what in ("probe result", "kpageflags", "meminfo"):
+        ev.down = why_down
+        lost = ("probe result", "kpageflags", "meminfo")
+        for what in lost:
             ev.unavailable[what] = why_down
+        ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in)")
         return
     _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
+    why_down = down()
+    if why_down:
+        ev.down = why_down
+        lost = [what for what in ("probe result", *(part.name for part in PARTS)) if what in ev.unavailable]
+        ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else ""))
     if ev.kernel_log is None:
-        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
 
 
 def own_time(deadline: Deadline, what: str) -> Deadline:
@@ -192,13 +203,56 @@ def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
 
 
 def guest_down(guest: Guest) -> str | None:
-    """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
-    events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
-    if "GUEST_PANICKED" in events:
-        return "the guest panicked"
-    if events & {"SHUTDOWN", "RESET"}:
-        return "the guest reset or shut down"
+    """Why the guest can no longer answer, named as QEMU or the console said it
+    (panic, reboot, power-off, halt, a reset from the host, QEMU gone), or None."""
+    events = guest.monitor.events() if guest.monitor else []
+    for event in events:
+        why = _down_event(event)
+        if why:
+            return why
+    halted = _console_says_halted(guest)
+    if halted:
+        return halted
     return guest.died()
+
+
+def _down_event(event: dict) -> str | None:
+    name, data = event.get("event"), event.get("data") or {}
+    reason = data.get("reason", "no reason given")
+    if name == "GUEST_PANICKED":
+        return "the guest panicked"
+    if name == "SHUTDOWN":
+        if reason == "guest-reset":
+            return "the guest rebooted (QEMU SHUTDOWN, reason guest-reset; -no-reboot keeps it down)"
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-panic":
+            return "the guest panicked"
+        if reason.startswith("host-") and "reset" in reason:
+            return f"the guest was reset from the host (QEMU SHUTDOWN, reason {reason}; -no-reboot keeps it down)"
+        return f"QEMU was shut down (SHUTDOWN, reason {reason})"
+    if name == "RESET":
+        if data.get("guest") is False:
+            return f"the guest was reset from the host (QEMU RESET, reason {reason})"
+        return f"the guest reset (QEMU RESET, reason {reason})"
+    return None
+
+
+HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
+_consoles: "weakref.WeakKeyDictionary[Guest, tuple[ConsoleFollower, list[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _console_says_halted(guest: Guest) -> str | None:
+    """A halt stops the vCPUs without any QEMU event: only the console tells
+    (read on from where the last look stopped)."""
+    follower, found = _consoles.setdefault(guest, (ConsoleFollower(guest.console_log), []))
+    if not found:
+        for line in follower.new_lines():
+            halt = next((halt for halt in HALT_LINES if halt in line), None)
+            if halt:
+                found.append(halt)
+                break
+    return f"the guest halted (console: '{found[0]}')" if found else None
 
 
 def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1,

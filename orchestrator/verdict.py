@@ -173,9 +173,14 @@ def _check_guest(expect: Expectations, ev: Evidence) -> Check:
     if expect.guest == "panic":
         if ev.panicked:
             return _ok(name, "GUEST_PANICKED seen")
-        return _fail(name, "no panic" + (" (the guest still answered over SSH)" if ev.guest_answered_after else ""))
+        return _fail(name, "no panic" + (f" ({ev.down})" if ev.down else
+                                         " (the guest still answered over SSH)" if ev.guest_answered_after else ""))
     if ev.panicked:
         return _fail(name, f"the guest panicked: {_panic_line(ev.console_tail)}")
+    if ev.down:
+        # A reboot, halt, power-off or reset is not "did not answer": say what happened.
+        # Not a panic, so nothing here says the kernel's handling failed: the harness cannot tell.
+        return Check(name, Outcome.ERROR, ev.down)
     if ev.guest_answered_after:
         return _ok(name, "answered over SSH after the injection")
     if ev.guest_answered_after is None:

@@ -148,3 +148,32 @@ def test_a_qmp_event_storm_is_bounded_and_named(tmp_path):
     assert rss_peak_mib() - before < MEMORY_BOUND_MIB
     assert artifacts_mib(result) < ARTIFACTS_BOUND_MIB
     assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("how, cause", [
+    ("reboot -f", "the guest rebooted (QEMU SHUTDOWN, reason guest-reset"),
+    ("halt -f", "the guest halted (console: 'reboot: System halted')"),
+    ("host reset", "the guest was reset from the host (QEMU SHUTDOWN, reason host-qmp-system-reset"),
+])
+def test_a_guest_that_goes_down_is_named_not_blamed(tmp_path, how, cause):
+    """Mid-observe the guest reboots, halts, or is reset from the host: an ERROR naming
+    that cause and the evidence it cost, not 'did not answer over SSH', well within
+    the deadline."""
+    def go_down(phase, ctx):
+        if phase == "observe":
+            if how == "host reset":
+                ctx.guest.monitor.execute("system_reset")
+            else:
+                ctx.ssh.check(f"{how} </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=20))
+    result, port = run(tmp_path, scenario=scenario, hook=go_down, snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    checks = checks_of(result)
+    assert checks["guest alive"].outcome == Outcome.ERROR
+    assert checks["guest alive"].detail.startswith(cause), checks["guest alive"].detail
+    assert "did not answer over SSH" not in " ".join(result.reasons)
+    assert result.evidence.causes[0].startswith(cause) and "cost the" in result.evidence.causes[0]
+    assert result.phases["observe"] < 10
+    assert_nothing_left(result, port)

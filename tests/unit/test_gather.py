@@ -123,3 +123,20 @@ def test_kpageflags_answer_that_is_not_one_clear_value(output):
         parse_kpageflags(output, PFN)
     assert len(str(exc.value)) < 400  # a 5000-digit value is shown cut short
     assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("event, words", [
+    ({"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-reset"}}, "the guest rebooted"),
+    ({"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"}}, "the guest powered off"),
+    ({"event": "RESET", "data": {"guest": False, "reason": "host-qmp-system-reset"}}, "reset from the host"),
+    ({"event": "GUEST_PANICKED", "data": {"action": "pause"}}, "the guest panicked"),
+])
+def test_each_way_down_is_named(event, words):
+    from orchestrator.observe import _down_event
+    assert words in _down_event(event)
+
+
+def test_other_events_are_not_a_way_down():
+    from orchestrator.observe import _down_event
+    assert _down_event({"event": "GUEST_CRASHLOADED", "data": {}}) is None
+    assert _down_event({"event": "RESUME"}) is None
