@@ -25,15 +25,17 @@ from orchestrator.deadline import Deadline
 from orchestrator.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
-from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession, quote
+from orchestrator.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
 from orchestrator.verdict import Evidence
 
 GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
 STEP_MIN_S = 5.0     # a step's own time when the phase has less left
 DMESG_LOOK_S = 0.5   # a console wait also looks in dmesg over SSH this often
+BANNER_LOOK_S = 2.0  # after a part timed out: does sshd still greet a new connection?
 KERNEL_LOG_LOOK_BYTES = 1 << 20  # what such a look reads at most
 CONSOLE_READ_BYTES = 4 << 20     # what one console poll reads at most
+SSHD_LOG_BYTES = 1 << 20         # the guest sshd's log kept (a flooded one is cut in the middle)
 KERNEL_LOG_BYTES = 8 << 20       # the console standing in for the kernel log: first and last halves
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
@@ -352,6 +354,7 @@ class Part:
     name: str                                # as named in Evidence.unavailable
     command: Callable[[Evidence], str]
     store: Callable[[Evidence, str], None]   # parses the output; Unreadable when it is unreadable
+    limit: int = OUTPUT_LIMIT                # output kept: first and last halves
 
 
 def _store_kpageflags(ev: Evidence, output: str) -> None:
@@ -370,7 +373,7 @@ PARTS = (
     Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
     Part("kernel log", lambda ev: "dmesg", lambda ev, output: setattr(ev, "kernel_log", output)),
     Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
-         lambda ev, output: setattr(ev, "sshd_log", output)),
+         lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
 )
 
 
@@ -380,22 +383,28 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
     costs one part. Once SSH itself is gone, or the guest went down, the parts left
     are not tried: they would fail the same way."""
     failed: str | None = None
+    unreachable: str | None = None  # sshd no longer greets: the parts left are not tried
     for part in parts:
         why_down = abort()
         if why_down:
             ev.unavailable[part.name] = why_down
             ev.guest_answered_after = False
             continue
-        if failed is not None and not ssh.connected():
-            ev.unavailable[part.name] = failed
+        if unreachable is not None or (failed is not None and not ssh.connected()):
+            ev.unavailable[part.name] = unreachable or failed
             continue
         try:
-            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe")
+            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe", limit=part.limit)
         except HarnessError as exc:
             # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
             # kernel look the same from here, so this is not evidence against the kernel.
             failed = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
             ev.unavailable[part.name] = failed
+            if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S):
+                unreachable = (f"{exc.message}, and sshd gave no banner within {BANNER_LOOK_S:g} s: "
+                               f"sshd stalled or the guest's network is down (no panic or reset seen; "
+                               f"QEMU still running)")
+                ev.unavailable[part.name] = unreachable
             continue
         ev.guest_answered_after = True
         try:
@@ -403,6 +412,10 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
         except Unreadable as exc:
             ev.unavailable[part.name] = f"the guest's answer was unreadable: {exc}"
     if ev.guest_answered_after is None and failed is not None:
-        ev.unavailable["liveness check"] = failed
+        ev.unavailable["liveness check"] = unreachable or failed
         if abort():
             ev.guest_answered_after = False
+    if unreachable is not None:
+        lost = [part.name for part in parts if ev.unavailable.get(part.name) == unreachable]
+        ev.add_cause(f"sshd stalled or the guest's network is down (no SSH banner within {BANNER_LOOK_S:g} s): "
+                     f"cost the {', '.join(lost)}")

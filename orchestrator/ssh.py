@@ -53,6 +53,15 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
     raise HarnessError("boot", f"no SSH banner on 127.0.0.1:{port} within {deadline.seconds:g} s ({last})")
 
 
+def banner_answers(port: int, seconds: float) -> bool:
+    """Does sshd greet a new connection within `seconds`?"""
+    try:
+        wait_for_banner(port, Deadline(seconds, "banner"))
+        return True
+    except HarnessError:
+        return False
+
+
 def pinned_host_keys(host_key_line: str, port: int) -> paramiko.HostKeys:
     kind, blob = host_key_line.split()[:2]
     keys = paramiko.HostKeys()
@@ -144,6 +153,7 @@ class SshSession:
     def run(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
         """Run a command; (exit status, stdout+stderr, its first and last `limit // 2` bytes when
         longer). Raises HarnessError on timeout, also while output keeps coming, or a drop."""
+        output = None
         try:
             channel = self._open_exec(command, deadline)
             channel.settimeout(max(deadline.remaining(), 0.1))
@@ -165,12 +175,13 @@ class SshSession:
             channel.close()
             return status, output.value().decode(errors="replace")
         except (socket.timeout, TimeoutError):
-            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s") from None
+            streamed = f" (it kept printing: {output.total} bytes)" if output is not None and output.total > limit else ""
+            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s{streamed}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
 
-    def check(self, command: str, deadline: Deadline, phase: str) -> str:
-        status, output = self.run(command, deadline, phase)
+    def check(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> str:
+        status, output = self.run(command, deadline, phase, limit)
         if status != 0:
             raise HarnessError(phase, f"'{command}' exited with {status}: {output.strip()[-200:]}")
         return output

@@ -177,3 +177,49 @@ def test_a_guest_that_goes_down_is_named_not_blamed(tmp_path, how, cause):
     assert result.evidence.causes[0].startswith(cause) and "cost the" in result.evidence.causes[0]
     assert result.phases["observe"] < 10
     assert_nothing_left(result, port)
+
+
+FLOODING_PROBE = f"""#!/bin/sh
+if [ "$1" = --kpageflags ]; then
+    exec yes 'a page-flags answer that never ends'
+fi
+exec {REMOTE_PATH}.real "$@"
+"""
+
+
+def test_an_ssh_command_that_prints_without_end(tmp_path):
+    """The page-flags part prints without end: its deadline holds while data streams,
+    the output kept is capped, and only that part is lost."""
+    before = rss_peak_mib()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=replace_probe(FLOODING_PROBE, tmp_path),
+                       snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    checks = checks_of(result)
+    assert checks["page poisoned"].outcome == Outcome.ERROR
+    assert "did not finish within 5 s (it kept printing" in checks["page poisoned"].detail
+    for name in ("guest alive", "sigbus", "HardwareCorrupted", "other pages intact"):
+        assert checks[name].outcome == Outcome.PASS, (name, checks[name].detail)
+    assert result.phases["observe"] < 5 + 10
+    assert rss_peak_mib() - before < MEMORY_BOUND_MIB
+    assert artifacts_mib(result) < ARTIFACTS_BOUND_MIB
+    assert_nothing_left(result, port)
+
+
+def test_a_stalled_sshd_costs_one_part_deadline(tmp_path):
+    """Every dropbear is stopped mid-observe: the probe's answer, then one part, time out;
+    sshd gives no banner, so the other parts are not tried; the cause is named."""
+    def stall_sshd(phase, ctx):
+        if phase == "observe":
+            ctx.ssh.check("(sleep 0.3; killall -STOP dropbear) </dev/null >/dev/null 2>&1 &",
+                          Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
+    result, port = run(tmp_path, scenario=scenario, hook=stall_sshd, snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    assert any(c.startswith("sshd stalled or the guest's network is down") for c in result.evidence.causes), \
+        result.evidence.causes
+    checks = checks_of(result)
+    assert "sshd stalled" in checks["guest alive"].detail
+    assert result.phases["observe"] < 6 + 5 + 2 + 3  # the phase, one part, one banner look
+    assert_nothing_left(result, port)

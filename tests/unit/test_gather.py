@@ -16,6 +16,8 @@ KPAGEFLAGS = f'{{"event":"kpageflags","pfn":{PFN},"flags":17180393498}}\n'
 class FakeSsh:
     """Answers commands from a table; a value that is an exception is raised instead."""
 
+    port = 1  # nobody listens: no banner
+
     def __init__(self, answers: dict, connected=True):
         self.answers = answers
         self.commands: list[str] = []
@@ -25,7 +27,7 @@ class FakeSsh:
     def connected(self) -> bool:
         return self._connected
 
-    def check(self, command, deadline, phase):
+    def check(self, command, deadline, phase, limit=None):
         self.commands.append(command)
         self.budgets.append(deadline.remaining())
         for prefix, answer in self.answers.items():
@@ -58,7 +60,8 @@ def test_every_part_is_its_own_command():
     assert ev.guest_answered_after is True and ev.unavailable == {}
 
 
-def test_a_part_that_times_out_costs_only_that_part():
+def test_a_part_that_times_out_costs_only_that_part(monkeypatch):
+    monkeypatch.setattr("orchestrator.observe.banner_answers", lambda port, seconds: True)  # sshd still greets
     ssh = FakeSsh(answers(dmesg=HarnessError("observe", "'dmesg' did not finish within 5 s")))
     ev = gathered(ssh)
     assert ev.kernel_log is None and "did not finish" in ev.unavailable["kernel log"]
@@ -140,3 +143,12 @@ def test_other_events_are_not_a_way_down():
     from orchestrator.observe import _down_event
     assert _down_event({"event": "GUEST_CRASHLOADED", "data": {}}) is None
     assert _down_event({"event": "RESUME"}) is None
+
+
+def test_a_stalled_sshd_costs_one_part_deadline_not_all():
+    ssh = FakeSsh(answers(**{"/tmp/mce-probe --kpageflags": HarnessError("observe", "'x' did not finish within 5 s")}))
+    ev = gathered(ssh)
+    assert len(ssh.commands) == 1  # no banner: the other parts are not tried
+    for part in ("kpageflags", "meminfo", "kernel log", "sshd log"):
+        assert "sshd stalled or the guest's network is down" in ev.unavailable[part]
+    assert ev.causes and ev.causes[0].startswith("sshd stalled") and "cost the kpageflags, meminfo" in ev.causes[0]
