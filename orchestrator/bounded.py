@@ -3,11 +3,16 @@ clear marker of what was cut in between."""
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from pathlib import Path
 
 
+TRUNCATED = "bytes truncated here by mce-orchestrator"
+
+
 def truncated_marker(cut: int) -> bytes:
-    return f"\n[... mce-orchestrator: {cut} bytes truncated here ...]\n".encode()
+    return f"\n[... {cut} {TRUNCATED} ...]\n".encode()
 
 
 class HeadTail:
@@ -77,3 +82,72 @@ def read_head_tail(path: Path, limit: int) -> str:
             return (head + truncated_marker(size - 2 * half) + f.read(half)).decode(errors="replace")
     except OSError:
         return ""
+
+
+class ConsoleRecorder:
+    """The serial console, read from QEMU over a socket and written to a file capped at
+    `limit` bytes: past it the file keeps its first `limit // 4` bytes, a 'truncated'
+    marker and the latest part, so it never holds more than `limit`. More than `limit`
+    bytes in all is named a console flood. We are the file's only writer: no race."""
+
+    def __init__(self, sock: socket.socket, path: Path, limit: int):
+        self._sock = sock
+        self.path = path
+        self.limit = limit
+        self.head = limit // 4
+        self.total = 0
+        self.cut = 0
+        self._marker_len = 0
+        self.error: str | None = None
+        self._file = path.open("w+b")
+        self._thread = threading.Thread(target=self._run, name="console", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def flood(self) -> str | None:
+        if not self.cut:
+            return None
+        return (f"console flood: {self.total >> 20} MiB on the serial console; console.log keeps the first "
+                f"{self.head >> 20} MiB and the latest part ({self.cut} bytes cut)")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except OSError:
+                return
+            if not data:
+                return
+            self.total += len(data)
+            try:
+                self._file.write(data)
+                self._file.flush()
+                if self._file.tell() > self.limit:
+                    self._cap()
+            except OSError as exc:  # a full disk: keep reading, or QEMU's serial port would block
+                self.error = self.error or f"{exc.strerror}: {self.path}"
+
+    def _cap(self) -> None:
+        size = self._file.tell()
+        keep = self.limit // 2 - self.head
+        self._file.seek(size - keep)
+        tail = self._file.read(keep)
+        self.cut += size - self.head - self._marker_len - len(tail)
+        marker = truncated_marker(self.cut)
+        self._marker_len = len(marker)
+        self._file.seek(self.head)
+        self._file.write(marker + tail)
+        self._file.truncate()
+        self._file.flush()
+
+    def close(self) -> None:
+        """After QEMU has gone: read what is left, then close."""
+        self._thread.join(2)
+        self._sock.close()
+        self._thread.join(1)
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = self.error or f"{exc.strerror}: {self.path}"

@@ -289,6 +289,10 @@ class ConsoleFollower:
         lines: list[str] = []
         try:
             with self.path.open("rb") as f:
+                if f.seek(0, 2) < self.offset:
+                    # The recorder cut a flooded console under us: go on from its end
+                    # (what was cut is gone; a wait still has dmesg).
+                    self.offset, self.partial = f.tell(), b""
                 f.seek(self.offset)
                 data = f.read(CONSOLE_READ_BYTES)
         except OSError:

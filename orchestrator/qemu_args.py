@@ -30,6 +30,7 @@ class QemuConfig:
     disk: Path | None = None      # a raw image, the guest's /dev/vda
     incoming: Path | None = None  # restore this saved guest instead of booting
     hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
+    console_fd: int | None = None # the console to a socket the harness reads (capped), not straight to a file
 
 
 def cpu_model(accel: str) -> str:
@@ -53,7 +54,8 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-kernel", str(c.kernel),
         "-initrd", str(c.initrd),
         "-append", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip(),
-        "-chardev", f"file,id=console,path={c.console_log}",
+        "-chardev", (f"socket,id=console,fd={c.console_fd}" if c.console_fd is not None
+                     else f"file,id=console,path={c.console_log}"),
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,fd={c.qmp_fd}",
         "-mon", "chardev=qmp,mode=control",

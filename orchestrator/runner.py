@@ -154,6 +154,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             finally:
                 result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
+                console = getattr(guest, "console", None)
+                if console is not None and console.flood:
+                    ev.add_cause(f"{console.flood}: kernel lines in the cut part can only be found in dmesg")
                 if guest.monitor:
                     if guest.monitor.storm:
                         # The events the scenario is judged on may still be queued behind it.

@@ -223,3 +223,27 @@ def test_a_stalled_sshd_costs_one_part_deadline(tmp_path):
     assert "sshd stalled" in checks["guest alive"].detail
     assert result.phases["observe"] < 6 + 5 + 2 + 3  # the phase, one part, one banner look
     assert_nothing_left(result, port)
+
+
+def test_a_console_flood_is_capped_and_named(tmp_path, monkeypatch):
+    """A guest loop writes to its serial port without end from the injection on: console.log
+    stays within its cap (here lowered to 64 KiB so the test is quick) with its first part,
+    a 'truncated' marker and the latest part; the kernel's lines are found in dmesg; the
+    scenario still passes and the flood is named."""
+    limit = 64 << 10  # the serial port takes some 80 KiB/s under TCG here
+    monkeypatch.setattr("orchestrator.backends.qemu.CONSOLE_LIMIT", limit)
+
+    def flood_console(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.check("yes 'a console flood line from a guest loop' > /dev/ttyS0 2>/dev/null &",
+                          Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=flood_console, snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons
+    console = (result.artifacts / "console.log").read_bytes()
+    assert len(console) <= limit
+    assert b"bytes truncated here by mce-orchestrator" in console
+    assert b"a console flood line from a guest loop" in console[-1000:]  # the latest part is kept
+    assert any(c.startswith("console flood") for c in result.evidence.causes), result.evidence.causes
+    assert_nothing_left(result, port)
