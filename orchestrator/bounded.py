@@ -2,6 +2,7 @@
 clear marker of what was cut in between."""
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import threading
@@ -151,3 +152,26 @@ class ConsoleRecorder:
             self._file.close()
         except OSError as exc:
             self.error = self.error or f"{exc.strerror}: {self.path}"
+
+
+class LineLog(list):
+    """A list of text lines that keeps its first `head` lines and its last `tail` lines
+    (what was cut between is counted and shown by `lines()`)."""
+
+    def __init__(self, head: int = 5000, tail: int = 5000):
+        super().__init__()
+        self.head = head
+        self.cut = 0
+        self._tail: collections.deque = collections.deque(maxlen=tail)
+
+    def append(self, line: str) -> None:
+        if len(self) < self.head:
+            super().append(line)
+            return
+        if len(self._tail) == self._tail.maxlen:
+            self.cut += 1
+        self._tail.append(line)
+
+    def lines(self) -> list[str]:
+        marker = [f"[... {self.cut} lines truncated here by mce-orchestrator ...]"] if self.cut else []
+        return list(self) + marker + list(self._tail)

@@ -345,7 +345,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             ev.unavailable.setdefault("probe result", str(exc))
             raise
         finally:
-            (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript) + "\n")
+            (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript.lines()) + "\n")
         return injection
     finally:
         if ssh.reconnects:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from orchestrator.bounded import HeadTail
+from orchestrator.bounded import HeadTail, LineLog
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import MAX_LINE, json_message
 from orchestrator.outcome import HarnessError
@@ -234,7 +234,7 @@ class RemoteProcess:
         self.command = command
         self._buffer = b""
         self._pending: list[dict] = []
-        self.transcript: list[str] = []
+        self.transcript = LineLog()  # bounded: a probe may print without end
 
     def pushback(self, message: dict) -> None:
         """Hand a message already read back to the next read_event."""

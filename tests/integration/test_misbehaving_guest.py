@@ -51,6 +51,9 @@ def replace_probe(script: str, folder: Path):
             deadline = Deadline(10, "fault")
             ctx.ssh.check(f"mv {REMOTE_PATH} {REMOTE_PATH}.real", deadline, "fault")
             ctx.ssh.upload(local, REMOTE_PATH, 0o755, deadline, "fault")
+            # A command of its own (opened with retries) lets the SFTP channel end before the
+            # probe's opens: dropbear refuses a channel while another is closing.
+            ctx.ssh.check("true", deadline, "fault")
     return hook
 
 

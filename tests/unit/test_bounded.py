@@ -41,3 +41,11 @@ def test_console_follower_reads_only_what_is_new(tmp_path):
         f.write(b"o\nthree\n")
     assert follower.new_lines() == ["two", "three"]
     assert follower.new_lines() == []
+
+
+def test_line_log_keeps_first_and_last_lines():
+    from orchestrator.bounded import LineLog
+    log = LineLog(head=3, tail=2)
+    for n in range(100):
+        log.append(str(n))
+    assert log.lines() == ["0", "1", "2", "[... 95 lines truncated here by mce-orchestrator ...]", "98", "99"]
