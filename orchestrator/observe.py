@@ -404,6 +404,8 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
             # kernel look the same from here, so this is not evidence against the kernel.
             failed = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
             ev.unavailable[part.name] = failed
+            if "kept printing" in exc.message:
+                ev.add_cause(f"SSH output flood: {exc.message}: cost the {part.name}")
             if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S):
                 unreachable = (f"{exc.message}, and sshd gave no banner within {BANNER_LOOK_S:g} s: "
                                f"sshd stalled or the guest's network is down (no panic or reset seen; "

@@ -28,7 +28,7 @@ from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
-from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
+from orchestrator.observe import ConsoleFollower, guest_down, hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
@@ -238,10 +238,10 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
         guest.launch(deadline)
         if restore:
             guest.resume_incoming(deadline)
-        booted = time.monotonic()
+        init_ready = _InitReady(guest, since=time.monotonic())
         try:
             wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                            sshd_started=lambda: restore or _init_reported_ready(guest, booted))
+                            sshd_started=lambda: restore or init_ready())
         except HarnessError as exc:
             last = tail(guest.console_log, 1) or "(nothing on the console)"
             raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -375,17 +375,25 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _init_reported_ready(guest: Guest, since: float) -> bool:
+class _InitReady:
     """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
     Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
-    that could not be written, must not cost the whole boot deadline."""
-    if time.monotonic() - since > BANNER_FALLBACK_S:
-        return True
-    console = guest.console_log.read_text(errors="replace")
-    for line in console.splitlines():
-        if line.startswith(images.ERROR_MARKER):
-            raise HarnessError("boot", f"guest init failed: {line.strip()}")
-    return images.READY_MARKER in console
+    that could not be written, must not cost the whole boot deadline. The console is
+    read on from where the last look stopped."""
+
+    def __init__(self, guest: Guest, since: float):
+        self.console = ConsoleFollower(guest.console_log)
+        self.since = since
+        self.ready = False
+
+    def __call__(self) -> bool:
+        if self.ready or time.monotonic() - self.since > BANNER_FALLBACK_S:
+            return True
+        for line in self.console.new_lines():
+            if line.startswith(images.ERROR_MARKER):
+                raise HarnessError("boot", f"guest init failed: {line.strip()}")
+            self.ready = self.ready or images.READY_MARKER in line
+        return self.ready or images.READY_MARKER in self.console.partial.decode(errors="replace")
 
 
 def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:

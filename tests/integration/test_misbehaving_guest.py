@@ -200,6 +200,8 @@ def test_an_ssh_command_that_prints_without_end(tmp_path):
     checks = checks_of(result)
     assert checks["page poisoned"].outcome == Outcome.ERROR
     assert "did not finish within 5 s (it kept printing" in checks["page poisoned"].detail
+    assert any(c.startswith("SSH output flood") and c.endswith("cost the kpageflags")
+               for c in result.evidence.causes), result.evidence.causes
     for name in ("guest alive", "sigbus", "HardwareCorrupted", "other pages intact"):
         assert checks[name].outcome == Outcome.PASS, (name, checks[name].detail)
     assert result.phases["observe"] < 5 + 10
