@@ -210,13 +210,14 @@ def test_an_ssh_command_that_prints_without_end(tmp_path):
     assert_nothing_left(result, port)
 
 
-def test_a_stalled_sshd_costs_one_part_deadline(tmp_path):
-    """Every dropbear is stopped mid-observe: the probe's answer, then one part, time out;
-    sshd gives no banner, so the other parts are not tried; the cause is named."""
+@pytest.mark.parametrize("fault", ["killall -STOP dropbear", "ip link set eth0 down"])
+def test_a_stalled_sshd_or_a_dead_network_costs_one_part_deadline(tmp_path, fault):
+    """Every dropbear is stopped, or the guest's network goes down, mid-observe: the probe's
+    answer, then one part, time out; sshd gives no banner, so the other parts are not
+    tried; the cause is named."""
     def stall_sshd(phase, ctx):
         if phase == "observe":
-            ctx.ssh.check("(sleep 0.3; killall -STOP dropbear) </dev/null >/dev/null 2>&1 &",
-                          Deadline(5, "fault"), "fault")
+            ctx.ssh.check(f"(sleep 0.3; {fault}) </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
             time.sleep(1.0)
 
     scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
