@@ -76,6 +76,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter, label: str) -> ScenarioResult:
+    """One scenario; a harness bug that escapes it is that scenario's ERROR, and the run goes on."""
+    try:
+        return run_scenario(scenario, run_dir, options, reporter, label=label)
+    except (KeyboardInterrupt, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        print(f"mce-orchestrator: {label}: internal error {exc!r}", file=sys.stderr)
+        return ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR, artifacts=run_dir / label,
+                              error=HarnessError("run", f"internal error {exc!r}"[:300]))
+
+
 def run(scenarios, args) -> int:
     reporter = ConsoleReporter()
     args.results.mkdir(parents=True, exist_ok=True)
@@ -89,7 +101,7 @@ def run(scenarios, args) -> int:
     interrupted = False
     try:
         for label, scenario in planned:
-            results.append(run_scenario(scenario, run_dir, options, reporter, label=label))
+            results.append(_run_one(scenario, run_dir, options, reporter, label))
     except KeyboardInterrupt as exc:
         interrupted = True
         if isinstance(exc, Interrupted):

@@ -38,7 +38,9 @@ def parse_registers(text: str) -> tuple[int, int]:
 
 def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
            limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None,
-           kernel_mode: bool = False) -> Injection:
+           kernel_mode: bool = False, down=lambda: None) -> Injection:
+    """`down` says why the guest can no longer take the machine check (a panic, a reset,
+    QEMU gone), or None: a gate that sees it stops at once and says so."""
     try:
         mce.validate(fields, cpu=cpu, address=address, limits=limits)
     except mce.MceError as exc:
@@ -47,22 +49,26 @@ def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: i
     try:
         if kernel_mode:
             return _inject_when(monitor, command, address, cpu, deadline, "in kernel code",
-                                lambda cpl, rip: cpl == 0)
+                                lambda cpl, rip: cpl == 0, down)
         if user_loop is None:
             monitor.hmp(command)
             return Injection(command, address, attempts=1)
         return _inject_when(monitor, command, address, cpu, deadline, "in the probe's loop in user mode",
-                            lambda cpl, rip: cpl == 3 and user_loop[0] <= rip < user_loop[1])
+                            lambda cpl, rip: cpl == 3 and user_loop[0] <= rip < user_loop[1], down)
     except MonitorError as exc:
         raise HarnessError("inject", str(exc)) from None
 
 
 def _inject_when(monitor: GuestMonitor, command: str, address: int, cpu: int, deadline: Deadline,
-                 where: str, ready) -> Injection:
+                 where: str, ready, down=lambda: None) -> Injection:
     """Stop the VM, look at the vCPU, inject only if ready(cpl, rip); cont either way."""
     attempts = 0
     last = "never looked"
     while not deadline.expired():
+        why = down()
+        if why:
+            raise HarnessError("inject", f"{why} before the machine check was sent "
+                                         f"(vCPU {cpu} looked at {attempts} times; last {last})")
         attempts += 1
         monitor.hmp("stop")
         try:

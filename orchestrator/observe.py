@@ -11,27 +11,36 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
+from orchestrator.bounded import read_head_tail
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
-from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession
+from orchestrator.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
 from orchestrator.verdict import Evidence
 
 GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
 GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
+STEP_MIN_S = 5.0     # a step's own time when the phase has less left
+DMESG_LOOK_S = 0.5   # a console wait also looks in dmesg over SSH this often
+BANNER_LOOK_S = 2.0  # after a part timed out: does sshd still greet a new connection?
+KERNEL_LOG_LOOK_BYTES = 1 << 20  # what such a look reads at most
+CONSOLE_READ_BYTES = 4 << 20     # what one console poll reads at most
+SSHD_LOG_BYTES = 1 << 20         # the guest sshd's log kept (a flooded one is cut in the middle)
+KERNEL_LOG_BYTES = 8 << 20       # the console standing in for the kernel log: first and last halves
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
 PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
-_HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d+) kB", re.M)
 
 # Probe commands and the event each answers with.
 STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
@@ -55,33 +64,59 @@ _ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy
 
 def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
     deadline = Deadline(scenario.timeouts.observe, "observe")
-    down = lambda: _guest_down(guest)  # noqa: E731
+    down = lambda: guest_down(guest)  # noqa: E731
     if scenario.expect.guest == "panic":
-        guest.wait_for_events(GUEST_DOWN_EVENTS, deadline.remaining())
+        sleep_watching(deadline, deadline.remaining(), down)
     elif scenario.probe.mode == "wait":
         if scenario.inject.fields is None:
             pass  # nothing was injected: straight to the steps
         elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
             # The kernel logs its result after it has signalled early-kill victims,
-            # so once the line is on the console the probe can be asked to go on.
-            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count)
+            # so once the line is in its log the probe can be asked to go on.
+            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count,
+                                ssh=ssh)
         else:
             # A corrected error is seen when the guest next polls its banks; there
             # is no line to wait for, so give it one more interval.
-            deadline.sleep(scenario.inject.interval_s or CE_SETTLE_S)
+            sleep_watching(deadline, scenario.inject.interval_s or CE_SETTLE_S, down)
         _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
     why_down = down()
     if why_down:
         _let_panic_print(guest, deadline)
         # Nothing more comes over SSH: the console is the kernel log now.
-        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
         ev.guest_answered_after = False
-        for what in ("probe result", "kpageflags", "meminfo"):
+        ev.down = why_down
+        lost = ("probe result", "kpageflags", "meminfo")
+        for what in lost:
             ev.unavailable[what] = why_down
+        ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in)")
         return
     _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
+    why_down = down()
+    if why_down:
+        ev.down = why_down
+        lost = [what for what in ("probe result", *(part.name for part in PARTS)) if what in ev.unavailable]
+        ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else ""))
     if ev.kernel_log is None:
-        ev.kernel_log = guest.console_log.read_text(errors="replace")
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
+
+
+def own_time(deadline: Deadline, what: str) -> Deadline:
+    """The phase's deadline, or a fresh STEP_MIN_S when less is left: a wait that spent
+    the phase (a console line that never came) does not leave the next step no time."""
+    return deadline if deadline.remaining() >= STEP_MIN_S else Deadline(STEP_MIN_S, what)
+
+
+def sleep_watching(deadline: Deadline, seconds: float, down) -> str | None:
+    """Sleep up to `seconds` within the deadline, ending early when the guest goes down (and why)."""
+    end = Deadline(min(seconds, deadline.remaining()), "sleep")
+    while not end.expired():
+        why = down()
+        if why:
+            return why
+        end.sleep(0.05)
+    return down()
 
 
 def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) -> dict:
@@ -114,19 +149,19 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
         if down():
             return
         if step == "settle":
-            deadline.sleep(SETTLE_S)
+            sleep_watching(deadline, SETTLE_S, down)
             continue
         if step in GUEST_STEPS or step == "ksm-remerge":
             try:
-                ev.steps.append(_guest_step(step, ssh, ev, deadline) if step in GUEST_STEPS
-                                else _ksm_remerge_step(ssh, deadline))
+                ev.steps.append(_guest_step(step, ssh, ev, own_time(deadline, step)) if step in GUEST_STEPS
+                                else _ksm_remerge_step(ssh, own_time(deadline, step)))
             except HarnessError:
                 return
             continue
         if not probe.send(step):
             return
         try:
-            answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)
+            answer = probe.read_event({STEP_EVENTS[step], "result"}, own_time(deadline, step), "observe", abort=down)
         except HarnessError:
             return  # the evidence gathering that follows says what is missing
         if answer["event"] == "result":
@@ -169,31 +204,130 @@ def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
         deadline.sleep(0.05)
 
 
-def _guest_down(guest: Guest) -> str | None:
-    """Why the guest can no longer answer (panic, reset, QEMU gone), or None."""
-    events = {e["event"] for e in guest.monitor.events()} if guest.monitor else set()
-    if "GUEST_PANICKED" in events:
-        return "the guest panicked"
-    if events & {"SHUTDOWN", "RESET"}:
-        return "the guest reset or shut down"
+def guest_down(guest: Guest) -> str | None:
+    """Why the guest can no longer answer, named as QEMU or the console said it
+    (panic, reboot, power-off, halt, a reset from the host, QEMU gone), or None."""
+    events = guest.monitor.events() if guest.monitor else []
+    for event in events:
+        why = _down_event(event)
+        if why:
+            return why
+    halted = _console_says_halted(guest)
+    if halted:
+        return halted
     return guest.died()
 
 
-def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
-    """Until memory_failure() has reported on `pfn` that many times (its pr_err lines reach the console)."""
-    return wait_console(guest, f"Memory failure: {pfn:#x}", deadline, occurrences=occurrences)
+def _down_event(event: dict) -> str | None:
+    name, data = event.get("event"), event.get("data") or {}
+    reason = data.get("reason", "no reason given")
+    if name == "GUEST_PANICKED":
+        return "the guest panicked"
+    if name == "SHUTDOWN":
+        if reason == "guest-reset":
+            return "the guest rebooted (QEMU SHUTDOWN, reason guest-reset; -no-reboot keeps it down)"
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-panic":
+            return "the guest panicked"
+        if reason.startswith("host-") and "reset" in reason:
+            return f"the guest was reset from the host (QEMU SHUTDOWN, reason {reason}; -no-reboot keeps it down)"
+        return f"QEMU was shut down (SHUTDOWN, reason {reason})"
+    if name == "RESET":
+        if data.get("guest") is False:
+            return f"the guest was reset from the host (QEMU RESET, reason {reason})"
+        return f"the guest reset (QEMU RESET, reason {reason})"
+    return None
+
+
+HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
+_consoles: "weakref.WeakKeyDictionary[Guest, tuple[ConsoleFollower, list[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _console_says_halted(guest: Guest) -> str | None:
+    """A halt stops the vCPUs without any QEMU event: only the console tells
+    (read on from where the last look stopped)."""
+    follower, found = _consoles.setdefault(guest, (ConsoleFollower(guest.console_log), []))
+    if not found:
+        for line in follower.new_lines():
+            halt = next((halt for halt in HALT_LINES if halt in line), None)
+            if halt:
+                found.append(halt)
+                break
+    return f"the guest halted (console: '{found[0]}')" if found else None
+
+
+def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1,
+                        ssh: SshSession | None = None) -> bool:
+    """Until memory_failure() has reported on `pfn` that many times: its pr_err lines reach
+    the console, or, with a quiet console (loglevel=0), are found in dmesg over `ssh`."""
+    text = f"Memory failure: {pfn:#x}"
+    return wait_console(guest, text, deadline, occurrences=occurrences,
+                        kernel_log=(lambda: _kernel_log_lines(ssh, text, deadline)) if ssh else None)
+
+
+def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[str] | None:
+    """The guest kernel log's lines holding `text` (dmesg over SSH), or None when SSH does not answer."""
+    try:
+        status, output = ssh.run(f"dmesg | grep -F -e {quote(text)}",
+                                 Deadline(min(DMESG_LOOK_S * 4, max(deadline.remaining(), 0.5)), "dmesg"), "observe",
+                                 limit=KERNEL_LOG_LOOK_BYTES)
+    except HarnessError:
+        return None
+    return output.splitlines() if status in (0, 1) else None
+
+
+class ConsoleFollower:
+    """Reads the console log on from where it stopped, so a poll costs only what is new."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""  # the line being written
+
+    def new_lines(self) -> list[str]:
+        lines: list[str] = []
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, 2) < self.offset:
+                    # The recorder cut a flooded console under us: go on from its end
+                    # (what was cut is gone; a wait still has dmesg).
+                    self.offset, self.partial = f.tell(), b""
+                f.seek(self.offset)
+                data = f.read(CONSOLE_READ_BYTES)
+        except OSError:
+            return lines
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        if len(self.partial) > MAX_LINE:  # a line without end: judged in pieces
+            complete.append(self.partial)
+            self.partial = b""
+        return [line.decode(errors="replace") for line in complete]
 
 
 def wait_console(guest: Guest, text: str, deadline: Deadline, occurrences: int = 1,
-                 stop_when_down: bool = True) -> bool:
-    """Until `text` is on the console `occurrences` times (a local file: cheap to poll)."""
-    while not deadline.expired():
-        if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
+                 stop_when_down: bool = True, kernel_log=None) -> bool:
+    """Until `text` is in `occurrences` lines of the console (a local file: cheap to poll,
+    read on from the last offset). `kernel_log`, when given, is asked every DMESG_LOOK_S for
+    the kernel log's lines holding `text`: a line that never reaches the console is found
+    there. Ends early when the guest goes down."""
+    console = ConsoleFollower(guest.console_log)
+    seen = 0
+    next_look = time.monotonic() + DMESG_LOOK_S
+    while True:
+        seen += sum(text in line for line in console.new_lines())
+        if seen + (text in console.partial.decode(errors="replace")) >= occurrences:
             return True
-        if stop_when_down and _guest_down(guest):
+        if stop_when_down and guest_down(guest):
+            return False
+        if kernel_log is not None and (time.monotonic() >= next_look or deadline.expired()):
+            lines = kernel_log()
+            if lines is not None and sum(text in line for line in lines) >= occurrences:
+                return True
+            next_look = time.monotonic() + DMESG_LOOK_S
+        if deadline.expired():
             return False
         deadline.sleep(0.02)
-    return False
 
 
 def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
@@ -223,7 +357,8 @@ class Part:
     """One piece of evidence gathered over SSH: its own command, its own deadline."""
     name: str                                # as named in Evidence.unavailable
     command: Callable[[Evidence], str]
-    store: Callable[[Evidence, str], None]   # parses the output; ValueError when it is unreadable
+    store: Callable[[Evidence, str], None]   # parses the output; Unreadable when it is unreadable
+    limit: int = OUTPUT_LIMIT                # output kept: first and last halves
 
 
 def _store_kpageflags(ev: Evidence, output: str) -> None:
@@ -233,7 +368,7 @@ def _store_kpageflags(ev: Evidence, output: str) -> None:
 def _store_meminfo(ev: Evidence, output: str) -> None:
     kb = hardware_corrupted(output)
     if kb is None:
-        raise ValueError(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
+        raise Unreadable(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
     ev.hardware_corrupted_kb_after = kb
 
 
@@ -242,7 +377,7 @@ PARTS = (
     Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
     Part("kernel log", lambda ev: "dmesg", lambda ev, output: setattr(ev, "kernel_log", output)),
     Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
-         lambda ev, output: setattr(ev, "sshd_log", output)),
+         lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
 )
 
 
@@ -252,59 +387,41 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
     costs one part. Once SSH itself is gone, or the guest went down, the parts left
     are not tried: they would fail the same way."""
     failed: str | None = None
+    unreachable: str | None = None  # sshd no longer greets: the parts left are not tried
     for part in parts:
         why_down = abort()
         if why_down:
             ev.unavailable[part.name] = why_down
             ev.guest_answered_after = False
             continue
-        if failed is not None and not ssh.connected():
-            ev.unavailable[part.name] = failed
+        if unreachable is not None or (failed is not None and not ssh.connected()):
+            ev.unavailable[part.name] = unreachable or failed
             continue
         try:
-            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe")
+            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe", limit=part.limit)
         except HarnessError as exc:
             # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
             # kernel look the same from here, so this is not evidence against the kernel.
             failed = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
             ev.unavailable[part.name] = failed
+            if "kept printing" in exc.message:
+                ev.add_cause(f"SSH output flood: {exc.message}: cost the {part.name}")
+            if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S):
+                unreachable = (f"{exc.message}, and sshd gave no banner within {BANNER_LOOK_S:g} s: "
+                               f"sshd stalled or the guest's network is down (no panic or reset seen; "
+                               f"QEMU still running)")
+                ev.unavailable[part.name] = unreachable
             continue
         ev.guest_answered_after = True
         try:
             part.store(ev, output)
-        except ValueError as exc:
+        except Unreadable as exc:
             ev.unavailable[part.name] = f"the guest's answer was unreadable: {exc}"
     if ev.guest_answered_after is None and failed is not None:
-        ev.unavailable["liveness check"] = failed
+        ev.unavailable["liveness check"] = unreachable or failed
         if abort():
             ev.guest_answered_after = False
-
-
-def parse_kpageflags(output: str, pfn: int | None) -> int:
-    """The flags word from the probe's `--kpageflags PFN` line; other lines are ignored,
-    anything that is not one clear answer for that PFN is a ValueError."""
-    found = set()
-    for line in output.splitlines():
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(message, dict) and message.get("event") == "kpageflags":
-            flags = message.get("flags")
-            if message.get("pfn") != pfn or type(flags) is not int or not 0 <= flags < 1 << 64:
-                raise ValueError(f"page-flags answer for PFN {pfn}: {shown(line)}")
-            found.add(flags)
-    if len(found) != 1:
-        raise ValueError(f"{'no' if not found else 'more than one'} page-flags answer for PFN {pfn}: {shown(output)}")
-    return found.pop()
-
-
-def shown(text: str, limit: int = 120) -> str:
-    """A guest-provided value quoted for a message, cut to `limit` characters."""
-    text = str(text)
-    return repr(text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)")
-
-
-def hardware_corrupted(meminfo: str) -> int | None:
-    match = _HW_CORRUPTED.search(meminfo)
-    return int(match.group(1)) if match else None
+    if unreachable is not None:
+        lost = [part.name for part in parts if ev.unavailable.get(part.name) == unreachable]
+        ev.add_cause(f"sshd stalled or the guest's network is down (no SSH banner within {BANNER_LOOK_S:g} s): "
+                     f"cost the {', '.join(lost)}")

@@ -30,6 +30,8 @@ class QemuConfig:
     disk: Path | None = None      # a raw image, the guest's /dev/vda
     incoming: Path | None = None  # restore this saved guest instead of booting
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
+    hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
+    console_fd: int | None = None # the console to a socket the harness reads (capped), not straight to a file
 
 
 def option_value(value: object) -> str:
@@ -58,7 +60,11 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-kernel", str(c.kernel),  # plain values, not option lists: no escaping
         "-initrd", str(c.initrd),
         "-append", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip(),
-        "-chardev", f"file,id=console,path={option_value(c.console_log)}" + (",append=on" if c.console_append else ""),
+        # The harness reads the console from a socket and writes console.log itself (capped);
+        # without one, QEMU writes the file.
+        "-chardev", (f"socket,id=console,fd={c.console_fd}" if c.console_fd is not None
+                     else f"file,id=console,path={option_value(c.console_log)}"
+                     + (",append=on" if c.console_append else "")),
         "-serial", "chardev:console",
         "-chardev", f"socket,id=qmp,fd={c.qmp_fd}",
         "-mon", "chardev=qmp,mode=control",
@@ -67,6 +73,8 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "pvpanic-pci",
     ]
+    if c.hmp_fd is not None:
+        argv += ["-chardev", f"socket,id=hmp,fd={c.hmp_fd}", "-mon", "chardev=hmp,mode=readline"]
     if c.disk is not None:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
         argv += ["-drive", f"file={option_value(c.disk)},if=none,id=disk0,format=raw,cache=unsafe",

@@ -83,6 +83,7 @@ class ScenarioResult:
             "checks": [{"name": c.name, "outcome": c.outcome.name, "detail": c.detail}
                        for c in (self.verdict.checks if self.verdict else ())],
             "injection": self.injection,
+            "causes": ev.causes if ev else [],
             "probe": {"ready": ev.ready, "result": ev.probe_result, "exit_status": ev.probe_exit_status} if ev else None,
             "artifacts": str(self.artifacts),
             "qemu_pid": self.qemu_pid,
@@ -133,6 +134,8 @@ class ConsoleReporter:
                 self._print(f"     [{_MARK[check.outcome]}] {check.name}: {check.detail}")
         if result.error:
             self._print(f"     [{_MARK[Outcome.ERROR]}] {result.error}")
+        for cause in result.evidence.causes if result.evidence else ():
+            self._print(f"     cause: {cause}")
         self._print(f"     artifacts: {result.artifacts}")
 
     def run_finished(self, results: list[ScenarioResult], run_dir: Path) -> None:

@@ -25,20 +25,22 @@ from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
-from orchestrator.observe import hardware_corrupted, observe, wait_failure_logged
+from orchestrator.observe import ConsoleFollower, guest_down, hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, InputError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
 from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
 from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
-from orchestrator.verdict import Evidence, judge
+from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
+EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
@@ -156,7 +158,18 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             finally:
                 result.qemu_pid = guest.launched_pid
                 ev.console_tail = tail(guest.console_log, 40)
+                console = getattr(guest, "console", None)
+                if console is not None and console.flood:
+                    ev.add_cause(f"{console.flood}: kernel lines in the cut part can only be found in dmesg")
                 if guest.monitor:
+                    if guest.monitor.storm:
+                        # The events the scenario is judged on may still be queued behind it.
+                        caught_up = guest.monitor.catch_up(EVENTS_CATCH_UP_S)
+                        ev.add_cause(f"{guest.monitor.storm}: {guest.monitor.summary()}"
+                                     + ("" if caught_up else "; the events QEMU had queued were not all read "
+                                                             f"within {EVENTS_CATCH_UP_S:g} s"))
+                        if not caught_up:
+                            ev.unavailable["QEMU events"] = guest.monitor.storm
                     ev.events = guest.monitor.events()
                 result.phases = phases.seconds
                 if options.keep_alive_on_failure:
@@ -192,7 +205,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
 
     if result.error is None or injection is not None:
         with phases("verdict"):
-            result.verdict = judge(scenario, ev)
+            result.verdict = _judge_safely(scenario, ev, artifacts)
         result.outcome = result.verdict.outcome
         if result.error is not None and result.outcome == Outcome.PASS:
             # Every check passed, but the harness broke afterwards: say so.
@@ -202,6 +215,18 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     result.phases = phases.seconds
     reporter.scenario_finished(result)
     return result
+
+
+def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
+    """The verdict, or an ERROR naming the harness bug: one scenario's judging never stops the run."""
+    try:
+        return judge(scenario, ev)
+    except Exception as exc:  # noqa: BLE001
+        with contextlib.suppress(OSError):
+            (artifacts / "traceback.txt").write_text(traceback.format_exc())
+        return Verdict(Outcome.ERROR, (Check("verdict", Outcome.ERROR,
+                                             f"internal error judging the evidence: {exc!r}"[:300]
+                                             + f"; traceback in {artifacts / 'traceback.txt'}"),))
 
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
@@ -227,8 +252,9 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
 
 def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
     try:
+        init_ready = _InitReady(guest, since)
         wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                        sshd_started=lambda: restored or _init_reported_ready(guest, since))
+                        sshd_started=lambda: restored or init_ready())
     except HarnessError as exc:
         last = tail(guest.console_log, 1) or "(nothing on the console)"
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -302,7 +328,12 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe
-            ev.ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
+            try:
+                check_ready(ready)
+            except Unreadable as exc:
+                raise HarnessError("locate", str(exc)) from None
+            ev.ready = ready
             if p.memory == "thp" and not ev.ready["thp"]:
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "ksm" and not ev.ready["merged"]:
@@ -337,12 +368,13 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                     deadline.sleep(scenario.inject.interval_s)
                 elif n:
                     # The next one only once the kernel has logged the one before.
-                    wait_failure_logged(guest, address >> 12, deadline, occurrences=n)
+                    wait_failure_logged(guest, address >> 12, deadline, occurrences=n, ssh=ssh)
                 injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
                                    address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
                                    deadline=deadline,
                                    user_loop=loop if scenario.inject.gate == "user-mode" else None,
-                                   kernel_mode=scenario.inject.gate == "kernel-mode")
+                                   kernel_mode=scenario.inject.gate == "kernel-mode",
+                                   down=lambda: guest_down(guest))
             if injection is not None:
                 phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"
                                                               if injection.attempts > 1 else "")
@@ -355,7 +387,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             ev.unavailable.setdefault("probe result", str(exc))
             raise
         finally:
-            (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript) + "\n")
+            (guest.artifacts / "probe-transcript.txt").write_text("\n".join(probe.transcript.lines()) + "\n")
         return injection
     finally:
         if ssh.reconnects:
@@ -394,24 +426,35 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _init_reported_ready(guest: Guest, since: float) -> bool:
+class _InitReady:
     """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
     Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
-    that could not be written, must not cost the whole boot deadline."""
-    if time.monotonic() - since > BANNER_FALLBACK_S:
-        return True
-    console = guest.console_log.read_text(errors="replace")
-    for line in console.splitlines():
-        if line.startswith(images.ERROR_MARKER):
-            raise HarnessError("boot", f"guest init failed: {line.strip()}")
-    return images.READY_MARKER in console
+    that could not be written, must not cost the whole boot deadline. The console is
+    read on from where the last look stopped."""
+
+    def __init__(self, guest: Guest, since: float):
+        self.console = ConsoleFollower(guest.console_log)
+        self.since = since
+        self.ready = False
+
+    def __call__(self) -> bool:
+        if self.ready or time.monotonic() - self.since > BANNER_FALLBACK_S:
+            return True
+        for line in self.console.new_lines():
+            if line.startswith(images.ERROR_MARKER):
+                raise HarnessError("boot", f"guest init failed: {line.strip()}")
+            self.ready = self.ready or images.READY_MARKER in line
+        return self.ready or images.READY_MARKER in self.console.partial.decode(errors="replace")
 
 
 def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:
     """The second page of 'Kernel code' in the guest's /proc/iomem (root sees real addresses)."""
     for line in ssh.check("cat /proc/iomem", deadline, "locate").splitlines():
         if line.strip().endswith("Kernel code"):
-            start = int(line.split("-")[0].strip(), 16)
+            try:
+                start = int(line.split("-")[0].strip()[:16], 16)
+            except ValueError:
+                raise HarnessError("locate", f"unreadable 'Kernel code' line in /proc/iomem: {line[:120]!r}") from None
             if start:
                 return start + 0x1000
     raise HarnessError("locate", "no 'Kernel code' range in the guest's /proc/iomem")
@@ -423,8 +466,11 @@ def _injection_address(scenario: Scenario, ready: dict) -> int:
     if scenario.inject.page_offset == 0:
         return int(ready["gpa"], 16)  # known even when the probe has freed it since
     # A neighbour in the probe's own mapping: physically adjacent memory could be anything.
-    page = ready["pages"][ready["target"] + scenario.inject.page_offset]
-    return page["pfn"] * ready["page_size"]
+    index = ready["target"] + scenario.inject.page_offset
+    if not 0 <= index < len(ready["pages"]):
+        raise HarnessError("locate", f"page_offset {scenario.inject.page_offset} is outside the probe's "
+                                     f"{len(ready['pages'])} pages")
+    return ready["pages"][index]["pfn"] * ready["page_size"]
 
 
 def _write_evidence(artifacts: Path, ev: Evidence) -> None:

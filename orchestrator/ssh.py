@@ -6,7 +6,6 @@ listens, so readiness is the `SSH-` banner, not a connect.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import shlex
 import socket
@@ -15,11 +14,14 @@ from pathlib import Path
 
 import paramiko
 
+from orchestrator.bounded import HeadTail, LineLog
 from orchestrator.deadline import Deadline
+from orchestrator.guest_data import MAX_LINE, json_message
 from orchestrator.outcome import HarnessError
 
 GUEST_HOST = "127.0.0.1"
 BANNER_POLL_S = 0.25
+OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
 
 
 def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True) -> float:
@@ -49,6 +51,15 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
             last = exc.strerror or type(exc).__name__
         deadline.sleep(0.05)
     raise HarnessError("boot", f"no SSH banner on 127.0.0.1:{port} within {deadline.seconds:g} s ({last})")
+
+
+def banner_answers(port: int, seconds: float) -> bool:
+    """Does sshd greet a new connection within `seconds`?"""
+    try:
+        wait_for_banner(port, Deadline(seconds, "banner"))
+        return True
+    except HarnessError:
+        return False
 
 
 def pinned_host_keys(host_key_line: str, port: int) -> paramiko.HostKeys:
@@ -139,31 +150,38 @@ class SshSession:
                     self.connect(deadline)
                 deadline.sleep(0.05)
 
-    def run(self, command: str, deadline: Deadline, phase: str) -> tuple[int, str]:
-        """Run a command; (exit status, stdout+stderr). Raises HarnessError on timeout or a drop."""
+    def run(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
+        """Run a command; (exit status, stdout+stderr, its first and last `limit // 2` bytes when
+        longer). Raises HarnessError on timeout, also while output keeps coming, or a drop."""
+        output = None
         try:
             channel = self._open_exec(command, deadline)
             channel.settimeout(max(deadline.remaining(), 0.1))
-            output = bytearray()
+            output = HeadTail(limit)
             while True:
                 chunk = channel.recv(65536)
                 if not chunk:
                     break
-                output += chunk
+                output.add(chunk)
                 if deadline.expired():  # a command that keeps printing does not extend it
                     channel.close()
                     raise TimeoutError
                 channel.settimeout(max(deadline.remaining(), 0.01))
+            channel.settimeout(max(deadline.remaining(), 0.01))
+            if not channel.status_event.wait(max(deadline.remaining(), 0.01)):
+                channel.close()
+                raise TimeoutError
             status = channel.recv_exit_status()
             channel.close()
-            return status, output.decode(errors="replace")
+            return status, output.value().decode(errors="replace")
         except (socket.timeout, TimeoutError):
-            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s") from None
+            streamed = f" (it kept printing: {output.total} bytes)" if output is not None and output.total > limit else ""
+            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s{streamed}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
 
-    def check(self, command: str, deadline: Deadline, phase: str) -> str:
-        status, output = self.run(command, deadline, phase)
+    def check(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> str:
+        status, output = self.run(command, deadline, phase, limit)
         if status != 0:
             raise HarnessError(phase, f"'{command}' exited with {status}: {output.strip()[-200:]}")
         return output
@@ -216,7 +234,7 @@ class RemoteProcess:
         self.command = command
         self._buffer = b""
         self._pending: list[dict] = []
-        self.transcript: list[str] = []
+        self.transcript = LineLog()  # bounded: a probe may print without end
 
     def pushback(self, message: dict) -> None:
         """Hand a message already read back to the next read_event."""
@@ -243,21 +261,30 @@ class RemoteProcess:
                 self._pending.remove(message)
                 return message
         while True:
+            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+                # A line without end: keep its start in the transcript, drop the rest.
+                self.transcript.append(self._buffer[:200].decode(errors="replace")
+                                       + f"... (line cut: over {MAX_LINE} bytes without a newline)")
+                self._buffer = b""
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
+                if len(raw) > MAX_LINE:
+                    self.transcript.append(raw[:200].decode(errors="replace") + f"... (line cut: {len(raw)} bytes)")
+                    continue
                 line = raw.decode(errors="replace")
                 self.transcript.append(line)
-                try:
-                    message = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+                message = json_message(line)
+                if message is None:
+                    continue  # not one of the probe's JSON objects: kept in the transcript only
                 if message.get("event") == "error":
-                    raise HarnessError(phase, f"probe failed: {message.get('what')}: {message.get('strerror')}")
+                    raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
+                                              f"{str(message.get('strerror'))[:200]}")
                 if message.get("event") in names:
                     return message
                 if message.get("event") == "exit":
-                    raise ProbeExited(phase, f"probe exited (status {message.get('status')}) "
-                                             f"without {'/'.join(sorted(names))}", message.get("status"))
+                    status = message.get("status") if type(message.get("status")) is int else None
+                    raise ProbeExited(phase, f"probe exited (status {status}) "
+                                             f"without {'/'.join(sorted(names))}", status)
             if deadline.expired():
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
             why = abort()

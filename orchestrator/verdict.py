@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from orchestrator.bounded import TRUNCATED
+from orchestrator.guest_data import Unreadable, bool_field, hex_field, int_field, int_list_field
 from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
 
@@ -34,6 +36,13 @@ class Evidence:
     console_tail: str = ""
     sshd_log: str | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # what could not be gathered, and why
+    # What the guest did to the harness (went down, stormed, flooded), first cause first.
+    causes: list[str] = field(default_factory=list)
+    down: str | None = None                # why the guest stopped answering, when it went down
+
+    def add_cause(self, cause: str) -> None:
+        if cause not in self.causes:
+            self.causes.append(cause)
 
     @property
     def panicked(self) -> bool:
@@ -74,27 +83,38 @@ def _missing(name: str, ev: Evidence, what: str) -> Check:
 
 def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     expect = scenario.expect
-    checks = [_check_guest(expect, ev)]
+    checks = []
+
+    def add(name: str, check, *args) -> None:
+        # Guest-provided values the probe should never print are evidence too:
+        # the check says which one, and the other checks still run.
+        try:
+            result = check(*args)
+        except Unreadable as exc:
+            result = Check(name, Outcome.ERROR, str(exc))
+        checks.extend(result if isinstance(result, list) else [result])
+
+    add("guest", _check_guest, expect, ev)
     if expect.sigbus is not None:
-        checks.append(_check_sigbus(expect, ev))
+        add("sigbus", _check_sigbus, expect, ev)
         if ev.ready and ev.ready.get("processes", 1) > 1:
-            checks.append(_check_children(expect, ev))
-    checks.extend(_check_steps(expect, ev))
+            add("sigbus (child)", _check_children, expect, ev)
+    add("steps", _check_steps, expect, ev)
     if expect.other_pages_intact is not None:
-        checks.append(_check_intact(expect.other_pages_intact, ev))
+        add("other pages intact", _check_intact, expect.other_pages_intact, ev)
     if expect.page_poisoned is not None:
-        checks.append(_check_poisoned(expect.page_poisoned, ev))
+        add("page poisoned", _check_poisoned, expect.page_poisoned, ev)
     if expect.hardware_corrupted_kb is not None:
-        checks.append(_check_corrupted(expect.hardware_corrupted_kb, ev))
+        add("HardwareCorrupted", _check_corrupted, expect.hardware_corrupted_kb, ev)
     if expect.kernel_log or expect.kernel_log_absent:
-        checks.extend(_check_kernel_log(expect, ev))
+        add("kernel log", _check_kernel_log, expect, ev)
     if expect.memory_failure_event is not None:
-        checks.append(_check_event(expect, ev))
+        add("MEMORY_FAILURE event", _check_event, expect, ev)
     if expect.no_kernel_bugs and expect.guest == "alive":
-        checks.append(_check_kernel_health(ev))
+        add("no kernel bugs", _check_kernel_health, ev)
     if expect.ksm_remerge is not None:
         # After the health check: an oops that killed ksmd is the first reason given.
-        checks.append(_check_ksm_remerge(expect.ksm_remerge, ev))
+        add("ksm remerge", _check_ksm_remerge, expect.ksm_remerge, ev)
     return Verdict(worst(c.outcome for c in checks), tuple(checks))
 
 
@@ -114,7 +134,7 @@ def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
             checks.append(_compare(event, want, got[-1] if got else None))
     if expect.target_moved is not None:
         touches = [step for step in ev.steps if step.get("event") == "touched" and "target_pfn" in step]
-        now = touches[-1]["target_pfn"] if touches else None
+        now = int_field(touches[-1], "target_pfn") if touches else None
         moved = now is not None and now != ev.ready["pfn"]
         detail = f"target PFN {ev.ready['pfn']:#x} -> {now:#x}" if now is not None else "no touch step answered"
         checks.append((_ok if now is not None and moved == expect.target_moved else _fail)("target moved", detail))
@@ -154,9 +174,14 @@ def _check_guest(expect: Expectations, ev: Evidence) -> Check:
     if expect.guest == "panic":
         if ev.panicked:
             return _ok(name, "GUEST_PANICKED seen")
-        return _fail(name, "no panic" + (" (the guest still answered over SSH)" if ev.guest_answered_after else ""))
+        return _fail(name, "no panic" + (f" ({ev.down})" if ev.down else
+                                         " (the guest still answered over SSH)" if ev.guest_answered_after else ""))
     if ev.panicked:
         return _fail(name, f"the guest panicked: {_panic_line(ev.console_tail)}")
+    if ev.down:
+        # A reboot, halt, power-off or reset is not "did not answer": say what happened.
+        # Not a panic, so nothing here says the kernel's handling failed: the harness cannot tell.
+        return Check(name, Outcome.ERROR, ev.down)
     if ev.guest_answered_after:
         return _ok(name, "answered over SSH after the injection")
     if ev.guest_answered_after is None:
@@ -179,7 +204,7 @@ def _si_page(addr: int, lsb: int) -> int:
 def _compare(name: str, want, got) -> Check:
     if got is None or got == []:
         return _fail(name, f"expected {want}, but the probe never answered that step (it may have been signalled)")
-    return _ok(name, f"{got}") if got == want else _fail(name, f"got {got}, expected {want}")
+    return _ok(name, f"{got}") if got == want else _fail(name, f"got {str(got)[:200]}, expected {want}")
 
 
 def _check_children(expect: Expectations, ev: Evidence) -> Check:
@@ -203,22 +228,23 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
         if ev.probe_exit_status is not None:
             return _fail("sigbus", f"the probe died (exit status {ev.probe_exit_status}) before reporting")
         return _missing("sigbus", ev, "probe result")
-    got = (f"{result.get('si_code_name')} (si_code {result.get('si_code')}) at {result.get('si_addr')} "
-           f"lsb {result.get('si_addr_lsb')}") if result["sigbus"] else "no SIGBUS"
+    sigbus = bool_field(result, "sigbus")
+    got = (f"{str(result.get('si_code_name'))[:40]} (si_code {str(result.get('si_code'))[:40]}) "
+           f"at {str(result.get('si_addr'))[:40]} lsb {str(result.get('si_addr_lsb'))[:40]}") if sigbus else "no SIGBUS"
     want = expect.sigbus
     if want == NONE:
-        return _ok("sigbus", "none, as expected") if not result["sigbus"] else _fail("sigbus", f"expected none, got {got}")
-    if not result["sigbus"]:
+        return _ok("sigbus", "none, as expected") if not sigbus else _fail("sigbus", f"expected none, got {got}")
+    if not sigbus:
         return _fail("sigbus", f"expected {want.code}, got no SIGBUS" + (" (probe timed out)" if result.get("timeout") else ""))
     problems = []
-    if result["si_code_name"] != want.code:
-        problems.append(f"code {result['si_code_name']} != {want.code}")
-    lsb = result["si_addr_lsb"]
+    if result.get("si_code_name") != want.code:
+        problems.append(f"code {str(result.get('si_code_name'))[:40]} != {want.code}")
+    lsb = int_field(result, "si_addr_lsb", high=64)
     if want.lsb is not None and lsb != want.lsb:
         problems.append(f"si_addr_lsb {lsb} != {want.lsb}")
     if want.addr == "target_page":
-        target = int(ev.ready["va"], 16)
-        si_addr = int(result["si_addr"], 16)
+        target = hex_field(ev.ready, "va")
+        si_addr = hex_field(result, "si_addr")
         if _si_page(si_addr, lsb) != _si_page(target, lsb):
             problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x}")
     if problems:
@@ -240,7 +266,7 @@ def _check_intact(want: bool, ev: Evidence) -> Check:
     result = ev.probe_result
     if result is None:
         return _missing("other pages intact", ev, "probe result")
-    corrupt = result.get("corrupt", [])
+    corrupt = int_list_field(result, "corrupt")
     intact = not corrupt
     if intact == want:
         return _ok("other pages intact", f"pages {result.get('intact')} kept their data" if intact else f"pages {corrupt} changed")
@@ -268,7 +294,7 @@ def _check_corrupted(want_kb: int, ev: Evidence) -> Check:
 def expand(pattern: str, ev: Evidence) -> str:
     """Fill {pfn}/{gpa}/{va} into a kernel-log pattern, e.g. 'Memory failure: {pfn:#x}: ...'."""
     values = {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT,
-              "va": int(ev.ready["va"], 16)} if ev.ready and ev.checked_pfn is not None else {}
+              "va": hex_field(ev.ready, "va")} if ev.ready and ev.checked_pfn is not None else {}
     if ev.injected_address is not None:
         values["injected_pfn"] = ev.injected_address >> PAGE_SHIFT
     return pattern.format(**values)
@@ -288,6 +314,10 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
             checks.append(_missing(name, ev, "kernel log"))
         elif (line in log) == present:
             checks.append(_ok(name, "found" if present else "absent"))
+        elif present and TRUNCATED in log:
+            # A flooded console standing in for the kernel log was cut: the line may be in the cut part.
+            checks.append(Check(name, Outcome.ERROR, "not in the parts of the kernel log that were kept "
+                                                     "(the console standing in for it was cut)"))
         else:
             checks.append(_fail(name, "not found" if present else "found"))
     return checks
@@ -332,6 +362,8 @@ def _check_event(expect: Expectations, ev: Evidence) -> Check:
     if want == NONE:
         return _ok("MEMORY_FAILURE event", "none") if not events else _fail("MEMORY_FAILURE event", f"expected none, got {len(events)}")
     if not events:
+        if "QEMU events" in ev.unavailable:
+            return _missing("MEMORY_FAILURE event", ev, "QEMU events")
         return _fail("MEMORY_FAILURE event", "none received")
     data = events[0]["data"]
     got_ar = data.get("flags", {}).get("action-required")

@@ -23,6 +23,10 @@ class GuestMonitor(Protocol):
     orchestrator.backends.monitor.MonitorError, whichever backend carries them."""
 
     log_error: str | None  # an event/command log that could not be written
+    storm: str | None      # "event storm: ..." once QEMU sent events faster than any guest should
+
+    def summary(self) -> str:
+        """Events counted by name, and how many were not kept."""
 
     def execute(self, command: str, arguments: dict | None = None, timeout: float = 10) -> object:
         """A QMP command; its `return` value."""

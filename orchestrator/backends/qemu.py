@@ -22,6 +22,7 @@ from pathlib import Path
 from orchestrator import mce, qemu_args
 from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import Monitor, MonitorError
+from orchestrator.bounded import ConsoleRecorder
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
 from orchestrator.outcome import HarnessError
@@ -64,9 +65,15 @@ def file_digest(path: Path | None) -> str:
         return "unreadable"
 
 
+CONSOLE_LIMIT = 16 << 20  # console.log never holds more (first 4 MiB, a marker, the latest part)
+TAIL_BYTES = 256 << 10  # the last lines of a log are looked for in its last part only
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with path.open("rb") as f:
+            f.seek(max(f.seek(0, 2) - TAIL_BYTES, 0))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -84,6 +91,8 @@ class QemuGuest(Guest):
         self.disk = disk
         self.incoming = incoming  # a saved guest to restore instead of a cold boot
         self.console_log = artifacts / "console.log"
+        self.console: ConsoleRecorder | None = None
+        self.console_flood: str | None = None  # once shut down: what a flooded console cost
         self.ssh_port = 0
         self.monitor: Monitor | None = None
         self._process: subprocess.Popen | None = None
@@ -115,34 +124,48 @@ class QemuGuest(Guest):
 
     def _launch_once(self, timeout: float) -> None:
         ours, theirs = socket.socketpair()
+        hmp_ours, hmp_theirs = socket.socketpair()
+        console_ours, console_theirs = socket.socketpair()
         self.ssh_port = free_loopback_port()
-        self.argv = qemu_args.build_argv(self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port))
+        self.argv = qemu_args.build_argv(self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port,
+                                                     hmp_fd=hmp_theirs.fileno(), console_fd=console_theirs.fileno()))
         (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
         try:
             with self._qemu_log.open("wb") as log:
                 self._process = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    pass_fds=[theirs.fileno()], preexec_fn=_die_with_parent,
+                    pass_fds=[theirs.fileno(), hmp_theirs.fileno(), console_theirs.fileno()],
+                    preexec_fn=_die_with_parent,
                     # Its own session: the terminal's Ctrl-C reaches us, and we shut QEMU down.
                     start_new_session=True)
         except OSError as exc:
             ours.close()
+            hmp_ours.close()
+            console_ours.close()
             raise HarnessError("boot", f"cannot start {self.qemu_binary}: {exc.strerror}") from None
         finally:
             theirs.close()
+            hmp_theirs.close()
+            console_theirs.close()
+        self.console = ConsoleRecorder(console_ours, self.console_log, CONSOLE_LIMIT,
+                                      keep_existing=self.incoming is not None)
+        self.console.start()
         self.launched_pid = self._process.pid
         self.monitor = Monitor(ours, self.artifacts / "qmp-events.jsonl", self.artifacts / "monitor-commands.log")
         try:
             self.monitor.connect(timeout)
+            self.monitor.attach_hmp(hmp_ours, timeout)
         except (MonitorError, OSError, EOFError) as exc:
+            hmp_ours.close()
             self.shutdown()
             raise HarnessError("boot", self._launch_failure(str(exc))) from None
 
-    def config(self, qmp_fd: int = -1, ssh_port: int = 0) -> qemu_args.QemuConfig:
+    def config(self, qmp_fd: int = -1, ssh_port: int = 0, hmp_fd: int | None = None,
+               console_fd: int | None = None) -> qemu_args.QemuConfig:
         """This guest's QEMU configuration (per-run parts as given)."""
         return qemu_args.QemuConfig(
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
-            qmp_fd=qmp_fd, ssh_port=ssh_port, memory_mib=self.spec.memory_mib,
+            qmp_fd=qmp_fd, ssh_port=ssh_port, hmp_fd=hmp_fd, console_fd=console_fd, memory_mib=self.spec.memory_mib,
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
             # A restored guest's console.log already holds the saving boot's console.
@@ -229,3 +252,7 @@ class QemuGuest(Guest):
         finally:
             if monitor is not None:
                 monitor.close()
+            console, self.console = self.console, None
+            if console is not None:
+                console.close()
+                self.console_flood = console.flood

@@ -487,8 +487,9 @@ static void report(double start, int children_ok)
            is_child ? "child" : "parent", getpid(), got_sigbus ? "true" : "false",
            got_alarm ? "true" : "false", touched ? "true" : "false");
     if (got_sigbus)
-        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"%p\",\"si_addr_lsb\":%d",
-               sig_code, code_name(sig_code), sig_addr, sig_lsb);
+        /* Not %p: glibc prints a NULL si_addr as "(nil)". */
+        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"0x%lx\",\"si_addr_lsb\":%d",
+               sig_code, code_name(sig_code), (unsigned long)sig_addr, sig_lsb);
     printf(",\"elapsed_ms\":%.1f", elapsed);
     /* Never read back the page(s) the kernel reported: that would fault again. */
     print_page_list("intact", 1);

@@ -3,7 +3,8 @@ import time
 
 import pytest
 
-from orchestrator.observe import PARTS, gather_parts, parse_kpageflags
+from orchestrator.guest_data import parse_kpageflags
+from orchestrator.observe import PARTS, gather_parts
 from orchestrator.outcome import HarnessError
 from orchestrator.verdict import Evidence
 
@@ -15,6 +16,8 @@ KPAGEFLAGS = f'{{"event":"kpageflags","pfn":{PFN},"flags":17180393498}}\n'
 class FakeSsh:
     """Answers commands from a table; a value that is an exception is raised instead."""
 
+    port = 1  # nobody listens: no banner
+
     def __init__(self, answers: dict, connected=True):
         self.answers = answers
         self.commands: list[str] = []
@@ -24,7 +27,7 @@ class FakeSsh:
     def connected(self) -> bool:
         return self._connected
 
-    def check(self, command, deadline, phase):
+    def check(self, command, deadline, phase, limit=None):
         self.commands.append(command)
         self.budgets.append(deadline.remaining())
         for prefix, answer in self.answers.items():
@@ -57,7 +60,8 @@ def test_every_part_is_its_own_command():
     assert ev.guest_answered_after is True and ev.unavailable == {}
 
 
-def test_a_part_that_times_out_costs_only_that_part():
+def test_a_part_that_times_out_costs_only_that_part(monkeypatch):
+    monkeypatch.setattr("orchestrator.observe.banner_answers", lambda port, seconds: True)  # sshd still greets
     ssh = FakeSsh(answers(dmesg=HarnessError("observe", "'dmesg' did not finish within 5 s")))
     ev = gathered(ssh)
     assert ev.kernel_log is None and "did not finish" in ev.unavailable["kernel log"]
@@ -122,3 +126,29 @@ def test_kpageflags_answer_that_is_not_one_clear_value(output):
         parse_kpageflags(output, PFN)
     assert len(str(exc.value)) < 400  # a 5000-digit value is shown cut short
     assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize("event, words", [
+    ({"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-reset"}}, "the guest rebooted"),
+    ({"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-shutdown"}}, "the guest powered off"),
+    ({"event": "RESET", "data": {"guest": False, "reason": "host-qmp-system-reset"}}, "reset from the host"),
+    ({"event": "GUEST_PANICKED", "data": {"action": "pause"}}, "the guest panicked"),
+])
+def test_each_way_down_is_named(event, words):
+    from orchestrator.observe import _down_event
+    assert words in _down_event(event)
+
+
+def test_other_events_are_not_a_way_down():
+    from orchestrator.observe import _down_event
+    assert _down_event({"event": "GUEST_CRASHLOADED", "data": {}}) is None
+    assert _down_event({"event": "RESUME"}) is None
+
+
+def test_a_stalled_sshd_costs_one_part_deadline_not_all():
+    ssh = FakeSsh(answers(**{"/tmp/mce-probe --kpageflags": HarnessError("observe", "'x' did not finish within 5 s")}))
+    ev = gathered(ssh)
+    assert len(ssh.commands) == 1  # no banner: the other parts are not tried
+    for part in ("kpageflags", "meminfo", "kernel log", "sshd log"):
+        assert "sshd stalled or the guest's network is down" in ev.unavailable[part]
+    assert ev.causes and ev.causes[0].startswith("sshd stalled") and "cost the kpageflags, meminfo" in ev.causes[0]

@@ -153,3 +153,14 @@ def test_target_moved():
     stayed = good_evidence(steps=[{"event": "touched", "target_pfn": PFN}])
     assert judge(scenario, moved).outcome == Outcome.PASS
     assert failing(judge(scenario, stayed))["target moved"] == f"target PFN {PFN:#x} -> {PFN:#x}"
+
+
+def test_a_reboot_is_named_not_blamed_on_the_kernel():
+    cause = "the guest rebooted (QEMU SHUTDOWN, reason guest-reset; -no-reboot keeps it down)"
+    ev = good_evidence(guest_answered_after=False, kpageflags=None, down=cause)
+    ev.unavailable["kpageflags"] = cause
+    verdict = judge(late_kill(), ev)
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["guest alive"].outcome == Outcome.ERROR and checks["guest alive"].detail == cause
+    assert checks["page poisoned"].outcome == Outcome.ERROR and cause in checks["page poisoned"].detail
+    assert verdict.outcome == Outcome.ERROR

@@ -1,0 +1,255 @@
+"""A misbehaving guest never breaks the harness: garbage, floods, storms, reboots and
+panics at awkward moments each end in the right outcome naming the right cause,
+within the deadline, with memory and artifacts inside the README's bounds."""
+import dataclasses
+import resource
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.deadline import Deadline
+from orchestrator.outcome import Outcome
+from orchestrator.probe import REMOTE_PATH
+from orchestrator.scenario import Timeouts, load_scenario
+
+from .conftest import REPO
+from .test_faults import LATE_KILL, assert_nothing_left, run
+
+FIVE_THOUSAND_DIGITS = "9" * 5000
+# The bounds the README states per scenario.
+MEMORY_BOUND_MIB = 200
+ARTIFACTS_BOUND_MIB = 40
+
+# Wraps the real probe: garbage before the ready line, si_addr as glibc prints a
+# NULL pointer, and extra lines around the page-flags answer.
+GARBLING_PROBE = f"""#!/bin/sh
+if [ "$1" = --kpageflags ]; then
+    echo '[1]'; {REMOTE_PATH}.real "$@"; status=$?; echo 'an extra line'; exit $status
+fi
+echo '[1]'
+echo '{FIVE_THOUSAND_DIGITS}'
+echo '{{"event":"noise","n":{FIVE_THOUSAND_DIGITS}}}'
+{REMOTE_PATH}.real "$@" | while IFS= read -r line; do
+    case "$line" in
+    *'"event":"result"'*) line=$(echo "$line" | sed 's/"si_addr":"[^"]*"/"si_addr":"(nil)"/') ;;
+    esac
+    printf '%s\\n' "$line"
+done
+"""
+
+
+def replace_probe(script: str, folder: Path):
+    """A phase hook: before the probe starts, the guest's probe becomes `script` (the real one stays beside it)."""
+    local = folder / "probe.sh"
+    local.write_text(script)
+
+    def hook(phase, ctx):
+        if phase == "locate":
+            deadline = Deadline(10, "fault")
+            ctx.ssh.check(f"mv {REMOTE_PATH} {REMOTE_PATH}.real", deadline, "fault")
+            ctx.ssh.upload(local, REMOTE_PATH, 0o755, deadline, "fault")
+            # A command of its own (opened with retries) lets the SFTP channel end before the
+            # probe's opens: dropbear refuses a channel while another is closing.
+            ctx.ssh.check("true", deadline, "fault")
+    return hook
+
+
+def checks_of(result) -> dict:
+    return {c.name: c for c in result.verdict.checks}
+
+
+def test_garbage_from_the_probe_is_evidence_not_a_crash(tmp_path):
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=15))
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=scenario, hook=replace_probe(GARBLING_PROBE, tmp_path), snapshot=True)
+    assert result.outcome == Outcome.ERROR and result.verdict, result.reasons
+    checks = checks_of(result)
+    assert checks["sigbus"].outcome == Outcome.ERROR
+    assert checks["sigbus"].detail == "the probe reported an unreadable si_addr: '(nil)'"
+    # Everything else was read past the garbage: the ready line after '[1]' and a
+    # 5000-digit number, the page flags between extra lines.
+    for name in ("guest alive", "page poisoned", "HardwareCorrupted", "other pages intact"):
+        assert checks[name].outcome == Outcome.PASS, (name, checks[name].detail)
+    transcript = (result.artifacts / "probe-transcript.txt").read_text()
+    assert transcript.startswith("[1]\n") and FIVE_THOUSAND_DIGITS in transcript
+    assert time.monotonic() - start < 60
+    assert_nothing_left(result, port)
+
+
+def in_background(ctx, command: str) -> None:
+    """Start `command` in the guest a moment from now, without waiting for it."""
+    ctx.ssh.check(f"(sleep 0.5; {command}) </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"), "fault")
+
+
+def test_the_srar_gate_stops_when_the_guest_panics(tmp_path):
+    """The probe is stopped (the vCPU is never in its loop, so the gate keeps looking),
+    then the guest panics: the gate ends at once, naming the panic, not at its deadline."""
+    def stop_probe_then_panic(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.check(f"kill -STOP {ctx.evidence.ready['pid']}", Deadline(5, "fault"), "fault")
+            in_background(ctx, "echo c > /proc/sysrq-trigger")
+
+    scenario = dataclasses.replace(load_scenario(REPO / "scenarios" / "srar-anon-access.yaml"),
+                                   timeouts=Timeouts(inject=30))
+    result, port = run(tmp_path, scenario=scenario, hook=stop_probe_then_panic, snapshot=True)
+    assert result.outcome == Outcome.ERROR
+    assert result.error.phase == "inject"
+    assert result.error.message.startswith("the guest panicked before the machine check was sent"), result.error
+    assert result.phases["inject"] < 10
+    assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("name", ["srao-anon-late-kill", "srar-anon-access"])
+def test_a_quiet_console_costs_no_deadline(tmp_path, name):
+    """With loglevel=0 no kernel line reaches the console: the wait finds it in dmesg."""
+    scenario = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    result, port = run(tmp_path, scenario=scenario, extra_cmdline="loglevel=0", snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons
+    assert "Memory failure" not in (result.artifacts / "console.log").read_text(errors="replace")
+    assert result.phases["observe"] < 10  # of 30
+    assert_nothing_left(result, port)
+
+
+def guest_tool(name: str, folder: Path) -> Path:
+    """A small static program for the guest, from tests/integration/guest_tools/NAME.c."""
+    source = Path(__file__).with_name("guest_tools") / f"{name}.c"
+    binary = folder / name
+    cc = shutil.which("musl-gcc") or "gcc"
+    subprocess.run([cc, "-static", "-O2", "-Wall", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def rss_peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def artifacts_mib(result) -> float:
+    return sum(f.stat().st_size for f in result.artifacts.rglob("*") if f.is_file()) / (1 << 20)
+
+
+def test_a_qmp_event_storm_is_bounded_and_named(tmp_path):
+    """The guest writes its pvpanic register in a loop (a GUEST_CRASHLOADED event per
+    write) from before the injection to past the gathering: the `mce` reply and every
+    other QMP answer still come, memory and artifacts stay within the README's bounds,
+    and the report names the storm."""
+    storm = guest_tool("pvpanic_storm", tmp_path)
+
+    def start_storm(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
+            ctx.ssh.check("/tmp/pvpanic_storm 8 </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"), "fault")
+            time.sleep(1.0)  # the storm is on before the machine check is sent
+
+    before = rss_peak_mib()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=start_storm, snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons  # the kernel did its part
+    storm_cause = [c for c in result.evidence.causes if c.startswith("event storm")]
+    assert storm_cause and "GUEST_CRASHLOADED" in storm_cause[0], result.evidence.causes
+    assert rss_peak_mib() - before < MEMORY_BOUND_MIB
+    assert artifacts_mib(result) < ARTIFACTS_BOUND_MIB
+    assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("how, cause", [
+    ("reboot -f", "the guest rebooted (QEMU SHUTDOWN, reason guest-reset"),
+    ("halt -f", "the guest halted (console: 'reboot: System halted')"),
+    ("host reset", "the guest was reset from the host (QEMU SHUTDOWN, reason host-qmp-system-reset"),
+])
+def test_a_guest_that_goes_down_is_named_not_blamed(tmp_path, how, cause):
+    """Mid-observe the guest reboots, halts, or is reset from the host: an ERROR naming
+    that cause and the evidence it cost, not 'did not answer over SSH', well within
+    the deadline."""
+    def go_down(phase, ctx):
+        if phase == "observe":
+            if how == "host reset":
+                ctx.guest.monitor.execute("system_reset")
+            else:
+                ctx.ssh.check(f"{how} </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=20))
+    result, port = run(tmp_path, scenario=scenario, hook=go_down, snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    checks = checks_of(result)
+    assert checks["guest alive"].outcome == Outcome.ERROR
+    assert checks["guest alive"].detail.startswith(cause), checks["guest alive"].detail
+    assert "did not answer over SSH" not in " ".join(result.reasons)
+    assert result.evidence.causes[0].startswith(cause) and "cost the" in result.evidence.causes[0]
+    assert result.phases["observe"] < 10
+    assert_nothing_left(result, port)
+
+
+FLOODING_PROBE = f"""#!/bin/sh
+if [ "$1" = --kpageflags ]; then
+    exec yes 'a page-flags answer that never ends'
+fi
+exec {REMOTE_PATH}.real "$@"
+"""
+
+
+def test_an_ssh_command_that_prints_without_end(tmp_path):
+    """The page-flags part prints without end: its deadline holds while data streams,
+    the output kept is capped, and only that part is lost."""
+    before = rss_peak_mib()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=replace_probe(FLOODING_PROBE, tmp_path),
+                       snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    checks = checks_of(result)
+    assert checks["page poisoned"].outcome == Outcome.ERROR
+    assert "did not finish within 5 s (it kept printing" in checks["page poisoned"].detail
+    assert any(c.startswith("SSH output flood") and c.endswith("cost the kpageflags")
+               for c in result.evidence.causes), result.evidence.causes
+    for name in ("guest alive", "sigbus", "HardwareCorrupted", "other pages intact"):
+        assert checks[name].outcome == Outcome.PASS, (name, checks[name].detail)
+    assert result.phases["observe"] < 5 + 10
+    assert rss_peak_mib() - before < MEMORY_BOUND_MIB
+    assert artifacts_mib(result) < ARTIFACTS_BOUND_MIB
+    assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("fault", ["killall -STOP dropbear", "ip link set eth0 down"])
+def test_a_stalled_sshd_or_a_dead_network_costs_one_part_deadline(tmp_path, fault):
+    """Every dropbear is stopped, or the guest's network goes down, mid-observe: the probe's
+    answer, then one part, time out; sshd gives no banner, so the other parts are not
+    tried; the cause is named."""
+    def stall_sshd(phase, ctx):
+        if phase == "observe":
+            ctx.ssh.check(f"(sleep 0.3; {fault}) </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
+    result, port = run(tmp_path, scenario=scenario, hook=stall_sshd, snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    assert any(c.startswith("sshd stalled or the guest's network is down") for c in result.evidence.causes), \
+        result.evidence.causes
+    checks = checks_of(result)
+    assert "sshd stalled" in checks["guest alive"].detail
+    assert result.phases["observe"] < 6 + 5 + 2 + 3  # the phase, one part, one banner look
+    assert_nothing_left(result, port)
+
+
+def test_a_console_flood_is_capped_and_named(tmp_path, monkeypatch):
+    """A guest loop writes to its serial port without end from the injection on: console.log
+    stays within its cap (here lowered to 64 KiB so the test is quick) with its first part,
+    a 'truncated' marker and the latest part; the kernel's lines are found in dmesg; the
+    scenario still passes and the flood is named."""
+    limit = 64 << 10  # the serial port takes some 80 KiB/s under TCG here
+    monkeypatch.setattr("orchestrator.backends.qemu.CONSOLE_LIMIT", limit)
+
+    def flood_console(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.check("yes 'a console flood line from a guest loop' > /dev/ttyS0 2>/dev/null &",
+                          Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=flood_console, snapshot=True)
+    assert result.outcome == Outcome.PASS, result.reasons
+    console = (result.artifacts / "console.log").read_bytes()
+    assert len(console) <= limit
+    assert b"bytes truncated here by mce-orchestrator" in console
+    assert b"a console flood line from a guest loop" in console[-1000:]  # the latest part is kept
+    assert any(c.startswith("console flood") for c in result.evidence.causes), result.evidence.causes
+    assert_nothing_left(result, port)

@@ -1,0 +1,51 @@
+"""Bounded keeping: the first and last parts, a marker for what was cut."""
+from orchestrator.bounded import HeadTail, cap_file
+from orchestrator.observe import ConsoleFollower
+
+
+def test_head_tail_keeps_everything_within_the_limit():
+    kept = HeadTail(100)
+    kept.add(b"a" * 30)
+    kept.add(b"b" * 70)
+    assert kept.value() == b"a" * 30 + b"b" * 70 and kept.cut == 0
+
+
+def test_head_tail_keeps_first_and_last_parts_of_a_flood():
+    kept = HeadTail(1000)
+    kept.add(b"start\n")
+    for _ in range(10000):
+        kept.add(b"x" * 1000)
+    kept.add(b"\nthe end")
+    value = kept.value()
+    assert value.startswith(b"start\n") and value.endswith(b"\nthe end")
+    assert b"bytes truncated here" in value and len(value) < 1100
+    assert kept.cut == kept.total - 1000
+
+
+def test_cap_file(tmp_path):
+    path = tmp_path / "console.log"
+    path.write_bytes(b"boot line\n" + b"flood\n" * 100000 + b"last line\n")
+    cut = cap_file(path, 10000)
+    data = path.read_bytes()
+    assert data.startswith(b"boot line\n") and data.endswith(b"last line\n")
+    assert f"{cut} bytes truncated here".encode() in data and len(data) < 10100
+    assert cap_file(path, 1 << 20) == 0
+
+
+def test_console_follower_reads_only_what_is_new(tmp_path):
+    path = tmp_path / "console.log"
+    path.write_bytes(b"one\ntw")
+    follower = ConsoleFollower(path)
+    assert follower.new_lines() == ["one"] and follower.partial == b"tw"
+    with path.open("ab") as f:
+        f.write(b"o\nthree\n")
+    assert follower.new_lines() == ["two", "three"]
+    assert follower.new_lines() == []
+
+
+def test_line_log_keeps_first_and_last_lines():
+    from orchestrator.bounded import LineLog
+    log = LineLog(head=3, tail=2)
+    for n in range(100):
+        log.append(str(n))
+    assert log.lines() == ["0", "1", "2", "[... 95 lines truncated here by mce-orchestrator ...]", "98", "99"]

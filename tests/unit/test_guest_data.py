@@ -1,0 +1,125 @@
+"""Guest-provided data that is garbage becomes evidence naming the value, never an exception."""
+import json
+import socket
+import threading
+from dataclasses import replace
+
+import pytest
+
+from orchestrator.deadline import Deadline
+from orchestrator.guest_data import MAX_LINE, Unreadable, check_ready, json_message
+from orchestrator.outcome import HarnessError, Outcome
+from orchestrator.ssh import RemoteProcess
+from orchestrator.verdict import judge
+
+from .test_verdict import good_evidence, late_kill
+
+READY = {"event": "ready", "pid": 90, "page_size": 4096, "target": 1, "memory": "anon", "va": "0x7f0000001000",
+         "pfn": 0x671E, "gpa": "0x671e000", "cpu": 0, "processes": 1, "huge": False, "thp": False, "merged": False,
+         "free_pfn": 0, "loop_start": "0x401000", "loop_end": "0x401100",
+         "pages": [{"va": "0x7f0000000000", "pfn": 1}, {"va": "0x7f0000001000", "pfn": 0x671E}]}
+
+
+def test_a_good_ready_report_is_accepted():
+    check_ready(READY)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("va", "(nil)", "unreadable va: '(nil)'"),
+    ("pfn", int("9" * 40), "unreadable pfn"),
+    ("pfn", True, "unreadable pfn"),
+    ("gpa", None, "unreadable gpa"),
+    ("loop_start", "0x" + "f" * 5000, "unreadable loop_start: '0xfff"),
+    ("pages", [], "unreadable pages list"),
+    ("pages", [1, 2], "unreadable page"),
+    ("page_size", 0, "unreadable page_size"),
+    ("thp", "yes", "unreadable thp"),
+])
+def test_a_malformed_ready_report_names_the_field(key, value, words):
+    with pytest.raises(Unreadable) as exc:
+        check_ready(READY | {key: value})
+    assert words in str(exc.value) and len(str(exc.value)) < 300
+
+
+@pytest.mark.parametrize("line", ["[1]", "(nil)", "1" * 5000, "[" * 100000, '{"a": ' + "9" * 5000 + "}", "", "null"])
+def test_lines_that_are_not_probe_objects(line):
+    assert json_message(line) is None
+
+
+@pytest.mark.parametrize("si_addr", ["(nil)", "0x" + "1" * 5000, None, 17, "0xZZ"])
+def test_unreadable_si_addr_is_an_error_check_naming_it(si_addr):
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"si_addr": si_addr}
+    verdict = judge(late_kill(), ev)
+    sigbus = {c.name: c for c in verdict.checks}["sigbus"]
+    assert sigbus.outcome == Outcome.ERROR
+    assert "the probe reported an unreadable si_addr" in sigbus.detail and len(sigbus.detail) < 300
+    # The other checks were still made.
+    assert {c.name: c for c in verdict.checks}["page poisoned"].outcome == Outcome.PASS
+
+
+@pytest.mark.parametrize("change", [
+    {"si_addr_lsb": "12"}, {"si_addr_lsb": 99}, {"sigbus": "yes"}, {"corrupt": "none"},
+    {"si_code_name": ["x"] * 1000},
+])
+def test_other_malformed_result_fields_never_raise(change):
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | change
+    verdict = judge(late_kill(), ev)
+    assert verdict.outcome in (Outcome.FAIL, Outcome.ERROR)
+    assert all(len(c.detail) < 400 for c in verdict.checks)
+
+
+def test_unreadable_touch_answer():
+    ev = good_evidence(steps=[{"event": "touched", "target_pfn": "0x1"}])
+    scenario = late_kill()
+    scenario = replace(scenario, expect=replace(scenario.expect, target_moved=True))
+    moved = {c.name: c for c in judge(scenario, ev).checks}["steps"]
+    assert moved.outcome == Outcome.ERROR and "unreadable target_pfn" in moved.detail
+
+
+class FakeChannel:
+    """What paramiko's Channel offers RemoteProcess, fed from a socketpair."""
+
+    def __init__(self, data: bytes):
+        self.ours, theirs = socket.socketpair()
+
+        def write():
+            with theirs:
+                theirs.sendall(data)
+
+        threading.Thread(target=write, daemon=True).start()
+
+    def settimeout(self, t):
+        self.ours.settimeout(t)
+
+    def recv(self, n):
+        return self.ours.recv(n)
+
+    def exit_status_ready(self):
+        return False
+
+
+def read_ready(data: bytes) -> dict:
+    process = RemoteProcess(FakeChannel(data), "probe")
+    return process.read_event({"ready"}, Deadline(2, "locate"), "locate"), process
+
+
+def test_garbage_before_the_ready_line_is_skipped_and_kept():
+    data = b"[1]\n(nil)\n" + b"9" * 5000 + b"\n{\"x\": " + b"9" * 5000 + b"}\n" + json.dumps(READY).encode() + b"\n"
+    ready, process = read_ready(data)
+    assert ready["pid"] == 90
+    assert process.transcript[:2] == ["[1]", "(nil)"]
+
+
+def test_a_line_without_end_is_cut_not_kept_whole():
+    data = b"x" * (3 * MAX_LINE) + b"\n" + json.dumps(READY).encode() + b"\n"
+    ready, process = read_ready(data)
+    assert ready["pid"] == 90
+    assert sum(len(line) for line in process.transcript) < MAX_LINE + 1000
+    assert "line cut" in process.transcript[0]
+
+
+def test_a_probe_that_ends_with_garbage_is_a_harness_error():
+    with pytest.raises(HarnessError, match="probe exited"):
+        read_ready(b"[1]\n" + b"{" * 100000 + b"\n")
