@@ -40,6 +40,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
+# Tried again for up to 5 s: a mount right after boot failed now and then with "Device
+# or resource busy" (once in a catalog run, under load), a block device's first
+# exclusive open overlapping another; the last failure's message is what is reported.
+MOUNT_SCRATCH_DISK = (f"{{ i=0; until mount -t ext4 /dev/vda {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
+                      f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000; done; }}")
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
@@ -312,7 +317,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                                         for key, value in scenario.guest.sysctl]
             setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
             if scenario.guest.disk_mib:
-                setup.append(f"mount -t ext4 /dev/vda {GUEST_MOUNT}")
+                setup.append(MOUNT_SCRATCH_DISK)
             if restored:
                 setup.insert(1, fresh_identity_command(guest.artifacts))
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
