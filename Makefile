@@ -18,12 +18,13 @@ NAME   ?=
 KERNEL ?=
 ARGS   ?=
 
-.PHONY: all setup host-packages scenario suite nightly test unit image bench clean help
+.PHONY: all setup host-packages scenario suite coverage nightly test unit image bench clean help
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
+	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
 	@echo "make image                               build (or reuse) the default guest image"
@@ -62,6 +63,22 @@ suite: setup
 	done; \
 	$(PY) -m orchestrator.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
 	cat results/verdict-table.md; exit $$status
+
+# Which of memory_failure()'s outcomes (the page types each kernel's vmlinux
+# names, and the paths that print none) the catalog reaches on each kernel:
+# runs the catalog on both kernels (restored guests), or reads the given
+# RUNS, prints the share per kernel and rewrites the README's coverage table.
+RUNS ?=
+coverage: setup
+	@runs="$(RUNS)"; status=0; \
+	if [ -z "$$runs" ]; then \
+	  for kernel in $(KERNELS); do \
+	    $(ORCH) run --snapshot --image $$kernel $(ARGS) scenarios/*.yaml || status=1; \
+	    runs="$$runs $$(readlink -f results/latest)"; \
+	  done; \
+	fi; \
+	$(PY) -m orchestrator.coverage $$runs --update README.md > results/coverage-table.md || status=2; \
+	cat results/coverage-table.md; exit $$status
 
 # The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
 # once (pytest-xdist), restored from saved guests, JUnit XML in

@@ -1,0 +1,241 @@
+"""Which of memory_failure()'s outcomes the catalog reaches, per kernel, as a Markdown table.
+
+    python -m orchestrator.coverage RUN_DIR... [--update README.md]
+
+The list of outcomes comes from each kernel's own vmlinux, not from us:
+- the page types and results of action_result(): the ras:memory_failure_event
+  tracepoint's print format carries the whole table as
+  __print_symbolic(REC->type, { MF_MSG_..., "dirty LRU page" }, ...) and
+  __print_symbolic(REC->result, ...), in .data;
+- the paths that print no page type: those of OTHER_PATHS whose format string
+  the kernel holds (6.1 says "already hardware poisoned", 6.12 has a page type
+  for it instead).
+Which scenario reached which outcome comes from real runs: each passing
+scenario's guest-kernel.log (and console.log, where a panic is) in
+results/<run>/. With --update the table replaces the text between the
+coverage-table markers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .image import elf_section
+from .table import update
+
+START, END = "<!-- coverage-table:start -->", "<!-- coverage-table:end -->"
+IMAGE_CACHE = Path(__file__).resolve().parent.parent / "guest-images" / ".cache" / "images"
+
+_SYMBOLIC = re.compile(r'__print_symbolic\(REC->(type|result), ((?:\{ \w+, "[^"]*" \}(?:, )?)+)\)')
+_ENTRY = re.compile(r'\{ (\w+), "([^"]*)" \}')
+
+# Paths of memory_failure() that print no page type: (label, format string as
+# the kernel holds it after the KERN_ERR/KERN_EMERG prefix). Only those the
+# kernel's binary contains count for that kernel.
+OTHER_PATHS = (
+    ("memory outside kernel control", "Memory failure: %#lx: memory outside kernel control"),
+    ("already hardware poisoned", "Memory failure: %#lx: already hardware poisoned"),
+    ("panic with recovery off", "Memory failure on page %lx"),
+)
+
+# Why an outcome is not reached under QEMU TCG on these machines (shown only
+# for outcomes no passing scenario reached).
+REASONS = {
+    "kernel slab page": "no action_result() call passes MF_MSG_SLAB in 6.1: a slab page fails "
+                        "get_hwpoison_page() (\"unhandlable page\") and reports as \"unknown page\"",
+    "different compound page after locking": "a race: the page must be split or freed between "
+                                             "get_hwpoison_page() and lock_page(); not reproducible on demand",
+    "get hwpoison page": "a race: get_hwpoison_page() must fail on a page that was handlable a moment "
+                         "before; not reproducible on demand",
+    "unmapping failed page": "try_to_unmap() must fail on a mapped page (pinned by another reference "
+                             "at the time); no deterministic way from user space",
+    "dax page": "needs an fsdax namespace (QEMU nvdimm, ndctl in the guest) and a DAX-mounted "
+                "filesystem; the guest image has neither the modules nor ndctl",
+    "clean mlocked LRU page": "PG_mlocked is cleared before the page-state match (6.1) / the error_states "
+                              "entry is shadowed by the plain LRU entry after unmap; see scenarios/mlock-page.yaml",
+    "dirty mlocked LRU page": "as the clean one: after try_to_unmap() the page is no longer mlocked "
+                              "and matches the dirty LRU entry",
+    "clean unevictable LRU page": "unevictable pages (ramfs, SHM_LOCK) lose PG_unevictable when "
+                                  "unmapped/isolated before the page-state match",
+    "dirty unevictable LRU page": "as the clean one",
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Something memory_failure() can report, and how its kernel log line looks."""
+    name: str           # "dirty LRU page", or an OTHER_PATHS label
+    line: re.Pattern    # matches the kernel log line(s) that report it
+    page_type: bool     # one of action_result()'s page types
+
+
+@dataclass(frozen=True)
+class KernelOutcomes:
+    release: str
+    outcomes: tuple[Outcome, ...]
+    results: tuple[str, ...]   # "Ignored", "Failed", "Delayed", "Recovered"
+
+
+def cstrings(data: bytes, min_len: int = 8) -> list[str]:
+    """The NUL-terminated printable strings of a section, like strings(1)."""
+    return [s.decode("latin-1") for s in re.findall(rb"[\x01-\x7e]{%d,}" % min_len, data)]
+
+
+def _format_regex(fmt: str) -> str:
+    parts = re.split(r"(%#lx|%lx)", fmt)
+    return "".join({"%#lx": "0x[0-9a-f]+", "%lx": "[0-9a-f]+"}.get(p, re.escape(p)) for p in parts)
+
+
+def parse_outcomes(release: str, strings: list[str]) -> KernelOutcomes:
+    """The kernel's page types, results and other paths, from its strings."""
+    tables: dict[str, list[tuple[str, str]]] = {}
+    for s in strings:
+        if "recovery action for %s: %s" in s and "__print_symbolic(REC->type" in s:
+            for which, body in _SYMBOLIC.findall(s):
+                tables[which] = _ENTRY.findall(body)
+            break
+    if "type" not in tables or "result" not in tables:
+        raise ValueError(f"{release}: no memory_failure_event print format with page types in the kernel's strings")
+    results = tuple(name for _, name in tables["result"])
+    result_alt = "|".join(re.escape(r) for r in results)
+    outcomes = [Outcome(name, re.compile(rf"Memory failure: 0x[0-9a-f]+: recovery action for {re.escape(name)}: "
+                                         rf"(?:{result_alt})$"), True)
+                for _, name in tables["type"]]
+    # printk formats start with a level prefix (\x01 and a digit), or none.
+    formats = {s.lstrip("\x01").lstrip("01234567") for s in strings}
+    for label, fmt in OTHER_PATHS:
+        if fmt in formats or fmt + "\n" in formats:
+            outcomes.append(Outcome(label, re.compile(_format_regex(fmt) + "$"), False))
+    return KernelOutcomes(release, tuple(outcomes), results)
+
+
+def kernel_outcomes(vmlinux: Path, release: str) -> KernelOutcomes:
+    data = vmlinux.read_bytes()
+    strings = []
+    for section in (".rodata", ".data"):
+        contents = elf_section(data, section, str(vmlinux))
+        if contents is not None:
+            strings += cstrings(contents)
+    return parse_outcomes(release, strings)
+
+
+def find_vmlinux(release: str, cache: Path = IMAGE_CACHE) -> Path:
+    """The cached image's kernel whose build says it is this release."""
+    for meta in sorted(cache.glob("*/*/image.json")):
+        info = json.loads(meta.read_text())
+        if info.get("kernel_release") == release:
+            return meta.parent / info["kernel"]
+    raise ValueError(f"no cached image under {cache} has kernel release {release}")
+
+
+def reached_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[str]:
+    """The outcomes whose line appears in a kernel log (timestamps and levels stripped)."""
+    lines = [re.sub(r"^(<\d>)?\[\s*\d+\.\d+\] ", "", line).rstrip() for line in log_text.splitlines()]
+    return {o.name for o in outcomes if any(o.line.search(line) for line in lines)}
+
+
+@dataclass(frozen=True)
+class RunScenario:
+    name: str
+    release: str
+    outcome: str
+    logs: str          # the guest kernel log and console text
+
+
+def load_runs(run_dirs: list[Path]) -> list[RunScenario]:
+    found = []
+    for run_dir in run_dirs:
+        report = json.loads((run_dir / "report.json").read_text())
+        for s in report["scenarios"]:
+            artifacts = Path(s.get("artifacts") or run_dir / s["name"])
+            logs = "\n".join(p.read_text(errors="replace") for p in (artifacts / "guest-kernel.log",
+                                                                      artifacts / "console.log") if p.is_file())
+            found.append(RunScenario(s["name"], s.get("kernel_release") or "?", s["outcome"], logs))
+    return found
+
+
+@dataclass(frozen=True)
+class Coverage:
+    kernel: KernelOutcomes
+    reached_by: dict[str, tuple[str, ...]]   # outcome -> passing scenarios that reached it
+
+    def share(self, page_types: bool = True) -> tuple[int, int]:
+        """(reached, all) among the page types, or among every outcome."""
+        chosen = [o for o in self.kernel.outcomes if o.page_type or not page_types]
+        return sum(1 for o in chosen if self.reached_by[o.name]), len(chosen)
+
+    def percent(self, page_types: bool = True) -> float:
+        reached, total = self.share(page_types)
+        return 100.0 * reached / total if total else 0.0
+
+    def summary(self) -> str:
+        (r, n), (ra, na) = self.share(), self.share(page_types=False)
+        return (f"{self.kernel.release}: {self.percent():.0f}% of page types reached ({r}/{n}); "
+                f"{self.percent(False):.0f}% of all outcomes ({ra}/{na})")
+
+
+def coverage(kernel: KernelOutcomes, scenarios: list[RunScenario]) -> Coverage:
+    """Which passing scenarios of this kernel reached each outcome."""
+    reached: dict[str, list[str]] = {o.name: [] for o in kernel.outcomes}
+    for s in scenarios:
+        if s.release != kernel.release or s.outcome != "PASS":
+            continue
+        for name in reached_outcomes(kernel.outcomes, s.logs):
+            if s.name not in reached[name]:
+                reached[name].append(s.name)
+    return Coverage(kernel, {k: tuple(sorted(v)) for k, v in reached.items()})
+
+
+def markdown(covs: list[Coverage], sources: list[str]) -> str:
+    names: list[tuple[str, bool]] = []
+    for c in covs:
+        for o in c.kernel.outcomes:
+            if (o.name, o.page_type) not in names:
+                names.append((o.name, o.page_type))
+    lines = ["| outcome | " + " | ".join(c.kernel.release for c in covs) + " |", "|---|" + "---|" * len(covs)]
+    for name, page_type in names:
+        cells = []
+        for c in covs:
+            if name not in c.reached_by:
+                cells.append("not in this kernel")
+            elif c.reached_by[name]:
+                cells.append(", ".join(c.reached_by[name]))
+            else:
+                cells.append("**not reached**" + (f": {REASONS[name]}" if name in REASONS else ""))
+        label = f"`{name}`" if page_type else f"({name})"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| **page types reached** | " + " | ".join(
+        "**{:.0f}%** ({}/{})".format(c.percent(), *c.share()) for c in covs) + " |")
+    return ("\n".join(lines) + "\n\nGenerated by `python -m orchestrator.coverage` from runs "
+            + ", ".join(f"`{s}`" for s in sources) + ".\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.coverage", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--update", type=Path, metavar="README")
+    args = parser.parse_args(argv)
+    try:
+        run_dirs = [r.resolve() for r in args.runs]
+        scenarios = load_runs(run_dirs)
+        releases = list(dict.fromkeys(s.release for s in scenarios))
+        covs = [coverage(kernel_outcomes(find_vmlinux(r), r), scenarios) for r in releases]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"orchestrator.coverage: error: {exc}", file=sys.stderr)
+        return 2
+    for c in covs:
+        print(c.summary(), file=sys.stderr)
+    table = markdown(covs, [d.name for d in run_dirs])
+    print(table)
+    if args.update:
+        update(args.update, table, START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

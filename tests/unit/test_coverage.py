@@ -1,0 +1,130 @@
+"""orchestrator.coverage on strings and kernel log lines taken from the real kernels and runs."""
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.coverage import (START, END, RunScenario, coverage, cstrings, find_vmlinux, kernel_outcomes,
+                                   load_runs, markdown, parse_outcomes, reached_outcomes)
+from orchestrator.table import update
+
+# The ras:memory_failure_event print formats as Debian's 6.1.0-56 and 6.12.117 vmlinux hold them
+# (strings(1) of .data), and printk formats from their .rodata (KERN_ERR prefix \x01 3).
+FORMAT_6_1 = '"pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(REC->type, { MF_MSG_KERNEL, "reserved kernel page" }, { MF_MSG_KERNEL_HIGH_ORDER, "high-order kernel page" }, { MF_MSG_SLAB, "kernel slab page" }, { MF_MSG_DIFFERENT_COMPOUND, "different compound page after locking" }, { MF_MSG_HUGE, "huge page" }, { MF_MSG_FREE_HUGE, "free huge page" }, { MF_MSG_UNMAP_FAILED, "unmapping failed page" }, { MF_MSG_DIRTY_SWAPCACHE, "dirty swapcache page" }, { MF_MSG_CLEAN_SWAPCACHE, "clean swapcache page" }, { MF_MSG_DIRTY_MLOCKED_LRU, "dirty mlocked LRU page" }, { MF_MSG_CLEAN_MLOCKED_LRU, "clean mlocked LRU page" }, { MF_MSG_DIRTY_UNEVICTABLE_LRU, "dirty unevictable LRU page" }, { MF_MSG_CLEAN_UNEVICTABLE_LRU, "clean unevictable LRU page" }, { MF_MSG_DIRTY_LRU, "dirty LRU page" }, { MF_MSG_CLEAN_LRU, "clean LRU page" }, { MF_MSG_TRUNCATED_LRU, "already truncated LRU page" }, { MF_MSG_BUDDY, "free buddy page" }, { MF_MSG_DAX, "dax page" }, { MF_MSG_UNSPLIT_THP, "unsplit thp" }, { MF_MSG_UNKNOWN, "unknown page" }), __print_symbolic(REC->result, { MF_IGNORED, "Ignored" }, { MF_FAILED, "Failed" }, { MF_DELAYED, "Delayed" }, { MF_RECOVERED, "Recovered" })'
+FORMAT_6_12 = '"pfn %#lx: recovery action for %s: %s", REC->pfn, __print_symbolic(REC->type, { MF_MSG_KERNEL, "reserved kernel page" }, { MF_MSG_KERNEL_HIGH_ORDER, "high-order kernel page" }, { MF_MSG_HUGE, "huge page" }, { MF_MSG_FREE_HUGE, "free huge page" }, { MF_MSG_GET_HWPOISON, "get hwpoison page" }, { MF_MSG_UNMAP_FAILED, "unmapping failed page" }, { MF_MSG_DIRTY_SWAPCACHE, "dirty swapcache page" }, { MF_MSG_CLEAN_SWAPCACHE, "clean swapcache page" }, { MF_MSG_DIRTY_MLOCKED_LRU, "dirty mlocked LRU page" }, { MF_MSG_CLEAN_MLOCKED_LRU, "clean mlocked LRU page" }, { MF_MSG_DIRTY_UNEVICTABLE_LRU, "dirty unevictable LRU page" }, { MF_MSG_CLEAN_UNEVICTABLE_LRU, "clean unevictable LRU page" }, { MF_MSG_DIRTY_LRU, "dirty LRU page" }, { MF_MSG_CLEAN_LRU, "clean LRU page" }, { MF_MSG_TRUNCATED_LRU, "already truncated LRU page" }, { MF_MSG_BUDDY, "free buddy page" }, { MF_MSG_DAX, "dax page" }, { MF_MSG_UNSPLIT_THP, "unsplit thp" }, { MF_MSG_ALREADY_POISONED, "already poisoned" }, { MF_MSG_UNKNOWN, "unknown page" }), __print_symbolic(REC->result, { MF_IGNORED, "Ignored" }, { MF_FAILED, "Failed" }, { MF_DELAYED, "Delayed" }, { MF_RECOVERED, "Recovered" })'
+OUTSIDE = "\x013Memory failure: %#lx: memory outside kernel control"
+ALREADY = "\x013Memory failure: %#lx: already hardware poisoned"
+PANIC = "Memory failure on page %lx"
+
+
+def kernel_6_1():
+    return parse_outcomes("6.1.0-56-amd64", ["unrelated string", FORMAT_6_1, OUTSIDE, ALREADY, PANIC])
+
+
+def kernel_6_12():
+    return parse_outcomes("6.12.117+deb12-amd64", [FORMAT_6_12, OUTSIDE, PANIC])
+
+
+def test_page_types_come_from_the_tracepoint_format_in_kernel_order():
+    k = kernel_6_1()
+    types = [o.name for o in k.outcomes if o.page_type]
+    assert len(types) == 20
+    assert types[:4] == ["reserved kernel page", "high-order kernel page", "kernel slab page",
+                         "different compound page after locking"]
+    assert types[-1] == "unknown page" and "unsplit thp" in types and "dax page" in types
+    assert k.results == ("Ignored", "Failed", "Delayed", "Recovered")
+    assert [o.name for o in k.outcomes if not o.page_type] == ["memory outside kernel control",
+                                                               "already hardware poisoned", "panic with recovery off"]
+
+
+def test_kernels_differ_as_their_tables_do():
+    t61 = {o.name for o in kernel_6_1().outcomes}
+    t612 = {o.name for o in kernel_6_12().outcomes}
+    assert t612 - t61 == {"get hwpoison page", "already poisoned"}
+    assert t61 - t612 == {"kernel slab page", "different compound page after locking", "already hardware poisoned"}
+
+
+def test_a_kernel_without_the_table_is_an_error():
+    with pytest.raises(ValueError, match="no memory_failure_event print format"):
+        parse_outcomes("4.0", ["Memory failure: %#lx: recovery action for %s: %s"])
+
+
+def test_cstrings_splits_on_nul_and_unprintables():
+    assert cstrings(b"\0\0short\0" + FORMAT_6_1.encode() + b"\0\x013Memory failure: x\xff") == [
+        FORMAT_6_1, "\x013Memory failure: x"]
+
+
+# Lines from guest-kernel.log of real runs (results/20261126-140639-3798 and earlier).
+LOG = """[    0.000000] Kernel command line: console=ttyS0 quiet panic=0 tsc=reliable
+[   11.635147] Memory failure: 0x29aa: corrupted page was clean: dropped without side effects
+[   11.643634] Memory failure: 0x29aa: recovery action for clean LRU page: Recovered
+[    5.182047] Memory failure: 0x1fdff: recovery action for free buddy page: Recovered
+"""
+
+
+def test_whole_result_lines_are_matched():
+    k = kernel_6_1()
+    assert reached_outcomes(k.outcomes, LOG) == {"clean LRU page", "free buddy page"}
+    # "dirty LRU page" must not match inside "dirty mlocked LRU page", nor a made-up result.
+    assert reached_outcomes(k.outcomes, "Memory failure: 0x10: recovery action for dirty mlocked LRU page: Recovered"
+                            ) == {"dirty mlocked LRU page"}
+    assert reached_outcomes(k.outcomes, "Memory failure: 0x10: recovery action for dirty LRU page: Fine") == set()
+
+
+def test_other_paths_and_the_panic():
+    k = kernel_6_1()
+    log = ("[   20.1] Memory failure: 0x7205: already hardware poisoned\n"
+           "[   21.2] Kernel panic - not syncing: Memory failure on page 7205\n"
+           "[   22.3] Memory failure: 0x100000: memory outside kernel control\n")
+    assert reached_outcomes(k.outcomes, log) == {"already hardware poisoned", "panic with recovery off",
+                                                 "memory outside kernel control"}
+
+
+def test_only_passing_scenarios_of_that_kernel_count():
+    k = kernel_6_1()
+    runs = [RunScenario("free-page", "6.1.0-56-amd64", "PASS", LOG),
+            RunScenario("neg", "6.1.0-56-amd64", "FAIL", "Memory failure: 0x1: recovery action for huge page: Recovered"),
+            RunScenario("other-kernel", "6.12.117+deb12-amd64", "PASS",
+                        "Memory failure: 0x1: recovery action for dirty LRU page: Recovered")]
+    c = coverage(k, runs)
+    assert c.reached_by["free buddy page"] == ("free-page",)
+    assert c.reached_by["huge page"] == () and c.reached_by["dirty LRU page"] == ()
+    assert c.share() == (2, 20)
+    assert c.percent() == 10.0
+    assert c.share(page_types=False) == (2, 23)
+
+
+def test_markdown_lists_unreached_types_with_reasons_and_absent_ones(tmp_path):
+    c61 = coverage(kernel_6_1(), [RunScenario("free-page", "6.1.0-56-amd64", "PASS", LOG)])
+    c612 = coverage(kernel_6_12(), [])
+    table = markdown([c61, c612], ["run-a", "run-b"])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
+    assert rows["`free buddy page`"].split(" | ")[1:] == ["free-page", "**not reached** |"]
+    assert "not in this kernel" in rows["`kernel slab page`"]
+    assert "no action_result() call passes MF_MSG_SLAB" in rows["`kernel slab page`"]
+    assert "**10%** (2/20)" in table and "**0%** (0/20)" in table
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{START}\nold\n{END}\nafter\n")
+    update(readme, table, START, END)
+    assert readme.read_text() == f"before\n{START}\n{table}{END}\nafter\n"
+
+
+def test_load_runs_reads_each_scenarios_logs(tmp_path):
+    (tmp_path / "free-page").mkdir()
+    (tmp_path / "free-page" / "guest-kernel.log").write_text(LOG)
+    (tmp_path / "report.json").write_text(json.dumps({"scenarios": [
+        {"name": "free-page", "kernel_release": "6.1.0-56-amd64", "outcome": "PASS",
+         "artifacts": str(tmp_path / "free-page")}]}))
+    [run] = load_runs([tmp_path])
+    assert (run.name, run.release, run.outcome) == ("free-page", "6.1.0-56-amd64", "PASS")
+    assert "free buddy page" in run.logs
+
+
+def test_the_cached_kernels_themselves():
+    """Reads the real vmlinux of each cached image, where the image cache exists."""
+    try:
+        vmlinux = find_vmlinux("6.1.0-56-amd64")
+    except ValueError:
+        pytest.skip("no cached debian-6.1 image")
+    k = kernel_outcomes(vmlinux, "6.1.0-56-amd64")
+    assert k == kernel_6_1()
