@@ -6,7 +6,10 @@ The list of outcomes comes from each kernel's own vmlinux, not from us:
 - the page types and results of action_result(): the ras:memory_failure_event
   tracepoint's print format carries the whole table as
   __print_symbolic(REC->type, { MF_MSG_..., "dirty LRU page" }, ...) and
-  __print_symbolic(REC->result, ...), in .data;
+  __print_symbolic(REC->result, ...), in .data; the words the kernel log
+  uses come from the action_page_types[] array of string pointers in .rodata
+  (they differ: the tracepoint's "already poisoned" is logged as "already
+  poisoned page");
 - the paths that print no page type: those of OTHER_PATHS whose format string
   the kernel holds (6.1 says "already hardware poisoned", 6.12 has a page type
   for it instead).
@@ -24,7 +27,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .image import elf_section
+from elftools.elf.elffile import ELFFile
+
 from .table import update
 
 START, END = "<!-- coverage-table:start -->", "<!-- coverage-table:end -->"
@@ -45,23 +49,18 @@ OTHER_PATHS = (
 # Why an outcome is not reached under QEMU TCG on these machines (shown only
 # for outcomes no passing scenario reached).
 REASONS = {
-    "kernel slab page": "no action_result() call passes MF_MSG_SLAB in 6.1: a slab page fails "
-                        "get_hwpoison_page() (\"unhandlable page\") and reports as \"unknown page\"",
-    "different compound page after locking": "a race: the page must be split or freed between "
+    "kernel slab page": "6.1 has no path to it: a slab page is not handlable, get_hwpoison_page() fails "
+                        "(\"unhandlable page\") and it reports as \"unknown page\" (see kernel-code-page); "
+                        "6.12 dropped it from action_page_types[]",
+    "different compound page after locking": "a race: the compound page must be split or freed between "
                                              "get_hwpoison_page() and lock_page(); not reproducible on demand",
-    "get hwpoison page": "a race: get_hwpoison_page() must fail on a page that was handlable a moment "
-                         "before; not reproducible on demand",
-    "unmapping failed page": "try_to_unmap() must fail on a mapped page (pinned by another reference "
-                             "at the time); no deterministic way from user space",
-    "dax page": "needs an fsdax namespace (QEMU nvdimm, ndctl in the guest) and a DAX-mounted "
-                "filesystem; the guest image has neither the modules nor ndctl",
-    "clean mlocked LRU page": "PG_mlocked is cleared before the page-state match (6.1) / the error_states "
-                              "entry is shadowed by the plain LRU entry after unmap; see scenarios/mlock-page.yaml",
-    "dirty mlocked LRU page": "as the clean one: after try_to_unmap() the page is no longer mlocked "
-                              "and matches the dirty LRU entry",
-    "clean unevictable LRU page": "unevictable pages (ramfs, SHM_LOCK) lose PG_unevictable when "
-                                  "unmapped/isolated before the page-state match",
-    "dirty unevictable LRU page": "as the clean one",
+    "unmapping failed page": "try_to_unmap() must fail on a mapped page; 6.1 reaches it for a KSM page "
+                             "(ksm-merged-page), 6.12 unmaps KSM pages",
+    "dax page": "not done here yet: needs an nvdimm/pmem device (QEMU -machine nvdimm=on, -device nvdimm), "
+                "the libnvdimm/nd_pmem/dax modules in the image and a filesystem mounted -o dax",
+    "clean mlocked LRU page": "try_to_unmap() munlocks the page before identify_page_state() reads its "
+                              "flags, so an mlocked page reports as an LRU page (mlock-page)",
+    "dirty mlocked LRU page": "as the clean one: an mlocked page reports as \"dirty LRU page\" (mlock-page)",
 }
 
 
@@ -90,8 +89,40 @@ def _format_regex(fmt: str) -> str:
     return "".join({"%#lx": "0x[0-9a-f]+", "%lx": "[0-9a-f]+"}.get(p, re.escape(p)) for p in parts)
 
 
-def parse_outcomes(release: str, strings: list[str]) -> KernelOutcomes:
-    """The kernel's page types, results and other paths, from its strings."""
+def page_type_array(rodata: bytes, rodata_addr: int, first: str, last: str, anchor: str = "dirty LRU page"
+                    ) -> list[str]:
+    """action_page_types[]: the strings of the array of pointers that holds a
+    pointer to `anchor`, from the entry naming `first` to the one naming `last`
+    (NULL entries, enum values the kernel no longer reports, left out)."""
+    def string_at(ptr: int) -> str | None:
+        if not rodata_addr <= ptr < rodata_addr + len(rodata):
+            return None
+        off = ptr - rodata_addr
+        end = rodata.find(b"\0", off)
+        return rodata[off:end].decode("latin-1") if end > off else None
+
+    def entry(pos: int) -> int:
+        return int.from_bytes(rodata[pos:pos + 8], "little") if 0 <= pos <= len(rodata) - 8 else -1
+
+    for m in re.finditer(re.escape(anchor.encode()) + b"\0", rodata):
+        needle = (rodata_addr + m.start()).to_bytes(8, "little")
+        at = rodata.find(needle)
+        while at != -1:
+            if at % 8 == 0:
+                start = next((p for p in range(at, at - 64 * 8, -8) if string_at(entry(p)) == first), None)
+                end = next((p for p in range(at, at + 64 * 8, 8) if string_at(entry(p)) == last), None)
+                if start is not None and end is not None:
+                    names = [string_at(entry(p)) for p in range(start, end + 8, 8) if entry(p) != 0]
+                    if all(names):
+                        return names
+            at = rodata.find(needle, at + 1)
+    raise ValueError(f"no array of page type names around a pointer to {anchor!r} in .rodata")
+
+
+def parse_outcomes(release: str, strings: list[str], logged_names: list[str] | None = None) -> KernelOutcomes:
+    """The kernel's page types, results and other paths, from its strings;
+    logged_names (action_page_types[], in enum order) replaces the tracepoint's
+    names where given."""
     tables: dict[str, list[tuple[str, str]]] = {}
     for s in strings:
         if "recovery action for %s: %s" in s and "__print_symbolic(REC->type" in s:
@@ -100,11 +131,17 @@ def parse_outcomes(release: str, strings: list[str]) -> KernelOutcomes:
             break
     if "type" not in tables or "result" not in tables:
         raise ValueError(f"{release}: no memory_failure_event print format with page types in the kernel's strings")
+    names = [name for _, name in tables["type"]]
+    if logged_names is not None:
+        if len(logged_names) != len(names):
+            raise ValueError(f"{release}: the tracepoint names {len(names)} page types, "
+                             f"action_page_types[] {len(logged_names)}")
+        names = logged_names
     results = tuple(name for _, name in tables["result"])
     result_alt = "|".join(re.escape(r) for r in results)
     outcomes = [Outcome(name, re.compile(rf"Memory failure: 0x[0-9a-f]+: recovery action for {re.escape(name)}: "
                                          rf"(?:{result_alt})$"), True)
-                for _, name in tables["type"]]
+                for name in names]
     # printk formats start with a level prefix (\x01 and a digit), or none.
     formats = {s.lstrip("\x01").lstrip("01234567") for s in strings}
     for label, fmt in OTHER_PATHS:
@@ -114,13 +151,16 @@ def parse_outcomes(release: str, strings: list[str]) -> KernelOutcomes:
 
 
 def kernel_outcomes(vmlinux: Path, release: str) -> KernelOutcomes:
-    data = vmlinux.read_bytes()
-    strings = []
-    for section in (".rodata", ".data"):
-        contents = elf_section(data, section, str(vmlinux))
-        if contents is not None:
-            strings += cstrings(contents)
-    return parse_outcomes(release, strings)
+    with vmlinux.open("rb") as f:
+        elf = ELFFile(f)
+        sections = {name: elf.get_section_by_name(name) for name in (".rodata", ".data")}
+        if sections[".rodata"] is None:
+            raise ValueError(f"{vmlinux}: no .rodata section")
+        strings = [s for sec in sections.values() if sec is not None for s in cstrings(sec.data())]
+        first = parse_outcomes(release, strings).outcomes
+        types = [o.name for o in first if o.page_type]
+        logged = page_type_array(sections[".rodata"].data(), sections[".rodata"]["sh_addr"], types[0], types[-1])
+    return parse_outcomes(release, strings, logged)
 
 
 def find_vmlinux(release: str, cache: Path = IMAGE_CACHE) -> Path:

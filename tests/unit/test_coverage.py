@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.coverage import (START, END, RunScenario, coverage, cstrings, find_vmlinux, kernel_outcomes,
-                                   load_runs, markdown, parse_outcomes, reached_outcomes)
+                                   load_runs, markdown, page_type_array, parse_outcomes, reached_outcomes)
 from orchestrator.table import update
 
 # The ras:memory_failure_event print formats as Debian's 6.1.0-56 and 6.12.117 vmlinux hold them
@@ -42,6 +42,45 @@ def test_kernels_differ_as_their_tables_do():
     t612 = {o.name for o in kernel_6_12().outcomes}
     assert t612 - t61 == {"get hwpoison page", "already poisoned"}
     assert t61 - t612 == {"kernel slab page", "different compound page after locking", "already hardware poisoned"}
+
+
+# action_page_types[] of 6.12 as its .rodata lays it out: pointers in enum order, NULL where
+# MF_MSG_SLAB was, then a neighbouring array; strings elsewhere in .rodata.
+NAMES_6_12 = ["reserved kernel page", "high-order kernel page", None, "huge page", "free huge page",
+              "get hwpoison page", "unmapping failed page", "dirty swapcache page", "clean swapcache page",
+              "dirty mlocked LRU page", "clean mlocked LRU page", "dirty unevictable LRU page",
+              "clean unevictable LRU page", "dirty LRU page", "clean LRU page", "already truncated LRU page",
+              "free buddy page", "dax page", "unsplit thp", "already poisoned page", "unknown page"]
+BASE = 0xffffffff82000000
+
+
+def rodata_with_array(names, array_at=0x100):
+    strings, where = bytearray(), {}
+    for name in filter(None, names + ["Ignored", "Failed"]):
+        where[name] = 0x1000 + len(strings)
+        strings += name.encode() + b"\0"
+    pointers = b"".join((BASE + where[n] if n else 0).to_bytes(8, "little") for n in names + ["Ignored", "Failed"])
+    data = bytearray(0x1000) + strings
+    data[array_at - 16:array_at] = bytes(16)
+    data[array_at:array_at + len(pointers)] = pointers
+    return bytes(data)
+
+
+def test_page_type_array_reads_the_logged_names_and_skips_holes():
+    names = page_type_array(rodata_with_array(NAMES_6_12), BASE, "reserved kernel page", "unknown page")
+    assert names == [n for n in NAMES_6_12 if n]
+    # The tracepoint says "already poisoned", the kernel log "already poisoned page": the log wins.
+    k = parse_outcomes("6.12.117+deb12-amd64", [FORMAT_6_12], names)
+    assert "already poisoned page" in [o.name for o in k.outcomes]
+    assert reached_outcomes(k.outcomes, "Memory failure: 0x61ff: recovery action for already poisoned page: Failed"
+                            ) == {"already poisoned page"}
+
+
+def test_page_type_array_missing_or_mismatched_is_an_error():
+    with pytest.raises(ValueError, match="no array of page type names"):
+        page_type_array(rodata_with_array(NAMES_6_12)[:0x100], BASE, "reserved kernel page", "unknown page")
+    with pytest.raises(ValueError, match="action_page_types"):
+        parse_outcomes("6.12", [FORMAT_6_12], ["reserved kernel page", "unknown page"])
 
 
 def test_a_kernel_without_the_table_is_an_error():
@@ -101,7 +140,7 @@ def test_markdown_lists_unreached_types_with_reasons_and_absent_ones(tmp_path):
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
     assert rows["`free buddy page`"].split(" | ")[1:] == ["free-page", "**not reached** |"]
     assert "not in this kernel" in rows["`kernel slab page`"]
-    assert "no action_result() call passes MF_MSG_SLAB" in rows["`kernel slab page`"]
+    assert "6.1 has no path to it" in rows["`kernel slab page`"]
     assert "**10%** (2/20)" in table and "**0%** (0/20)" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{START}\nold\n{END}\nafter\n")
@@ -128,3 +167,9 @@ def test_the_cached_kernels_themselves():
         pytest.skip("no cached debian-6.1 image")
     k = kernel_outcomes(vmlinux, "6.1.0-56-amd64")
     assert k == kernel_6_1()
+    try:
+        vmlinux = find_vmlinux("6.12.117+deb12-amd64")
+    except ValueError:
+        return
+    names = [o.name for o in kernel_outcomes(vmlinux, "6.12.117+deb12-amd64").outcomes if o.page_type]
+    assert names == [n for n in NAMES_6_12 if n]
