@@ -352,6 +352,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 if not ev.ready["free_pfn"]:
                     raise HarnessError("locate", "the guest has no page that is only a free buddy page")
                 address = ev.ready["free_pfn"] * ev.ready["page_size"]
+            elif region in FOUND_PAGE_KINDS:
+                address = _found_page(ssh, FOUND_PAGE_KINDS[region], Deadline(t.locate, "locate"))
             else:
                 address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
@@ -463,6 +465,19 @@ def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:
             if start:
                 return start + 0x1000
     raise HarnessError("locate", "no 'Kernel code' range in the guest's /proc/iomem")
+
+
+# inject.region -> the probe's --find-page kind (a page state found in /proc/kpageflags).
+FOUND_PAGE_KINDS = {"free-huge-page": "free-huge"}
+
+
+def _found_page(ssh: SshSession, kind: str, deadline: Deadline) -> int:
+    """The guest-physical address of the highest page in that state (the probe searches)."""
+    output = ssh.check(f"{probe_build.REMOTE_PATH} --find-page {kind}", deadline, "locate")
+    found = json.loads(output.strip().splitlines()[-1])
+    if not found.get("pfn"):
+        raise HarnessError("locate", f"the guest has no {kind} page (/proc/kpageflags)")
+    return found["pfn"] << 12
 
 
 def _injection_address(scenario: Scenario, ready: dict) -> int:

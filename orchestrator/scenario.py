@@ -74,7 +74,7 @@ class InjectSpec:
     gate: Literal["user-mode", "kernel-mode", "none"] = "none"
     count: int = 1
     each_vcpu: bool = False   # run once per vCPU (see expand)
-    region: Literal["probe", "kernel-code", "free-page"] = "probe"
+    region: Literal["probe", "kernel-code", "free-page", "free-huge-page"] = "probe"
     interval_s: float | None = None
 
 

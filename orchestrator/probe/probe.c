@@ -17,6 +17,7 @@
  *   probe --fresh-identity SEED_HEX EPOCH_NS MARKER
  *         (after a restore: mixes SEED into the random pool and reseeds the
  *         CRNG, sets the clock to EPOCH_NS, writes MARKER to the kernel log)
+ *   probe --find-page free-huge   (prints the highest PFN in that state)
  *
  * Modes:
  *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
@@ -216,6 +217,39 @@ static int fresh_identity(const char *seed_hex, const char *epoch_ns, const char
     if (fd < 0 || dprintf(fd, "%s\n", marker) < 0)
         fail("write /dev/kmsg");
     close(fd);
+    return 0;
+}
+
+#define KPF_MMAP 11
+#define KPF_COMPOUND_HEAD 15
+
+/* Pages in a state no probe mapping can give, found in /proc/kpageflags: the
+ * highest PFN (far from where allocations happen) whose flags match.
+ * free-huge: the head of a hugetlb page in the pool that nothing maps. */
+static int print_found_page(const char *kind)
+{
+    unsigned long long mask, want;
+    if (!strcmp(kind, "free-huge"))
+        mask = 1ULL << KPF_HUGE | 1ULL << KPF_COMPOUND_HEAD | 1ULL << KPF_MMAP,
+        want = 1ULL << KPF_HUGE | 1ULL << KPF_COMPOUND_HEAD;
+    else {
+        fprintf(stderr, "probe: unknown page kind %s\n", kind);
+        return 2;
+    }
+    static unsigned long long flags[4096];
+    int fd = open("/proc/kpageflags", O_RDONLY);
+    unsigned long long found = 0, base = 0;
+    ssize_t n;
+    if (fd < 0)
+        fail("open /proc/kpageflags");
+    while ((n = read(fd, flags, sizeof(flags))) > 0) {
+        for (ssize_t i = 0; i < n / 8; i++)
+            if ((flags[i] & mask) == want)
+                found = base + i;
+        base += n / 8;
+    }
+    close(fd);
+    printf("{\"event\":\"found\",\"kind\":\"%s\",\"pfn\":%llu}\n", kind, found);
     return 0;
 }
 
@@ -622,6 +656,8 @@ int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
         return print_kpageflags(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "--find-page"))
+        return print_found_page(argv[2]);
     int remerge = 0;
     if (argc == 5 && !strcmp(argv[1], "--fresh-identity"))
         return fresh_identity(argv[2], argv[3], argv[4]);

@@ -27,7 +27,8 @@ def negative_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     proc = orchestrator("run", *(str(NEGATIVE / f"{name}.yaml") for name in
                                  ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic",
-                                  "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result")),
+                                  "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
+                                  "neg-free-huge-page-wrong-type")),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -137,3 +138,11 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     assert len(failed) == 1
     (name, detail), = failed.items()
     assert name.startswith("kernel log has") and "dirty LRU page" in name and detail == "not found"
+
+
+def test_negative_control_free_huge_page_wrong_type_fails(negative_run):
+    s = negative_run[1]["neg-free-huge-page-wrong-type"]
+    assert s["outcome"] == "FAIL"
+    failed = failed_checks(s)
+    [name] = failed   # the kernel-log check alone
+    assert name.startswith("kernel log has 'Memory failure: 0x") and name.endswith("free buddy page: Recovered'")
