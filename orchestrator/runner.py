@@ -46,6 +46,7 @@ PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 MOUNT_SCRATCH_DISK = (f"{{ i=0; until mount -t ext4 /dev/vda {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
                       f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000; done; }}")
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
+SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
@@ -320,6 +321,9 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 setup.append(MOUNT_SCRATCH_DISK)
             if restored:
                 setup.insert(1, fresh_identity_command(guest.artifacts))
+            if scenario.guest.swap_mib:
+                setup.append(f"dd if=/dev/zero of={SWAP_FILE} bs=1M count={scenario.guest.swap_mib} 2>/dev/null"
+                             f" && chmod 600 {SWAP_FILE} && mkswap {SWAP_FILE} >/dev/null && swapon {SWAP_FILE}")
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
             ev.hardware_corrupted_kb_before = hardware_corrupted(output)
 

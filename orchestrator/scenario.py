@@ -48,6 +48,7 @@ class GuestSpec:
     machine: str = "pc"
     sysctl: tuple[tuple[str, int], ...] = ()
     disk_mib: int | None = None    # an ext4 disk mounted at /mnt
+    swap_mib: int | None = None    # a swap file of this size on that disk, swapped on
     sysfs: tuple[tuple[str, str], ...] = ()   # (path under /sys, value), written in order
 
 
@@ -370,6 +371,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         machine=guest_data.get("machine", GuestSpec.machine),
         sysctl=tuple(sorted(guest_data.get("sysctl", {}).items())),
         disk_mib=guest_data.get("disk", {}).get("size_mib"),
+        swap_mib=guest_data.get("disk", {}).get("swap_mib"),
         sysfs=tuple((path, str(value)) for path, value in guest_data.get("sysfs", {}).items()),
     )
     probe_data = dict(data.get("probe", {}))
@@ -378,6 +380,11 @@ def parse_scenario(text: str, path: Path) -> Scenario:
                       **probe_data)
     if probe.memory == "file" and guest.disk_mib is None:
         fail(("probe", "memory"), "memory: file needs guest.disk (the file lives on the guest's ext4 disk)")
+    if guest.swap_mib is not None and guest.swap_mib > guest.disk_mib - 8:
+        fail(("guest", "disk", "swap_mib"), f"a {guest.swap_mib} MiB swap file does not fit on a "
+             f"{guest.disk_mib} MiB ext4 disk (leave 8 MiB)")
+    if probe.memory.startswith("swapcache") and guest.swap_mib is None:
+        fail(("probe", "memory"), f"memory: {probe.memory} needs guest.disk.swap_mib (a swap file to page out to)")
     if probe.memory in ("hugetlb", "thp", "thp-eligible") and probe.pages % 512:
         fail(("probe", "pages"), f"{probe.pages} is not a multiple of 512 (2 MiB pages of {probe.memory})")
     if probe.target >= probe.pages:

@@ -8,7 +8,8 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file] [--file PATH]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty]
+ *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *   probe --ksm-remerge N [--timeout S]
@@ -38,6 +39,11 @@
  * with MADV_HUGEPAGE and asks for MADV_COLLAPSE), file (a MAP_SHARED mapping of
  * PATH, written and synced first; clean: mapped read-only, dirty: rewritten
  * through the mapping and not synced).
+ * swapcache (anonymous 4 KiB pages; the target written, paged out with
+ * MADV_PAGEOUT and left in the swap cache, clean and unmapped: "ready" reports
+ * the PFN it had, where its swap-cache copy still is; needs swap on),
+ * swapcache-dirty (the same target then written again: swapped in, mapped
+ * dirty, still in the swap cache).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
  * written after the fork) and reports its own result; --find-free adds
  * "free_pfn" to the ready report: the highest PFN that /proc/kpageflags shows
@@ -253,6 +259,35 @@ static int print_found_page(const char *kind)
     return 0;
 }
 
+#ifndef MADV_PAGEOUT
+#define MADV_PAGEOUT 21
+#endif
+#define KPF_DIRTY 4
+#define KPF_WRITEBACK 8
+#define KPF_SWAPCACHE 14
+#define PM_SWAP (1ULL << 62)
+
+/* swapcache: page the target out until its PTE holds a swap entry and its
+ * page, still at target_pfn, is in the swap cache with the write finished
+ * (SWAPCACHE, not DIRTY, not WRITEBACK). Up to 10 s. */
+static void page_out_to_swap_cache(int pagemap, unsigned char *target_va, uint64_t target_pfn)
+{
+    off_t off = (off_t)((uintptr_t)target_va / page_size) * 8;
+    for (int i = 0; i < 1000; i++) {
+        uint64_t entry = 0;
+        unsigned long long flags = 0;
+        if (pread(pagemap, &entry, sizeof(entry), off) != sizeof(entry))
+            fail("pread /proc/self/pagemap");
+        if (!(entry & PM_SWAP) && madvise(target_va, page_size, MADV_PAGEOUT))
+            fail("madvise MADV_PAGEOUT");
+        if ((entry & PM_SWAP) && kpageflags_of(target_pfn, &flags)
+            && (flags & (1ULL << KPF_SWAPCACHE | 1ULL << KPF_DIRTY | 1ULL << KPF_WRITEBACK)) == 1ULL << KPF_SWAPCACHE)
+            return;
+        usleep(10000);
+    }
+    fail("the target did not settle in the swap cache (is swap on?)");
+}
+
 static unsigned char pattern(int page, size_t i)
 {
     return (unsigned char)(0x5a ^ (page * 31) ^ (i & 0xff));
@@ -270,6 +305,25 @@ static int holds(const unsigned char *p, int page)
         if (p[i] != pattern(page, i))
             return 0;
     return 1;
+}
+
+/* swapcache-dirty: swap the paged-out target in again by writing it (the
+ * same data): the write fault maps the swap-cache page writable and dirty,
+ * and the page stays in the swap cache while something else still holds it
+ * (do_swap_page frees the swap slot only when it is the last user). Retried
+ * from the page-out until the new page is in the swap cache. Its PFN. */
+static uint64_t swap_in_dirty(int pagemap, unsigned char *target_va, uint64_t target_pfn)
+{
+    for (int i = 0; i < 50; i++) {
+        unsigned long long flags = 0;
+        fill(target_va, target);
+        uint64_t pfn = pfn_of(pagemap, target_va);
+        if (pfn && kpageflags_of(pfn, &flags) && (flags >> KPF_SWAPCACHE & 1))
+            return pfn;
+        page_out_to_swap_cache(pagemap, target_va, pfn ? pfn : target_pfn);
+    }
+    fail("the written target did not stay in the swap cache");
+    return 0;
 }
 
 static const char *code_name(int code)
@@ -353,7 +407,7 @@ static unsigned char *map_memory(void)
     }
     mem_size = pages * page_size;
     unsigned char *p;
-    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock")) {
+    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock") || !strncmp(memory, "swapcache", 9)) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         /* 4 KiB pages only: a THP would turn a page failure into a split first. */
         if (p != MAP_FAILED)
@@ -746,6 +800,10 @@ int main(int argc, char **argv)
     uint64_t target_pfn = pfn_of(pagemap, target_va);
     if (!target_pfn)
         fail("target PFN not visible (not root, or page not present)");
+    if (!strncmp(memory, "swapcache", 9))
+        page_out_to_swap_cache(pagemap, target_va, target_pfn);
+    if (!strcmp(memory, "swapcache-dirty"))
+        target_pfn = swap_in_dirty(pagemap, target_va, target_pfn);
 
     double start = now_ms();
     int to_child = -1;

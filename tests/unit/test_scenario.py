@@ -228,3 +228,12 @@ def test_running_out_of_host_memory_is_one_line_and_error(capsys, monkeypatch):
     monkeypatch.setattr(cli, "load_scenario", no_memory)
     assert cli.main(["validate", "srao-anon-late-kill"]) == 2
     assert capsys.readouterr().err == "mce-orchestrator: error: the host ran out of memory\n"
+
+
+def test_swap_file_needs_room_on_the_disk_and_swapcache_memory_needs_swap():
+    s = parse(MINIMAL + "guest:\n  disk: {size_mib: 48, swap_mib: 16}\nprobe:\n  memory: swapcache-dirty\n")
+    assert (s.guest.disk_mib, s.guest.swap_mib, s.probe.memory) == (48, 16, "swapcache-dirty")
+    with pytest.raises(ScenarioError, match="swap_mib.*does not fit on a 48 MiB"):
+        parse(MINIMAL + "guest:\n  disk: {size_mib: 48, swap_mib: 41}\n")
+    with pytest.raises(ScenarioError, match="memory: swapcache needs guest.disk.swap_mib"):
+        parse(MINIMAL + "guest:\n  disk: {size_mib: 48}\nprobe:\n  memory: swapcache\n")
