@@ -8,7 +8,7 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -44,6 +44,10 @@
  * the PFN it had, where its swap-cache copy still is; needs swap on),
  * swapcache-dirty (the same target then written again: swapped in, mapped
  * dirty, still in the swap cache).
+ * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
+ * which keeps a reference, then punched out of the file; the mapping gets a
+ * fresh page with the same data, and "ready" reports the old PFN: an LRU page
+ * no file owns any more).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
  * written after the fork) and reports its own result; --find-free adds
  * "free_pfn" to the ready report: the highest PFN that /proc/kpageflags shows
@@ -62,6 +66,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,6 +112,8 @@ static int file_fd = -1, generation = ON_DISK, is_child, same_content;
 static unsigned char *mem;
 static size_t mem_size;
 static long page_size;
+static int memfd = -1;              /* truncated: the file */
+static int spliced[2] = {-1, -1};   /* truncated: the pipe that holds the old page */
 
 static void on_sigbus(int sig, siginfo_t *info, void *uctx)
 {
@@ -263,8 +270,9 @@ static int print_found_page(const char *kind)
 #define MADV_PAGEOUT 21
 #endif
 #define KPF_DIRTY 4
+#define KPF_LRU 5
 #define KPF_WRITEBACK 8
-#define KPF_SWAPCACHE 14
+#define KPF_SWAPCACHE 13
 #define PM_SWAP (1ULL << 62)
 
 /* swapcache: page the target out until its PTE holds a swap entry and its
@@ -307,15 +315,17 @@ static int holds(const unsigned char *p, int page)
     return 1;
 }
 
-/* swapcache-dirty: swap the paged-out target in again by writing it (the
- * same data): the write fault maps the swap-cache page writable and dirty,
- * and the page stays in the swap cache while something else still holds it
- * (do_swap_page frees the swap slot only when it is the last user). Retried
- * from the page-out until the new page is in the swap cache. Its PFN. */
+/* swapcache-dirty: swap the paged-out target in by reading it (a read fault
+ * keeps the page in the swap cache; a write fault would free the swap slot),
+ * then write it (the same data): the exclusive page is reused writable and
+ * dirty, still in the swap cache. Retried from the page-out until the page is
+ * in the swap cache. Its PFN. */
 static uint64_t swap_in_dirty(int pagemap, unsigned char *target_va, uint64_t target_pfn)
 {
     for (int i = 0; i < 50; i++) {
         unsigned long long flags = 0;
+        if (!holds(target_va, target))
+            fail("the swapped-in target lost its data");
         fill(target_va, target);
         uint64_t pfn = pfn_of(pagemap, target_va);
         if (pfn && kpageflags_of(pfn, &flags) && (flags >> KPF_SWAPCACHE & 1))
@@ -324,6 +334,23 @@ static uint64_t swap_in_dirty(int pagemap, unsigned char *target_va, uint64_t ta
     }
     fail("the written target did not stay in the swap cache");
     return 0;
+}
+
+/* truncated: keep a reference to the target's page in a pipe (vmsplice),
+ * punch the page out of the memfd (truncate_inode_folio: off the page cache,
+ * mapping NULL, still on the LRU while the pipe holds it) and write the data
+ * again through the mapping (a new page). */
+static void truncate_target(unsigned char *target_va, uint64_t target_pfn)
+{
+    struct iovec iov = {target_va, page_size};
+    unsigned long long flags = 0;
+    if (pipe(spliced) || vmsplice(spliced[1], &iov, 1, 0) != page_size)
+        fail("vmsplice");
+    if (fallocate(memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)target * page_size, page_size))
+        fail("fallocate PUNCH_HOLE");
+    fill(target_va, target);
+    if (!kpageflags_of(target_pfn, &flags) || !(flags >> KPF_LRU & 1) || (flags >> KPF_MMAP & 1))
+        fail("the punched-out page is not an unmapped LRU page");
 }
 
 static const char *code_name(int code)
@@ -416,6 +443,11 @@ static unsigned char *map_memory(void)
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (p != MAP_FAILED)
             madvise(p, mem_size, MADV_NOHUGEPAGE);
+    } else if (!strcmp(memory, "truncated")) {
+        memfd = memfd_create("mce-probe", 0);
+        if (memfd < 0 || ftruncate(memfd, mem_size))
+            fail("memfd_create");
+        p = mmap(NULL, mem_size, prot, MAP_SHARED, memfd, 0);
     } else if (!strcmp(memory, "shmem")) {
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     } else if (!strcmp(memory, "hugetlb")) {
@@ -804,6 +836,8 @@ int main(int argc, char **argv)
         page_out_to_swap_cache(pagemap, target_va, target_pfn);
     if (!strcmp(memory, "swapcache-dirty"))
         target_pfn = swap_in_dirty(pagemap, target_va, target_pfn);
+    if (!strcmp(memory, "truncated"))
+        truncate_target(target_va, target_pfn);
 
     double start = now_ms();
     int to_child = -1;

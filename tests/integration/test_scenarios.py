@@ -28,7 +28,8 @@ def negative_run(tmp_path_factory):
     proc = orchestrator("run", *(str(NEGATIVE / f"{name}.yaml") for name in
                                  ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic",
                                   "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
-                                  "neg-free-huge-page-wrong-type")),
+                                  "neg-free-huge-page-wrong-type", "neg-truncated-page-wrong-type",
+                                  "neg-swapcache-dirty-wrong-type")),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -140,9 +141,14 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     assert name.startswith("kernel log has") and "dirty LRU page" in name and detail == "not found"
 
 
-def test_negative_control_free_huge_page_wrong_type_fails(negative_run):
-    s = negative_run[1]["neg-free-huge-page-wrong-type"]
+@pytest.mark.parametrize("name, expected_line", [
+    ("neg-free-huge-page-wrong-type", "free buddy page: Recovered"),
+    ("neg-truncated-page-wrong-type", "clean LRU page: Recovered"),
+    ("neg-swapcache-dirty-wrong-type", "clean swapcache page: Recovered"),
+])
+def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run, name, expected_line):
+    s = negative_run[1][name]
     assert s["outcome"] == "FAIL"
     failed = failed_checks(s)
-    [name] = failed   # the kernel-log check alone
-    assert name.startswith("kernel log has 'Memory failure: 0x") and name.endswith("free buddy page: Recovered'")
+    [check] = failed   # the kernel-log check alone
+    assert check.startswith("kernel log has 'Memory failure: 0x") and check.endswith(f"{expected_line}'")
