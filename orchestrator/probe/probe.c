@@ -8,7 +8,7 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -44,6 +44,8 @@
  * the PFN it had, where its swap-cache copy still is; needs swap on),
  * swapcache-dirty (the same target then written again: swapped in, mapped
  * dirty, still in the swap cache).
+ * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
+ * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
  * which keeps a reference, then punched out of the file; the mapping gets a
  * fresh page with the same data, and "ready" reports the old PFN: an LRU page
@@ -353,6 +355,18 @@ static void truncate_target(unsigned char *target_va, uint64_t target_pfn)
         fail("the punched-out page is not an unmapped LRU page");
 }
 
+/* thp-pinned: a pipe holds a reference to the target subpage (vmsplice), so
+ * split_huge_page() finds more references than mappings and refuses. */
+static void pin_target(unsigned char *target_va, uint64_t target_pfn)
+{
+    struct iovec iov = {target_va, page_size};
+    unsigned long long flags = 0;
+    if (!kpageflags_of(target_pfn, &flags) || !(flags >> KPF_THP & 1))
+        fail("the target is not in a transparent huge page");
+    if (pipe(spliced) || vmsplice(spliced[1], &iov, 1, 0) != page_size)
+        fail("vmsplice");
+}
+
 static const char *code_name(int code)
 {
     switch (code) {
@@ -452,13 +466,13 @@ static unsigned char *map_memory(void)
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     } else if (!strcmp(memory, "hugetlb")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-    } else if (!strcmp(memory, "thp") || !strcmp(memory, "thp-eligible")) {
+    } else if (!strcmp(memory, "thp") || !strcmp(memory, "thp-eligible") || !strcmp(memory, "thp-pinned")) {
         unsigned char *raw = mmap(NULL, mem_size + HUGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (raw == MAP_FAILED)
             fail("mmap");
         p = (unsigned char *)(((uintptr_t)raw + HUGE_SIZE - 1) & ~(HUGE_SIZE - 1));
         /* thp-eligible: 4 KiB pages until the collapse step (see do_collapse). */
-        if (madvise(p, mem_size, strcmp(memory, "thp") ? MADV_NOHUGEPAGE : MADV_HUGEPAGE))
+        if (madvise(p, mem_size, strcmp(memory, "thp-eligible") ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
             fail("madvise");
     } else if (!strcmp(memory, "file")) {
         if (!file_path) {
@@ -838,6 +852,8 @@ int main(int argc, char **argv)
         target_pfn = swap_in_dirty(pagemap, target_va, target_pfn);
     if (!strcmp(memory, "truncated"))
         truncate_target(target_va, target_pfn);
+    if (!strcmp(memory, "thp-pinned"))
+        pin_target(target_va, target_pfn);
 
     double start = now_ms();
     int to_child = -1;
