@@ -8,7 +8,7 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -44,6 +44,7 @@
  * the PFN it had, where its swap-cache copy still is; needs swap on),
  * swapcache-dirty (the same target then written again: swapped in, mapped
  * dirty, still in the swap cache).
+ * shm-locked (System V shared memory locked with SHM_LOCK: unevictable),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
  * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
@@ -67,7 +68,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -439,6 +442,19 @@ static int all_merged(int pagemap)
     return 1;
 }
 
+/* shm-locked: a System V shared memory segment locked with SHM_LOCK
+ * (shmem_lock -> mapping_set_unevictable): its pages go to the unevictable
+ * LRU. Removed (IPC_RMID) at once; it lives while attached. */
+static unsigned char *map_shm_locked(void)
+{
+    int id = shmget(IPC_PRIVATE, mem_size, IPC_CREAT | 0600);
+    if (id < 0 || shmctl(id, SHM_LOCK, NULL))
+        fail("shmget/SHM_LOCK");
+    unsigned char *p = shmat(id, NULL, 0);
+    shmctl(id, IPC_RMID, NULL);
+    return p == (void *)-1 ? MAP_FAILED : p;
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strncmp(memory, "thp", 3);
@@ -462,6 +478,8 @@ static unsigned char *map_memory(void)
         if (memfd < 0 || ftruncate(memfd, mem_size))
             fail("memfd_create");
         p = mmap(NULL, mem_size, prot, MAP_SHARED, memfd, 0);
+    } else if (!strcmp(memory, "shm-locked")) {
+        p = map_shm_locked();
     } else if (!strcmp(memory, "shmem")) {
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     } else if (!strcmp(memory, "hugetlb")) {

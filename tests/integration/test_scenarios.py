@@ -29,7 +29,8 @@ def negative_run(tmp_path_factory):
                                  ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic",
                                   "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
                                   "neg-free-huge-page-wrong-type", "neg-truncated-page-wrong-type",
-                                  "neg-swapcache-dirty-wrong-type", "neg-thp-unsplittable-wrong-type")),
+                                  "neg-swapcache-dirty-wrong-type", "neg-thp-unsplittable-wrong-type",
+                                  "neg-shm-locked-wrong-type")),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -146,6 +147,7 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     ("neg-truncated-page-wrong-type", "clean LRU page: Recovered"),
     ("neg-swapcache-dirty-wrong-type", "clean swapcache page: Recovered"),
     ("neg-thp-unsplittable-wrong-type", "dirty LRU page: Recovered"),
+    ("neg-shm-locked-wrong-type", "dirty LRU page: Recovered"),
 ])
 def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run, name, expected_line):
     s = negative_run[1][name]
