@@ -8,7 +8,8 @@
  * line on stdin.
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
- *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked]
+ *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
+ *                   shm-locked-clean]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -45,6 +46,7 @@
  * swapcache-dirty (the same target then written again: swapped in, mapped
  * dirty, still in the swap cache).
  * shm-locked (System V shared memory locked with SHM_LOCK: unevictable),
+ * shm-locked-clean (the same, the target only read: a clean page),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
  * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
@@ -455,6 +457,16 @@ static unsigned char *map_shm_locked(void)
     return p == (void *)-1 ? MAP_FAILED : p;
 }
 
+/* shm-locked-clean: the target is read, never written, so its page stays
+ * clean (zeros; it is not one of the pages whose data is checked). */
+static int left_clean(int page)
+{
+    if (strcmp(memory, "shm-locked-clean") || page != target)
+        return 0;
+    (void)*(volatile unsigned char *)(mem + page * page_size);
+    return 1;
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strncmp(memory, "thp", 3);
@@ -478,7 +490,7 @@ static unsigned char *map_memory(void)
         if (memfd < 0 || ftruncate(memfd, mem_size))
             fail("memfd_create");
         p = mmap(NULL, mem_size, prot, MAP_SHARED, memfd, 0);
-    } else if (!strcmp(memory, "shm-locked")) {
+    } else if (!strncmp(memory, "shm-locked", 10)) {
         p = map_shm_locked();
     } else if (!strcmp(memory, "shmem")) {
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -838,10 +850,11 @@ int main(int argc, char **argv)
 
     mem = map_memory();
     same_content = !strcmp(memory, "ksm");  /* identical pages, for KSM to merge */
-    if (strcmp(memory, "file"))
+    if (strcmp(memory, "file")) {
         for (int p = 0; p < pages; p++)
-            fill(mem + p * page_size, same_content ? 0 : p);
-    else if (generation == UNSYNCED)
+            if (!left_clean(p))
+                fill(mem + p * page_size, same_content ? 0 : p);
+    } else if (generation == UNSYNCED)
         for (int p = 0; p < pages; p++)
             fill(mem + p * page_size, p + UNSYNCED);
     if (!strcmp(memory, "mlock") && mlock(mem, mem_size))
