@@ -38,11 +38,12 @@ def parse_registers(text: str) -> tuple[int, int]:
 
 def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
            limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None,
-           kernel_mode: bool = False, down=lambda: None) -> Injection:
+           kernel_mode: bool = False, down=lambda: None, outside_ram: bool = False) -> Injection:
     """`down` says why the guest can no longer take the machine check (a panic, a reset,
-    QEMU gone), or None: a gate that sees it stops at once and says so."""
+    QEMU gone), or None: a gate that sees it stops at once and says so. outside_ram:
+    the address is meant to lie outside guest RAM (mce.validate)."""
     try:
-        mce.validate(fields, cpu=cpu, address=address, limits=limits)
+        mce.validate(fields, cpu=cpu, address=address, limits=limits, outside_ram=outside_ram)
     except mce.MceError as exc:
         raise HarnessError("inject", str(exc)) from None
     command = mce.hmp_command(fields, cpu=cpu, address=address, broadcast=broadcast)

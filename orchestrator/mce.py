@@ -80,7 +80,10 @@ def guest_ram_ranges(memory_bytes: int, machine: str) -> tuple[tuple[int, int], 
     return tuple(ranges)
 
 
-def validate(fields: MceFields, *, cpu: int, address: int, limits: MceLimits) -> None:
+def validate(fields: MceFields, *, cpu: int, address: int, limits: MceLimits, outside_ram: bool = False) -> None:
+    """Refuse what QEMU would drop or the guest would ignore. outside_ram: the
+    address is meant to lie outside guest RAM (memory the kernel does not
+    manage), and must."""
     if not 0 <= cpu < limits.vcpus:
         # QEMU ignores a missing CPU index silently: refuse it here.
         raise MceError(f"cpu {cpu} does not exist (guest has {limits.vcpus} vCPU(s))")
@@ -92,9 +95,15 @@ def validate(fields: MceFields, *, cpu: int, address: int, limits: MceLimits) ->
                         ("misc", fields.misc), ("address", address)):
         if not 0 <= value < 1 << 64:
             raise MceError(f"{name} {value:#x} does not fit in 64 bits")
-    if fields.status & MCI_STATUS_ADDRV and not any(lo <= address < hi for lo, hi in limits.ram_ranges):
+    in_ram = any(lo <= address < hi for lo, hi in limits.ram_ranges)
+    if fields.status & MCI_STATUS_ADDRV and in_ram == outside_ram:
         ram = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in limits.ram_ranges)
-        raise MceError(f"address {address:#x} is outside guest RAM ({ram})")
+        raise MceError(f"address {address:#x} is {'inside' if in_ram else 'outside'} guest RAM ({ram})")
+
+
+def first_address_above_ram(limits: MceLimits) -> int:
+    """The first guest-physical page above the top of guest RAM: no memory there."""
+    return max(hi for _, hi in limits.ram_ranges)
 
 
 def hmp_command(fields: MceFields, *, cpu: int, address: int, broadcast: bool = False) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import image as images
+from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
@@ -356,6 +357,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 if not ev.ready["free_pfn"]:
                     raise HarnessError("locate", "the guest has no page that is only a free buddy page")
                 address = ev.ready["free_pfn"] * ev.ready["page_size"]
+            elif region == "outside-ram":
+                address = mce.first_address_above_ram(guest.limits)
             elif region in FOUND_PAGE_KINDS:
                 address = _found_page(ssh, FOUND_PAGE_KINDS[region], Deadline(t.locate, "locate"))
             else:
@@ -385,7 +388,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                                    deadline=deadline,
                                    user_loop=loop if scenario.inject.gate == "user-mode" else None,
                                    kernel_mode=scenario.inject.gate == "kernel-mode",
-                                   down=lambda: guest_down(guest))
+                                   down=lambda: guest_down(guest),
+                                   outside_ram=scenario.inject.region == "outside-ram")
             if injection is not None:
                 phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"
                                                               if injection.attempts > 1 else "")

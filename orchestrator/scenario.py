@@ -75,7 +75,7 @@ class InjectSpec:
     gate: Literal["user-mode", "kernel-mode", "none"] = "none"
     count: int = 1
     each_vcpu: bool = False   # run once per vCPU (see expand)
-    region: Literal["probe", "kernel-code", "free-page", "free-huge-page"] = "probe"
+    region: Literal["probe", "kernel-code", "free-page", "free-huge-page", "outside-ram"] = "probe"
     interval_s: float | None = None
 
 
@@ -406,6 +406,8 @@ def parse_scenario(text: str, path: Path) -> Scenario:
                 if getattr(e, key) is not None:
                     fail(at + (key,), "cannot be checked when the guest is expected to panic (only kernel_log, "
                                       "kernel_log_absent and memory_failure_event can)")
+        if inject.region == "outside-ram" and e.page_poisoned is not None:
+            fail(at + ("page_poisoned",), "cannot be checked outside guest RAM (no page there to poison)")
     known = tuple(KnownFailure(k["kernel"], " ".join(k["because"].split()), k["signature"])
                   for k in data.get("known_failures", ()))
     for i, k in enumerate(known):

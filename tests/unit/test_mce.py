@@ -56,3 +56,11 @@ def test_address_check_skipped_without_addrv():
 ])
 def test_guest_ram_ranges(machine, mib, ranges):
     assert mce.guest_ram_ranges(mib << 20, machine) == ranges
+
+
+def test_outside_ram_injection_must_lie_outside_ram():
+    above = mce.first_address_above_ram(LIMITS)
+    assert above == max(hi for _, hi in LIMITS.ram_ranges)
+    mce.validate(mce.PRESETS["srao"], cpu=0, address=above, limits=LIMITS, outside_ram=True)
+    with pytest.raises(mce.MceError, match="is inside guest RAM"):
+        mce.validate(mce.PRESETS["srao"], cpu=0, address=above - 4096, limits=LIMITS, outside_ram=True)

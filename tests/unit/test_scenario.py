@@ -237,3 +237,9 @@ def test_swap_file_needs_room_on_the_disk_and_swapcache_memory_needs_swap():
         parse(MINIMAL + "guest:\n  disk: {size_mib: 48, swap_mib: 41}\n")
     with pytest.raises(ScenarioError, match="memory: swapcache needs guest.disk.swap_mib"):
         parse(MINIMAL + "guest:\n  disk: {size_mib: 48}\nprobe:\n  memory: swapcache\n")
+
+
+def test_outside_ram_has_no_page_to_check():
+    assert parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  region: outside-ram")).inject.region == "outside-ram"
+    with pytest.raises(ScenarioError, match="page_poisoned: cannot be checked outside guest RAM"):
+        parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  region: outside-ram") + "  page_poisoned: false\n")
