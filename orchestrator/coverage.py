@@ -49,15 +49,26 @@ OTHER_PATHS = (
 # Why an outcome is not reached under QEMU TCG on these machines (shown only
 # for outcomes no passing scenario reached).
 REASONS = {
+    "reserved kernel page": "not from a machine check: get_hwpoison_page() refuses a reserved page "
+                            "(not HWPoisonHandlable), which reports as unknown page (6.1) / get hwpoison page "
+                            "(6.12) instead, see kernel-code-page; only madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) "
+                            "gets to this entry",
+    "high-order kernel page": "a race: reported when get_hwpoison_page() found a free (or unreferenced LRU) page "
+                              "that is no longer free when memory_failure() looks again; tail pages of high-order "
+                              "kernel allocations are not HWPoisonHandlable and report as an unhandlable page",
     "kernel slab page": "6.1 has no path to it: a slab page is not handlable, get_hwpoison_page() fails "
                         "(\"unhandlable page\") and it reports as \"unknown page\" (see kernel-code-page); "
                         "6.12 dropped it from action_page_types[]",
     "different compound page after locking": "a race: the compound page must be split or freed between "
                                              "get_hwpoison_page() and lock_page(); not reproducible on demand",
-    "unmapping failed page": "try_to_unmap() must fail on a mapped page; 6.1 reaches it for a KSM page "
-                             "(ksm-merged-page), 6.12 unmaps KSM pages",
-    "dax page": "not done here yet: needs an nvdimm/pmem device (QEMU -machine nvdimm=on, -device nvdimm), "
-                "the libnvdimm/nd_pmem/dax modules in the image and a filesystem mounted -o dax",
+    "unmapping failed page": "try_to_unmap() must leave the page mapped; 6.1 reaches it for a KSM page "
+                             "(ksm-merged-page, \"can't handle KSM pages\"), 6.12 unmaps KSM pages and fails "
+                             "only on races",
+    "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; this entry needs a page that was "
+                    "handlable when taken but matches no error_states[] entry (left the LRU meanwhile): a race",
+    "dax page": "not done here: needs an fsdax namespace (QEMU -machine nvdimm=on, -device nvdimm), the "
+                "libnvdimm/nd_pmem/dax modules in the guest image (orchestrator/image.py) and a filesystem "
+                "mounted -o dax",
     "clean mlocked LRU page": "try_to_unmap() munlocks the page before identify_page_state() reads its "
                               "flags, so an mlocked page reports as an LRU page (mlock-page)",
     "dirty mlocked LRU page": "as the clean one: an mlocked page reports as \"dirty LRU page\" (mlock-page)",
