@@ -242,11 +242,16 @@ def coverage(kernel: KernelOutcomes, scenarios: list[RunScenario]) -> Coverage:
 
 
 def markdown(covs: list[Coverage], sources: list[str]) -> str:
+    # Every kernel's outcomes in its own order: one only a later kernel has goes
+    # after the one it follows there; the paths without a page type come last.
     names: list[tuple[str, bool]] = []
     for c in covs:
-        for o in c.kernel.outcomes:
-            if (o.name, o.page_type) not in names:
-                names.append((o.name, o.page_type))
+        previous = -1
+        for o in sorted(c.kernel.outcomes, key=lambda o: not o.page_type):
+            key = (o.name, o.page_type)
+            if key not in names:
+                names.insert(previous + 1, key)
+            previous = names.index(key)
     lines = ["| outcome | " + " | ".join(c.kernel.release for c in covs) + " |", "|---|" + "---|" * len(covs)]
     for name, page_type in names:
         cells = []

@@ -141,6 +141,13 @@ def test_markdown_lists_unreached_types_with_reasons_and_absent_ones(tmp_path):
     assert rows["`free buddy page`"].split(" | ")[1:] == ["free-page", "**not reached** |"]
     assert "not in this kernel" in rows["`kernel slab page`"]
     assert "6.1 has no path to it" in rows["`kernel slab page`"]
+    order = [line.split(" | ")[0].lstrip("| ") for line in table.split("\n\n")[0].splitlines()[2:]]
+    assert order[:6] == ["`reserved kernel page`", "`high-order kernel page`", "`kernel slab page`",
+                         "`different compound page after locking`", "`huge page`", "`free huge page`"]
+    assert order.index("`get hwpoison page`") == order.index("`free huge page`") + 1
+    assert order.index("`already poisoned`") == order.index("`unsplit thp`") + 1
+    assert order[-4:] == ["(memory outside kernel control)", "(already hardware poisoned)", "(panic with recovery off)",
+                          "**page types reached**"]
     assert "**10%** (2/20)" in table and "**0%** (0/20)" in table
     readme = tmp_path / "README.md"
     readme.write_text(f"before\n{START}\nold\n{END}\nafter\n")
