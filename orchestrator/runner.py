@@ -348,7 +348,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "ksm" and not ev.ready["merged"]:
                 raise HarnessError("locate", "ksmd did not merge the probe's pages (is /sys/kernel/mm/ksm/run 1?)")
-            if p.memory == "hugetlb" and not ev.ready["huge"]:
+            if p.memory in ("hugetlb", "hugetlb-file") and not ev.ready["huge"]:
                 raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
             region = scenario.inject.region
             if region == "kernel-code":

@@ -385,7 +385,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
              f"{guest.disk_mib} MiB ext4 disk (leave 8 MiB)")
     if probe.memory.startswith("swapcache") and guest.swap_mib is None:
         fail(("probe", "memory"), f"memory: {probe.memory} needs guest.disk.swap_mib (a swap file to page out to)")
-    if probe.memory in ("hugetlb", "thp", "thp-eligible", "thp-pinned") and probe.pages % 512:
+    if probe.memory in ("hugetlb", "hugetlb-file", "thp", "thp-eligible", "thp-pinned") and probe.pages % 512:
         fail(("probe", "pages"), f"{probe.pages} is not a multiple of 512 (2 MiB pages of {probe.memory})")
     if probe.target >= probe.pages:
         fail(("probe", "target"), f"page {probe.target} does not exist (the probe has {probe.pages} pages)")

@@ -9,7 +9,7 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean]
+ *                   shm-locked-clean|hugetlb-file]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -45,6 +45,8 @@
  * the PFN it had, where its swap-cache copy still is; needs swap on),
  * swapcache-dirty (the same target then written again: swapped in, mapped
  * dirty, still in the swap cache).
+ * hugetlb-file (a MAP_SHARED mapping of a hugetlbfs file: memfd_create
+ * with MFD_HUGETLB, 2 MiB pages),
  * shm-locked (System V shared memory locked with SHM_LOCK: unevictable),
  * shm-locked-clean (the same, the target only read: a clean page),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
@@ -469,7 +471,7 @@ static int left_clean(int page)
 
 static unsigned char *map_memory(void)
 {
-    int prot = PROT_READ | PROT_WRITE, huge = !strcmp(memory, "hugetlb") || !strncmp(memory, "thp", 3);
+    int prot = PROT_READ | PROT_WRITE, huge = !strncmp(memory, "hugetlb", 7) || !strncmp(memory, "thp", 3);
     if (huge && (pages % (HUGE_SIZE / page_size))) {
         fprintf(stderr, "probe: --memory %s needs --pages in multiples of %lu\n", memory, HUGE_SIZE / page_size);
         exit(2);
@@ -494,6 +496,12 @@ static unsigned char *map_memory(void)
         p = map_shm_locked();
     } else if (!strcmp(memory, "shmem")) {
         p = mmap(NULL, mem_size, prot, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    } else if (!strcmp(memory, "hugetlb-file")) {
+        /* A hugetlbfs file without a mount: memfd_create(MFD_HUGETLB). */
+        memfd = memfd_create("mce-probe", MFD_HUGETLB);
+        if (memfd < 0 || ftruncate(memfd, mem_size))
+            fail("memfd_create MFD_HUGETLB");
+        p = mmap(NULL, mem_size, prot, MAP_SHARED, memfd, 0);
     } else if (!strcmp(memory, "hugetlb")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
     } else if (!strcmp(memory, "thp") || !strcmp(memory, "thp-eligible") || !strcmp(memory, "thp-pinned")) {
