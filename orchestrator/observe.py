@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from orchestrator import mce
+from orchestrator import logmatch, mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
 from orchestrator.deadline import Deadline
+from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
 from orchestrator.ssh import ProbeExited, RemoteProcess, SshSession
@@ -143,7 +144,7 @@ def _let_panic_print(guest: Guest, deadline: Deadline) -> None:
     with contextlib.suppress(Exception):
         guest.monitor.execute("cont", timeout=2)
     wait = Deadline(max(min(PANIC_TEXT_S, deadline.remaining()), 1.0), "panic text")
-    if wait_console(guest, "Kernel panic", wait, stop_when_down=False):
+    if wait_console(guest, logmatch.compile_expectation(PANIC_PRINTED, {}), wait, stop_when_down=False):
         _wait_console_settled(guest, wait)
 
 
@@ -179,16 +180,23 @@ def _guest_down(guest: Guest) -> str | None:
     return guest.died()
 
 
+# memory_failure()'s messages on a page: "Memory failure: 0x671e: <what it did>".
+FAILURE_LOGGED = LineExpectation("Memory failure: {pfn:#x}: .*", regex=True)
+PANIC_PRINTED = LineExpectation("Kernel panic - not syncing: .*", regex=True)
+
+
 def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1) -> bool:
     """Until memory_failure() has reported on `pfn` that many times (its pr_err lines reach the console)."""
-    return wait_console(guest, f"Memory failure: {pfn:#x}", deadline, occurrences=occurrences)
+    return wait_console(guest, logmatch.compile_expectation(FAILURE_LOGGED, {"pfn": pfn}), deadline,
+                        occurrences=occurrences)
 
 
-def wait_console(guest: Guest, text: str, deadline: Deadline, occurrences: int = 1,
+def wait_console(guest: Guest, pattern: re.Pattern, deadline: Deadline, occurrences: int = 1,
                  stop_when_down: bool = True) -> bool:
-    """Until `text` is on the console `occurrences` times (a local file: cheap to poll)."""
+    """Until `occurrences` complete console messages match `pattern` whole (see logmatch;
+    the console is a local file: cheap to poll)."""
     while not deadline.expired():
-        if guest.console_log.read_text(errors="replace").count(text) >= occurrences:
+        if len(logmatch.find(guest.console_log.read_text(errors="replace"), pattern, complete_only=True)) >= occurrences:
             return True
         if stop_when_down and _guest_down(guest):
             return False

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from orchestrator import logmatch
+from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
 
@@ -265,31 +267,42 @@ def _check_corrupted(want_kb: int, ev: Evidence) -> Check:
     return _ok("HardwareCorrupted", detail) if grown == want_kb else _fail("HardwareCorrupted", detail + f", expected +{want_kb}")
 
 
-def expand(pattern: str, ev: Evidence) -> str:
-    """Fill {pfn}/{gpa}/{va} into a kernel-log pattern, e.g. 'Memory failure: {pfn:#x}: ...'."""
-    values = {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT,
-              "va": int(ev.ready["va"], 16)} if ev.ready and ev.checked_pfn is not None else {}
+def log_values(ev: Evidence) -> dict[str, int]:
+    """What the placeholders of kernel-log expectations stand for in this run."""
+    values = {}
+    if ev.checked_pfn is not None:
+        values |= {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT}
+    if ev.ready:
+        values["va"] = int(ev.ready["va"], 16)
+        if "pid" in ev.ready:
+            values["pid"] = ev.ready["pid"]
     if ev.injected_address is not None:
-        values["injected_pfn"] = ev.injected_address >> PAGE_SHIFT
-    return pattern.format(**values)
+        values |= {"injected_pfn": ev.injected_address >> PAGE_SHIFT, "injected_gpa": ev.injected_address}
+    if ev.child_results and "pid" in ev.child_results[0]:
+        values["child_pid"] = ev.child_results[0]["pid"]
+    return values
 
 
 def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
     log = ev.kernel_log
+    values = log_values(ev)
     checks = []
-    for pattern, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
+    for wanted, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
         try:
-            line = expand(pattern, ev)
-        except (KeyError, IndexError, ValueError) as exc:
-            checks.append(Check(f"kernel log '{pattern}'", Outcome.ERROR, f"cannot fill in the pattern: {exc}"))
+            pattern = logmatch.compile_expectation(wanted, values)
+        except KeyError as exc:
+            checks.append(Check(f"kernel log {wanted}", Outcome.ERROR, f"cannot fill in {exc}: not known in this run"))
             continue
-        name = f"kernel log {'has' if present else 'lacks'} '{line}'"
+        shown = wanted if wanted.regex else LineExpectation(logmatch.fill(wanted.text, values))
+        name = f"kernel log {'has' if present else 'lacks'} {shown}"
         if log is None:
             checks.append(_missing(name, ev, "kernel log"))
-        elif (line in log) == present:
-            checks.append(_ok(name, "found" if present else "absent"))
+            continue
+        found = logmatch.find(log, pattern)
+        if present:
+            checks.append(_ok(name, "found") if found else _fail(name, "not found"))
         else:
-            checks.append(_fail(name, "not found" if present else "found"))
+            checks.append(_ok(name, "absent") if not found else _fail(name, f"found: {found[0]}"))
     return checks
 
 
