@@ -128,6 +128,9 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
             return
         try:
             answer = probe.read_event({STEP_EVENTS[step], "result"}, deadline, "observe", abort=down)
+        except ProbeExited as exc:
+            ev.probe_exit_status = exc.status  # its shell's report is read only once
+            return
         except HarnessError:
             return  # the evidence gathering that follows says what is missing
         if answer["event"] == "result":
@@ -216,13 +219,15 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
                 break
             ev.child_results.append(result)
     except ProbeExited as exc:
-        ev.probe_exit_status = exc.status
+        if ev.probe_exit_status is None:
+            ev.probe_exit_status = exc.status
         ev.unavailable["probe result"] = exc.message
     except HarnessError as exc:
         ev.unavailable["probe result"] = exc.message
     else:
-        # Let the probe's channel end before opening the next one (see SshSession._open_exec).
-        probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+        # Let the probe's channel end before opening the next one (see SshSession._open_exec);
+        # how it ended is judged too.
+        ev.probe_exit_status = probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
     gather_parts(ssh, ev, abort)
 
 

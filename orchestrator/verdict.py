@@ -5,10 +5,9 @@ expected, ERROR when the evidence it needs could not be gathered.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from orchestrator import logmatch
+from orchestrator import crashes, logmatch
 from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
@@ -26,7 +25,7 @@ class Evidence:
     probe_result: dict | None = None       # the probe's "result" report
     child_results: list[dict] = field(default_factory=list)  # the forked child's, with processes: 2
     steps: list[dict] = field(default_factory=list)          # answers to fsync/reread/collapse/touch
-    probe_exit_status: int | None = None   # when the probe ended without a result
+    probe_exit_status: int | None = None   # the probe's exit status as its shell saw it (128+N: signal N)
     kpageflags: int | None = None
     hardware_corrupted_kb_before: int | None = None
     hardware_corrupted_kb_after: int | None = None
@@ -77,6 +76,8 @@ def _missing(name: str, ev: Evidence, what: str) -> Check:
 def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     expect = scenario.expect
     checks = [_check_guest(expect, ev)]
+    if expect.guest == "alive":
+        checks.append(_check_probe_ended(ev))
     if expect.sigbus is not None:
         checks.append(_check_sigbus(expect, ev))
         if ev.ready and ev.ready.get("processes", 1) > 1:
@@ -92,8 +93,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.extend(_check_kernel_log(expect, ev))
     if expect.memory_failure_event is not None:
         checks.append(_check_event(expect, ev))
-    if expect.no_kernel_bugs and expect.guest == "alive":
-        checks.append(_check_kernel_health(ev))
+    if expect.no_kernel_bugs:
+        checks.append(_check_kernel_health(ev, expect_panic=expect.guest == "panic"))
     if expect.ksm_remerge is not None:
         # After the health check: an oops that killed ksmd is the first reason given.
         checks.append(_check_ksm_remerge(expect.ksm_remerge, ev))
@@ -149,6 +150,30 @@ def _check_ksm_remerge(want: str, ev: Evidence) -> Check:
     if got == "scanned" and a.get("ksmd_state") in ("Z", "X"):
         got = "ksmd-gone"
     return _ok(name, detail) if got == want else _fail(name, detail + f"; expected {want}")
+
+
+_SIGNALS = {9: "SIGKILL", 7: "SIGBUS", 11: "SIGSEGV", 6: "SIGABRT", 15: "SIGTERM", 14: "SIGALRM"}
+
+
+def _check_probe_ended(ev: Evidence) -> Check:
+    """Judged in every scenario: the probe must report its result and exit normally.
+    It catches the one SIGBUS a scenario may expect and reports it; any other end
+    (SIGKILL from memory_failure()'s "forcibly killing", a second SIGBUS, a crash)
+    is the kernel doing something no scenario asked for."""
+    name = "probe ended"
+    status = ev.probe_exit_status
+    how = (f"killed by signal {status - 128} ({_SIGNALS.get(status - 128, '?')})" if status is not None and status > 128
+           else f"exit status {status}")
+    if ev.probe_result is None:
+        if status is not None:
+            return _fail(name, f"{how} before reporting its result")
+        return _missing(name, ev, "probe result")
+    if status not in (0, None):
+        return _fail(name, f"reported its result, then {how}")
+    if ev.ready and ev.ready.get("processes", 1) > 1 and not ev.probe_result.get("children_reported"):
+        return _fail(name, "the forked child did not exit normally")
+    return _ok(name, "reported its result and exited normally" if status == 0
+               else "reported its result (its exit was not seen)")
 
 
 def _check_guest(expect: Expectations, ev: Evidence) -> Check:
@@ -306,37 +331,22 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
     return checks
 
 
-_KERNEL_BUG = re.compile(r"BUG: |Oops|WARNING: CPU: \d+|general protection fault")
-
-
-def _check_kernel_health(ev: Evidence) -> Check:
+def _check_kernel_health(ev: Evidence, expect_panic: bool) -> Check:
+    """No crash report of any kind (see crashes.SIGNATURES) in the kernel log; with an
+    expected panic, none before it."""
     name = "no kernel bugs"
     if ev.kernel_log is None:
         return _missing(name, ev, "kernel log")
-    lines = ev.kernel_log.splitlines()
-    bad = [i for i, line in enumerate(lines) if _KERNEL_BUG.search(line)]
-    if not bad:
-        return _ok(name, "no BUG, Oops or WARNING in the kernel log")
-    return _fail(name, f"the kernel reported: {' | '.join(_oops_head(lines, bad[0]))}")
-
-
-_OOPS_HEAD_END = re.compile(r"\bRIP: |Call Trace:")
-_OOPS_HEAD_KEEP = re.compile(r"^(#PF: |Oops|CPU: |RIP: )")  # what the fault was, which task, where
-_PRINTK_PREFIX = re.compile(r"^\s*(<\d>)?\[\s*\d+\.\d+\]\s*")
-OOPS_HEAD_WINDOW = 16
-
-
-def _oops_head(lines: list[str], first: int) -> list[str]:
-    """The report's first lines, as a kernel developer reads them: the BUG/Oops line,
-    then the #PF, Oops, CPU (task) and RIP lines up to RIP, without printk timestamps."""
-    head = []
-    for n, line in enumerate(lines[first:first + OOPS_HEAD_WINDOW]):
-        text = _PRINTK_PREFIX.sub("", line).strip()
-        if n == 0 or _OOPS_HEAD_KEEP.match(text):
-            head.append(text)
-        if _OOPS_HEAD_END.search(text):
-            break
-    return head
+    found = crashes.scan(ev.kernel_log)
+    if expect_panic:
+        panic = next((f.index for f in found if f.signature.name == "kernel panic"), None)
+        found = [f for f in found if panic is None or f.index < panic]
+    if not found:
+        return _ok(name, f"no crash report ({len(crashes.SIGNATURES)} kinds looked for)"
+                         + (" before the panic" if expect_panic else ""))
+    more = (f" (and {len(found) - 1} more report(s): {', '.join(f.signature.name for f in found[1:4])})"
+            if len(found) > 1 else "")
+    return _fail(name, f"the kernel reported: {found[0].summary()}{more}")
 
 
 def _check_event(expect: Expectations, ev: Evidence) -> Check:

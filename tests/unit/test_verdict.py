@@ -27,7 +27,7 @@ def good_evidence(**over) -> Evidence:
         kernel_log=f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n",
         events=[{"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": "inject",
                                                      "flags": {"action-required": False, "recursive": False}}}],
-        guest_answered_after=True)
+        guest_answered_after=True, probe_exit_status=0)
     for key, value in over.items():
         setattr(ev, key, value)
     return ev
@@ -40,7 +40,7 @@ def failing(verdict):
 def test_matching_evidence_passes():
     verdict = judge(late_kill(), good_evidence())
     assert verdict.outcome == Outcome.PASS, verdict.reasons
-    assert len(verdict.checks) == 8
+    assert len(verdict.checks) == 9
 
 
 @pytest.mark.parametrize("change, check, words", [
@@ -82,7 +82,7 @@ def test_expected_none_but_sigbus_came_fails():
 
 
 def test_missing_evidence_is_error_not_fail():
-    ev = good_evidence(probe_result=None, kpageflags=None)
+    ev = good_evidence(probe_result=None, kpageflags=None, probe_exit_status=None)
     ev.unavailable["probe result"] = "SSH dropped"
     verdict = judge(late_kill(), ev)
     assert verdict.outcome == Outcome.ERROR
@@ -153,3 +153,44 @@ def test_target_moved():
     stayed = good_evidence(steps=[{"event": "touched", "target_pfn": PFN}])
     assert judge(scenario, moved).outcome == Outcome.PASS
     assert failing(judge(scenario, stayed))["target moved"] == f"target PFN {PFN:#x} -> {PFN:#x}"
+
+
+def test_a_6_1_kernel_bug_without_the_word_oops_fails():
+    log = (f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n"
+           "[ 5.2] kernel BUG at mm/memory-failure.c:1713!\n"
+           "[ 5.3] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI\n"
+           "[ 5.4] CPU: 0 PID: 173 Comm: mce-probe Tainted: G   M               6.1.0-56-amd64 #1\n")
+    detail = failing(judge(late_kill(), good_evidence(kernel_log=log)))["no kernel bugs"]
+    assert detail == ("the kernel reported: kernel BUG at mm/memory-failure.c:1713! | "
+                      "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI | "
+                      "CPU: 0 PID: 173 Comm: mce-probe Tainted: G   M               6.1.0-56-amd64 #1")
+
+
+def test_with_an_expected_panic_a_crash_before_it_fails():
+    scenario = with_expect(guest="panic", sigbus=None, page_poisoned=None, hardware_corrupted_kb=None,
+                           other_pages_intact=None, kernel_log=(), memory_failure_event=None)
+    panicked = [{"event": "GUEST_PANICKED", "data": {}}]
+    only_panic = "[ 3.1] Kernel panic - not syncing: Memory failure on page 73e2\n[ 3.2] CPU: 0 PID: 47\n"
+    assert judge(scenario, good_evidence(events=panicked, kernel_log=only_panic)).outcome == Outcome.PASS
+    oops_first = "[ 3.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n" + only_panic
+    assert "BUG: kernel NULL pointer dereference" in failing(
+        judge(scenario, good_evidence(events=panicked, kernel_log=oops_first)))["no kernel bugs"]
+
+
+@pytest.mark.parametrize("change, detail", [
+    ({"probe_result": None, "probe_exit_status": 137}, "killed by signal 9 (SIGKILL) before reporting its result"),
+    ({"probe_exit_status": 135}, "reported its result, then killed by signal 7 (SIGBUS)"),
+])
+def test_how_the_probe_ended_is_judged_even_when_the_scenario_lists_nothing_about_it(change, detail):
+    # The audit's case: a scenario that says nothing about sigbus.
+    scenario = with_expect(sigbus=None, other_pages_intact=None)
+    failed = failing(judge(scenario, good_evidence(**change)))
+    assert failed["probe ended"] == detail
+
+
+def test_a_normal_end_passes_and_an_unseen_one_is_error():
+    checks = {c.name: c for c in judge(late_kill(), good_evidence()).checks}
+    assert checks["probe ended"].detail == "reported its result and exited normally"
+    ev = good_evidence(probe_result=None, probe_exit_status=None)
+    ev.unavailable["probe result"] = "SSH dropped"
+    assert {c.name: c.outcome for c in judge(with_expect(sigbus=None), ev).checks}["probe ended"] == Outcome.ERROR
