@@ -5,6 +5,7 @@ expected, ERROR when the evidence it needs could not be gathered.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from orchestrator import crashes, logmatch
@@ -14,6 +15,7 @@ from orchestrator.scenario import NONE, Expectations, Scenario
 
 KPF_HWPOISON = 19  # include/uapi/linux/kernel-page-flags.h
 PAGE_SHIFT = 12
+HUGE_PAGES = 512   # 4 KiB pages in a 2 MiB hugetlb page
 
 
 @dataclass
@@ -161,6 +163,10 @@ def _check_probe_ended(ev: Evidence) -> Check:
     (SIGKILL from memory_failure()'s "forcibly killing", a second SIGBUS, a crash)
     is the kernel doing something no scenario asked for."""
     name = "probe ended"
+    oom = _oom_kill(ev)
+    if oom:
+        # As for sigbus: the scenario asked for more memory than the guest has.
+        return Check(name, Outcome.ERROR, f"the guest ran out of memory before the probe reported: {oom}")
     status = ev.probe_exit_status
     how = (f"killed by signal {status - 128} ({_SIGNALS.get(status - 128, '?')})" if status is not None and status > 128
            else f"exit status {status}")
@@ -199,8 +205,14 @@ def _panic_line(console: str) -> str:
     return lines[-1] if lines else "(console empty)"
 
 
-def _si_page(addr: int, lsb: int) -> int:
-    return addr >> max(lsb, PAGE_SHIFT)
+def _map_shift(ev: Evidence) -> int:
+    """log2 of the size of the page that maps the probe's target (4 KiB; 2 MiB for hugetlb/THP)."""
+    size = (ev.ready or {}).get("map_page_size") or (ev.ready or {}).get("page_size") or 1 << PAGE_SHIFT
+    return size.bit_length() - 1
+
+
+def _size(shift: int) -> str:
+    return f"{1 << shift - 20} MiB" if shift >= 20 else f"{1 << shift - 10} KiB"
 
 
 def _compare(name: str, want, got) -> Check:
@@ -241,13 +253,21 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
     if result["si_code_name"] != want.code:
         problems.append(f"code {result['si_code_name']} != {want.code}")
     lsb = result["si_addr_lsb"]
+    map_shift = _map_shift(ev)
     if want.lsb is not None and lsb != want.lsb:
         problems.append(f"si_addr_lsb {lsb} != {want.lsb}")
+    if lsb > map_shift:
+        # The kernel claims more memory is lost than the page that maps the target.
+        problems.append(f"si_addr_lsb {lsb} is wider than the mapping's {_size(map_shift)} pages")
     if want.addr == "target_page":
         target = int(ev.ready["va"], 16)
         si_addr = int(result["si_addr"], 16)
-        if _si_page(si_addr, lsb) != _si_page(target, lsb):
-            problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x}")
+        # At the mapping's page size, or finer if the kernel reported a finer lsb:
+        # never at whatever (wider) granularity the kernel claimed.
+        shift = min(map_shift, max(lsb, PAGE_SHIFT))
+        if si_addr >> shift != target >> shift:
+            problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x} "
+                            f"(compared at {_size(shift)})")
     if problems:
         return _fail("sigbus", "; ".join(problems) + f" (got {got})")
     return _ok("sigbus", got)
@@ -263,15 +283,53 @@ def _oom_kill(ev: Evidence) -> str | None:
     return next((line.strip() for line in ev.kernel_log.splitlines() if _OOM_KILL.search(line)), None)
 
 
+def _expected_lost(ev: Evidence) -> set[int]:
+    """The probe's pages the injection hits: the injected PFN's (several with KSM,
+    which merged them), and with hugetlb the whole 2 MiB page around it."""
+    if ev.injected_address is None or not ev.ready:
+        return set()
+    pages = ev.ready.get("pages", [])
+    hit = {i for i, page in enumerate(pages) if page["pfn"] == ev.injected_address >> PAGE_SHIFT}
+    group = HUGE_PAGES if ev.ready.get("huge") else 1
+    return {j for i in hit for j in range(i - i % group, min(i - i % group + group, len(pages)))}
+
+
 def _check_intact(want: bool, ev: Evidence) -> Check:
+    name = "other pages intact"
     result = ev.probe_result
     if result is None:
-        return _missing("other pages intact", ev, "probe result")
-    corrupt = result.get("corrupt", [])
-    intact = not corrupt
-    if intact == want:
-        return _ok("other pages intact", f"pages {result.get('intact')} kept their data" if intact else f"pages {corrupt} changed")
-    return _fail("other pages intact", f"pages {corrupt} lost their data" if corrupt else "every page kept its data")
+        return _missing(name, ev, "probe result")
+    if "skipped" not in result:
+        return Check(name, Outcome.ERROR, "the probe did not say which pages it skipped")
+    intact, corrupt = result.get("intact", []), result.get("corrupt", [])
+    if not intact and not corrupt:
+        return Check(name, Outcome.ERROR, f"the probe checked no page (skipped: {_pages(result['skipped'])})")
+    lost = _expected_lost(ev)
+    unexpected = {why: [p for p in pages if p not in lost] for why, pages in result["skipped"].items()}
+    unexpected = {why: pages for why, pages in unexpected.items() if pages}
+    if unexpected:
+        return _fail(name, f"pages skipped that the injection should not have cost: {_pages(unexpected)} "
+                           f"(expected to lose {_ranges(sorted(lost)) or 'none'})")
+    if (not corrupt) == want:
+        return _ok(name, f"{len(intact)} page(s) kept their data, {_ranges(intact)}; skipped "
+                         f"{_pages(result['skipped']) or 'none'}" if want else f"pages {_ranges(corrupt)} changed")
+    return _fail(name, f"pages {_ranges(corrupt)} lost their data" if corrupt else "every page kept its data")
+
+
+def _pages(by_reason: dict[str, list[int]]) -> str:
+    return ", ".join(f"{_ranges(pages)} ({why})" for why, pages in by_reason.items() if pages)
+
+
+def _ranges(pages: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, p in enumerate(pages):
+        if start is None:
+            start = p
+        if i + 1 == len(pages) or pages[i + 1] != p + 1:
+            out.append(f"{start}" if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(out)
 
 
 def _check_poisoned(want: bool, ev: Evidence) -> Check:

@@ -278,13 +278,19 @@ static void busy_read(volatile unsigned char *target_va)
         : : "r"(target_va) : "rax", "memory");
 }
 
-static int poisoned_page(int p)
+/* Why page p is not read back, or NULL: never read a page the kernel reported
+ * lost (that would fault again). */
+static const char *skip_reason(int p)
 {
+    if (!got_sigbus)
+        return NULL;
+    /* KSM: every page is the same physical page as the one the SIGBUS named. */
+    if (same_content)
+        return "ksm";
     /* A huge page is poisoned whole: every subpage in si_addr_lsb's range is off limits. */
     int lsb = sig_lsb > 12 ? sig_lsb : 12;
     uintptr_t addr = (uintptr_t)(mem + p * page_size);
-    /* KSM: every page is the same physical page, so all of them are poisoned. */
-    return got_sigbus && (same_content || (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target);
+    return (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) ? "sigbus" : NULL;
 }
 
 static void print_page_list(const char *key, int want_intact)
@@ -292,7 +298,7 @@ static void print_page_list(const char *key, int want_intact)
     int first = 1;
     printf(",\"%s\":[", key);
     for (int p = 0; p < pages; p++) {
-        if (poisoned_page(p))
+        if (skip_reason(p))
             continue;
         if (holds(mem + p * page_size, same_content ? 0 : p + generation) == want_intact)
             printf("%s%d", first ? "" : ",", p), first = 0;
@@ -308,6 +314,24 @@ static int all_merged(int pagemap)
         if (!first || pfn_of(pagemap, mem + p * page_size) != first)
             return 0;
     return 1;
+}
+
+/* "skipped":{"sigbus":[1],...}: the pages not read back, by reason. */
+static void print_skipped(void)
+{
+    static const char *reasons[] = {"sigbus", "ksm"};
+    printf(",\"skipped\":{");
+    for (unsigned r = 0; r < sizeof(reasons) / sizeof(reasons[0]); r++) {
+        int first = 1;
+        printf("%s\"%s\":[", r ? "," : "", reasons[r]);
+        for (int p = 0; p < pages; p++) {
+            const char *why = skip_reason(p);
+            if (why && !strcmp(why, reasons[r]))
+                printf("%s%d", first ? "" : ",", p), first = 0;
+        }
+        printf("]");
+    }
+    printf("}");
 }
 
 static unsigned char *map_memory(void)
@@ -406,12 +430,14 @@ static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pa
     int have_flags = kpageflags_of(target_pfn, &flags);
     printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
            "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
-           "\"huge\":%s,\"thp\":%s,\"merged\":%s,\"free_pfn\":%llu,"
+           "\"huge\":%s,\"thp\":%s,\"map_page_size\":%lu,\"merged\":%s,\"free_pfn\":%llu,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
            getpid(), page_size, target, memory, (void *)target_va,
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
+           /* The size of the page that maps the target (hugetlb or THP: 2 MiB). */
+           have_flags && (flags >> KPF_HUGE & 1 || flags >> KPF_THP & 1) ? HUGE_SIZE : (unsigned long)page_size,
            same_content && all_merged(pagemap) ? "true" : "false",
            find_free ? free_buddy_pfn() : 0ULL,
            (void *)busy_loop_start, (void *)busy_loop_end);
@@ -491,8 +517,10 @@ static void report(double start, int children_ok)
                sig_code, code_name(sig_code), sig_addr, sig_lsb);
     printf(",\"elapsed_ms\":%.1f", elapsed);
     /* Never read back the page(s) the kernel reported: that would fault again. */
+    /* Every page is either checked (intact or corrupt) or skipped, with the reason. */
     print_page_list("intact", 1);
     print_page_list("corrupt", 0);
+    print_skipped();
     if (!is_child)
         printf(",\"children_reported\":%d", children_ok);
     printf("}\n");

@@ -19,10 +19,12 @@ def late_kill():
 
 def good_evidence(**over) -> Evidence:
     ev = Evidence(
-        ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1},
+        ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1, "pid": 84,
+               "pages": [{"va": hex(VA + (i - 1) * 4096), "pfn": PFN - 0x100 + i if i != 1 else PFN} for i in range(4)]},
         injected_address=PFN << 12, checked_pfn=PFN,
         probe_result={"sigbus": True, "si_code": 4, "si_code_name": "BUS_MCEERR_AR", "si_addr": hex(VA),
-                      "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "timeout": False},
+                      "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "skipped": {"sigbus": [1], "ksm": []},
+                      "timeout": False},
         kpageflags=KPF_HWPOISON_SET, hardware_corrupted_kb_before=0, hardware_corrupted_kb_after=4,
         kernel_log=f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n",
         events=[{"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": "inject",
@@ -44,7 +46,8 @@ def test_matching_evidence_passes():
 
 
 @pytest.mark.parametrize("change, check, words", [
-    ({"probe_result": {"sigbus": False, "timeout": False, "intact": [0, 1, 2, 3], "corrupt": []}}, "sigbus", "got no SIGBUS"),
+    ({"probe_result": {"sigbus": False, "timeout": False, "intact": [0, 1, 2, 3], "corrupt": [], "skipped": {}}},
+     "sigbus", "got no SIGBUS"),
     ({"kpageflags": 1 << 5}, "page poisoned", "HWPOISON clear"),
     ({"hardware_corrupted_kb_after": 8}, "HardwareCorrupted", "0 kB -> 8 kB (+8), expected +4"),
     ({"kernel_log": "nothing here"}, f"kernel log has 'Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered'", "not found"),
@@ -194,3 +197,61 @@ def test_a_normal_end_passes_and_an_unseen_one_is_error():
     ev = good_evidence(probe_result=None, probe_exit_status=None)
     ev.unavailable["probe result"] = "SSH dropped"
     assert {c.name: c.outcome for c in judge(with_expect(sigbus=None), ev).checks}["probe ended"] == Outcome.ERROR
+
+
+@pytest.mark.parametrize("si_addr, lsb, words", [
+    (VA + 3 * 4096, 21, ["si_addr_lsb 21 is wider than the mapping's 4 KiB pages", "is not on the target page"]),
+    (0x1000, 63, ["si_addr_lsb 63 is wider than the mapping's 4 KiB pages", "is not on the target page"]),
+    (VA + 4096, 12, ["is not on the target page 0x7f600d5e5000 (compared at 4 KiB)"]),
+])
+def test_without_lsb_the_address_is_compared_at_the_mappings_page_size(si_addr, lsb, words):
+    scenario = with_expect(sigbus=replace(late_kill().expect.sigbus, lsb=None))
+    ev = good_evidence()
+    ev.ready = ev.ready | {"map_page_size": 4096}
+    ev.probe_result = ev.probe_result | {"si_addr": hex(si_addr), "si_addr_lsb": lsb}
+    detail = failing(judge(scenario, ev))["sigbus"]
+    assert all(w in detail for w in words), detail
+    assert f"lsb {lsb}" in detail  # the lsb seen is reported
+
+
+def test_a_huge_mapping_is_compared_at_2_mib():
+    scenario = with_expect(sigbus=replace(late_kill().expect.sigbus, lsb=None))
+    ev = good_evidence()
+    ev.ready = ev.ready | {"map_page_size": 2 << 20, "va": hex(0x7F6000200000 + 5 * 4096)}
+    # hugetlb: the first access to the huge page faults, five subpages before the target.
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000200000), "si_addr_lsb": 21}
+    assert judge(scenario, ev).outcome == Outcome.PASS, judge(scenario, ev).reasons
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000400000)}   # the next huge page
+    assert "compared at 2 MiB" in failing(judge(scenario, ev))["sigbus"]
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000200000), "si_addr_lsb": 12}
+    assert "compared at 4 KiB" in failing(judge(scenario, ev))["sigbus"]   # a finer report is held to it
+
+
+def test_a_page_skipped_that_the_injection_should_not_have_cost_fails():
+    # The audit's case: the SIGBUS named page 2, the probe left it out, and the rest "intact".
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"intact": [0, 1, 3], "skipped": {"sigbus": [2], "ksm": []}}
+    detail = failing(judge(late_kill(), ev))["other pages intact"]
+    assert detail == "pages skipped that the injection should not have cost: 2 (sigbus) (expected to lose 1)"
+
+
+def test_checking_no_page_is_an_error_never_a_pass():
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"intact": [], "corrupt": [], "skipped": {"sigbus": [], "ksm": [0, 1, 2, 3]}}
+    verdict = judge(late_kill(), ev)
+    check = {c.name: c for c in verdict.checks}["other pages intact"]
+    assert check.outcome == Outcome.ERROR and "checked no page (skipped: 0-3 (ksm))" in check.detail
+    ev.probe_result = ev.probe_result | {"intact": [0, 2, 3], "skipped": None}
+    del ev.probe_result["skipped"]
+    assert {c.name: c for c in judge(late_kill(), ev).checks}["other pages intact"].outcome == Outcome.ERROR
+
+
+def test_a_whole_huge_page_may_be_skipped_with_hugetlb():
+    ev = good_evidence()
+    pages = [{"va": hex(VA + i * 4096), "pfn": 0x6000 + i} for i in range(1024)]
+    ev.ready = ev.ready | {"huge": True, "pages": pages, "target": 5}
+    ev.injected_address = (0x6000 + 5) << 12
+    ev.probe_result = ev.probe_result | {"intact": list(range(512, 1024)), "skipped": {"sigbus": list(range(512)), "ksm": []}}
+    assert {c.name: c.outcome for c in judge(late_kill(), ev).checks}["other pages intact"] == Outcome.PASS
+    ev.probe_result = ev.probe_result | {"intact": list(range(513, 1024)), "skipped": {"sigbus": list(range(513)), "ksm": []}}
+    assert "512 (sigbus)" in failing(judge(late_kill(), ev))["other pages intact"]
