@@ -116,6 +116,7 @@ class Expectations:
     ksm_remerge: str | None = None
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
+    checked_page: Literal["injected", "target"] | None = None  # None: see runner.checked_pfn
 
 
 @dataclass(frozen=True)
@@ -515,7 +516,7 @@ def _expectations(d: dict) -> Expectations:
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
         no_kernel_bugs=d.get("no_kernel_bugs", True),
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
-        target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"),
+        target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"), checked_page=d.get("checked_page"),
     )
 
 

@@ -120,9 +120,15 @@ def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
     if expect.target_moved is not None:
         touches = [step for step in ev.steps if step.get("event") == "touched" and "target_pfn" in step]
         now = touches[-1]["target_pfn"] if touches else None
-        moved = now is not None and now != ev.ready["pfn"]
-        detail = f"target PFN {ev.ready['pfn']:#x} -> {now:#x}" if now is not None else "no touch step answered"
-        checks.append((_ok if now is not None and moved == expect.target_moved else _fail)("target moved", detail))
+        if now is None:
+            checks.append(_fail("target moved", "no touch step answered"))
+        elif now == 0:
+            # pagemap shows no present page: neither moved nor in place.
+            checks.append(_fail("target moved", f"target PFN {ev.ready['pfn']:#x} -> not present in pagemap (PFN 0)"))
+        else:
+            moved = now != ev.ready["pfn"]
+            checks.append((_ok if moved == expect.target_moved else _fail)(
+                "target moved", f"target PFN {ev.ready['pfn']:#x} -> {now:#x}"))
     collapses = [step for step in ev.steps if step.get("event") == "collapse"]
     if expect.collapse is not None:
         checks.append(_compare("MADV_COLLAPSE", expect.collapse, collapses[-1].get("result") if collapses else None))

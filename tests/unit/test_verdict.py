@@ -255,3 +255,25 @@ def test_a_whole_huge_page_may_be_skipped_with_hugetlb():
     assert {c.name: c.outcome for c in judge(late_kill(), ev).checks}["other pages intact"] == Outcome.PASS
     ev.probe_result = ev.probe_result | {"intact": list(range(513, 1024)), "skipped": {"sigbus": list(range(513)), "ksm": []}}
     assert "512 (sigbus)" in failing(judge(late_kill(), ev))["other pages intact"]
+
+
+def test_a_target_not_present_in_pagemap_is_not_moved():
+    for want in (True, False):
+        failed = failing(judge(with_expect(target_moved=want), good_evidence(steps=[{"event": "touched", "target_pfn": 0}])))
+        assert failed["target moved"] == f"target PFN {PFN:#x} -> not present in pagemap (PFN 0)"
+
+
+@pytest.mark.parametrize("inject, expect, pfn", [
+    ({}, {}, PFN),                                          # the target is the injected page
+    ({"address": 0x8000000}, {}, 0x8000),                   # inject.address: the injected page
+    ({"address": 0x8000000}, {"checked_page": "target"}, PFN),
+    ({"page_offset": 1}, {}, PFN),                          # the negative controls' design
+    ({"page_offset": 1}, {"checked_page": "injected"}, PFN + 1),
+])
+def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwise(inject, expect, pfn):
+    from orchestrator.runner import _injection_address, checked_pfn
+    scenario = late_kill()
+    scenario = replace(scenario, inject=replace(scenario.inject, **inject), expect=replace(scenario.expect, **expect))
+    ready = {"pfn": PFN, "gpa": hex(PFN << 12), "target": 1, "page_size": 4096,
+             "pages": [{"pfn": PFN - 1}, {"pfn": PFN}, {"pfn": PFN + 1}, {"pfn": PFN + 2}]}
+    assert checked_pfn(scenario, ready, _injection_address(scenario, ready)) == pfn
