@@ -290,12 +290,13 @@ def _oom_kill(ev: Evidence) -> str | None:
 
 
 def _expected_lost(ev: Evidence) -> set[int]:
-    """The probe's pages the injection hits: the injected PFN's (several with KSM,
-    which merged them), and with hugetlb the whole 2 MiB page around it."""
-    if ev.injected_address is None or not ev.ready:
+    """The probe's pages the scenario expects to lose: the checked page's (the injected
+    one unless the scenario says otherwise; several with KSM, which merged them), and
+    with hugetlb the whole 2 MiB page around it. Every other page is "other"."""
+    if ev.checked_pfn is None or not ev.ready:
         return set()
     pages = ev.ready.get("pages", [])
-    hit = {i for i, page in enumerate(pages) if page["pfn"] == ev.injected_address >> PAGE_SHIFT}
+    hit = {i for i, page in enumerate(pages) if page["pfn"] == ev.checked_pfn}
     group = HUGE_PAGES if ev.ready.get("huge") else 1
     return {j for i in hit for j in range(i - i % group, min(i - i % group + group, len(pages)))}
 
@@ -314,7 +315,7 @@ def _check_intact(want: bool, ev: Evidence) -> Check:
     unexpected = {why: [p for p in pages if p not in lost] for why, pages in result["skipped"].items()}
     unexpected = {why: pages for why, pages in unexpected.items() if pages}
     if unexpected:
-        return _fail(name, f"pages skipped that the injection should not have cost: {_pages(unexpected)} "
+        return _fail(name, f"pages skipped that the scenario does not expect to lose: {_pages(unexpected)} "
                            f"(expected to lose {_ranges(sorted(lost)) or 'none'})")
     if (not corrupt) == want:
         return _ok(name, f"{len(intact)} page(s) kept their data, {_ranges(intact)}; skipped "

@@ -232,7 +232,7 @@ def test_a_page_skipped_that_the_injection_should_not_have_cost_fails():
     ev = good_evidence()
     ev.probe_result = ev.probe_result | {"intact": [0, 1, 3], "skipped": {"sigbus": [2], "ksm": []}}
     detail = failing(judge(late_kill(), ev))["other pages intact"]
-    assert detail == "pages skipped that the injection should not have cost: 2 (sigbus) (expected to lose 1)"
+    assert detail == "pages skipped that the scenario does not expect to lose: 2 (sigbus) (expected to lose 1)"
 
 
 def test_checking_no_page_is_an_error_never_a_pass():
@@ -250,7 +250,7 @@ def test_a_whole_huge_page_may_be_skipped_with_hugetlb():
     ev = good_evidence()
     pages = [{"va": hex(VA + i * 4096), "pfn": 0x6000 + i} for i in range(1024)]
     ev.ready = ev.ready | {"huge": True, "pages": pages, "target": 5}
-    ev.injected_address = (0x6000 + 5) << 12
+    ev.injected_address, ev.checked_pfn = (0x6000 + 5) << 12, 0x6000 + 5
     ev.probe_result = ev.probe_result | {"intact": list(range(512, 1024)), "skipped": {"sigbus": list(range(512)), "ksm": []}}
     assert {c.name: c.outcome for c in judge(late_kill(), ev).checks}["other pages intact"] == Outcome.PASS
     ev.probe_result = ev.probe_result | {"intact": list(range(513, 1024)), "skipped": {"sigbus": list(range(513)), "ksm": []}}
