@@ -383,7 +383,7 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
         except KeyError as exc:
             checks.append(Check(f"kernel log {wanted}", Outcome.ERROR, f"cannot fill in {exc}: not known in this run"))
             continue
-        shown = wanted if wanted.regex else LineExpectation(logmatch.fill(wanted.text, values))
+        shown = LineExpectation(logmatch.fill(wanted.text, values), wanted.regex)
         name = f"kernel log {'has' if present else 'lacks'} {shown}"
         if log is None:
             checks.append(_missing(name, ev, "kernel log"))
