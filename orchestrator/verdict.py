@@ -249,7 +249,8 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
             return _fail("sigbus", f"the probe died (exit status {ev.probe_exit_status}) before reporting")
         return _missing("sigbus", ev, "probe result")
     got = (f"{result.get('si_code_name')} (si_code {result.get('si_code')}) at {result.get('si_addr')} "
-           f"lsb {result.get('si_addr_lsb')}") if result["sigbus"] else "no SIGBUS"
+           f"lsb {result.get('si_addr_lsb')}" + (" (on the probe's read-back for its report)"
+                                                 if result.get("sigbus_in_report") else "")) if result["sigbus"] else "no SIGBUS"
     want = expect.sigbus
     if want == NONE:
         return _ok("sigbus", "none, as expected") if not result["sigbus"] else _fail("sigbus", f"expected none, got {got}")

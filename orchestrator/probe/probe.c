@@ -89,6 +89,7 @@ extern char busy_loop_start[], busy_loop_end[];
 
 static sigjmp_buf recover;
 static volatile sig_atomic_t got_sigbus, got_alarm;
+static volatile sig_atomic_t reporting, sigbus_in_report;  /* a SIGBUS while report() reads the pages */
 static volatile int sig_code, sig_lsb;
 static void *volatile sig_addr;
 
@@ -97,6 +98,7 @@ static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, f
 static const char *memory = "anon", *file_path, *file_state = "dirty";
 static volatile int touched;
 static int file_fd = -1, generation = ON_DISK, is_child, same_content;
+static pid_t child = -1;
 static unsigned char *mem;
 static size_t mem_size;
 static long page_size;
@@ -105,6 +107,7 @@ static void on_sigbus(int sig, siginfo_t *info, void *uctx)
 {
     (void)sig; (void)uctx;
     got_sigbus = 1;
+    sigbus_in_report = reporting;
     sig_code = info->si_code;
     sig_addr = info->si_addr;
     sig_lsb = info->si_addr_lsb;
@@ -293,17 +296,22 @@ static const char *skip_reason(int p)
     return (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) ? "sigbus" : NULL;
 }
 
-static void print_page_list(const char *key, int want_intact)
+/* What report() found for each page: 1 intact, 0 corrupt, or skipped. */
+enum { CORRUPT, INTACT, SKIPPED_SIGBUS, SKIPPED_KSM };
+static unsigned char page_state[4096];
+
+/* All pages are read before anything is printed: a read that faults (the first
+ * access to a poisoned page the kernel had not signalled yet) jumps back to
+ * main, which reports again, now skipping that page; no half-printed line. */
+static void check_pages(void)
 {
-    int first = 1;
-    printf(",\"%s\":[", key);
+    reporting = 1;
     for (int p = 0; p < pages; p++) {
-        if (skip_reason(p))
-            continue;
-        if (holds(mem + p * page_size, same_content ? 0 : p + generation) == want_intact)
-            printf("%s%d", first ? "" : ",", p), first = 0;
+        const char *why = skip_reason(p);
+        page_state[p] = !why ? holds(mem + p * page_size, same_content ? 0 : p + generation)
+                        : !strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS;
     }
-    printf("]");
+    reporting = 0;
 }
 
 /* Every page of the mapping on page 0's physical page (KSM has merged them all). */
@@ -316,22 +324,14 @@ static int all_merged(int pagemap)
     return 1;
 }
 
-/* "skipped":{"sigbus":[1],...}: the pages not read back, by reason. */
-static void print_skipped(void)
+static void print_pages(const char *sep, const char *key, int state)
 {
-    static const char *reasons[] = {"sigbus", "ksm"};
-    printf(",\"skipped\":{");
-    for (unsigned r = 0; r < sizeof(reasons) / sizeof(reasons[0]); r++) {
-        int first = 1;
-        printf("%s\"%s\":[", r ? "," : "", reasons[r]);
-        for (int p = 0; p < pages; p++) {
-            const char *why = skip_reason(p);
-            if (why && !strcmp(why, reasons[r]))
-                printf("%s%d", first ? "" : ",", p), first = 0;
-        }
-        printf("]");
-    }
-    printf("}");
+    int first = 1;
+    printf("%s\"%s\":[", sep, key);
+    for (int p = 0; p < pages; p++)
+        if (page_state[p] == state)
+            printf("%s%d", first ? "" : ",", p), first = 0;
+    printf("]");
 }
 
 static unsigned char *map_memory(void)
@@ -509,18 +509,23 @@ static void do_collapse(int pagemap)
 static void report(double start, int children_ok)
 {
     double elapsed = now_ms() - start;
+    check_pages();
     printf("{\"event\":\"result\",\"process\":\"%s\",\"pid\":%d,\"sigbus\":%s,\"timeout\":%s,\"touched\":%s",
            is_child ? "child" : "parent", getpid(), got_sigbus ? "true" : "false",
            got_alarm ? "true" : "false", touched ? "true" : "false");
     if (got_sigbus)
-        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"%p\",\"si_addr_lsb\":%d",
-               sig_code, code_name(sig_code), sig_addr, sig_lsb);
+        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"%p\",\"si_addr_lsb\":%d,"
+               "\"sigbus_in_report\":%s",
+               sig_code, code_name(sig_code), sig_addr, sig_lsb, sigbus_in_report ? "true" : "false");
     printf(",\"elapsed_ms\":%.1f", elapsed);
-    /* Never read back the page(s) the kernel reported: that would fault again. */
-    /* Every page is either checked (intact or corrupt) or skipped, with the reason. */
-    print_page_list("intact", 1);
-    print_page_list("corrupt", 0);
-    print_skipped();
+    /* Every page is either checked (intact or corrupt) or skipped, with the reason:
+     * never read back the page(s) the kernel reported (that would fault again). */
+    print_pages(",", "intact", INTACT);
+    print_pages(",", "corrupt", CORRUPT);
+    printf(",\"skipped\":{");
+    print_pages("", "sigbus", SKIPPED_SIGBUS);
+    print_pages(",", "ksm", SKIPPED_KSM);
+    printf("}");
     if (!is_child)
         printf(",\"children_reported\":%d", children_ok);
     printf("}\n");
@@ -740,7 +745,6 @@ int main(int argc, char **argv)
 
     double start = now_ms();
     int to_child = -1;
-    pid_t child = -1;
     if (processes == 2) {
         int fds[2], back[2];
         char c;
@@ -800,12 +804,14 @@ int main(int argc, char **argv)
         }
     }
     alarm(0);
-    int children_ok = 0;
+    /* Static, and the child reaped once: a SIGBUS in report() comes back here. */
+    static int children_ok;
     if (child > 0) {
         int status;
         close(to_child);  /* EOF: the child reports and exits */
         if (waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0)
             children_ok = 1;
+        child = -1;
     }
     report(start, children_ok);
     return 0;
