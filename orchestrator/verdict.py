@@ -319,8 +319,8 @@ def _check_intact(want: bool, ev: Evidence) -> Check:
         return _fail(name, f"pages skipped that the scenario does not expect to lose: {_pages(unexpected)} "
                            f"(expected to lose {_ranges(sorted(lost)) or 'none'})")
     if (not corrupt) == want:
-        return _ok(name, f"{len(intact)} page(s) kept their data, {_ranges(intact)}; skipped "
-                         f"{_pages(result['skipped']) or 'none'}" if want else f"pages {_ranges(corrupt)} changed")
+        return _ok(name, f"pages {_ranges(intact)} kept their data; skipped {_pages(result['skipped']) or 'none'}"
+                   if want else f"pages {_ranges(corrupt)} changed")
     return _fail(name, f"pages {_ranges(corrupt)} lost their data" if corrupt else "every page kept its data")
 
 
