@@ -6,6 +6,7 @@ expected, ERROR when the evidence it needs could not be gathered.
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass, field
 
 from orchestrator import crashes, logmatch
@@ -160,7 +161,12 @@ def _check_ksm_remerge(want: str, ev: Evidence) -> Check:
     return _ok(name, detail) if got == want else _fail(name, detail + f"; expected {want}")
 
 
-_SIGNALS = {9: "SIGKILL", 7: "SIGBUS", 11: "SIGSEGV", 6: "SIGABRT", 15: "SIGTERM", 14: "SIGALRM"}
+def _signal_name(number: int) -> str:
+    # The guest is x86_64 Linux, as is the host: the same signal numbers.
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "?"
 
 
 def _check_probe_ended(ev: Evidence) -> Check:
@@ -174,7 +180,7 @@ def _check_probe_ended(ev: Evidence) -> Check:
         # As for sigbus: the scenario asked for more memory than the guest has.
         return Check(name, Outcome.ERROR, f"the guest ran out of memory before the probe reported: {oom}")
     status = ev.probe_exit_status
-    how = (f"killed by signal {status - 128} ({_SIGNALS.get(status - 128, '?')})" if status is not None and status > 128
+    how = (f"killed by signal {status - 128} ({_signal_name(status - 128)})" if status is not None and status > 128
            else f"exit status {status}")
     if ev.probe_result is None:
         if status is not None:
