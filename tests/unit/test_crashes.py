@@ -52,8 +52,14 @@ SAMPLES = {
     "bad page state": ["[  121.412903] BUG: Bad page state in process mce-probe  pfn:0671e\n"
                        "[  121.413102] page:00000000b9c5d3c5 refcount:0 mapcount:0 mapping:0000000000000000 index:0x0 pfn:0x671e\n",
                        "[   88.1] BUG: Bad page map in process khugepaged  pte:8000000012345067 pmd:0b5f4067\n"],
-    "page fault in kernel": ["[   47.117311] BUG: unable to handle page fault for address: ffff888002bb1000\n"
-                             "[   47.117502] #PF: supervisor read access in kernel mode\n",
+    "page fault in kernel": [
+        # Our 6.12 guest, ksm-poisoned-page-rescan (docs/guest-kernel-bugs.md): the Oops line is part of it.
+        "[    6.733891] BUG: unable to handle page fault for address: ffff888002b82000\n"
+        "[    6.735409] #PF: supervisor read access in kernel mode\n"
+        "[    6.735499] #PF: error_code(0x0000) - not-present page\n"
+        "[    6.834242] Oops: Oops: 0000 [#1] PREEMPT SMP PTI\n",
+        "[   47.117311] BUG: unable to handle page fault for address: ffff888002bb1000\n"
+        "[   47.117502] #PF: supervisor read access in kernel mode\n",
                              "[   12.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n"],
     "slab corruption": ["[   74.1] BUG kmalloc-128 (Tainted: G        W        ): Poison overwritten\n"
                         "[   74.1] First byte 0x0 instead of 0x6b\n",
@@ -80,7 +86,8 @@ SAMPLES = {
                 "[   77.2] WARNING: suspicious RCU usage\n"],
     "Unable to handle kernel": ["[    9.1] Unable to handle kernel paging request at virtual address ffff800009d5b000\n",
                                 "[    9.2] Unable to handle kernel NULL pointer dereference at virtual address 0000000000000008\n"],
-    "task exited in bad state": ["[   10.811775] note: kworker/0:6[117] exited with irqs disabled\n"
+    "task exited in bad state": ["[    6.960298] note: ksmd[34] exited with irqs disabled\n",  # our 6.12 guest
+                                 "[   10.811775] note: kworker/0:6[117] exited with irqs disabled\n"
                                  "[   10.817444] note: kworker/0:6[117] exited with preempt_count 1\n",
                                  "[ 2613.518974] note: fsstress[17987] exited with irqs disabled\n"],
     "recursive fault": ["[ 2613.629176] Fixing recursive fault but reboot is needed!\n"],
