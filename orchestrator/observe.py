@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import mce
+from orchestrator import logmatch, mce
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import Guest
 from orchestrator.bounded import read_head_tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
+from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import Scenario
 from orchestrator.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
@@ -162,6 +164,9 @@ def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev
             return
         try:
             answer = probe.read_event({STEP_EVENTS[step], "result"}, own_time(deadline, step), "observe", abort=down)
+        except ProbeExited as exc:
+            ev.probe_exit_status = exc.status  # its shell's report is read only once
+            return
         except HarnessError:
             return  # the evidence gathering that follows says what is missing
         if answer["event"] == "result":
@@ -178,7 +183,7 @@ def _let_panic_print(guest: Guest, deadline: Deadline) -> None:
     with contextlib.suppress(Exception):
         guest.monitor.execute("cont", timeout=2)
     wait = Deadline(max(min(PANIC_TEXT_S, deadline.remaining()), 1.0), "panic text")
-    if wait_console(guest, "Kernel panic", wait, stop_when_down=False):
+    if wait_console(guest, logmatch.compile_expectation(PANIC_PRINTED, {}), wait, stop_when_down=False):
         _wait_console_settled(guest, wait)
 
 
@@ -257,13 +262,19 @@ def _console_says_halted(guest: Guest) -> str | None:
     return f"the guest halted (console: '{found[0]}')" if found else None
 
 
+# memory_failure()'s messages on a page: "Memory failure: 0x671e: <what it did>".
+FAILURE_LOGGED = LineExpectation("Memory failure: {pfn:#x}: .*", regex=True)
+PANIC_PRINTED = LineExpectation("Kernel panic - not syncing: .*", regex=True)
+
+
 def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1,
                         ssh: SshSession | None = None) -> bool:
     """Until memory_failure() has reported on `pfn` that many times: its pr_err lines reach
     the console, or, with a quiet console (loglevel=0), are found in dmesg over `ssh`."""
-    text = f"Memory failure: {pfn:#x}"
-    return wait_console(guest, text, deadline, occurrences=occurrences,
-                        kernel_log=(lambda: _kernel_log_lines(ssh, text, deadline)) if ssh else None)
+    pattern = logmatch.compile_expectation(FAILURE_LOGGED, {"pfn": pfn})
+    prefix = f"Memory failure: {pfn:#x}:"  # what dmesg is grepped for, before the whole-message match
+    return wait_console(guest, pattern, deadline, occurrences=occurrences,
+                        kernel_log=(lambda: _kernel_log_lines(ssh, prefix, deadline)) if ssh else None)
 
 
 def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[str] | None:
@@ -305,24 +316,30 @@ class ConsoleFollower:
         return [line.decode(errors="replace") for line in complete]
 
 
-def wait_console(guest: Guest, text: str, deadline: Deadline, occurrences: int = 1,
+def _matching(lines: list[str], pattern: re.Pattern) -> int:
+    """How many of these log lines are whole messages `pattern` matches (see logmatch)."""
+    return len(logmatch.find("".join(line + "\n" for line in lines), pattern))
+
+
+def wait_console(guest: Guest, pattern: re.Pattern, deadline: Deadline, occurrences: int = 1,
                  stop_when_down: bool = True, kernel_log=None) -> bool:
-    """Until `text` is in `occurrences` lines of the console (a local file: cheap to poll,
-    read on from the last offset). `kernel_log`, when given, is asked every DMESG_LOOK_S for
-    the kernel log's lines holding `text`: a line that never reaches the console is found
-    there. Ends early when the guest goes down."""
+    """Until `occurrences` complete console messages match `pattern` whole (see logmatch;
+    the console is a local file: cheap to poll, read on from the last offset).
+    `kernel_log`, when given, is asked every DMESG_LOOK_S for candidate lines of the
+    kernel log: a line that never reaches the console is found there. Ends early when
+    the guest goes down."""
     console = ConsoleFollower(guest.console_log)
     seen = 0
     next_look = time.monotonic() + DMESG_LOOK_S
     while True:
-        seen += sum(text in line for line in console.new_lines())
-        if seen + (text in console.partial.decode(errors="replace")) >= occurrences:
+        seen += _matching(console.new_lines(), pattern)
+        if seen >= occurrences:
             return True
         if stop_when_down and guest_down(guest):
             return False
         if kernel_log is not None and (time.monotonic() >= next_look or deadline.expired()):
             lines = kernel_log()
-            if lines is not None and sum(text in line for line in lines) >= occurrences:
+            if lines is not None and _matching(lines, pattern) >= occurrences:
                 return True
             next_look = time.monotonic() + DMESG_LOOK_S
         if deadline.expired():
@@ -342,13 +359,15 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
                 break
             ev.child_results.append(result)
     except ProbeExited as exc:
-        ev.probe_exit_status = exc.status
+        if ev.probe_exit_status is None:
+            ev.probe_exit_status = exc.status
         ev.unavailable["probe result"] = exc.message
     except HarnessError as exc:
         ev.unavailable["probe result"] = exc.message
     else:
-        # Let the probe's channel end before opening the next one (see SshSession._open_exec).
-        probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+        # Let the probe's channel end before opening the next one (see SshSession._open_exec);
+        # how it ended is judged too.
+        ev.probe_exit_status = probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
     gather_parts(ssh, ev, abort)
 
 

@@ -364,9 +364,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             else:
                 address = _injection_address(scenario, ev.ready)
             ev.injected_address = address
-            # The checks look at the probe's target (even when a negative control
-            # injects elsewhere), or at the injected page when it is not the probe's.
-            ev.checked_pfn = ev.ready["pfn"] if region == "probe" else address >> 12
+            ev.checked_pfn = checked_pfn(scenario, ev.ready, address)
             phases.notes["locate"] = (f"target VA {ev.ready['va']} PFN {ev.ready['pfn']:#x} "
                                       f"GPA {ev.ready['gpa']}; injecting at {address:#x}")
 
@@ -486,6 +484,15 @@ def _found_page(ssh: SshSession, kind: str, deadline: Deadline) -> int:
     if not found.get("pfn"):
         raise HarnessError("locate", f"the guest has no {kind} page (/proc/kpageflags)")
     return found["pfn"] << 12
+
+
+def checked_pfn(scenario: Scenario, ready: dict, address: int) -> int:
+    """The page that page_poisoned, {pfn} and the harness's steps look at: the injected
+    page, unless the scenario says `expect.checked_page: target`. page_offset exists for
+    negative controls that inject beside the target and check the target (their
+    documented design), so with it the target is the default."""
+    wanted = scenario.expect.checked_page or ("target" if scenario.inject.page_offset else "injected")
+    return ready["pfn"] if wanted == "target" else address >> 12
 
 
 def _injection_address(scenario: Scenario, ready: dict) -> int:

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
-from orchestrator import mce
+from orchestrator import logmatch, mce
+from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import InputError
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
@@ -101,8 +102,8 @@ class Expectations:
     sigbus: SigbusExpectation | Literal["none"] | None = None
     page_poisoned: bool | None = None
     hardware_corrupted_kb: int | None = None
-    kernel_log: tuple[str, ...] = ()
-    kernel_log_absent: tuple[str, ...] = ()
+    kernel_log: tuple[LineExpectation, ...] = ()         # whole messages that must be in the log
+    kernel_log_absent: tuple[LineExpectation, ...] = ()  # ... that must not
     memory_failure_event: EventExpectation | Literal["none"] | None = None
     other_pages_intact: bool | None = None
     guest: Literal["alive", "panic"] = "alive"
@@ -116,6 +117,7 @@ class Expectations:
     ksm_remerge: str | None = None
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
+    checked_page: Literal["injected", "target"] | None = None  # None: see runner.checked_pfn
 
 
 @dataclass(frozen=True)
@@ -214,10 +216,6 @@ _Validator = jsonschema.validators.extend(
         or (isinstance(value, float) and math.isfinite(value)),
     }))
 
-# Fields a kernel_log pattern may use; verdict.expand fills them in.
-PLACEHOLDERS = {"pfn": 1, "gpa": 4096, "va": 4096, "injected_pfn": 1}
-
-
 def _schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
@@ -299,9 +297,11 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[tuple, str]:
         return at, f"expected a value {word} {error.validator_value}, got {inst!r}"
     if v == "oneOf" and at == ("inject",):
         return at, "give exactly one of 'preset' or 'raw'"
+    if v == "oneOf" and len(at) >= 2 and at[-2] in ("kernel_log", "kernel_log_absent"):
+        return at, f"expected a string (the whole message) or a mapping {{regex: ...}}; got {inst!r}"
     if v == "oneOf":
         return at, f"expected 'none' or a mapping of {', '.join(_oneof_keys(error))}; got {inst!r}"
-    if v == "pattern" and error.validator_value == _schema()["$defs"]["log_line"]["pattern"]:
+    if v == "pattern" and error.validator_value == _schema()["$defs"]["log_text"]["pattern"]:
         return at, f"{inst!r} has control characters (a kernel log line has none)"
     if v == "pattern" or v == "propertyNames":
         return at, f"{inst!r} is not an allowed name"
@@ -396,6 +396,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     if not 0 <= probe.target + inject.page_offset < probe.pages:
         fail(("inject", "page_offset"), f"page {probe.target + inject.page_offset} is not one of the probe's "
                                         f"{probe.pages} pages (target {probe.target})")
+    _check_log_expectations(data, fail)
     expect = _expectations(data["expect"])
     variants = tuple(
         KernelVariant(v["kernel"], " ".join(v["because"].split()), _expectations({**data["expect"], **v["expect"]}))
@@ -422,12 +423,6 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
         if e.ksm_remerge is not None and not remerges:
             fail(at + ("ksm_remerge",), "needs a ksm-remerge step in probe.after_inject")
-    for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
-        for key in ("kernel_log", "kernel_log_absent"):
-            for i, pattern in enumerate(getattr(e, key)):
-                problem = _placeholder_problem(pattern)
-                if problem:
-                    fail(at + (key, i), problem)
     timeouts = Timeouts(**data.get("timeouts", {}))
     _check_repeats(inject, timeouts, fail)
     if inject.gate == "user-mode" and probe.mode != "busy":
@@ -436,17 +431,6 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
                     probe=probe, inject=inject, expect=expect, timeouts=timeouts,
                     kernel_variants=variants, known_failures=known)
-
-
-def _placeholder_problem(pattern: str) -> str | None:
-    """Why `pattern` cannot be filled in by the verdict, or None."""
-    try:
-        pattern.format(**PLACEHOLDERS)
-    except KeyError as exc:
-        return f"unknown placeholder {{{exc.args[0]}}} (known: {', '.join(sorted(PLACEHOLDERS))}; write {{{{ for a brace)"
-    except (IndexError, ValueError) as exc:
-        return f"cannot be filled in: {exc} (placeholders look like {{pfn:#x}}; write {{{{ for a brace)"
-    return None
 
 
 def _check_repeats(inject: InjectSpec, timeouts: Timeouts, fail) -> None:
@@ -506,6 +490,23 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
                       region=d.get("region", "probe"), interval_s=d.get("interval_s"), each_vcpu=each_vcpu)
 
 
+def _check_log_expectations(data: dict, fail) -> None:
+    """Every kernel_log/kernel_log_absent entry usable (placeholders, format specs, regex), up front."""
+    blocks = [(("expect",), data["expect"])] + [(("kernel_variants", i, "expect"), v["expect"])
+                                                for i, v in enumerate(data.get("kernel_variants", ()))]
+    for at, block in blocks:
+        for key in ("kernel_log", "kernel_log_absent"):
+            for i, entry in enumerate(block.get(key, ())):
+                try:
+                    logmatch.validate(_line_expectation(entry))
+                except logmatch.ExpectationError as exc:
+                    fail(at + (key, i), str(exc))
+
+
+def _line_expectation(entry: str | dict) -> LineExpectation:
+    return LineExpectation(entry["regex"], regex=True) if isinstance(entry, dict) else LineExpectation(entry)
+
+
 def _expectations(d: dict) -> Expectations:
     sigbus = d.get("sigbus")
     if isinstance(sigbus, dict):
@@ -516,14 +517,15 @@ def _expectations(d: dict) -> Expectations:
     return Expectations(
         sigbus=sigbus, page_poisoned=d.get("page_poisoned"),
         hardware_corrupted_kb=d.get("hardware_corrupted_kb"),
-        kernel_log=tuple(d.get("kernel_log", ())), kernel_log_absent=tuple(d.get("kernel_log_absent", ())),
+        kernel_log=tuple(map(_line_expectation, d.get("kernel_log", ()))),
+        kernel_log_absent=tuple(map(_line_expectation, d.get("kernel_log_absent", ()))),
         memory_failure_event=event, other_pages_intact=d.get("other_pages_intact"),
         guest=d.get("guest", "alive"),
         fsync=tuple(d["fsync"]) if "fsync" in d else None, reread=d.get("reread"), collapse=d.get("collapse"),
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
         no_kernel_bugs=d.get("no_kernel_bugs", True),
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
-        target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"),
+        target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"), checked_page=d.get("checked_page"),
     )
 
 

@@ -6,15 +6,19 @@ expected, ERROR when the evidence it needs could not be gathered.
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass, field
 
+from orchestrator import crashes, logmatch
 from orchestrator.bounded import TRUNCATED
 from orchestrator.guest_data import Unreadable, bool_field, hex_field, int_field, int_list_field
+from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
 
 KPF_HWPOISON = 19  # include/uapi/linux/kernel-page-flags.h
 PAGE_SHIFT = 12
+HUGE_PAGES = 512   # 4 KiB pages in a 2 MiB hugetlb page
 
 
 @dataclass
@@ -26,7 +30,7 @@ class Evidence:
     probe_result: dict | None = None       # the probe's "result" report
     child_results: list[dict] = field(default_factory=list)  # the forked child's, with processes: 2
     steps: list[dict] = field(default_factory=list)          # answers to fsync/reread/collapse/touch
-    probe_exit_status: int | None = None   # when the probe ended without a result
+    probe_exit_status: int | None = None   # the probe's exit status as its shell saw it (128+N: signal N)
     kpageflags: int | None = None
     hardware_corrupted_kb_before: int | None = None
     hardware_corrupted_kb_after: int | None = None
@@ -95,6 +99,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.extend(result if isinstance(result, list) else [result])
 
     add("guest", _check_guest, expect, ev)
+    if expect.guest == "alive":
+        add("probe ended", _check_probe_ended, ev)
     if expect.sigbus is not None:
         add("sigbus", _check_sigbus, expect, ev)
         if ev.ready and ev.ready.get("processes", 1) > 1:
@@ -110,8 +116,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         add("kernel log", _check_kernel_log, expect, ev)
     if expect.memory_failure_event is not None:
         add("MEMORY_FAILURE event", _check_event, expect, ev)
-    if expect.no_kernel_bugs and expect.guest == "alive":
-        add("no kernel bugs", _check_kernel_health, ev)
+    if expect.no_kernel_bugs:
+        add("no kernel bugs", _check_kernel_health, ev, expect.guest == "panic")
     if expect.ksm_remerge is not None:
         # After the health check: an oops that killed ksmd is the first reason given.
         add("ksm remerge", _check_ksm_remerge, expect.ksm_remerge, ev)
@@ -135,9 +141,15 @@ def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
     if expect.target_moved is not None:
         touches = [step for step in ev.steps if step.get("event") == "touched" and "target_pfn" in step]
         now = int_field(touches[-1], "target_pfn") if touches else None
-        moved = now is not None and now != ev.ready["pfn"]
-        detail = f"target PFN {ev.ready['pfn']:#x} -> {now:#x}" if now is not None else "no touch step answered"
-        checks.append((_ok if now is not None and moved == expect.target_moved else _fail)("target moved", detail))
+        if now is None:
+            checks.append(_fail("target moved", "no touch step answered"))
+        elif now == 0:
+            # pagemap shows no present page: neither moved nor in place.
+            checks.append(_fail("target moved", f"target PFN {ev.ready['pfn']:#x} -> not present in pagemap (PFN 0)"))
+        else:
+            moved = now != ev.ready["pfn"]
+            checks.append((_ok if moved == expect.target_moved else _fail)(
+                "target moved", f"target PFN {ev.ready['pfn']:#x} -> {now:#x}"))
     collapses = [step for step in ev.steps if step.get("event") == "collapse"]
     if expect.collapse is not None:
         checks.append(_compare("MADV_COLLAPSE", expect.collapse, collapses[-1].get("result") if collapses else None))
@@ -169,6 +181,39 @@ def _check_ksm_remerge(want: str, ev: Evidence) -> Check:
     return _ok(name, detail) if got == want else _fail(name, detail + f"; expected {want}")
 
 
+def _signal_name(number: int) -> str:
+    # The guest is x86_64 Linux, as is the host: the same signal numbers.
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "?"
+
+
+def _check_probe_ended(ev: Evidence) -> Check:
+    """Judged in every scenario: the probe must report its result and exit normally.
+    It catches the one SIGBUS a scenario may expect and reports it; any other end
+    (SIGKILL from memory_failure()'s "forcibly killing", a second SIGBUS, a crash)
+    is the kernel doing something no scenario asked for."""
+    name = "probe ended"
+    oom = _oom_kill(ev)
+    if oom:
+        # As for sigbus: the scenario asked for more memory than the guest has.
+        return Check(name, Outcome.ERROR, f"the guest ran out of memory before the probe reported: {oom}")
+    status = ev.probe_exit_status
+    how = (f"killed by signal {status - 128} ({_signal_name(status - 128)})" if status is not None and status > 128
+           else f"exit status {status}")
+    if ev.probe_result is None:
+        if status is not None:
+            return _fail(name, f"{how} before reporting its result")
+        return _missing(name, ev, "probe result")
+    if status not in (0, None):
+        return _fail(name, f"reported its result, then {how}")
+    if ev.ready and ev.ready.get("processes", 1) > 1 and not ev.probe_result.get("children_reported"):
+        return _fail(name, "the forked child did not exit normally")
+    return _ok(name, "reported its result and exited normally" if status == 0
+               else "reported its result (its exit was not seen)")
+
+
 def _check_guest(expect: Expectations, ev: Evidence) -> Check:
     name = f"guest {expect.guest}"
     if expect.guest == "panic":
@@ -197,8 +242,14 @@ def _panic_line(console: str) -> str:
     return lines[-1] if lines else "(console empty)"
 
 
-def _si_page(addr: int, lsb: int) -> int:
-    return addr >> max(lsb, PAGE_SHIFT)
+def _map_shift(ev: Evidence) -> int:
+    """log2 of the size of the page that maps the probe's target (4 KiB; 2 MiB for hugetlb/THP)."""
+    size = (ev.ready or {}).get("map_page_size") or (ev.ready or {}).get("page_size") or 1 << PAGE_SHIFT
+    return size.bit_length() - 1
+
+
+def _size(shift: int) -> str:
+    return f"{1 << shift - 20} MiB" if shift >= 20 else f"{1 << shift - 10} KiB"
 
 
 def _compare(name: str, want, got) -> Check:
@@ -230,7 +281,9 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
         return _missing("sigbus", ev, "probe result")
     sigbus = bool_field(result, "sigbus")
     got = (f"{str(result.get('si_code_name'))[:40]} (si_code {str(result.get('si_code'))[:40]}) "
-           f"at {str(result.get('si_addr'))[:40]} lsb {str(result.get('si_addr_lsb'))[:40]}") if sigbus else "no SIGBUS"
+           f"at {str(result.get('si_addr'))[:40]} lsb {str(result.get('si_addr_lsb'))[:40]}"
+           + (" (on the probe's read-back for its report)" if result.get("sigbus_in_report") is True else "")
+           ) if sigbus else "no SIGBUS"
     want = expect.sigbus
     if want == NONE:
         return _ok("sigbus", "none, as expected") if not sigbus else _fail("sigbus", f"expected none, got {got}")
@@ -240,13 +293,21 @@ def _check_sigbus(expect: Expectations, ev: Evidence, result: dict | None = None
     if result.get("si_code_name") != want.code:
         problems.append(f"code {str(result.get('si_code_name'))[:40]} != {want.code}")
     lsb = int_field(result, "si_addr_lsb", high=64)
+    map_shift = _map_shift(ev)
     if want.lsb is not None and lsb != want.lsb:
         problems.append(f"si_addr_lsb {lsb} != {want.lsb}")
+    if lsb > map_shift:
+        # The kernel claims more memory is lost than the page that maps the target.
+        problems.append(f"si_addr_lsb {lsb} is wider than the mapping's {_size(map_shift)} pages")
     if want.addr == "target_page":
         target = hex_field(ev.ready, "va")
         si_addr = hex_field(result, "si_addr")
-        if _si_page(si_addr, lsb) != _si_page(target, lsb):
-            problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x}")
+        # At the mapping's page size, or finer if the kernel reported a finer lsb:
+        # never at whatever (wider) granularity the kernel claimed.
+        shift = min(map_shift, max(lsb, PAGE_SHIFT))
+        if si_addr >> shift != target >> shift:
+            problems.append(f"si_addr {si_addr:#x} is not on the target page {target:#x} "
+                            f"(compared at {_size(shift)})")
     if problems:
         return _fail("sigbus", "; ".join(problems) + f" (got {got})")
     return _ok("sigbus", got)
@@ -262,15 +323,58 @@ def _oom_kill(ev: Evidence) -> str | None:
     return next((line.strip() for line in ev.kernel_log.splitlines() if _OOM_KILL.search(line)), None)
 
 
+def _expected_lost(ev: Evidence) -> set[int]:
+    """The probe's pages the scenario expects to lose: the checked page's (the injected
+    one unless the scenario says otherwise; several with KSM, which merged them), and
+    with hugetlb the whole 2 MiB page around it. Every other page is "other"."""
+    if ev.checked_pfn is None or not ev.ready:
+        return set()
+    pages = ev.ready.get("pages", [])
+    hit = {i for i, page in enumerate(pages) if page["pfn"] == ev.checked_pfn}
+    group = HUGE_PAGES if ev.ready.get("huge") else 1
+    return {j for i in hit for j in range(i - i % group, min(i - i % group + group, len(pages)))}
+
+
 def _check_intact(want: bool, ev: Evidence) -> Check:
+    name = "other pages intact"
     result = ev.probe_result
     if result is None:
-        return _missing("other pages intact", ev, "probe result")
-    corrupt = int_list_field(result, "corrupt")
-    intact = not corrupt
-    if intact == want:
-        return _ok("other pages intact", f"pages {result.get('intact')} kept their data" if intact else f"pages {corrupt} changed")
-    return _fail("other pages intact", f"pages {corrupt} lost their data" if corrupt else "every page kept its data")
+        return _missing(name, ev, "probe result")
+    if "skipped" not in result:
+        return Check(name, Outcome.ERROR, "the probe did not say which pages it skipped")
+    intact, corrupt = int_list_field(result, "intact"), int_list_field(result, "corrupt")
+    skipped = result["skipped"]
+    if not isinstance(skipped, dict) or not all(isinstance(v, list) and all(type(p) is int for p in v)
+                                                 for v in skipped.values()):
+        raise Unreadable(f"the probe reported an unreadable skipped: {str(skipped)[:120]!r}")
+    if not intact and not corrupt:
+        return Check(name, Outcome.ERROR, f"the probe checked no page (skipped: {_pages(result['skipped'])})")
+    lost = _expected_lost(ev)
+    unexpected = {why: [p for p in pages if p not in lost] for why, pages in result["skipped"].items()}
+    unexpected = {why: pages for why, pages in unexpected.items() if pages}
+    if unexpected:
+        return _fail(name, f"pages skipped that the scenario does not expect to lose: {_pages(unexpected)} "
+                           f"(expected to lose {_ranges(sorted(lost)) or 'none'})")
+    if (not corrupt) == want:
+        return _ok(name, f"pages {_ranges(intact)} kept their data; skipped {_pages(result['skipped']) or 'none'}"
+                   if want else f"pages {_ranges(corrupt)} changed")
+    return _fail(name, f"pages {_ranges(corrupt)} lost their data" if corrupt else "every page kept its data")
+
+
+def _pages(by_reason: dict[str, list[int]]) -> str:
+    return ", ".join(f"{_ranges(pages)} ({why})" for why, pages in by_reason.items() if pages)
+
+
+def _ranges(pages: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, start = [], None
+    for i, p in enumerate(pages):
+        if start is None:
+            start = p
+        if i + 1 == len(pages) or pages[i + 1] != p + 1:
+            out.append(f"{start}" if start == p else f"{start}-{p}")
+            start = None
+    return ", ".join(out)
 
 
 def _check_poisoned(want: bool, ev: Evidence) -> Check:
@@ -291,69 +395,65 @@ def _check_corrupted(want_kb: int, ev: Evidence) -> Check:
     return _ok("HardwareCorrupted", detail) if grown == want_kb else _fail("HardwareCorrupted", detail + f", expected +{want_kb}")
 
 
-def expand(pattern: str, ev: Evidence) -> str:
-    """Fill {pfn}/{gpa}/{va} into a kernel-log pattern, e.g. 'Memory failure: {pfn:#x}: ...'."""
-    values = {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT,
-              "va": hex_field(ev.ready, "va")} if ev.ready and ev.checked_pfn is not None else {}
+def log_values(ev: Evidence) -> dict[str, int]:
+    """What the placeholders of kernel-log expectations stand for in this run."""
+    values = {}
+    if ev.checked_pfn is not None:
+        values |= {"pfn": ev.checked_pfn, "gpa": ev.checked_pfn << PAGE_SHIFT}
+    if ev.ready:
+        values["va"] = hex_field(ev.ready, "va")
+        if "pid" in ev.ready:
+            values["pid"] = ev.ready["pid"]
     if ev.injected_address is not None:
-        values["injected_pfn"] = ev.injected_address >> PAGE_SHIFT
-    return pattern.format(**values)
+        values |= {"injected_pfn": ev.injected_address >> PAGE_SHIFT, "injected_gpa": ev.injected_address}
+    if ev.child_results and "pid" in ev.child_results[0]:
+        values["child_pid"] = ev.child_results[0]["pid"]
+    return values
 
 
 def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
     log = ev.kernel_log
+    values = log_values(ev)
     checks = []
-    for pattern, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
+    for wanted, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
         try:
-            line = expand(pattern, ev)
-        except (KeyError, IndexError, ValueError) as exc:
-            checks.append(Check(f"kernel log '{pattern}'", Outcome.ERROR, f"cannot fill in the pattern: {exc}"))
+            pattern = logmatch.compile_expectation(wanted, values)
+        except KeyError as exc:
+            checks.append(Check(f"kernel log {wanted}", Outcome.ERROR, f"cannot fill in {exc}: not known in this run"))
             continue
-        name = f"kernel log {'has' if present else 'lacks'} '{line}'"
+        shown = LineExpectation(logmatch.fill(wanted.text, values), wanted.regex)
+        name = f"kernel log {'has' if present else 'lacks'} {shown}"
         if log is None:
             checks.append(_missing(name, ev, "kernel log"))
-        elif (line in log) == present:
-            checks.append(_ok(name, "found" if present else "absent"))
-        elif present and TRUNCATED in log:
+            continue
+        found = logmatch.find(log, pattern)
+        if present and not found and TRUNCATED in log:
             # A flooded console standing in for the kernel log was cut: the line may be in the cut part.
             checks.append(Check(name, Outcome.ERROR, "not in the parts of the kernel log that were kept "
                                                      "(the console standing in for it was cut)"))
+        elif present:
+            checks.append(_ok(name, "found") if found else _fail(name, "not found"))
         else:
-            checks.append(_fail(name, "not found" if present else "found"))
+            checks.append(_ok(name, "absent") if not found else _fail(name, f"found: {found[0]}"))
     return checks
 
 
-_KERNEL_BUG = re.compile(r"BUG: |Oops|WARNING: CPU: \d+|general protection fault")
-
-
-def _check_kernel_health(ev: Evidence) -> Check:
+def _check_kernel_health(ev: Evidence, expect_panic: bool) -> Check:
+    """No crash report of any kind (see crashes.SIGNATURES) in the kernel log; with an
+    expected panic, none before it."""
     name = "no kernel bugs"
     if ev.kernel_log is None:
         return _missing(name, ev, "kernel log")
-    lines = ev.kernel_log.splitlines()
-    bad = [i for i, line in enumerate(lines) if _KERNEL_BUG.search(line)]
-    if not bad:
-        return _ok(name, "no BUG, Oops or WARNING in the kernel log")
-    return _fail(name, f"the kernel reported: {' | '.join(_oops_head(lines, bad[0]))}")
-
-
-_OOPS_HEAD_END = re.compile(r"\bRIP: |Call Trace:")
-_OOPS_HEAD_KEEP = re.compile(r"^(#PF: |Oops|CPU: |RIP: )")  # what the fault was, which task, where
-_PRINTK_PREFIX = re.compile(r"^\s*(<\d>)?\[\s*\d+\.\d+\]\s*")
-OOPS_HEAD_WINDOW = 16
-
-
-def _oops_head(lines: list[str], first: int) -> list[str]:
-    """The report's first lines, as a kernel developer reads them: the BUG/Oops line,
-    then the #PF, Oops, CPU (task) and RIP lines up to RIP, without printk timestamps."""
-    head = []
-    for n, line in enumerate(lines[first:first + OOPS_HEAD_WINDOW]):
-        text = _PRINTK_PREFIX.sub("", line).strip()
-        if n == 0 or _OOPS_HEAD_KEEP.match(text):
-            head.append(text)
-        if _OOPS_HEAD_END.search(text):
-            break
-    return head
+    found = crashes.scan(ev.kernel_log)
+    if expect_panic:
+        panic = next((f.index for f in found if f.signature.name == "kernel panic"), None)
+        found = [f for f in found if panic is None or f.index < panic]
+    if not found:
+        return _ok(name, f"no crash report ({len(crashes.SIGNATURES)} kinds looked for)"
+                         + (" before the panic" if expect_panic else ""))
+    more = (f" (and {len(found) - 1} more report(s): {', '.join(f.signature.name for f in found[1:4])})"
+            if len(found) > 1 else "")
+    return _fail(name, f"the kernel reported: {found[0].summary()}{more}")
 
 
 def _check_event(expect: Expectations, ev: Evidence) -> Check:

@@ -110,6 +110,7 @@ extern char busy_loop_start[], busy_loop_end[];
 
 static sigjmp_buf recover;
 static volatile sig_atomic_t got_sigbus, got_alarm;
+static volatile sig_atomic_t reporting, sigbus_in_report;  /* a SIGBUS while report() reads the pages */
 static volatile int sig_code, sig_lsb;
 static void *volatile sig_addr;
 
@@ -118,6 +119,7 @@ static int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, f
 static const char *memory = "anon", *file_path, *file_state = "dirty";
 static volatile int touched;
 static int file_fd = -1, generation = ON_DISK, is_child, same_content;
+static pid_t child = -1;
 static unsigned char *mem;
 static size_t mem_size;
 static long page_size;
@@ -128,6 +130,7 @@ static void on_sigbus(int sig, siginfo_t *info, void *uctx)
 {
     (void)sig; (void)uctx;
     got_sigbus = 1;
+    sigbus_in_report = reporting;
     sig_code = info->si_code;
     sig_addr = info->si_addr;
     sig_lsb = info->si_addr_lsb;
@@ -414,26 +417,37 @@ static void busy_read(volatile unsigned char *target_va)
         : : "r"(target_va) : "rax", "memory");
 }
 
-static int poisoned_page(int p)
+/* Why page p is not read back, or NULL: never read a page the kernel reported
+ * lost (that would fault again). */
+static const char *skip_reason(int p)
 {
+    if (!got_sigbus)
+        return NULL;
+    /* KSM: every page is the same physical page as the one the SIGBUS named. */
+    if (same_content)
+        return "ksm";
     /* A huge page is poisoned whole: every subpage in si_addr_lsb's range is off limits. */
     int lsb = sig_lsb > 12 ? sig_lsb : 12;
     uintptr_t addr = (uintptr_t)(mem + p * page_size);
-    /* KSM: every page is the same physical page, so all of them are poisoned. */
-    return got_sigbus && (same_content || (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) || p == target);
+    return (addr >> lsb) == ((uintptr_t)sig_addr >> lsb) ? "sigbus" : NULL;
 }
 
-static void print_page_list(const char *key, int want_intact)
+/* What report() found for each page: 1 intact, 0 corrupt, or skipped. */
+enum { CORRUPT, INTACT, SKIPPED_SIGBUS, SKIPPED_KSM };
+static unsigned char page_state[4096];
+
+/* All pages are read before anything is printed: a read that faults (the first
+ * access to a poisoned page the kernel had not signalled yet) jumps back to
+ * main, which reports again, now skipping that page; no half-printed line. */
+static void check_pages(void)
 {
-    int first = 1;
-    printf(",\"%s\":[", key);
+    reporting = 1;
     for (int p = 0; p < pages; p++) {
-        if (poisoned_page(p))
-            continue;
-        if (holds(mem + p * page_size, same_content ? 0 : p + generation) == want_intact)
-            printf("%s%d", first ? "" : ",", p), first = 0;
+        const char *why = skip_reason(p);
+        page_state[p] = !why ? holds(mem + p * page_size, same_content ? 0 : p + generation)
+                        : !strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS;
     }
-    printf("]");
+    reporting = 0;
 }
 
 /* Every page of the mapping on page 0's physical page (KSM has merged them all). */
@@ -467,6 +481,16 @@ static int left_clean(int page)
         return 0;
     (void)*(volatile unsigned char *)(mem + page * page_size);
     return 1;
+}
+
+static void print_pages(const char *sep, const char *key, int state)
+{
+    int first = 1;
+    printf("%s\"%s\":[", sep, key);
+    for (int p = 0; p < pages; p++)
+        if (page_state[p] == state)
+            printf("%s%d", first ? "" : ",", p), first = 0;
+    printf("]");
 }
 
 static unsigned char *map_memory(void)
@@ -578,12 +602,14 @@ static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pa
     int have_flags = kpageflags_of(target_pfn, &flags);
     printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
            "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
-           "\"huge\":%s,\"thp\":%s,\"merged\":%s,\"free_pfn\":%llu,"
+           "\"huge\":%s,\"thp\":%s,\"map_page_size\":%lu,\"merged\":%s,\"free_pfn\":%llu,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
            getpid(), page_size, target, memory, (void *)target_va,
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",
+           /* The size of the page that maps the target (hugetlb or THP: 2 MiB). */
+           have_flags && (flags >> KPF_HUGE & 1 || flags >> KPF_THP & 1) ? HUGE_SIZE : (unsigned long)page_size,
            same_content && all_merged(pagemap) ? "true" : "false",
            find_free ? free_buddy_pfn() : 0ULL,
            (void *)busy_loop_start, (void *)busy_loop_end);
@@ -655,17 +681,24 @@ static void do_collapse(int pagemap)
 static void report(double start, int children_ok)
 {
     double elapsed = now_ms() - start;
+    check_pages();
     printf("{\"event\":\"result\",\"process\":\"%s\",\"pid\":%d,\"sigbus\":%s,\"timeout\":%s,\"touched\":%s",
            is_child ? "child" : "parent", getpid(), got_sigbus ? "true" : "false",
            got_alarm ? "true" : "false", touched ? "true" : "false");
     if (got_sigbus)
         /* Not %p: glibc prints a NULL si_addr as "(nil)". */
-        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"0x%lx\",\"si_addr_lsb\":%d",
-               sig_code, code_name(sig_code), (unsigned long)sig_addr, sig_lsb);
+        printf(",\"si_code\":%d,\"si_code_name\":\"%s\",\"si_addr\":\"0x%lx\",\"si_addr_lsb\":%d,"
+               "\"sigbus_in_report\":%s",
+               sig_code, code_name(sig_code), (unsigned long)sig_addr, sig_lsb, sigbus_in_report ? "true" : "false");
     printf(",\"elapsed_ms\":%.1f", elapsed);
-    /* Never read back the page(s) the kernel reported: that would fault again. */
-    print_page_list("intact", 1);
-    print_page_list("corrupt", 0);
+    /* Every page is either checked (intact or corrupt) or skipped, with the reason:
+     * never read back the page(s) the kernel reported (that would fault again). */
+    print_pages(",", "intact", INTACT);
+    print_pages(",", "corrupt", CORRUPT);
+    printf(",\"skipped\":{");
+    print_pages("", "sigbus", SKIPPED_SIGBUS);
+    print_pages(",", "ksm", SKIPPED_KSM);
+    printf("}");
     if (!is_child)
         printf(",\"children_reported\":%d", children_ok);
     printf("}\n");
@@ -896,7 +929,6 @@ int main(int argc, char **argv)
 
     double start = now_ms();
     int to_child = -1;
-    pid_t child = -1;
     if (processes == 2) {
         int fds[2], back[2];
         char c;
@@ -956,12 +988,14 @@ int main(int argc, char **argv)
         }
     }
     alarm(0);
-    int children_ok = 0;
+    /* Static, and the child reaped once: a SIGBUS in report() comes back here. */
+    static int children_ok;
     if (child > 0) {
         int status;
         close(to_child);  /* EOF: the child reports and exits */
         if (waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0)
             children_ok = 1;
+        child = -1;
     }
     report(start, children_ok);
     return 0;

@@ -9,6 +9,9 @@ from .conftest import REPO, orchestrator, process_alive
 FOUNDATION = ["srao-anon-late-kill", "srao-anon-early-kill", "srar-anon-access"]
 EXPECTED_PANIC = "srao-recovery-disabled-panic"
 NEGATIVE = REPO / "tests" / "integration" / "negative"
+# One negative control per class of verdict bug in issue 12 (same orchestrator run).
+ISSUE_12_CONTROLS = ("neg-log-line-prefix", "neg-thp-neighbour-no-lsb", "neg-intact-neighbour-hit",
+                     "neg-address-checks-target", "neg-probe-killed")
 ARTIFACTS = ["console.log", "guest-kernel.log", "qmp-events.jsonl", "qemu-cmdline.txt", "monitor-commands.log",
              "probe-transcript.txt", "evidence.json"]
 
@@ -30,7 +33,7 @@ def negative_run(tmp_path_factory):
                                   "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
                                   "neg-free-huge-page-wrong-type", "neg-truncated-page-wrong-type",
                                   "neg-swapcache-dirty-wrong-type", "neg-thp-unsplittable-wrong-type",
-                                  "neg-shm-locked-wrong-type")),
+                                  "neg-shm-locked-wrong-type") + ISSUE_12_CONTROLS),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -155,3 +158,48 @@ def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run,
     failed = failed_checks(s)
     [check] = failed   # the kernel-log check alone
     assert check.startswith("kernel log has 'Memory failure: 0x") and check.endswith(f"{expected_line}'")
+
+
+# Issue 12: each class of verdict bug has a control that FAILs on exactly the check that class is about.
+
+def test_control_kernel_log_matches_whole_messages(negative_run):
+    # Class 1: the start of a message the kernel did print is not that message.
+    failed = failed_checks(negative_run[1]["neg-log-line-prefix"])
+    (name, detail), = failed.items()
+    assert name.startswith("kernel log has 'Memory failure: 0x") and name.endswith(
+        ": recovery action for dirty LRU page'") and detail == "not found"
+
+
+def test_control_sigbus_address_is_not_compared_at_a_wider_granularity(negative_run):
+    # Class 2: no lsb in the scenario, a 2 MiB (THP) mapping, the kernel's lsb 12: compared at 4 KiB.
+    s = negative_run[1]["neg-thp-neighbour-no-lsb"]
+    failed = failed_checks(s)
+    assert list(failed) == ["sigbus"]
+    assert "is not on the target page" in failed["sigbus"] and "(compared at 4 KiB)" in failed["sigbus"]
+    assert "lsb 12" in failed["sigbus"]
+    assert s["probe"]["ready"]["map_page_size"] == 2 << 20
+
+
+def test_control_other_pages_intact_sees_a_skipped_neighbour(negative_run):
+    # Class 4: the SIGBUS named the neighbour; the probe skipped it and said why.
+    s = negative_run[1]["neg-intact-neighbour-hit"]
+    failed = failed_checks(s)
+    assert failed == {"other pages intact": "pages skipped that the scenario does not expect to lose: "
+                                            "2 (sigbus) (expected to lose 1)"}
+    assert s["probe"]["result"]["skipped"]["sigbus"] == [2]
+
+
+def test_control_inject_address_checks_follow_the_injected_page(negative_run):
+    # Class 5: page_poisoned looks at the injected page (poisoned), and {pfn} is that page too.
+    s = negative_run[1]["neg-address-checks-target"]
+    failed = failed_checks(s)
+    assert list(failed) == ["page poisoned"]
+    assert failed["page poisoned"].startswith("PFN 0x8000 kpageflags") and "HWPOISON set, expected clear" in failed[
+        "page poisoned"]
+    assert any(c["name"] == "kernel log has /Memory failure: 0x8000: .*/" and c["outcome"] == "PASS" for c in s["checks"])
+
+
+def test_control_probe_killed_fails_a_scenario_that_never_mentions_signals(negative_run):
+    # Class 6: how the probe ended is judged in every scenario.
+    failed = failed_checks(negative_run[1]["neg-probe-killed"])
+    assert failed == {"probe ended": "killed by signal 7 (SIGBUS) before reporting its result"}

@@ -19,15 +19,17 @@ def late_kill():
 
 def good_evidence(**over) -> Evidence:
     ev = Evidence(
-        ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1},
+        ready={"va": hex(VA), "pfn": PFN, "gpa": hex(PFN << 12), "page_size": 4096, "target": 1, "pid": 84,
+               "pages": [{"va": hex(VA + (i - 1) * 4096), "pfn": PFN - 0x100 + i if i != 1 else PFN} for i in range(4)]},
         injected_address=PFN << 12, checked_pfn=PFN,
         probe_result={"sigbus": True, "si_code": 4, "si_code_name": "BUS_MCEERR_AR", "si_addr": hex(VA),
-                      "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "timeout": False},
+                      "si_addr_lsb": 12, "intact": [0, 2, 3], "corrupt": [], "skipped": {"sigbus": [1], "ksm": []},
+                      "timeout": False},
         kpageflags=KPF_HWPOISON_SET, hardware_corrupted_kb_before=0, hardware_corrupted_kb_after=4,
         kernel_log=f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n",
         events=[{"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": "inject",
                                                      "flags": {"action-required": False, "recursive": False}}}],
-        guest_answered_after=True)
+        guest_answered_after=True, probe_exit_status=0)
     for key, value in over.items():
         setattr(ev, key, value)
     return ev
@@ -40,11 +42,12 @@ def failing(verdict):
 def test_matching_evidence_passes():
     verdict = judge(late_kill(), good_evidence())
     assert verdict.outcome == Outcome.PASS, verdict.reasons
-    assert len(verdict.checks) == 8
+    assert len(verdict.checks) == 9
 
 
 @pytest.mark.parametrize("change, check, words", [
-    ({"probe_result": {"sigbus": False, "timeout": False, "intact": [0, 1, 2, 3], "corrupt": []}}, "sigbus", "got no SIGBUS"),
+    ({"probe_result": {"sigbus": False, "timeout": False, "intact": [0, 1, 2, 3], "corrupt": [], "skipped": {}}},
+     "sigbus", "got no SIGBUS"),
     ({"kpageflags": 1 << 5}, "page poisoned", "HWPOISON clear"),
     ({"hardware_corrupted_kb_after": 8}, "HardwareCorrupted", "0 kB -> 8 kB (+8), expected +4"),
     ({"kernel_log": "nothing here"}, f"kernel log has 'Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered'", "not found"),
@@ -82,7 +85,7 @@ def test_expected_none_but_sigbus_came_fails():
 
 
 def test_missing_evidence_is_error_not_fail():
-    ev = good_evidence(probe_result=None, kpageflags=None)
+    ev = good_evidence(probe_result=None, kpageflags=None, probe_exit_status=None)
     ev.unavailable["probe result"] = "SSH dropped"
     verdict = judge(late_kill(), ev)
     assert verdict.outcome == Outcome.ERROR
@@ -164,3 +167,124 @@ def test_a_reboot_is_named_not_blamed_on_the_kernel():
     assert checks["guest alive"].outcome == Outcome.ERROR and checks["guest alive"].detail == cause
     assert checks["page poisoned"].outcome == Outcome.ERROR and cause in checks["page poisoned"].detail
     assert verdict.outcome == Outcome.ERROR
+
+
+def test_a_6_1_kernel_bug_without_the_word_oops_fails():
+    log = (f"[ 5.1] Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered\n"
+           "[ 5.2] kernel BUG at mm/memory-failure.c:1713!\n"
+           "[ 5.3] invalid opcode: 0000 [#1] PREEMPT SMP NOPTI\n"
+           "[ 5.4] CPU: 0 PID: 173 Comm: mce-probe Tainted: G   M               6.1.0-56-amd64 #1\n")
+    detail = failing(judge(late_kill(), good_evidence(kernel_log=log)))["no kernel bugs"]
+    assert detail == ("the kernel reported: kernel BUG at mm/memory-failure.c:1713! | "
+                      "invalid opcode: 0000 [#1] PREEMPT SMP NOPTI | "
+                      "CPU: 0 PID: 173 Comm: mce-probe Tainted: G   M               6.1.0-56-amd64 #1")
+
+
+def test_with_an_expected_panic_a_crash_before_it_fails():
+    scenario = with_expect(guest="panic", sigbus=None, page_poisoned=None, hardware_corrupted_kb=None,
+                           other_pages_intact=None, kernel_log=(), memory_failure_event=None)
+    panicked = [{"event": "GUEST_PANICKED", "data": {}}]
+    only_panic = "[ 3.1] Kernel panic - not syncing: Memory failure on page 73e2\n[ 3.2] CPU: 0 PID: 47\n"
+    assert judge(scenario, good_evidence(events=panicked, kernel_log=only_panic)).outcome == Outcome.PASS
+    oops_first = "[ 3.0] BUG: kernel NULL pointer dereference, address: 0000000000000008\n" + only_panic
+    assert "BUG: kernel NULL pointer dereference" in failing(
+        judge(scenario, good_evidence(events=panicked, kernel_log=oops_first)))["no kernel bugs"]
+
+
+@pytest.mark.parametrize("change, detail", [
+    ({"probe_result": None, "probe_exit_status": 137}, "killed by signal 9 (SIGKILL) before reporting its result"),
+    ({"probe_exit_status": 135}, "reported its result, then killed by signal 7 (SIGBUS)"),
+])
+def test_how_the_probe_ended_is_judged_even_when_the_scenario_lists_nothing_about_it(change, detail):
+    # The audit's case: a scenario that says nothing about sigbus.
+    scenario = with_expect(sigbus=None, other_pages_intact=None)
+    failed = failing(judge(scenario, good_evidence(**change)))
+    assert failed["probe ended"] == detail
+
+
+def test_a_normal_end_passes_and_an_unseen_one_is_error():
+    checks = {c.name: c for c in judge(late_kill(), good_evidence()).checks}
+    assert checks["probe ended"].detail == "reported its result and exited normally"
+    ev = good_evidence(probe_result=None, probe_exit_status=None)
+    ev.unavailable["probe result"] = "SSH dropped"
+    assert {c.name: c.outcome for c in judge(with_expect(sigbus=None), ev).checks}["probe ended"] == Outcome.ERROR
+
+
+@pytest.mark.parametrize("si_addr, lsb, words", [
+    (VA + 3 * 4096, 21, ["si_addr_lsb 21 is wider than the mapping's 4 KiB pages", "is not on the target page"]),
+    (0x1000, 63, ["si_addr_lsb 63 is wider than the mapping's 4 KiB pages", "is not on the target page"]),
+    (VA + 4096, 12, ["is not on the target page 0x7f600d5e5000 (compared at 4 KiB)"]),
+])
+def test_without_lsb_the_address_is_compared_at_the_mappings_page_size(si_addr, lsb, words):
+    scenario = with_expect(sigbus=replace(late_kill().expect.sigbus, lsb=None))
+    ev = good_evidence()
+    ev.ready = ev.ready | {"map_page_size": 4096}
+    ev.probe_result = ev.probe_result | {"si_addr": hex(si_addr), "si_addr_lsb": lsb}
+    detail = failing(judge(scenario, ev))["sigbus"]
+    assert all(w in detail for w in words), detail
+    assert f"lsb {lsb}" in detail  # the lsb seen is reported
+
+
+def test_a_huge_mapping_is_compared_at_2_mib():
+    scenario = with_expect(sigbus=replace(late_kill().expect.sigbus, lsb=None))
+    ev = good_evidence()
+    ev.ready = ev.ready | {"map_page_size": 2 << 20, "va": hex(0x7F6000200000 + 5 * 4096)}
+    # hugetlb: the first access to the huge page faults, five subpages before the target.
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000200000), "si_addr_lsb": 21}
+    assert judge(scenario, ev).outcome == Outcome.PASS, judge(scenario, ev).reasons
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000400000)}   # the next huge page
+    assert "compared at 2 MiB" in failing(judge(scenario, ev))["sigbus"]
+    ev.probe_result = ev.probe_result | {"si_addr": hex(0x7F6000200000), "si_addr_lsb": 12}
+    assert "compared at 4 KiB" in failing(judge(scenario, ev))["sigbus"]   # a finer report is held to it
+
+
+def test_a_page_skipped_that_the_injection_should_not_have_cost_fails():
+    # The audit's case: the SIGBUS named page 2, the probe left it out, and the rest "intact".
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"intact": [0, 1, 3], "skipped": {"sigbus": [2], "ksm": []}}
+    detail = failing(judge(late_kill(), ev))["other pages intact"]
+    assert detail == "pages skipped that the scenario does not expect to lose: 2 (sigbus) (expected to lose 1)"
+
+
+def test_checking_no_page_is_an_error_never_a_pass():
+    ev = good_evidence()
+    ev.probe_result = ev.probe_result | {"intact": [], "corrupt": [], "skipped": {"sigbus": [], "ksm": [0, 1, 2, 3]}}
+    verdict = judge(late_kill(), ev)
+    check = {c.name: c for c in verdict.checks}["other pages intact"]
+    assert check.outcome == Outcome.ERROR and "checked no page (skipped: 0-3 (ksm))" in check.detail
+    ev.probe_result = ev.probe_result | {"intact": [0, 2, 3], "skipped": None}
+    del ev.probe_result["skipped"]
+    assert {c.name: c for c in judge(late_kill(), ev).checks}["other pages intact"].outcome == Outcome.ERROR
+
+
+def test_a_whole_huge_page_may_be_skipped_with_hugetlb():
+    ev = good_evidence()
+    pages = [{"va": hex(VA + i * 4096), "pfn": 0x6000 + i} for i in range(1024)]
+    ev.ready = ev.ready | {"huge": True, "pages": pages, "target": 5}
+    ev.injected_address, ev.checked_pfn = (0x6000 + 5) << 12, 0x6000 + 5
+    ev.probe_result = ev.probe_result | {"intact": list(range(512, 1024)), "skipped": {"sigbus": list(range(512)), "ksm": []}}
+    assert {c.name: c.outcome for c in judge(late_kill(), ev).checks}["other pages intact"] == Outcome.PASS
+    ev.probe_result = ev.probe_result | {"intact": list(range(513, 1024)), "skipped": {"sigbus": list(range(513)), "ksm": []}}
+    assert "512 (sigbus)" in failing(judge(late_kill(), ev))["other pages intact"]
+
+
+def test_a_target_not_present_in_pagemap_is_not_moved():
+    for want in (True, False):
+        failed = failing(judge(with_expect(target_moved=want), good_evidence(steps=[{"event": "touched", "target_pfn": 0}])))
+        assert failed["target moved"] == f"target PFN {PFN:#x} -> not present in pagemap (PFN 0)"
+
+
+@pytest.mark.parametrize("inject, expect, pfn", [
+    ({}, {}, PFN),                                          # the target is the injected page
+    ({"address": 0x8000000}, {}, 0x8000),                   # inject.address: the injected page
+    ({"address": 0x8000000}, {"checked_page": "target"}, PFN),
+    ({"page_offset": 1}, {}, PFN),                          # the negative controls' design
+    ({"page_offset": 1}, {"checked_page": "injected"}, PFN + 1),
+])
+def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwise(inject, expect, pfn):
+    from orchestrator.runner import _injection_address, checked_pfn
+    scenario = late_kill()
+    scenario = replace(scenario, inject=replace(scenario.inject, **inject), expect=replace(scenario.expect, **expect))
+    ready = {"pfn": PFN, "gpa": hex(PFN << 12), "target": 1, "page_size": 4096,
+             "pages": [{"pfn": PFN - 1}, {"pfn": PFN}, {"pfn": PFN + 1}, {"pfn": PFN + 2}]}
+    assert checked_pfn(scenario, ready, _injection_address(scenario, ready)) == pfn
