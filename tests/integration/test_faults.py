@@ -1,6 +1,11 @@
 """Faults survived: each ends in ERROR (or FAIL where the kernel did it) naming the
 phase and the cause, keeps the artifacts, leaves no process, port or temp dir of
-the run behind, and the next scenario runs normally."""
+the run behind, and the next scenario runs normally.
+
+Faults after the boot hit restored guests (snapshot=True): a QEMU restored from
+a saved state is as real a process as a cold-booted one, and these tests are
+not about booting. The control run, the guest that never brings SSH up and
+Ctrl-C during the boot still boot cold."""
 import dataclasses
 import io
 import json
@@ -112,7 +117,7 @@ def test_qemu_killed_mid_scenario(tmp_path, clean_temp):
             os.kill(ctx.guest.pid, signal.SIGKILL)
             time.sleep(0.2)
 
-    result, port = run(tmp_path, hook=kill_qemu)
+    result, port = run(tmp_path, hook=kill_qemu, snapshot=True)
     assert result.outcome == Outcome.ERROR
     assert result.error.phase == "inject"
     assert "QEMU was killed by signal 9" in result.error.message
@@ -137,7 +142,7 @@ def test_ssh_dropped_mid_command(tmp_path, clean_temp):
             ctx.ssh.run("killall dropbear; sleep 1", Deadline(5, "fault"), "fault")
 
     scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=8))
-    result, port = run(tmp_path, scenario=scenario, hook=kill_sshd)
+    result, port = run(tmp_path, scenario=scenario, hook=kill_sshd, snapshot=True)
     assert result.outcome == Outcome.ERROR, result.reasons
     reasons = " ".join(result.reasons)
     assert "no panic or reset seen; QEMU still running" in reasons
@@ -150,7 +155,7 @@ def test_probe_that_hangs(tmp_path, clean_temp):
             ctx.ssh.check(f"kill -STOP {ctx.evidence.ready['pid']}", Deadline(5, "fault"), "fault")
 
     scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=6))
-    result, port = run(tmp_path, scenario=scenario, hook=stop_probe)
+    result, port = run(tmp_path, scenario=scenario, hook=stop_probe, snapshot=True)
     assert result.outcome == Outcome.ERROR
     assert "probe sent no result within 6 s" in " ".join(result.reasons)
     # The rest of the evidence was still gathered, each part with its own deadline
@@ -211,13 +216,13 @@ def test_artifacts_disk_fills_up_mid_run(tmp_path, clean_temp):
             if phase == "observe":
                 subprocess.run(["dd", "if=/dev/zero", f"of={small}/filler", "bs=64k"], capture_output=True)
 
-        result, port = run(small, hook=fill_disk)
+        result, port = run(small, hook=fill_disk, snapshot=True)
         assert result.outcome == Outcome.ERROR
         assert "No space left on device" in str(result.error), result.reasons
         assert_nothing_left(result, port)
         (small / "filler").unlink()
         # Space again: the next scenario runs normally in the same results folder.
-        again, port = run(small)
+        again, port = run(small, snapshot=True)
         assert again.outcome == Outcome.PASS, again.reasons
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -225,7 +230,7 @@ def test_artifacts_disk_fills_up_mid_run(tmp_path, clean_temp):
 
 def test_guest_that_panics_unexpectedly(tmp_path, clean_temp):
     scenario = load_scenario(REPO / "tests" / "integration" / "negative" / "neg-unexpected-panic.yaml")
-    result, port = run(tmp_path, scenario=scenario)
+    result, port = run(tmp_path, scenario=scenario, snapshot=True)
     assert result.outcome == Outcome.FAIL
     assert "Kernel panic - not syncing" in " ".join(result.reasons)
     assert result.phases["observe"] < 10  # seen through pvpanic, not by waiting out the 60 s deadline
