@@ -28,7 +28,8 @@ def foundation_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def negative_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
-    proc = orchestrator("run", *(str(NEGATIVE / f"{name}.yaml") for name in
+    # Restored guests: the controls are about the verdicts, not the boot (the foundation run boots cold).
+    proc = orchestrator("run", "--snapshot", *(str(NEGATIVE / f"{name}.yaml") for name in
                                  ("neg-expects-no-sigbus", "neg-wrong-page", "neg-unexpected-panic",
                                   "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
                                   "neg-free-huge-page-wrong-type", "neg-truncated-page-wrong-type",
