@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import __version__
+from orchestrator import __version__, memory_map, qemu_args
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
-from orchestrator.scenario import catalog, expand, load_scenario, resolve
+from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
@@ -39,6 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
+    """A fixed inject.address must be RAM in the map QEMU lays out for that guest:
+    asked of a paused QEMU of the same machine and size (milliseconds), before
+    anything starts. The guest's own QEMU is asked again before the injection;
+    where no QEMU runs here (a remote libvirt host), that check alone decides."""
+    # The firmware the guest will have (qemu_args): its size shapes the RAM below 1 MiB.
+    firmware = qemu_args.default_firmware() if qemu_args.host_accel() == "tcg" else None
+    for s in scenarios:
+        if s.inject.address is None:
+            continue
+        try:
+            ranges = memory_map.standin_ram_ranges(binary, s.guest.machine, s.guest.memory_mib, firmware)
+        except memory_map.MemoryMapError:
+            continue
+        if not memory_map.contains(ranges, s.inject.address):
+            raise ScenarioError(s.path, key_line(s.path, ("inject", "address")), "inject.address",
+                                f"{s.inject.address:#x} is not RAM in a {s.guest.machine} {s.guest.memory_mib} MiB "
+                                f"guest (QEMU's RAM: {memory_map.describe(ranges)})")
+
+
 def _terminate(signum, frame):
     # SIGTERM takes the same path as Ctrl-C, so every guest is shut down.
     raise KeyboardInterrupt
@@ -59,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in scenarios:
                 print(f"{s.path}: ok")
             return 0
+        _check_addresses(scenarios)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ import abc
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator import mce
+from orchestrator import mce, memory_map
+from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
 from orchestrator.scenario import GuestSpec
@@ -62,10 +63,24 @@ class Guest(abc.ABC):
     monitor: GuestMonitor | None  # None before launch and after shutdown
     launched_pid: int | None      # QEMU's pid, kept after shutdown so callers can check it is gone
 
+    ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
+    vcpus_present: int = 0
+
     @property
-    @abc.abstractmethod
     def limits(self) -> mce.MceLimits:
-        """What an injection is checked against: vCPUs, banks, guest RAM."""
+        """What an injection is checked against: the vCPUs and RAM the guest's QEMU
+        reported (read_limits(), at launch), and the banks QEMU gives every vCPU."""
+        return mce.MceLimits(vcpus=self.vcpus_present, banks=mce.QEMU_MCE_BANKS, ram_ranges=self.ram_ranges)
+
+    def read_limits(self) -> None:
+        """Ask the guest's QEMU for its vCPUs and its RAM map; backends call it while
+        the guest is paused at launch, before firmware shadows ROMs into RAM."""
+        assert self.monitor
+        try:
+            self.ram_ranges = memory_map.parse_flat_ram(self.monitor.hmp_query("info mtree -f"))
+        except memory_map.MemoryMapError as exc:
+            raise MonitorError(str(exc)) from None
+        self.vcpus_present = len(self.monitor.execute("query-cpus-fast"))
 
     @property
     @abc.abstractmethod
