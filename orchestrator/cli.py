@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from orchestrator import __version__, memory_map, qemu_args
+from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--snapshot", action="store_true",
                      help="boot each guest configuration once, save it, and restore it for every scenario "
                           "(about 0.1 s instead of a 2 s boot; scenarios with a disk still boot)")
+    run.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                     help="how guests run: a QEMU process of our own, or a transient libvirt domain "
+                          "(default: %(default)s)")
+    run.add_argument("--connect", metavar="URI", default=None,
+                     help="libvirt URI for --backend libvirt (default: qemu:///system)")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
@@ -59,6 +65,15 @@ def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
                                 f"guest (QEMU's RAM: {memory_map.describe(ranges)})")
 
 
+def _check_backend(args) -> None:
+    """libvirt down or a wrong URI is one line before anything starts."""
+    if args.connect and args.backend != "libvirt":
+        raise InputError(f"--connect {args.connect}: only with --backend libvirt")
+    if args.backend == "libvirt":
+        from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
+        open_connection(args.connect or DEFAULT_URI).close()
+
+
 def _terminate(signum, frame):
     # SIGTERM takes the same path as Ctrl-C, so every guest is shut down.
     raise KeyboardInterrupt
@@ -80,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{s.path}: ok")
             return 0
         _check_addresses(scenarios)
+        _check_backend(args)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
@@ -114,7 +130,8 @@ def run(scenarios, args) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
-                         extra_cmdline=args.append, snapshot=args.snapshot)
+                         extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
+                         connect=args.connect)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -85,6 +85,7 @@ class RunOptions:
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
     backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
     snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
+    connect: str | None = None           # libvirt URI for the libvirt backend (default qemu:///system)
     hook: PhaseHook | None = None
 
 
@@ -155,7 +156,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
-        with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
+        with new_guest(options.backend, options.connect, image=guest_image, spec=scenario.guest, artifacts=artifacts,
                        accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
             phases.context.guest = guest
             try:

@@ -1,6 +1,7 @@
 """Scenarios as pytest items (pytest's "non-python test files" pattern).
 
     pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--snapshot] [--junitxml=...]
+                      [--backend qemu|libvirt] [--connect URI]
 
 Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
 kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
 from orchestrator.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
@@ -32,6 +34,10 @@ def pytest_addoption(parser):
                      help="comma-separated guest images to run every scenario on (default: %(default)s)")
     parser.addoption("--snapshot", action="store_true",
                      help="restore a saved booted guest instead of booting (mce-orchestrator run --snapshot)")
+    parser.addoption("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                     help="guest backend (mce-orchestrator run --backend; default: %(default)s)")
+    parser.addoption("--connect", default=None, metavar="URI",
+                     help="libvirt URI for --backend libvirt (default: qemu:///system)")
 
 
 def pytest_collect_file(parent, file_path: Path):
@@ -76,7 +82,8 @@ class ScenarioItem(pytest.Item):
         run_dir = REPO_ROOT / "results" / "pytest" / self.kernel / worker
         run_dir.mkdir(parents=True, exist_ok=True)
         console = io.StringIO()
-        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"))
+        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"),
+                             backend=self.config.getoption("--backend"), connect=self.config.getoption("--connect"))
         result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.label))
