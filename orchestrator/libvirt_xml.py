@@ -46,6 +46,8 @@ class DomainConfig:
     extra_cmdline: str = ""
     firmware: Path | None = None  # qboot: passed as -bios, like the QEMU backend
     disk: Path | None = None
+    incoming: bool = False        # wait for a saved guest's state (migrate-incoming) instead of booting
+    console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
     run_as_root: bool = True      # QEMU runs as root and nothing is relabelled (see below)
 
 
@@ -91,7 +93,7 @@ def build_domain_xml(c: DomainConfig) -> str:
     devices = _sub(domain, "devices")
     _sub(devices, "emulator", c.emulator)
     serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(c.console_log))
+    _sub(serial, "source", path=str(c.console_log), **({"append": "on"} if c.console_append else {}))
     _sub(serial, "target", port="0")
     interface = _sub(devices, "interface", type="user")
     _sub(interface, "model", type="virtio")
@@ -110,7 +112,14 @@ def build_domain_xml(c: DomainConfig) -> str:
     # An explicit slot: QEMU reads these arguments before libvirt's own devices.
     bus = "pcie.0" if c.machine.startswith("q35") else "pci.0"
     passthrough = _sub(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in ("-device", f"pvpanic-pci,bus={bus},addr={PANIC_PCI_SLOT}"):
+    args = ["-device", f"pvpanic-pci,bus={bus},addr={PANIC_PCI_SLOT}"]
+    if c.incoming:
+        # A saved guest (QEMU's migration stream) is fed in after start through
+        # an fd handed over the monitor: libvirt's seccomp sandbox forbids
+        # exec: URIs, and libvirt's own save images restore only under the
+        # saved name and UUID, so one at a time.
+        args += ["-incoming", "defer"]
+    for arg in args:
         _sub(passthrough, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode") + "\n"

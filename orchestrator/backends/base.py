@@ -16,6 +16,7 @@ from orchestrator import mce, memory_map
 from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
+from orchestrator.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
 
 
@@ -109,6 +110,17 @@ class Guest(abc.ABC):
         """Everything of this guest's configuration that shapes a saved state (the whole
         launch configuration, firmware and emulator builds), without per-run parts
         (ports, fds, artifact paths, the state to restore): saved guests are keyed by it."""
+
+    def _wait_migration(self, deadline: Deadline, what: str) -> None:
+        """Until QEMU's migration (a save or a restore) completed; both backends' guests migrate."""
+        while not deadline.expired():
+            status = self.monitor.execute("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HarnessError("boot", f"{what} failed (migration {status})")
+            deadline.sleep(0.02)
+        raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
     @abc.abstractmethod
     def fresh(self, artifacts: Path) -> "Guest":

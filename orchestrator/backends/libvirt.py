@@ -21,6 +21,7 @@ libvirt-python only.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -33,7 +34,7 @@ from pathlib import Path
 from orchestrator import libvirt_xml, qemu_args
 from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import MonitorError
-from orchestrator.backends.qemu import free_loopback_port
+from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
 from orchestrator.outcome import HarnessError, InputError
@@ -320,31 +321,38 @@ class LibvirtGuest(Guest):
             # Paused: what the guest has is read before it runs.
             self.read_limits()
             self._forward_ssh(deadline)
+            if self.incoming is not None:
+                with self.incoming.open("rb") as state:
+                    self._with_file("mce-incoming", state)
+                self.monitor.execute("migrate-incoming", {"uri": "fd:mce-incoming"})
             if self.incoming is None:
                 self._dom.resume()
         except libvirt.libvirtError as exc:
             self.shutdown()
-            raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)}") from None
+            raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
+                                       f"(QEMU log: {self._qemu_log_tail()})") from None
         except (MonitorError, HarnessError) as exc:
             self.shutdown()
             message = exc.message if isinstance(exc, HarnessError) else str(exc)
             raise HarnessError("boot", f"domain {self.name}: {message}") from None
 
     def _domain_xml(self) -> str:
-        return libvirt_xml.build_domain_xml(libvirt_xml.DomainConfig(
+        return libvirt_xml.build_domain_xml(self._domain_config())
+
+    def _domain_config(self) -> libvirt_xml.DomainConfig:
+        return libvirt_xml.DomainConfig(
             name=self.name, kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
-            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk))
+            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
+            incoming=self.incoming is not None,
+            # A restored guest's console.log already holds the saving boot's console.
+            console_append=self.incoming is not None)
 
     def _start(self, libvirt) -> None:
         xml = self._domain_xml()
         (self.artifacts / "domain.xml").write_text(xml)
-        if self.incoming is not None:
-            self._conn.restoreFlags(str(self.incoming), xml, libvirt.VIR_DOMAIN_SAVE_PAUSED)
-            self._dom = self._conn.lookupByName(self.name)
-        else:
-            self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
         self._lifecycle_id = self._conn.domainEventRegisterAny(
             self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
@@ -363,23 +371,50 @@ class LibvirtGuest(Guest):
             if attempt == PORT_ATTEMPTS - 1 or deadline.expired():
                 raise HarnessError("boot", f"cannot forward 127.0.0.1:{self.ssh_port} to the guest: {reply.strip()}")
 
+    def _with_file(self, name: str, file) -> None:
+        """Hand QEMU an open file as fd `name` (local connections only: SCM_RIGHTS)."""
+        libvirt, libvirt_qemu = _libvirt()
+        self.monitor._log_command(f"getfd {name}")
+        try:
+            reply = json.loads(libvirt_qemu.qemuMonitorCommandWithFiles(
+                self._dom, json.dumps({"execute": "getfd", "arguments": {"fdname": name}}), [file.fileno()], 0)[0])
+        except libvirt.libvirtError as exc:
+            raise MonitorError(f"passing a file to QEMU through libvirt: {_message(exc)}") from None
+        if "error" in reply:
+            raise MonitorError(f"QMP getfd: {reply['error'].get('desc', reply['error'])}")
+
+    def save(self, path: Path, deadline: Deadline) -> None:
+        """Stop the guest and have its QEMU write its migration stream to a file we
+        opened (QEMU's sandbox under libvirt forbids exec:). The caller renames it."""
+        assert self.monitor
+        try:
+            with path.open("wb") as out:
+                self._with_file("mce-snapshot", out)
+            self.monitor.execute("stop")
+            self.monitor.execute("migrate", {"uri": "fd:mce-snapshot"})
+            self._wait_migration(deadline, "saving the guest")
+        except MonitorError as exc:
+            raise HarnessError("boot", str(exc)) from None
+
+    def state_identity(self) -> list[str]:
+        """The domain XML without its per-run parts, firmware and QEMU builds: a
+        libvirt guest's saved state never mixes with the QEMU backend's (other devices)."""
+        config = self._domain_config()
+        normal = dataclasses.replace(config, name="mce-guest", console_log=Path("console.log"),
+                                     kernel=Path(config.kernel.name), initrd=Path(config.initrd.name),
+                                     incoming=False, console_append=False)
+        return ["backend=libvirt", libvirt_xml.build_domain_xml(normal),
+                f"firmware={file_digest(config.firmware)}", f"qemu={qemu_build(self.qemu_binary)}"]
+
     def resume_incoming(self, deadline: Deadline) -> None:
+        """Wait until QEMU has loaded the saved state, then resume through libvirt
+        (so libvirt's idea of the domain's state follows)."""
         libvirt, _ = _libvirt()
+        self._wait_migration(deadline, "restoring the guest")
         try:
             self._dom.resume()
         except libvirt.libvirtError as exc:
             raise HarnessError("boot", f"restoring the guest failed: {_message(exc)}") from None
-
-    def save(self, path: Path, deadline: Deadline) -> None:
-        """libvirt's managed-by-us save: the domain's whole state to `path`
-        (the domain stops; libvirtd writes the file, so it is a path on its host)."""
-        libvirt, _ = _libvirt()
-        partial = path.with_name(f".{path.name}.{os.getpid()}")
-        try:
-            self._dom.saveFlags(str(partial), None, libvirt.VIR_DOMAIN_SAVE_PAUSED)
-        except libvirt.libvirtError as exc:
-            raise HarnessError("boot", f"saving the guest failed: {_message(exc)}") from None
-        partial.replace(path)
 
     def fresh(self, artifacts: Path) -> "LibvirtGuest":
         return LibvirtGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,

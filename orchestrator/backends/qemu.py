@@ -202,16 +202,6 @@ class QemuGuest(Guest):
             why = f"QEMU {gone}: {tail(self._qemu_log, 2).replace(chr(10), ' | ') or 'no output'}" if gone else exc
             raise HarnessError("boot", f"restoring the guest failed: {why}") from None
 
-    def _wait_migration(self, deadline: Deadline, what: str) -> None:
-        while not deadline.expired():
-            status = self.monitor.execute("query-migrate").get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise HarnessError("boot", f"{what} failed (migration {status})")
-            deadline.sleep(0.02)
-        raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
-
     def state_identity(self) -> list[str]:
         config = self.config()
         return qemu_args.state_argv(config) + [f"firmware={file_digest(config.firmware)}",
