@@ -8,6 +8,7 @@ from orchestrator import mce, memory_map, qemu_args
 from orchestrator.backends import new_guest
 from orchestrator.deadline import Deadline
 from orchestrator.image import ensure_image
+from orchestrator.libvirtd import ensure_running
 from orchestrator.scenario import GuestSpec
 
 from .conftest import REPO, orchestrator
@@ -39,9 +40,16 @@ def guest_limits(image, tmp_path, machine, mib, backend="qemu"):
         return guest.limits
 
 
+@pytest.fixture(params=["qemu", "libvirt"])
+def backend(request):
+    if request.param == "libvirt":
+        ensure_running()  # virtlogd and libvirtd, started here if needed
+    return request.param
+
+
 @pytest.mark.parametrize("machine, mib, ram, holes", LAYOUTS, ids=[f"{m}-{s}" for m, s, _, _ in LAYOUTS])
-def test_every_ram_range_accepted_and_holes_refused(image, tmp_path, machine, mib, ram, holes):
-    limits = guest_limits(image, tmp_path, machine, mib)
+def test_every_ram_range_accepted_and_holes_refused(image, tmp_path, backend, machine, mib, ram, holes):
+    limits = guest_limits(image, tmp_path, machine, mib, backend)
     for start, end in ram:
         for address in (start, end - 0x1000):
             mce.validate(SRAO, cpu=0, address=address, limits=limits)
