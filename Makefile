@@ -115,7 +115,7 @@ unit: setup
 libvirtd: setup
 	$(PY) -m orchestrator.libvirtd
 
-bench: setup
+bench: libvirtd
 	$(PY) -m orchestrator.bench $(ARGS)
 
 clean:
