@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: %(default)s)")
     run.add_argument("--connect", metavar="URI", default=None,
                      help="libvirt URI for --backend libvirt (default: qemu:///system)")
+    run.add_argument("--domain", metavar="NAME",
+                     help="run inside this running libvirt domain instead of a guest of our own "
+                          "(implies --backend libvirt; needs --guest-config)")
+    run.add_argument("--guest-config", type=Path, metavar="FILE",
+                     help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
@@ -65,8 +70,20 @@ def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
                                 f"guest (QEMU's RAM: {memory_map.describe(ranges)})")
 
 
-def _check_backend(args) -> None:
-    """libvirt down or a wrong URI is one line before anything starts."""
+def _check_backend(args, scenarios) -> None:
+    """libvirt down, a wrong URI, an unknown domain or one that lacks what a
+    scenario needs: one line before anything starts."""
+    args.attach = None
+    if args.guest_config and not args.domain:
+        raise InputError("--guest-config: only with --domain")
+    if args.domain:
+        if not args.guest_config:
+            raise InputError(f"--domain {args.domain}: needs --guest-config FILE (how to reach the guest over SSH)")
+        from orchestrator.backends.libvirt import DEFAULT_URI, check_attachable, load_attach_config
+        args.backend = "libvirt"
+        attach = load_attach_config(args.guest_config)
+        check_attachable(args.connect or DEFAULT_URI, args.domain, attach, scenarios, args.snapshot)
+        args.attach = (args.domain, attach)
     if args.connect and args.backend != "libvirt":
         raise InputError(f"--connect {args.connect}: only with --backend libvirt")
     if args.backend == "libvirt":
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{s.path}: ok")
             return 0
         _check_addresses(scenarios)
-        _check_backend(args)
+        _check_backend(args, scenarios)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
@@ -131,7 +148,7 @@ def run(scenarios, args) -> int:
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
                          extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
-                         connect=args.connect)
+                         connect=args.connect, attach=args.attach)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

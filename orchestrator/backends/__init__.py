@@ -11,9 +11,14 @@ BACKENDS = ("qemu", "libvirt")
 DEFAULT_BACKEND = "qemu"
 
 
-def new_guest(backend: str, connect: str | None = None, **config) -> Guest:
+def new_guest(backend: str, connect: str | None = None, attach=None, **config) -> Guest:
     """An unlaunched guest of that backend; `config` as QemuGuest takes it;
-    `connect` is the libvirt URI (default qemu:///system)."""
+    `connect` is the libvirt URI (default qemu:///system); `attach` is
+    (domain name, AttachConfig) for a domain the user already runs."""
+    if attach is not None:
+        from orchestrator.backends.libvirt import AttachedGuest
+        domain, attach_config = attach
+        return AttachedGuest(domain=domain, attach=attach_config, connect=connect, **config)
     if backend == "qemu":
         from orchestrator.backends.qemu import QemuGuest
         return QemuGuest(**config)

@@ -64,8 +64,15 @@ class Guest(abc.ABC):
     monitor: GuestMonitor | None  # None before launch and after shutdown
     launched_pid: int | None      # QEMU's pid, kept after shutdown so callers can check it is gone
 
+    boots: bool = True            # False: a guest someone else started (attached); it is up already
+    ssh_host: str = "127.0.0.1"
+    ssh_user: str = "root"
     ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
     vcpus_present: int = 0
+
+    def ssh_keys(self, image: GuestImage) -> tuple[Path, str]:
+        """(client private key, the guest's pinned host key line): our image's own."""
+        return image.client_key, image.host_key_line
 
     @property
     def limits(self) -> mce.MceLimits:

@@ -29,9 +29,12 @@ import re
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import libvirt_xml, qemu_args
+import yaml
+
+from orchestrator import libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import MonitorError
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
@@ -39,6 +42,7 @@ from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
 from orchestrator.outcome import HarnessError, InputError
 from orchestrator.scenario import GuestSpec
+from orchestrator.ssh import wait_for_banner
 
 DEFAULT_URI = "qemu:///system"
 PORT_ATTEMPTS = 3
@@ -473,3 +477,182 @@ def _domain_pid(name: str) -> int | None:
         return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+# --- attaching to a domain the user already has --------------------------------
+
+ATTACH_SSH_WAIT_S = 5.0
+ATTACH_KEYS = {"ssh_host": str, "ssh_port": int, "ssh_user": str, "ssh_key": str, "ssh_host_key": str}
+
+
+@dataclass(frozen=True)
+class AttachConfig:
+    """How to reach a domain's guest over SSH (a small YAML file)."""
+    ssh_host: str
+    ssh_port: int
+    ssh_key: Path           # the client's private ed25519 key
+    ssh_host_key: str       # the guest's host key line, pinned ("ssh-ed25519 AAAA...")
+    ssh_user: str = "root"  # the probe reads /proc/kpageflags and writes sysctls: root
+
+
+def load_attach_config(path: Path) -> AttachConfig:
+    """One line naming the file and key for any mistake."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with {', '.join(ATTACH_KEYS)}")
+    for key, value in data.items():
+        if key not in ATTACH_KEYS:
+            raise InputError(f"{path}: {key}: unknown key (known: {', '.join(ATTACH_KEYS)})")
+        if not isinstance(value, ATTACH_KEYS[key]) or isinstance(value, bool):
+            raise InputError(f"{path}: {key}: expected {ATTACH_KEYS[key].__name__}, got {value!r}")
+    missing = [k for k in ATTACH_KEYS if k not in data and k != "ssh_user"]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}")
+    if len(data["ssh_host_key"].split()) < 2:
+        raise InputError(f"{path}: ssh_host_key: expected 'TYPE BASE64', e.g. 'ssh-ed25519 AAAA...'")
+    key = Path(data["ssh_key"])
+    if not key.is_absolute():
+        key = Path(path).resolve().parent / key
+    return AttachConfig(ssh_host=data["ssh_host"], ssh_port=data["ssh_port"], ssh_key=key,
+                        ssh_host_key=data["ssh_host_key"], ssh_user=data.get("ssh_user", "root"))
+
+
+def check_attachable(uri: str, name: str, attach: AttachConfig, scenarios, snapshot: bool) -> None:
+    """Before anything starts: the domain exists and runs, has what each scenario
+    needs, and an SSH server answers where the config says."""
+    libvirt, _ = _libvirt()
+    if snapshot:
+        raise InputError(f"--domain {name}: --snapshot restores guests of our own; an attached domain is used as it is")
+    conn = open_connection(uri)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise InputError(f"--domain {name}: {_message(exc)} (at {uri})") from None
+        state, max_kib, _, vcpus, _ = dom.info()
+        if not dom.isActive():
+            raise InputError(f"--domain {name}: the domain is not running (at {uri})")
+        for s in scenarios:
+            need = []
+            if s.guest.vcpus > vcpus:
+                need.append(f"{s.guest.vcpus} vCPUs (the domain has {vcpus})")
+            elif (s.guest.vcpus != vcpus and s.inject.fields is not None and not s.inject.broadcast
+                  and s.inject.fields.status & mce.MCI_STATUS_UC):
+                # QEMU raises it on one vCPU only: the other vCPUs miss the guest's
+                # rendezvous and it panics ("Not all CPUs entered broadcast exception handler").
+                need.append(f"exactly {s.guest.vcpus} vCPU(s) for an uncorrected error without broadcast "
+                            f"(the domain has {vcpus})")
+            if s.guest.memory_mib > max_kib >> 10:
+                need.append(f"{s.guest.memory_mib} MiB of memory (the domain has {max_kib >> 10})")
+            if s.guest.disk_mib:
+                need.append("a scratch disk as /dev/vda (an attached domain's disks are left alone)")
+            if need:
+                raise InputError(f"{s.path}: guest: needs {' and '.join(need)}; --domain {name} cannot run it")
+    finally:
+        conn.close()
+    try:
+        wait_for_banner(attach.ssh_port, Deadline(ATTACH_SSH_WAIT_S, "ssh"), host=attach.ssh_host)
+    except HarnessError as exc:
+        raise InputError(f"--domain {name}: {exc.message}") from None
+
+
+class ConsoleRecorder:
+    """The domain's serial console (a pty) copied into a file through a libvirt
+    stream, without taking it from another client (VIR_DOMAIN_CONSOLE_SAFE)."""
+
+    def __init__(self, conn, dom, path: Path):
+        libvirt, _ = _libvirt()
+        self._file = path.open("ab", buffering=0)
+        self._stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        try:
+            dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+        except libvirt.libvirtError as exc:
+            self._file.close()
+            raise HarnessError("boot", f"cannot read the console of domain {dom.name()}: {_message(exc)}") from None
+        self._stream.eventAddCallback(libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+                                      | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
+
+    def _on_event(self, stream, events, opaque) -> None:
+        libvirt, _ = _libvirt()
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            try:
+                data = stream.recv(65536)
+            except libvirt.libvirtError:
+                return
+            if isinstance(data, bytes) and data:
+                try:
+                    self._file.write(data)
+                except (OSError, ValueError):
+                    pass
+
+    def close(self) -> None:
+        libvirt, _ = _libvirt()
+        for step in (self._stream.eventRemoveCallback, self._stream.abort):
+            try:
+                step()
+            except libvirt.libvirtError:
+                pass
+        self._file.close()
+
+
+class AttachedGuest(LibvirtGuest):
+    """A running domain the user already has: nothing is started, nothing destroyed;
+    the probe goes in over SSH, the MCE through libvirt's monitor passthrough."""
+    boots = False
+
+    def __init__(self, *, attach: AttachConfig, domain: str, **config):
+        super().__init__(**config)
+        self.name = domain
+        self.attach = attach
+        self.ssh_host, self.ssh_port, self.ssh_user = attach.ssh_host, attach.ssh_port, attach.ssh_user
+        self.accel = "attached"
+        self._console: ConsoleRecorder | None = None
+
+    def ssh_keys(self, image: GuestImage) -> tuple[Path, str]:
+        return self.attach.ssh_key, self.attach.ssh_host_key
+
+    def launch(self, deadline: Deadline) -> None:
+        try:
+            libvirt, _ = _libvirt()
+            self._conn = open_connection(self.uri)
+        except InputError as exc:
+            raise HarnessError("boot", str(exc)) from None
+        try:
+            self._dom = self._conn.lookupByName(self.name)
+            if not self._dom.isActive():
+                raise HarnessError("boot", f"domain {self.name} is not running")
+            self.accel = "kvm" if 'type="kvm"' in self._dom.XMLDesc(0).split(">", 1)[0].replace("'", '"') else "tcg"
+            self._lifecycle_id = self._conn.domainEventRegisterAny(
+                self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
+            self.launched_pid = _domain_pid(self.name)
+            self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
+                                          self.artifacts / "monitor-commands.log")
+            self.monitor.register()
+            self._console = ConsoleRecorder(self._conn, self._dom, self.console_log)
+            self.read_limits()  # asked of the running QEMU: it is the user's, we do not pause it
+        except libvirt.libvirtError as exc:
+            self.shutdown()
+            raise HarnessError("boot", f"domain {self.name}: {_message(exc)}") from None
+        except (MonitorError, HarnessError) as exc:
+            self.shutdown()
+            raise HarnessError("boot", exc.message if isinstance(exc, HarnessError) else str(exc)) from None
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Let go of the domain without stopping it."""
+        console, self._console = self._console, None
+        if console is not None:
+            console.close()
+        self._dom = None  # so the base class's shutdown does not destroy it
+        super().shutdown(timeout)
+
+    def fresh(self, artifacts: Path) -> "AttachedGuest":
+        raise HarnessError("boot", "an attached domain cannot be saved or copied")
+
+    def save(self, path: Path, deadline: Deadline) -> None:
+        raise HarnessError("boot", "an attached domain cannot be saved")
