@@ -11,6 +11,7 @@ probes again on every start (~50 s per domain instead of ~0.35 s).
 """
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import shutil
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 RUN = Path("/run/libvirt")
+LOCK = Path("/run/lock/mce-orchestrator-libvirtd.lock")  # test workers may all ask at once
 SOCKETS = {"virtlogd": RUN / "virtlogd-sock", "libvirtd": RUN / "libvirt-sock"}
 
 
@@ -52,6 +54,13 @@ def ensure_running(timeout: float = 30) -> list[str]:
     """Start whichever of virtlogd and libvirtd does not answer on its socket; returns those started."""
     if os.geteuid() != 0:
         raise LibvirtdError("starting libvirtd needs root")
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_missing(timeout)
+
+
+def _start_missing(timeout: float) -> list[str]:
     fix_dev_kvm()
     started = []
     for daemon, sock in SOCKETS.items():
