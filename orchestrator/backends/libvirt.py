@@ -651,6 +651,9 @@ class AttachedGuest(LibvirtGuest):
         self._dom = None  # so the base class's shutdown does not destroy it
         super().shutdown(timeout)
 
+    def _copy_qemu_log(self) -> None:
+        pass  # the user's domain's log holds its whole history, not this run's
+
     def fresh(self, artifacts: Path) -> "AttachedGuest":
         raise HarnessError("boot", "an attached domain cannot be saved or copied")
 
