@@ -322,8 +322,8 @@ class LibvirtGuest(Guest):
         reap_leftovers(self._conn)
         try:
             self._start(libvirt)
-            # Paused: what the guest has is read before it runs.
-            self.read_limits()
+            if self.incoming is None:
+                self.read_limits()  # paused: what the guest has, before it runs
             self._forward_ssh(deadline)
             if self.incoming is not None:
                 with self.incoming.open("rb") as state:
@@ -414,11 +414,16 @@ class LibvirtGuest(Guest):
         """Wait until QEMU has loaded the saved state, then resume through libvirt
         (so libvirt's idea of the domain's state follows)."""
         libvirt, _ = _libvirt()
-        self._wait_migration(deadline, "restoring the guest")
         try:
+            self._wait_migration(deadline, "restoring the guest")
+            self.read_limits()  # still paused: loaded, not yet running, as the QEMU backend's
             self._dom.resume()
         except libvirt.libvirtError as exc:
             raise HarnessError("boot", f"restoring the guest failed: {_message(exc)}") from None
+        except MonitorError as exc:
+            # QEMU exits when the stream does not load (truncated, garbage, another version).
+            why = self.died() or str(exc)
+            raise HarnessError("boot", f"restoring the guest failed: {why}") from None
 
     def fresh(self, artifacts: Path) -> "LibvirtGuest":
         return LibvirtGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,

@@ -152,9 +152,10 @@ class QemuGuest(Guest):
         try:
             self.monitor.connect(timeout)
             self.monitor.attach_hmp(hmp_ours, timeout)
-            # Paused (-S): what the guest has is read before it runs (milliseconds).
-            self.read_limits()
             if self.incoming is None:
+                # Paused (-S): what the guest has is read before it runs (milliseconds);
+                # a restored guest's once its state is loaded (resume_incoming).
+                self.read_limits()
                 self.monitor.execute("cont")
         except (MonitorError, OSError, EOFError) as exc:
             hmp_ours.close()
@@ -193,6 +194,7 @@ class QemuGuest(Guest):
         assert self.monitor
         try:
             self._wait_migration(deadline, "restoring the guest")
+            self.read_limits()  # still stopped: loaded, not yet running
             self.monitor.execute("cont")
         except MonitorError as exc:
             # QEMU exits when the stream does not load (truncated, garbage, another version).
