@@ -23,7 +23,7 @@ from orchestrator import image as images
 from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
-from orchestrator.backends.base import Guest
+from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
@@ -292,6 +292,8 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
                 try:
                     guest.launch(deadline)  # QEMU may exit at once on a stream it cannot read
                     guest.resume_incoming(deadline)
+                except HypervisorUnavailable:
+                    raise  # says nothing about the saved state: keep it for the other runs
                 except HarnessError as exc:
                     broken = exc.message
                     guest.shutdown()

@@ -20,6 +20,14 @@ from orchestrator.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
 
 
+class HypervisorUnavailable(HarnessError):
+    """The hypervisor itself cannot be reached (libvirtd down, a dead endpoint):
+    nothing is known about the guest, or about a saved state it was to restore."""
+
+    def __init__(self, message: str):
+        super().__init__("boot", message)
+
+
 class GuestMonitor(Protocol):
     """QEMU's monitor as the pipeline sees it. Failures raise
     orchestrator.backends.monitor.MonitorError, whichever backend carries them."""

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from orchestrator import libvirt_xml, mce, qemu_args
-from orchestrator.backends.base import Guest
+from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.monitor import MonitorError
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
 from orchestrator.deadline import Deadline
@@ -318,7 +318,7 @@ class LibvirtGuest(Guest):
             libvirt, _ = _libvirt()
             self._conn = open_connection(self.uri)
         except InputError as exc:
-            raise HarnessError("boot", str(exc)) from None
+            raise HypervisorUnavailable(str(exc)) from None
         reap_leftovers(self._conn)
         try:
             self._start(libvirt)
@@ -626,7 +626,7 @@ class AttachedGuest(LibvirtGuest):
             libvirt, _ = _libvirt()
             self._conn = open_connection(self.uri)
         except InputError as exc:
-            raise HarnessError("boot", str(exc)) from None
+            raise HypervisorUnavailable(str(exc)) from None
         try:
             self._dom = self._conn.lookupByName(self.name)
             if not self._dom.isActive():
