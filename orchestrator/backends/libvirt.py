@@ -21,6 +21,8 @@ libvirt-python only.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -160,6 +162,9 @@ class LibvirtMonitor:
         self._t0 = time.monotonic()
         self._callback_id: int | None = None
         self.log_error: str | None = None
+        # The QMP monitor's storm detection is not done here (libvirt delivers the
+        # events through its own queue): never a storm, every event kept.
+        self.storm: str | None = None
 
     def register(self) -> None:
         _, libvirt_qemu = _libvirt()
@@ -224,6 +229,26 @@ class LibvirtMonitor:
     def events(self) -> list[dict]:
         with self._changed:
             return list(self._events)
+
+    def seen(self, name: str) -> bool:
+        return any(e["event"] == name for e in self.events())
+
+    def dropped(self) -> int:
+        return 0
+
+    def summary(self) -> str:
+        counts = collections.Counter(e["event"] for e in self.events())
+        return ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no events"
+
+    def catch_up(self, timeout: float) -> bool:
+        """Stop the guest and wait for a reply to a command sent now (as the QMP monitor's)."""
+        with contextlib.suppress(MonitorError):
+            self.hmp("stop", timeout=min(timeout, 2))
+        try:
+            self.execute("query-status", timeout=timeout)
+            return True
+        except MonitorError:
+            return False
 
     def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
         end = time.monotonic() + timeout
