@@ -12,13 +12,14 @@ STAMP  := $(VENV)/.installed-stamp
 # probe, and Python's venv module.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
                  openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
-                 gcc libc6-dev musl-tools python3 python3-venv make
+                 gcc libc6-dev musl-tools python3 python3-venv make \
+                 libvirt-daemon-system libvirt-dev pkg-config
 
 NAME   ?=
 KERNEL ?=
 ARGS   ?=
 
-.PHONY: all setup host-packages scenario suite coverage nightly test unit image bench clean help
+.PHONY: all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -28,6 +29,8 @@ help:
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
 	@echo "make image                               build (or reuse) the default guest image"
+	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
+	@echo "ARGS='--backend libvirt [--connect URI]' runs scenario/suite on libvirt (nightly: ARGS='--backend libvirt')"
 
 setup: host-packages $(STAMP)
 
@@ -108,7 +111,11 @@ test: setup
 unit: setup
 	$(PY) -m pytest -ra $(ARGS) tests/unit
 
-bench: setup
+# virtlogd and libvirtd without systemd, /dev/kvm as udev would set it; idempotent.
+libvirtd: setup
+	$(PY) -m orchestrator.libvirtd
+
+bench: libvirtd
 	$(PY) -m orchestrator.bench $(ARGS)
 
 clean:

@@ -6,7 +6,11 @@ starts the probe at once, SRAR injected over QMP (with the same user-mode
 gate), SIGBUS read from the serial console; no SSH. Runs alternate between
 the two so machine noise hits both alike.
 
-    python -m orchestrator.bench [--runs N] [--scenario NAME]
+    python -m orchestrator.bench [--runs N] [--scenario NAME] [--connect URI]
+
+Where a libvirt daemon answers (--connect, default qemu:///system), the same
+scenario is also timed on the libvirt backend, cold and with --snapshot,
+alternated with the QEMU backend's runs.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from orchestrator import probe as probe_build
 from orchestrator.backends.qemu import QemuGuest
 from orchestrator.deadline import Deadline
 from orchestrator.inject import inject
-from orchestrator.outcome import Outcome
+from orchestrator.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter, new_run_dir
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
 from orchestrator.scenario import GuestSpec, load_scenario
@@ -86,6 +90,16 @@ def bare_run(image: images.GuestImage, initrd: Path, workdir: Path) -> float:
     return elapsed
 
 
+def _libvirt_unavailable(uri: str | None) -> str | None:
+    """Why the libvirt backend cannot be measured here, or None."""
+    try:
+        from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
+        open_connection(uri or DEFAULT_URI).close()
+    except InputError as exc:
+        return f"{exc}; make libvirtd starts it"
+    return None
+
+
 class _Quiet(ConsoleReporter):
     def __init__(self):
         super().__init__(io.StringIO())
@@ -96,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", default="srar-anon-access")
+    parser.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default: qemu:///system)")
     args = parser.parse_args(argv)
+    libvirt_missing = _libvirt_unavailable(args.connect)
 
     scenario = load_scenario(REPO_ROOT / "scenarios" / f"{args.scenario}.yaml")
     cache_root = REPO_ROOT / "guest-images" / ".cache"
@@ -108,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = new_run_dir(results_root)
 
     bare, orchestrated, restored, phases = [], [], [], []
+    on_libvirt, on_libvirt_restored = [], []
+    libvirt = RunOptions(backend="libvirt", connect=args.connect)
 
     def timed(label: str, options: RunOptions) -> float:
         start = time.monotonic()
@@ -120,14 +138,23 @@ def main(argv: list[str] | None = None) -> int:
 
     # The one-time save of the booted guest is not part of what is measured.
     timed("snapshot-warm-up", RunOptions(snapshot=True))
+    if not libvirt_missing:
+        # The daemon warm (its capability cache, the saved guest) before anything is measured.
+        timed("libvirt-warm-up", dataclasses.replace(libvirt, snapshot=True))
     with tempfile.TemporaryDirectory(prefix="mce-bench-") as tmp:
         initrd = baseline_initrd(image, probe, Path(tmp) / "baseline-initrd.img")
         for i in range(args.runs):
             bare.append(bare_run(image, initrd, run_dir / f"bare-{i}"))
             orchestrated.append(timed(f"orchestrated-{i}", RunOptions()))
             restored.append(timed(f"snapshot-{i}", RunOptions(snapshot=True)))
+            if not libvirt_missing:
+                on_libvirt.append(timed(f"libvirt-{i}", libvirt))
+                on_libvirt_restored.append(timed(f"libvirt-snapshot-{i}", dataclasses.replace(libvirt, snapshot=True)))
             print(f"run {i + 1}/{args.runs}: bare {bare[-1]:.2f} s, orchestrated {orchestrated[-1]:.2f} s, "
-                  f"with --snapshot {restored[-1]:.2f} s", file=sys.stderr, flush=True)
+                  f"with --snapshot {restored[-1]:.2f} s"
+                  + ("" if libvirt_missing else f"; libvirt {on_libvirt[-1]:.2f} s, "
+                                                f"with --snapshot {on_libvirt_restored[-1]:.2f} s"),
+                  file=sys.stderr, flush=True)
 
     print(f"scenario {args.scenario}, {args.runs} runs each, image {image.name} ({image.kernel_release})")
     print("orchestrated phase medians: " + ", ".join(
@@ -138,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"orchestrated with --snapshot median: {statistics.median(restored):.2f} s "
           f"(runs: {', '.join(f'{x:.2f}' for x in restored)}; "
           f"ratio to bare {statistics.median(restored) / statistics.median(bare):.2f})")
+    if libvirt_missing:
+        print(f"libvirt backend: not measured ({libvirt_missing})")
+    else:
+        for label, qemu_runs, libvirt_runs in (("cold", orchestrated, on_libvirt),
+                                               ("with --snapshot", restored, on_libvirt_restored)):
+            print(f"libvirt backend {label} median: {statistics.median(libvirt_runs):.2f} s "
+                  f"(runs: {', '.join(f'{x:.2f}' for x in libvirt_runs)}); libvirt/qemu median ratio "
+                  f"{statistics.median(libvirt_runs) / statistics.median(qemu_runs):.2f}")
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
     return 0
 

@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import __version__
+from orchestrator import __version__, memory_map, qemu_args
+from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
-from orchestrator.scenario import catalog, expand, load_scenario, resolve
+from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
@@ -30,6 +31,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--snapshot", action="store_true",
                      help="boot each guest configuration once, save it, and restore it for every scenario "
                           "(about 0.1 s instead of a 2 s boot; scenarios with a disk still boot)")
+    run.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND,
+                     help="how guests run: a QEMU process of our own, or a transient libvirt domain "
+                          "(default: %(default)s)")
+    run.add_argument("--connect", metavar="URI", default=None,
+                     help="libvirt URI for --backend libvirt (default: qemu:///system)")
+    run.add_argument("--domain", metavar="NAME",
+                     help="run inside this running libvirt domain instead of a guest of our own "
+                          "(implies --backend libvirt; needs --guest-config)")
+    run.add_argument("--guest-config", type=Path, metavar="FILE",
+                     help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
@@ -37,6 +48,47 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
     sub.add_parser("list", help="list the scenario catalog")
     return parser
+
+
+def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
+    """A fixed inject.address must be RAM in the map QEMU lays out for that guest:
+    asked of a paused QEMU of the same machine and size (milliseconds), before
+    anything starts. The guest's own QEMU is asked again before the injection;
+    where no QEMU runs here (a remote libvirt host), that check alone decides."""
+    # The firmware the guest will have (qemu_args): its size shapes the RAM below 1 MiB.
+    firmware = qemu_args.default_firmware() if qemu_args.host_accel() == "tcg" else None
+    for s in scenarios:
+        if s.inject.address is None:
+            continue
+        try:
+            ranges = memory_map.standin_ram_ranges(binary, s.guest.machine, s.guest.memory_mib, firmware)
+        except memory_map.MemoryMapError:
+            continue
+        if not memory_map.contains(ranges, s.inject.address):
+            raise ScenarioError(s.path, key_line(s.path, ("inject", "address")), "inject.address",
+                                f"{s.inject.address:#x} is not RAM in a {s.guest.machine} {s.guest.memory_mib} MiB "
+                                f"guest (QEMU's RAM: {memory_map.describe(ranges)})")
+
+
+def _check_backend(args, scenarios) -> None:
+    """libvirt down, a wrong URI, an unknown domain or one that lacks what a
+    scenario needs: one line before anything starts."""
+    args.attach = None
+    if args.guest_config and not args.domain:
+        raise InputError("--guest-config: only with --domain")
+    if args.domain:
+        if not args.guest_config:
+            raise InputError(f"--domain {args.domain}: needs --guest-config FILE (how to reach the guest over SSH)")
+        from orchestrator.backends.libvirt import DEFAULT_URI, check_attachable, load_attach_config
+        args.backend = "libvirt"
+        attach = load_attach_config(args.guest_config)
+        check_attachable(args.connect or DEFAULT_URI, args.domain, attach, scenarios, args.snapshot)
+        args.attach = (args.domain, attach)
+    if args.connect and args.backend != "libvirt":
+        raise InputError(f"--connect {args.connect}: only with --backend libvirt")
+    if args.backend == "libvirt":
+        from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
+        open_connection(args.connect or DEFAULT_URI).close()
 
 
 def _terminate(signum, frame):
@@ -59,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             for s in scenarios:
                 print(f"{s.path}: ok")
             return 0
+        _check_addresses(scenarios)
+        _check_backend(args, scenarios)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
@@ -93,7 +147,8 @@ def run(scenarios, args) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
-                         extra_cmdline=args.append, snapshot=args.snapshot)
+                         extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
+                         connect=args.connect, attach=args.attach)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -63,21 +63,7 @@ class MceLimits:
     """What the guest actually has: checked before anything is sent."""
     vcpus: int
     banks: int
-    ram_ranges: tuple[tuple[int, int], ...]  # [start, end) guest-physical
-
-
-def guest_ram_ranges(memory_bytes: int, machine: str) -> tuple[tuple[int, int], ...]:
-    """Guest-physical RAM ranges QEMU lays out for pc/q35 (the below-4G split)."""
-    if machine.startswith("q35"):
-        # hw/i386/pc_q35.c: lowmem is 2 GiB once RAM reaches 2.75 GiB.
-        low = 0x80000000 if memory_bytes >= 0xB0000000 else memory_bytes
-    else:
-        # hw/i386/pc_piix.c: lowmem is 3.5 GiB once RAM reaches it.
-        low = 0xE0000000 if memory_bytes >= 0xE0000000 else memory_bytes
-    ranges = [(0, low)]
-    if memory_bytes > low:
-        ranges.append((1 << 32, (1 << 32) + memory_bytes - low))
-    return tuple(ranges)
+    ram_ranges: tuple[tuple[int, int], ...]  # [start, end) guest-physical, from QEMU (memory_map)
 
 
 def validate(fields: MceFields, *, cpu: int, address: int, limits: MceLimits, outside_ram: bool = False) -> None:

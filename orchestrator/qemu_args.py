@@ -32,6 +32,7 @@ class QemuConfig:
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
     hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
     console_fd: int | None = None # the console to a socket the harness reads (capped), not straight to a file
+    paused: bool = False          # start with the vCPUs stopped (-S), until QMP cont
 
 
 def option_value(value: object) -> str:
@@ -84,6 +85,8 @@ def build_argv(c: QemuConfig) -> list[str]:
         argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
     if c.firmware is not None:
         argv += ["-bios", str(c.firmware)]
+    if c.paused:
+        argv += ["-S"]
     return argv
 
 

@@ -23,7 +23,7 @@ from orchestrator import image as images
 from orchestrator import mce
 from orchestrator import probe as probe_build
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
-from orchestrator.backends.base import Guest
+from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
@@ -85,6 +85,8 @@ class RunOptions:
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
     backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
     snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
+    connect: str | None = None           # libvirt URI for the libvirt backend (default qemu:///system)
+    attach: tuple | None = None          # (domain, AttachConfig): run in a domain the user already has
     hook: PhaseHook | None = None
 
 
@@ -155,7 +157,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
-        with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
+        with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest, artifacts=artifacts,
                        accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
             phases.context.guest = guest
             try:
@@ -247,7 +249,8 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
             deadline = Deadline(scenario.timeouts.boot, "boot")  # one deadline for launch and banner together
             guest.launch(deadline)
             _wait_sshd(guest, deadline, since=time.monotonic())
-            phases.notes["boot"] = f"{guest.accel}, booted, ssh on 127.0.0.1:{guest.ssh_port}"
+            phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
+                                    f"ssh on {guest.ssh_host}:{guest.ssh_port}")
     try:
         return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore)
     except HarnessError as exc:
@@ -260,8 +263,8 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
 def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
     try:
         init_ready = _InitReady(guest, since)
-        wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                        sshd_started=lambda: restored or init_ready())
+        wait_for_banner(guest.ssh_port, deadline, still_running=guest.died, host=guest.ssh_host,
+                        sshd_started=lambda: restored or not guest.boots or init_ready())
     except HarnessError as exc:
         last = tail(guest.console_log, 1) or "(nothing on the console)"
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -289,6 +292,8 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
                 try:
                     guest.launch(deadline)  # QEMU may exit at once on a stream it cannot read
                     guest.resume_incoming(deadline)
+                except HypervisorUnavailable:
+                    raise  # says nothing about the saved state: keep it for the other runs
                 except HarnessError as exc:
                     broken = exc.message
                     guest.shutdown()
@@ -307,8 +312,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                     phases: Phases, ev: Evidence, restored: bool = False) -> Injection | None:
     t = scenario.timeouts
     injection = None
-    ssh = SshSession(guest.ssh_port, guest_image.client_key, guest_image.host_key_line,
-                     log_file=guest.artifacts / "ssh.log")
+    ssh = SshSession(guest.ssh_port, *guest.ssh_keys(guest_image), log_file=guest.artifacts / "ssh.log",
+                     host=guest.ssh_host, user=guest.ssh_user)
     phases.context.ssh = ssh
     try:
         with phases("ssh"):

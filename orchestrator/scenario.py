@@ -15,7 +15,7 @@ from typing import Any, Literal
 import jsonschema
 import yaml
 
-from orchestrator import logmatch, mce
+from orchestrator import logmatch, mce, memory_map
 from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import InputError
 
@@ -478,10 +478,12 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
         if address is not None and d.get(key, InjectSpec.region if key == "region" else 0) not in ("probe", 0):
             fail(("inject", key), f"contradicts inject.address (an absolute address is injected as given)")
     if address is not None:
-        ranges = mce.guest_ram_ranges(guest.memory_mib << 20, guest.machine)
-        if not any(lo <= address < hi for lo, hi in ranges):
-            ram = ", ".join(f"{lo:#x}-{hi - 1:#x}" for lo, hi in ranges)
-            fail(("inject", "address"), f"{address:#x} is outside guest RAM ({ram})")
+        # Early and loose: where RAM of this size can be at all. The guest's QEMU's
+        # own memory map decides before anything is injected (memory_map).
+        ranges = memory_map.envelope(guest.memory_mib << 20)
+        if not memory_map.contains(ranges, address):
+            fail(("inject", "address"), f"{address:#x} is outside guest RAM (a {guest.memory_mib} MiB guest "
+                                        f"has none outside {memory_map.describe(ranges)})")
     if d.get("page_offset", 0) and d.get("region", "probe") != "probe":
         fail(("inject", "page_offset"), f"counts pages of the probe's mapping; region {d['region']} is not the probe's")
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
@@ -553,3 +555,10 @@ def resolve(name_or_file: str, scenarios_dir: Path) -> Path:
 
 def catalog(scenarios_dir: Path) -> list[str]:
     return sorted(p.stem for p in scenarios_dir.glob("*.yaml"))
+
+
+def key_line(path: Path, at: tuple) -> int | None:
+    """The line of key `at` (e.g. ("inject", "address")) in a scenario file that loaded."""
+    lines: dict[tuple, int] = {}
+    _to_python(path, _compose(path, Path(path).read_text(encoding="utf-8")), lines)
+    return _line_for(lines, at)

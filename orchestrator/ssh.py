@@ -24,7 +24,8 @@ BANNER_POLL_S = 0.25
 OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
 
 
-def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True) -> float:
+def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True,
+                    host: str = GUEST_HOST) -> float:
     """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes.
 
     `sshd_started` (e.g. a look at the console for the init's READY line) is a
@@ -40,7 +41,7 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
             deadline.sleep(0.01)
             continue
         try:
-            with socket.create_connection((GUEST_HOST, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
+            with socket.create_connection((host, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
                 # Short: a connection made before the guest listens hangs in slirp's
                 # SYN retries (seconds); a fresh one gets through as soon as it listens.
                 s.settimeout(BANNER_POLL_S)
@@ -50,7 +51,7 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
         except OSError as exc:
             last = exc.strerror or type(exc).__name__
         deadline.sleep(0.05)
-    raise HarnessError("boot", f"no SSH banner on 127.0.0.1:{port} within {deadline.seconds:g} s ({last})")
+    raise HarnessError("boot", f"no SSH banner on {host}:{port} within {deadline.seconds:g} s ({last})")
 
 
 def banner_answers(port: int, seconds: float) -> bool:
@@ -62,16 +63,19 @@ def banner_answers(port: int, seconds: float) -> bool:
         return False
 
 
-def pinned_host_keys(host_key_line: str, port: int) -> paramiko.HostKeys:
+def pinned_host_keys(host_key_line: str, port: int, host: str = GUEST_HOST) -> paramiko.HostKeys:
     kind, blob = host_key_line.split()[:2]
     keys = paramiko.HostKeys()
-    keys.add(f"[{GUEST_HOST}]:{port}", kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+    keys.add(f"[{host}]:{port}" if port != 22 else host, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
     return keys
 
 
 class SshSession:
-    def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None):
+    def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None,
+                 host: str = GUEST_HOST, user: str = "root"):
         self.port = port
+        self.host = host  # our own guests: the loopback forward; an attached domain: its configured address
+        self.user = user
         self._log_handler = None
         # paramiko's own account of the connection, for when it drops: a logger
         # of this session's own, kept out of the root logger (and of other
@@ -85,7 +89,7 @@ class SshSession:
             logger.propagate = False
             logger.addHandler(self._log_handler)
         self._key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
-        self._host_keys = pinned_host_keys(host_key_line, port)
+        self._host_keys = pinned_host_keys(host_key_line, port, host)
         self._client: paramiko.SSHClient | None = None
         self.reconnects = 0
 
@@ -97,7 +101,7 @@ class SshSession:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
             client.set_log_channel(self._log_channel)
             try:
-                client.connect(GUEST_HOST, self.port, username="root", pkey=self._key,
+                client.connect(self.host, self.port, username=self.user, pkey=self._key,
                                timeout=max(deadline.remaining(), 0.1), banner_timeout=max(deadline.remaining(), 0.1),
                                auth_timeout=max(deadline.remaining(), 0.1),
                                allow_agent=False, look_for_keys=False)
@@ -110,7 +114,7 @@ class SshSession:
                 client.close()
                 last = str(exc) or type(exc).__name__
                 deadline.sleep(0.2)
-        raise HarnessError("ssh", f"cannot log in to 127.0.0.1:{self.port} within {deadline.seconds:g} s ({last})")
+        raise HarnessError("ssh", f"cannot log in to {self.host}:{self.port} within {deadline.seconds:g} s ({last})")
 
     @property
     def client(self) -> paramiko.SSHClient:

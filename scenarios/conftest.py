@@ -1,6 +1,7 @@
 """Scenarios as pytest items (pytest's "non-python test files" pattern).
 
     pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--snapshot] [--junitxml=...]
+                      [--backend qemu|libvirt] [--connect URI] [--hosts FILE]
 
 Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
 kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
@@ -10,6 +11,11 @@ not tell) is reported as an error. On a kernel a scenario marks in
 known_failures, the item gets a strict xfail mark once the run knows the
 kernel: a KNOWN-FAIL is xfailed, an unexpected pass is XPASS(strict) (failed),
 a failure another way fails. Artifacts go under results/pytest/.
+
+`--hosts FILE` (one libvirt URI per line, `#` comments) spreads the items
+over several hypervisors: xdist worker gwN drives hosts[N % len(hosts)], so
+`-n` as a multiple of the number of hosts loads each alike; every test case
+in the JUnit file carries a `host` property naming the URI that ran it.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
 from orchestrator.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
@@ -32,6 +39,36 @@ def pytest_addoption(parser):
                      help="comma-separated guest images to run every scenario on (default: %(default)s)")
     parser.addoption("--snapshot", action="store_true",
                      help="restore a saved booted guest instead of booting (mce-orchestrator run --snapshot)")
+    parser.addoption("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
+                     help="guest backend (mce-orchestrator run --backend; default: %(default)s)")
+    parser.addoption("--connect", default=None, metavar="URI",
+                     help="libvirt URI for --backend libvirt (default: qemu:///system)")
+    parser.addoption("--hosts", default=None, metavar="FILE", type=Path,
+                     help="libvirt URIs, one per line; xdist worker gwN uses line N modulo their number "
+                          "(implies --backend libvirt)")
+
+
+def read_hosts(text: str) -> list[str]:
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def bound_host(hosts: list[str], worker: str) -> str:
+    """The URI xdist worker `worker` (gw0, gw1, ...; 'main' without xdist) drives."""
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return hosts[index % len(hosts)]
+
+
+def _backend_and_uri(config, worker: str) -> tuple[str, str | None]:
+    hosts_file = config.getoption("--hosts")
+    if hosts_file is None:
+        return config.getoption("--backend"), config.getoption("--connect")
+    try:
+        hosts = read_hosts(hosts_file.read_text())
+    except OSError as exc:
+        raise pytest.UsageError(f"--hosts {hosts_file}: {exc.strerror}") from None
+    if not hosts:
+        raise pytest.UsageError(f"--hosts {hosts_file}: no libvirt URI in it")
+    return "libvirt", bound_host(hosts, worker)
 
 
 def pytest_collect_file(parent, file_path: Path):
@@ -76,7 +113,10 @@ class ScenarioItem(pytest.Item):
         run_dir = REPO_ROOT / "results" / "pytest" / self.kernel / worker
         run_dir.mkdir(parents=True, exist_ok=True)
         console = io.StringIO()
-        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"))
+        backend, uri = _backend_and_uri(self.config, worker)
+        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"),
+                             backend=backend, connect=uri)
+        self.user_properties.append(("host", (uri or "qemu:///system") if backend == "libvirt" else "local qemu"))
         result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.label))

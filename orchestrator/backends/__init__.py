@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from orchestrator.backends.base import Guest
 
-BACKENDS = ("qemu",)
+BACKENDS = ("qemu", "libvirt")
 DEFAULT_BACKEND = "qemu"
 
 
-def new_guest(backend: str, **config) -> Guest:
-    """An unlaunched guest of that backend; `config` as QemuGuest takes it."""
+def new_guest(backend: str, connect: str | None = None, attach=None, **config) -> Guest:
+    """An unlaunched guest of that backend; `config` as QemuGuest takes it;
+    `connect` is the libvirt URI (default qemu:///system); `attach` is
+    (domain name, AttachConfig) for a domain the user already runs."""
+    if attach is not None:
+        from orchestrator.backends.libvirt import AttachedGuest
+        domain, attach_config = attach
+        return AttachedGuest(domain=domain, attach=attach_config, connect=connect, **config)
     if backend == "qemu":
         from orchestrator.backends.qemu import QemuGuest
         return QemuGuest(**config)
+    if backend == "libvirt":
+        from orchestrator.backends.libvirt import LibvirtGuest
+        return LibvirtGuest(connect=connect, **config)
     raise ValueError(f"unknown backend {backend!r} (one of: {', '.join(BACKENDS)})")

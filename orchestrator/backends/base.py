@@ -12,10 +12,20 @@ import abc
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator import mce
+from orchestrator import mce, memory_map
+from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
+from orchestrator.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
+
+
+class HypervisorUnavailable(HarnessError):
+    """The hypervisor itself cannot be reached (libvirtd down, a dead endpoint):
+    nothing is known about the guest, or about a saved state it was to restore."""
+
+    def __init__(self, message: str):
+        super().__init__("boot", message)
 
 
 class GuestMonitor(Protocol):
@@ -62,10 +72,31 @@ class Guest(abc.ABC):
     monitor: GuestMonitor | None  # None before launch and after shutdown
     launched_pid: int | None      # QEMU's pid, kept after shutdown so callers can check it is gone
 
+    boots: bool = True            # False: a guest someone else started (attached); it is up already
+    ssh_host: str = "127.0.0.1"
+    ssh_user: str = "root"
+    ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
+    vcpus_present: int = 0
+
+    def ssh_keys(self, image: GuestImage) -> tuple[Path, str]:
+        """(client private key, the guest's pinned host key line): our image's own."""
+        return image.client_key, image.host_key_line
+
     @property
-    @abc.abstractmethod
     def limits(self) -> mce.MceLimits:
-        """What an injection is checked against: vCPUs, banks, guest RAM."""
+        """What an injection is checked against: the vCPUs and RAM the guest's QEMU
+        reported (read_limits(), at launch), and the banks QEMU gives every vCPU."""
+        return mce.MceLimits(vcpus=self.vcpus_present, banks=mce.QEMU_MCE_BANKS, ram_ranges=self.ram_ranges)
+
+    def read_limits(self) -> None:
+        """Ask the guest's QEMU for its vCPUs and its RAM map; backends call it while
+        the guest is paused at launch, before firmware shadows ROMs into RAM."""
+        assert self.monitor
+        try:
+            self.ram_ranges = memory_map.parse_flat_ram(self.monitor.hmp_query("info mtree -f"))
+        except memory_map.MemoryMapError as exc:
+            raise MonitorError(str(exc)) from None
+        self.vcpus_present = len(self.monitor.execute("query-cpus-fast"))
 
     @property
     @abc.abstractmethod
@@ -94,6 +125,17 @@ class Guest(abc.ABC):
         """Everything of this guest's configuration that shapes a saved state (the whole
         launch configuration, firmware and emulator builds), without per-run parts
         (ports, fds, artifact paths, the state to restore): saved guests are keyed by it."""
+
+    def _wait_migration(self, deadline: Deadline, what: str) -> None:
+        """Until QEMU's migration (a save or a restore) completed; both backends' guests migrate."""
+        while not deadline.expired():
+            status = self.monitor.execute("query-migrate").get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise HarnessError("boot", f"{what} failed (migration {status})")
+            deadline.sleep(0.02)
+        raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
     @abc.abstractmethod
     def fresh(self, artifacts: Path) -> "Guest":

@@ -8,6 +8,7 @@ log tail; shutdown() asks politely, then kills.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ctypes
 import hashlib
 import os
@@ -19,7 +20,7 @@ import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-from orchestrator import mce, qemu_args
+from orchestrator import qemu_args
 from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import Monitor, MonitorError
 from orchestrator.bounded import ConsoleRecorder
@@ -101,11 +102,6 @@ class QemuGuest(Guest):
         self.launched_pid: int | None = None  # kept after shutdown, so callers can check it is gone
 
     @property
-    def limits(self) -> mce.MceLimits:
-        return mce.MceLimits(vcpus=self.spec.vcpus, banks=mce.QEMU_MCE_BANKS,
-                             ram_ranges=mce.guest_ram_ranges(self.spec.memory_mib << 20, self.spec.machine))
-
-    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
@@ -127,8 +123,9 @@ class QemuGuest(Guest):
         hmp_ours, hmp_theirs = socket.socketpair()
         console_ours, console_theirs = socket.socketpair()
         self.ssh_port = free_loopback_port()
-        self.argv = qemu_args.build_argv(self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port,
-                                                     hmp_fd=hmp_theirs.fileno(), console_fd=console_theirs.fileno()))
+        self.argv = qemu_args.build_argv(dataclasses.replace(
+            self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, hmp_fd=hmp_theirs.fileno(),
+                        console_fd=console_theirs.fileno()), paused=True))
         (self.artifacts / "qemu-cmdline.txt").write_text(shlex.join(self.argv) + "\n")
         try:
             with self._qemu_log.open("wb") as log:
@@ -155,6 +152,11 @@ class QemuGuest(Guest):
         try:
             self.monitor.connect(timeout)
             self.monitor.attach_hmp(hmp_ours, timeout)
+            if self.incoming is None:
+                # Paused (-S): what the guest has is read before it runs (milliseconds);
+                # a restored guest's once its state is loaded (resume_incoming).
+                self.read_limits()
+                self.monitor.execute("cont")
         except (MonitorError, OSError, EOFError) as exc:
             hmp_ours.close()
             self.shutdown()
@@ -192,6 +194,7 @@ class QemuGuest(Guest):
         assert self.monitor
         try:
             self._wait_migration(deadline, "restoring the guest")
+            self.read_limits()  # still stopped: loaded, not yet running
             self.monitor.execute("cont")
         except MonitorError as exc:
             # QEMU exits when the stream does not load (truncated, garbage, another version).
@@ -200,16 +203,6 @@ class QemuGuest(Guest):
             gone = self.exit_summary()
             why = f"QEMU {gone}: {tail(self._qemu_log, 2).replace(chr(10), ' | ') or 'no output'}" if gone else exc
             raise HarnessError("boot", f"restoring the guest failed: {why}") from None
-
-    def _wait_migration(self, deadline: Deadline, what: str) -> None:
-        while not deadline.expired():
-            status = self.monitor.execute("query-migrate").get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise HarnessError("boot", f"{what} failed (migration {status})")
-            deadline.sleep(0.02)
-        raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
     def state_identity(self) -> list[str]:
         config = self.config()

@@ -60,7 +60,8 @@ def test_raw_fields_and_hex_values():
     (MINIMAL + "  guest: alive\n  guest: panic\n", "t.yaml:7: expect.guest: duplicated key"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  cpu: 1"), "t.yaml:4: inject.cpu: vCPU 1 does not exist"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  address: 0x40000000"),
-     "t.yaml:4: inject.address: 0x40000000 is outside guest RAM (0x0-0x1fffffff)"),
+     "t.yaml:4: inject.address: 0x40000000 is outside guest RAM (a 512 MiB guest has none outside "
+     "0x0-0x1fffffff, 0x100000000-0x11fffffff)"),
     (MINIMAL.replace("  preset: srao", "  raw: {bank: 10, status: 0xbd000000000000c0, mcg_status: 5}"),
      "t.yaml:3: inject.raw.bank: bank 10 does not exist"),
     (MINIMAL.replace("  preset: srao", "  raw: {bank: 1, status: 0x3d000000000000c0, mcg_status: 5}"),

@@ -1,0 +1,691 @@
+"""A guest run by libvirt: a transient domain from generated XML, driven through
+libvirt-python only.
+
+- The domain is created paused, so QEMU's memory map is read and the SSH
+  forward added before the guest runs; then it is resumed.
+- SSH: user networking (the same network the QEMU backend's guest has) with
+  a forward from 127.0.0.1 only, added with HMP `hostfwd_add` through
+  libvirt's monitor passthrough: Debian 12's libvirt 9.0 has no
+  <portForward> without passt, and a private libvirt network would put the
+  guest on a host bridge (reachable beyond loopback) and need its own
+  addressing; this keeps the guest's static 10.0.2.15 and loopback-only SSH.
+- `mce`, the SRAR gate's stop/info registers/cont: libvirt_qemu.qemuMonitorCommand.
+- QEMU's own events (MEMORY_FAILURE, GUEST_PANICKED, SHUTDOWN, RESET, ...) come
+  through libvirt_qemu.qemuMonitorEventRegister, recorded in the same shape
+  as the QMP monitor's; the domain's lifecycle (stopped, crashed) through
+  libvirt's event loop. Both are dispatched by one process-wide
+  virEventRunDefaultImpl thread.
+- Names are `mce-orch-<host>-<pid>-<n>`; shutdown() destroys the domain
+  whatever happened, and a later run reaps domains of this host whose
+  orchestrator process is gone (killed with SIGKILL).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from orchestrator import libvirt_xml, mce, qemu_args
+from orchestrator.backends.base import Guest, HypervisorUnavailable
+from orchestrator.backends.monitor import MonitorError
+from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
+from orchestrator.deadline import Deadline
+from orchestrator.image import GuestImage
+from orchestrator.outcome import HarnessError, InputError
+from orchestrator.scenario import GuestSpec
+from orchestrator.ssh import wait_for_banner
+
+DEFAULT_URI = "qemu:///system"
+PORT_ATTEMPTS = 3
+_counter = itertools.count(1)
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def _libvirt():
+    """libvirt and libvirt_qemu, imported on first use: the QEMU backend does not need them."""
+    try:
+        import libvirt
+        import libvirt_qemu
+    except ImportError as exc:
+        raise InputError(f"--backend libvirt needs libvirt-python ({exc}); make setup installs it") from None
+    return libvirt, libvirt_qemu
+
+
+def start_event_loop() -> None:
+    """libvirt's default event loop in a daemon thread, once per process; it must
+    exist before a connection is opened for that connection to deliver events."""
+    global _loop_started
+    libvirt, _ = _libvirt()
+    with _loop_lock:
+        if _loop_started:
+            return
+        # libvirt prints every error to stderr by default; ours are reported as one line.
+        libvirt.registerErrorHandler(lambda ctx, err: None, None)
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+_TCG_WARNING = re.compile(r"\S+ qemu-system-\S+: warning: TCG doesn't support requested feature: \S+ \[bit \d+\]\s*")
+
+
+def _message(exc) -> str:
+    text = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
+    # QEMU's harmless TCG CPUID warnings would bury the line that says what went wrong.
+    return _TCG_WARNING.sub("", (text or str(exc)).strip().replace("\n", " "))
+
+
+def open_connection(uri: str):
+    """A libvirt connection, or InputError with one line (wrong URI, libvirtd down)."""
+    libvirt, _ = _libvirt()
+    start_event_loop()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise InputError(f"--connect {uri}: cannot connect to libvirt: {_message(exc)}") from None
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-")[:40] or "host"
+
+
+def domain_name(pid: int | None = None, n: int | None = None) -> str:
+    return (f"{libvirt_xml.DOMAIN_PREFIX}{_host_tag()}-{pid or os.getpid()}-"
+            f"{n if n is not None else next(_counter)}")
+
+
+def orphaned(names, host: str, alive) -> list[str]:
+    """Our domains on this host whose orchestrator process `alive(pid)` says is gone. Pure."""
+    prefix = f"{libvirt_xml.DOMAIN_PREFIX}{host}-"
+    found = []
+    for name in names:
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)-\d+", name)
+        if m and not alive(int(m.group(1))):
+            found.append(name)
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_leftovers(conn) -> list[str]:
+    """Destroy what a killed run of this host left behind (transient: gone once destroyed)."""
+    libvirt, _ = _libvirt()
+    reaped = []
+    try:
+        domains = {d.name(): d for d in conn.listAllDomains()}
+    except libvirt.libvirtError:
+        return reaped
+    for name in orphaned(domains, _host_tag(), _pid_alive):
+        try:
+            domains[name].destroy()
+            reaped.append(name)
+        except libvirt.libvirtError:
+            pass
+    return reaped
+
+
+class LibvirtMonitor:
+    """The GuestMonitor interface over libvirt's QEMU monitor passthrough."""
+
+    def __init__(self, conn, dom, event_log: Path, command_log: Path):
+        self._conn = conn
+        self._dom = dom
+        self._event_log = event_log.open("a", buffering=1)
+        self._command_log = command_log.open("a", buffering=1)
+        self._events: list[dict] = []
+        self._changed = threading.Condition()
+        self._t0 = time.monotonic()
+        self._callback_id: int | None = None
+        self.log_error: str | None = None
+        # The QMP monitor's storm detection is not done here (libvirt delivers the
+        # events through its own queue): never a storm, every event kept.
+        self.storm: str | None = None
+
+    def register(self) -> None:
+        _, libvirt_qemu = _libvirt()
+        self._callback_id = libvirt_qemu.qemuMonitorEventRegister(self._conn, self._dom, None, self._on_event, None, 0)
+
+    def _on_event(self, conn, dom, event, seconds, micros, details, opaque) -> None:
+        record = {"event": event, "data": json.loads(details) if details else {},
+                  "timestamp": {"seconds": seconds, "microseconds": micros},
+                  "elapsed": round(time.monotonic() - self._t0, 3)}
+        self._write(self._event_log, json.dumps(record) + "\n")
+        with self._changed:
+            self._events.append(record)
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        if self._callback_id is not None:
+            _, libvirt_qemu = _libvirt()
+            try:
+                libvirt_qemu.qemuMonitorEventDeregister(self._conn, self._callback_id)
+            except Exception:  # noqa: BLE001 -- closing must never raise
+                pass
+            self._callback_id = None
+        for log in (self._event_log, self._command_log):
+            try:
+                log.close()
+            except OSError as exc:
+                self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
+
+    # --- commands ---
+    def _passthrough(self, text: str, hmp: bool) -> str:
+        libvirt, libvirt_qemu = _libvirt()
+        flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
+        try:
+            return libvirt_qemu.qemuMonitorCommand(self._dom, text, flags)
+        except libvirt.libvirtError as exc:
+            raise MonitorError(f"libvirt monitor command {text!r}: {_message(exc)}") from None
+
+    def execute(self, command: str, arguments: dict | None = None, timeout: float = 10) -> object:
+        self._log_command(command if arguments is None else f"{command} {json.dumps(arguments)}")
+        request = {"execute": command} | ({"arguments": arguments} if arguments is not None else {})
+        reply = json.loads(self._passthrough(json.dumps(request), hmp=False))
+        if "error" in reply:
+            raise MonitorError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
+
+    def hmp(self, line: str, timeout: float = 10) -> str:
+        reply = self.hmp_query(line, timeout)
+        if reply.strip():
+            raise MonitorError(f"HMP '{line}' failed: {reply.strip()}")
+        return reply
+
+    def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
+        if cpu is not None:
+            # libvirt's HMP mode has no vCPU argument; QMP's human-monitor-command has.
+            reply = self.execute("human-monitor-command", {"command-line": line, "cpu-index": cpu}, timeout)
+            assert isinstance(reply, str)
+            return reply
+        self._log_command(f"hmp {line}")
+        return self._passthrough(line, hmp=True)
+
+    # --- events ---
+    def events(self) -> list[dict]:
+        with self._changed:
+            return list(self._events)
+
+    def seen(self, name: str) -> bool:
+        return any(e["event"] == name for e in self.events())
+
+    def dropped(self) -> int:
+        return 0
+
+    def summary(self) -> str:
+        counts = collections.Counter(e["event"] for e in self.events())
+        return ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no events"
+
+    def catch_up(self, timeout: float) -> bool:
+        """Stop the guest and wait for a reply to a command sent now (as the QMP monitor's)."""
+        with contextlib.suppress(MonitorError):
+            self.hmp("stop", timeout=min(timeout, 2))
+        try:
+            self.execute("query-status", timeout=timeout)
+            return True
+        except MonitorError:
+            return False
+
+    def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
+        end = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for event in self._events[start:]:
+                    if event["event"] in names:
+                        return event
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def _log_command(self, text: str) -> None:
+        self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
+
+    def _write(self, log, text: str) -> None:
+        try:
+            log.write(text)
+        except OSError as exc:
+            self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
+
+
+class LibvirtGuest(Guest):
+    def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
+                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
+                 incoming: Path | None = None, connect: str | None = None):
+        self.image = image
+        self.spec = spec
+        self.artifacts = artifacts
+        self.accel = accel or qemu_args.host_accel()
+        self.qemu_binary = qemu_binary
+        self.extra_cmdline = extra_cmdline
+        self.disk = disk
+        self.incoming = incoming
+        self.uri = connect or DEFAULT_URI
+        self.console_log = artifacts / "console.log"
+        self.ssh_port = 0
+        self.monitor: LibvirtMonitor | None = None
+        self.launched_pid: int | None = None
+        self.name = domain_name()
+        self._conn = None
+        self._dom = None
+        self._lifecycle: list[tuple[int, int]] = []
+        self._lifecycle_id: int | None = None
+
+    # --- state ---
+    @property
+    def pid(self) -> int | None:
+        return self.launched_pid if self.is_running() else None
+
+    def is_running(self) -> bool:
+        if self._dom is None:
+            return False
+        libvirt, _ = _libvirt()
+        try:
+            return bool(self._dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def _stopped_reason(self) -> str | None:
+        libvirt, _ = _libvirt()
+        details = {libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shut down",
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+                   libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed (QEMU exited or was killed)"}
+        for event, detail in list(self._lifecycle):
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                return details.get(detail, f"stopped (detail {detail})")
+        if self._dom is not None and not self.is_running():
+            return "not running"
+        return None
+
+    def exit_summary(self) -> str | None:
+        why = self._stopped_reason()
+        return f"of domain {self.name} {why}" if why else None
+
+    def died(self) -> str | None:
+        why = self._stopped_reason()
+        return f"libvirt domain {self.name} {why}; log: {self._qemu_log_tail()}" if why else None
+
+    def _qemu_log_tail(self) -> str:
+        path = Path("/var/log/libvirt/qemu") / f"{self.name}.log"
+        try:
+            return " | ".join(path.read_text(errors="replace").splitlines()[-3:]) or "empty"
+        except OSError:
+            return "not readable here"
+
+    # --- lifecycle ---
+    def launch(self, deadline: Deadline) -> None:
+        try:
+            libvirt, _ = _libvirt()
+            self._conn = open_connection(self.uri)
+        except InputError as exc:
+            raise HypervisorUnavailable(str(exc)) from None
+        reap_leftovers(self._conn)
+        try:
+            self._start(libvirt)
+            if self.incoming is None:
+                self.read_limits()  # paused: what the guest has, before it runs
+            self._forward_ssh(deadline)
+            if self.incoming is not None:
+                with self.incoming.open("rb") as state:
+                    self._with_file("mce-incoming", state)
+                self.monitor.execute("migrate-incoming", {"uri": "fd:mce-incoming"})
+            if self.incoming is None:
+                self._dom.resume()
+        except libvirt.libvirtError as exc:
+            self.shutdown()
+            raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
+                                       f"(QEMU log: {self._qemu_log_tail()})") from None
+        except (MonitorError, HarnessError) as exc:
+            self.shutdown()
+            message = exc.message if isinstance(exc, HarnessError) else str(exc)
+            raise HarnessError("boot", f"domain {self.name}: {message}") from None
+
+    def _domain_xml(self) -> str:
+        return libvirt_xml.build_domain_xml(self._domain_config())
+
+    def _domain_config(self) -> libvirt_xml.DomainConfig:
+        return libvirt_xml.DomainConfig(
+            name=self.name, kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
+            memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
+            emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
+            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
+            incoming=self.incoming is not None,
+            # A restored guest's console.log already holds the saving boot's console.
+            console_append=self.incoming is not None)
+
+    def _start(self, libvirt) -> None:
+        xml = self._domain_xml()
+        (self.artifacts / "domain.xml").write_text(xml)
+        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        self._lifecycle_id = self._conn.domainEventRegisterAny(
+            self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
+        self.launched_pid = _domain_pid(self.name)
+        self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
+                                      self.artifacts / "monitor-commands.log")
+        self.monitor.register()
+
+    def _forward_ssh(self, deadline: Deadline) -> None:
+        """Loopback only; a port another process took in between is retried with a new one."""
+        for attempt in range(PORT_ATTEMPTS):
+            self.ssh_port = free_loopback_port()
+            reply = self.monitor.hmp_query(libvirt_xml.hostfwd_command(self.ssh_port))
+            if not reply.strip():
+                return
+            if attempt == PORT_ATTEMPTS - 1 or deadline.expired():
+                raise HarnessError("boot", f"cannot forward 127.0.0.1:{self.ssh_port} to the guest: {reply.strip()}")
+
+    def _with_file(self, name: str, file) -> None:
+        """Hand QEMU an open file as fd `name` (local connections only: SCM_RIGHTS)."""
+        libvirt, libvirt_qemu = _libvirt()
+        self.monitor._log_command(f"getfd {name}")
+        try:
+            reply = json.loads(libvirt_qemu.qemuMonitorCommandWithFiles(
+                self._dom, json.dumps({"execute": "getfd", "arguments": {"fdname": name}}), [file.fileno()], 0)[0])
+        except libvirt.libvirtError as exc:
+            raise MonitorError(f"passing a file to QEMU through libvirt: {_message(exc)}") from None
+        if "error" in reply:
+            raise MonitorError(f"QMP getfd: {reply['error'].get('desc', reply['error'])}")
+
+    def save(self, path: Path, deadline: Deadline) -> None:
+        """Stop the guest and have its QEMU write its migration stream to a file we
+        opened (QEMU's sandbox under libvirt forbids exec:). The caller renames it."""
+        assert self.monitor
+        try:
+            with path.open("wb") as out:
+                self._with_file("mce-snapshot", out)
+            self.monitor.execute("stop")
+            self.monitor.execute("migrate", {"uri": "fd:mce-snapshot"})
+            self._wait_migration(deadline, "saving the guest")
+        except MonitorError as exc:
+            raise HarnessError("boot", str(exc)) from None
+
+    def state_identity(self) -> list[str]:
+        """The domain XML without its per-run parts, firmware and QEMU builds: a
+        libvirt guest's saved state never mixes with the QEMU backend's (other devices)."""
+        config = self._domain_config()
+        normal = dataclasses.replace(config, name="mce-guest", console_log=Path("console.log"),
+                                     kernel=Path(config.kernel.name), initrd=Path(config.initrd.name),
+                                     incoming=False, console_append=False)
+        return ["backend=libvirt", libvirt_xml.build_domain_xml(normal),
+                f"firmware={file_digest(config.firmware)}", f"qemu={qemu_build(self.qemu_binary)}"]
+
+    def resume_incoming(self, deadline: Deadline) -> None:
+        """Wait until QEMU has loaded the saved state, then resume through libvirt
+        (so libvirt's idea of the domain's state follows)."""
+        libvirt, _ = _libvirt()
+        try:
+            self._wait_migration(deadline, "restoring the guest")
+            self.read_limits()  # still paused: loaded, not yet running, as the QEMU backend's
+            self._dom.resume()
+        except libvirt.libvirtError as exc:
+            raise HarnessError("boot", f"restoring the guest failed: {_message(exc)}") from None
+        except MonitorError as exc:
+            # QEMU exits when the stream does not load (truncated, garbage, another version).
+            why = self.died() or str(exc)
+            raise HarnessError("boot", f"restoring the guest failed: {why}") from None
+
+    def fresh(self, artifacts: Path) -> "LibvirtGuest":
+        return LibvirtGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,
+                            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, connect=self.uri)
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Destroy the domain (it is transient: then it is gone); always closes everything. Idempotent."""
+        dom, self._dom = self._dom, None
+        conn, self._conn = self._conn, None
+        monitor, self.monitor = self.monitor, None
+        if conn is None:
+            return
+        libvirt, _ = _libvirt()
+        try:
+            if dom is not None:
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError:
+                    pass  # already gone
+            self._copy_qemu_log()
+        finally:
+            if monitor is not None:
+                monitor.close()
+            if self._lifecycle_id is not None:
+                try:
+                    conn.domainEventDeregisterAny(self._lifecycle_id)
+                except libvirt.libvirtError:
+                    pass
+                self._lifecycle_id = None
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    def _copy_qemu_log(self) -> None:
+        # libvirt keeps QEMU's command line and stderr in its own log (local connections).
+        source = Path("/var/log/libvirt/qemu") / f"{self.name}.log"
+        try:
+            (self.artifacts / "qemu.log").write_bytes(source.read_bytes())
+        except OSError:
+            pass
+
+
+def _emulator_path(binary: str) -> str:
+    if os.path.isabs(binary):
+        return binary
+    for folder in os.environ.get("PATH", "/usr/bin").split(os.pathsep):
+        candidate = Path(folder) / binary
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return f"/usr/bin/{binary}"
+
+
+def _domain_pid(name: str) -> int | None:
+    try:
+        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+# --- attaching to a domain the user already has --------------------------------
+
+ATTACH_SSH_WAIT_S = 5.0
+ATTACH_KEYS = {"ssh_host": str, "ssh_port": int, "ssh_user": str, "ssh_key": str, "ssh_host_key": str}
+
+
+@dataclass(frozen=True)
+class AttachConfig:
+    """How to reach a domain's guest over SSH (a small YAML file)."""
+    ssh_host: str
+    ssh_port: int
+    ssh_key: Path           # the client's private ed25519 key
+    ssh_host_key: str       # the guest's host key line, pinned ("ssh-ed25519 AAAA...")
+    ssh_user: str = "root"  # the probe reads /proc/kpageflags and writes sysctls: root
+
+
+def load_attach_config(path: Path) -> AttachConfig:
+    """One line naming the file and key for any mistake."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping with {', '.join(ATTACH_KEYS)}")
+    for key, value in data.items():
+        if key not in ATTACH_KEYS:
+            raise InputError(f"{path}: {key}: unknown key (known: {', '.join(ATTACH_KEYS)})")
+        if not isinstance(value, ATTACH_KEYS[key]) or isinstance(value, bool):
+            raise InputError(f"{path}: {key}: expected {ATTACH_KEYS[key].__name__}, got {value!r}")
+    missing = [k for k in ATTACH_KEYS if k not in data and k != "ssh_user"]
+    if missing:
+        raise InputError(f"{path}: missing {', '.join(missing)}")
+    if len(data["ssh_host_key"].split()) < 2:
+        raise InputError(f"{path}: ssh_host_key: expected 'TYPE BASE64', e.g. 'ssh-ed25519 AAAA...'")
+    key = Path(data["ssh_key"])
+    if not key.is_absolute():
+        key = Path(path).resolve().parent / key
+    return AttachConfig(ssh_host=data["ssh_host"], ssh_port=data["ssh_port"], ssh_key=key,
+                        ssh_host_key=data["ssh_host_key"], ssh_user=data.get("ssh_user", "root"))
+
+
+def check_attachable(uri: str, name: str, attach: AttachConfig, scenarios, snapshot: bool) -> None:
+    """Before anything starts: the domain exists and runs, has what each scenario
+    needs, and an SSH server answers where the config says."""
+    libvirt, _ = _libvirt()
+    if snapshot:
+        raise InputError(f"--domain {name}: --snapshot restores guests of our own; an attached domain is used as it is")
+    conn = open_connection(uri)
+    try:
+        try:
+            dom = conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            raise InputError(f"--domain {name}: {_message(exc)} (at {uri})") from None
+        state, max_kib, _, vcpus, _ = dom.info()
+        if not dom.isActive():
+            raise InputError(f"--domain {name}: the domain is not running (at {uri})")
+        for s in scenarios:
+            need = []
+            if s.guest.vcpus > vcpus:
+                need.append(f"{s.guest.vcpus} vCPUs (the domain has {vcpus})")
+            elif (s.guest.vcpus != vcpus and s.inject.fields is not None and not s.inject.broadcast
+                  and s.inject.fields.status & mce.MCI_STATUS_UC):
+                # QEMU raises it on one vCPU only: the other vCPUs miss the guest's
+                # rendezvous and it panics ("Not all CPUs entered broadcast exception handler").
+                need.append(f"exactly {s.guest.vcpus} vCPU(s) for an uncorrected error without broadcast "
+                            f"(the domain has {vcpus})")
+            if s.guest.memory_mib > max_kib >> 10:
+                need.append(f"{s.guest.memory_mib} MiB of memory (the domain has {max_kib >> 10})")
+            if s.guest.disk_mib:
+                need.append("a scratch disk as /dev/vda (an attached domain's disks are left alone)")
+            if need:
+                raise InputError(f"{s.path}: guest: needs {' and '.join(need)}; --domain {name} cannot run it")
+    finally:
+        conn.close()
+    try:
+        wait_for_banner(attach.ssh_port, Deadline(ATTACH_SSH_WAIT_S, "ssh"), host=attach.ssh_host)
+    except HarnessError as exc:
+        raise InputError(f"--domain {name}: {exc.message}") from None
+
+
+class ConsoleRecorder:
+    """The domain's serial console (a pty) copied into a file through a libvirt
+    stream, without taking it from another client (VIR_DOMAIN_CONSOLE_SAFE)."""
+
+    def __init__(self, conn, dom, path: Path):
+        libvirt, _ = _libvirt()
+        self._file = path.open("ab", buffering=0)
+        self._stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        try:
+            dom.openConsole(None, self._stream, libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+        except libvirt.libvirtError as exc:
+            self._file.close()
+            raise HarnessError("boot", f"cannot read the console of domain {dom.name()}: {_message(exc)}") from None
+        self._stream.eventAddCallback(libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_ERROR
+                                      | libvirt.VIR_STREAM_EVENT_HANGUP, self._on_event, None)
+
+    def _on_event(self, stream, events, opaque) -> None:
+        libvirt, _ = _libvirt()
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            try:
+                data = stream.recv(65536)
+            except libvirt.libvirtError:
+                return
+            if isinstance(data, bytes) and data:
+                try:
+                    self._file.write(data)
+                except (OSError, ValueError):
+                    pass
+
+    def close(self) -> None:
+        libvirt, _ = _libvirt()
+        for step in (self._stream.eventRemoveCallback, self._stream.abort):
+            try:
+                step()
+            except libvirt.libvirtError:
+                pass
+        self._file.close()
+
+
+class AttachedGuest(LibvirtGuest):
+    """A running domain the user already has: nothing is started, nothing destroyed;
+    the probe goes in over SSH, the MCE through libvirt's monitor passthrough."""
+    boots = False
+
+    def __init__(self, *, attach: AttachConfig, domain: str, **config):
+        super().__init__(**config)
+        self.name = domain
+        self.attach = attach
+        self.ssh_host, self.ssh_port, self.ssh_user = attach.ssh_host, attach.ssh_port, attach.ssh_user
+        self.accel = "attached"
+        self._console: ConsoleRecorder | None = None
+
+    def ssh_keys(self, image: GuestImage) -> tuple[Path, str]:
+        return self.attach.ssh_key, self.attach.ssh_host_key
+
+    def launch(self, deadline: Deadline) -> None:
+        try:
+            libvirt, _ = _libvirt()
+            self._conn = open_connection(self.uri)
+        except InputError as exc:
+            raise HypervisorUnavailable(str(exc)) from None
+        try:
+            self._dom = self._conn.lookupByName(self.name)
+            if not self._dom.isActive():
+                raise HarnessError("boot", f"domain {self.name} is not running")
+            self.accel = "kvm" if 'type="kvm"' in self._dom.XMLDesc(0).split(">", 1)[0].replace("'", '"') else "tcg"
+            self._lifecycle_id = self._conn.domainEventRegisterAny(
+                self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
+            self.launched_pid = _domain_pid(self.name)
+            self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
+                                          self.artifacts / "monitor-commands.log")
+            self.monitor.register()
+            self._console = ConsoleRecorder(self._conn, self._dom, self.console_log)
+            self.read_limits()  # asked of the running QEMU: it is the user's, we do not pause it
+        except libvirt.libvirtError as exc:
+            self.shutdown()
+            raise HarnessError("boot", f"domain {self.name}: {_message(exc)}") from None
+        except (MonitorError, HarnessError) as exc:
+            self.shutdown()
+            raise HarnessError("boot", exc.message if isinstance(exc, HarnessError) else str(exc)) from None
+
+    def shutdown(self, timeout: float = 5) -> None:
+        """Let go of the domain without stopping it."""
+        console, self._console = self._console, None
+        if console is not None:
+            console.close()
+        self._dom = None  # so the base class's shutdown does not destroy it
+        super().shutdown(timeout)
+
+    def _copy_qemu_log(self) -> None:
+        pass  # the user's domain's log holds its whole history, not this run's
+
+    def fresh(self, artifacts: Path) -> "AttachedGuest":
+        raise HarnessError("boot", "an attached domain cannot be saved or copied")
+
+    def save(self, path: Path, deadline: Deadline) -> None:
+        raise HarnessError("boot", "an attached domain cannot be saved")

@@ -1,0 +1,46 @@
+"""Pure parts of the libvirt backend (no libvirtd needed)."""
+from orchestrator.backends import libvirt as backend
+
+
+def test_domain_names_are_recognisable_and_unique():
+    a, b = backend.domain_name(), backend.domain_name()
+    assert a != b and a.startswith("mce-orch-")
+    assert backend.domain_name(pid=42, n=7).endswith("-42-7")
+
+
+def test_orphaned_domains_are_ours_on_this_host_with_a_dead_orchestrator():
+    names = ["mce-orch-h1-100-1", "mce-orch-h1-200-3", "mce-orch-h2-100-1", "mce-orch-h1-100-x",
+             "someone-elses-vm", "mce-orch-h1-300-2"]
+    alive = {200}.__contains__
+    assert backend.orphaned(names, "h1", alive) == ["mce-orch-h1-100-1", "mce-orch-h1-300-2"]
+    assert backend.orphaned(names, "h1", lambda pid: True) == []
+
+
+import pytest  # noqa: E402
+
+from orchestrator.outcome import InputError  # noqa: E402
+
+GOOD = "ssh_host: 10.0.0.5\nssh_port: 22\nssh_key: keys/id\nssh_host_key: 'ssh-ed25519 AAAAC3Nz'\n"
+
+
+def test_attach_config_loads_with_a_key_relative_to_the_file(tmp_path):
+    path = tmp_path / "guest.yaml"
+    path.write_text(GOOD)
+    config = backend.load_attach_config(path)
+    assert (config.ssh_host, config.ssh_port, config.ssh_user) == ("10.0.0.5", 22, "root")
+    assert config.ssh_key == tmp_path / "keys" / "id"
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD + "ssh_pass: x\n", "ssh_pass: unknown key"),
+    (GOOD.replace("ssh_port: 22", "ssh_port: '22'"), "ssh_port: expected int"),
+    (GOOD.replace("ssh_host: 10.0.0.5\n", ""), "missing ssh_host"),
+    (GOOD.replace("'ssh-ed25519 AAAAC3Nz'", "AAAAC3Nz"), "ssh_host_key: expected 'TYPE BASE64'"),
+    ("- a\n", "expected a mapping"),
+])
+def test_attach_config_mistakes_are_one_line(tmp_path, text, message):
+    path = tmp_path / "guest.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message) as exc:
+        backend.load_attach_config(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)

@@ -1,0 +1,81 @@
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from orchestrator import libvirt_xml
+
+GOLDEN_TCG = """<domain xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0" type="qemu">
+  <name>mce-orch-h-1-1</name>
+  <memory unit="MiB">512</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch="x86_64" machine="pc">hvm</type>
+    <loader type="rom" readonly="yes">/usr/share/qemu/qboot.rom</loader>
+    <kernel>/img/vmlinux</kernel>
+    <initrd>/img/initrd</initrd>
+    <cmdline>console=ttyS0 quiet panic=0 tsc=reliable</cmdline>
+  </os>
+  <features>
+    <acpi />
+  </features>
+  <cpu mode="custom" match="exact" check="none">
+    <model fallback="forbid">Skylake-Client-noTSX-IBRS</model>
+  </cpu>
+  <clock offset="utc" />
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>preserve</on_crash>
+  <seclabel type="static" model="dac" relabel="no">
+    <label>+0:+0</label>
+  </seclabel>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type="file">
+      <source path="/a/console.log" />
+      <target port="0" />
+    </serial>
+    <interface type="user">
+      <model type="virtio" />
+    </interface>
+    <controller type="usb" model="none" />
+    <memballoon model="none" />
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value="-device" />
+    <qemu:arg value="pvpanic-pci,bus=pci.0,addr=0x1e" />
+  </qemu:commandline>
+</domain>
+"""
+
+
+def config(**kw):
+    base = dict(name="mce-orch-h-1-1", kernel=Path("/img/vmlinux"), initrd=Path("/img/initrd"),
+                console_log=Path("/a/console.log"))
+    return libvirt_xml.DomainConfig(**(base | kw))
+
+
+def test_golden_domain_tcg():
+    assert libvirt_xml.build_domain_xml(config(firmware=Path("/usr/share/qemu/qboot.rom"))) == GOLDEN_TCG
+
+
+def test_kvm_disk_memory_vcpus_machine_cmdline():
+    root = ET.fromstring(libvirt_xml.build_domain_xml(config(
+        accel="kvm", vcpus=4, memory_mib=1024, machine="q35", disk=Path("/t/disk.img"), extra_cmdline="mce=2")))
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough" and root.find("cpu/model") is None
+    assert root.find("vcpu").text == "4" and root.find("memory").text == "1024"
+    assert root.find("os/type").get("machine") == "q35" and root.find("os/loader") is None
+    assert root.find("os/cmdline").text.endswith(" mce=2")
+    disk = root.find("devices/disk")
+    assert disk.find("source").get("file") == "/t/disk.img" and disk.find("target").get("dev") == "vda"
+    assert disk.find("target").get("bus") == "virtio"
+    args = [a.get("value") for a in root.iter(f"{{{libvirt_xml.QEMU_NS}}}arg")]
+    assert args == ["-device", "pvpanic-pci,bus=pcie.0,addr=0x1e"]  # q35's root bus
+
+
+def test_values_are_escaped_not_interpolated():
+    text = libvirt_xml.build_domain_xml(config(extra_cmdline="a</cmdline><x>"))
+    assert ET.fromstring(text).find("os/cmdline").text.endswith("a</cmdline><x>")
+
+
+def test_ssh_forward_is_loopback_only():
+    assert libvirt_xml.hostfwd_command(2222) == "hostfwd_add hostnet0 tcp:127.0.0.1:2222-:22"
