@@ -10,6 +10,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -188,15 +189,20 @@ def test_artifacts_disk_full(tmp_path):
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm(tmp_path, signum):
+    # As from a terminal, where Ctrl-C reaches a program whose SIGINT is not ignored: not
+    # inherited from however this test process was started (a job started with '&' from a
+    # script ignores SIGINT, and so would every process it starts).
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "srao-anon-late-kill", "srar-anon-access",
-                             "--results", str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--results", str(tmp_path)], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    ignored = int(re.search(r"SigIgn:\s*([0-9a-f]+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1), 16)
     for line in proc.stderr:
         if line.strip().startswith("image"):  # the boot phase is starting
             break
     time.sleep(1.0)
     proc.send_signal(signum)
     rest = proc.stderr.read()
-    assert proc.wait(30) == 130, rest
+    assert proc.wait(30) == 130, f"SigIgn at start {ignored:#x}\n" + rest
     assert "Traceback" not in rest
     report = json.loads((tmp_path / "latest" / "report.json").read_text())
     assert report["interrupted"] is True
