@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed-stamp
 # probe, and Python's venv module.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
                  openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
-                 gcc libc6-dev musl-tools python3 python3-venv make
+                 gcc libc6-dev musl-tools python3 python3-venv make \
+                 mmdebstrap qemu-utils
 
 NAME   ?=
 KERNEL ?=
@@ -27,7 +28,7 @@ help:
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
-	@echo "make image                               build (or reuse) the default guest image"
+	@echo "make image [KERNEL=debian-12-full]       build (or reuse) a guest image (default debian-6.1)"
 
 setup: host-packages $(STAMP)
 
@@ -87,8 +88,10 @@ JOBS ?= 2
 nightly: setup
 	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 
+# KERNEL names any image: the initramfs ones (images.yaml) or a full
+# distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
 image: setup
-	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)
+	$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1)
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
