@@ -35,11 +35,12 @@ from orchestrator.outcome import HarnessError, InputError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
 from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
+from orchestrator.ssh import BANNER_POLL_S, RemoteProcess, SshSession, quote, wait_for_banner
 from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
+SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 # Tried again for up to 5 s: a mount right after boot failed now and then with "Device
@@ -267,7 +268,9 @@ def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = 
     try:
         init_ready = _InitReady(guest, since)
         wait_for_banner(guest.ssh_port, deadline, still_running=guest.died,
-                        sshd_started=lambda: restored or init_ready())
+                        sshd_started=lambda: restored or init_ready(),
+                        patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)
+                        else BANNER_POLL_S)
     except HarnessError as exc:
         last = tail(guest.console_log, 1) or "(nothing on the console)"
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
