@@ -81,6 +81,20 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UseDNS no
 """
+# rasdaemon 0.6.8 (Debian 12) polls its trace instance with the kernel's default
+# buffer_percent of 50: since Linux 6.1 that poll waits until half the ring buffer
+# is full, so a single machine check is never read (seen here: the mce_record in
+# the instance's buffer, "No MCE errors" from ras-mc-ctl; mchehab/rasdaemon#85,
+# fixed upstream by setting it to 0, PR #86). Do the same before it starts: it
+# reuses an existing instance.
+RASDAEMON_DROPIN = """\
+[Unit]
+Wants=sys-kernel-tracing.mount
+After=sys-kernel-tracing.mount
+
+[Service]
+ExecStartPre=/bin/sh -c 'd=/sys/kernel/tracing/instances/rasdaemon; mkdir -p $d && echo 0 > $d/buffer_percent'
+"""
 INITRAMFS_HOOK = """\
 #!/bin/sh
 PREREQ=""
@@ -183,6 +197,7 @@ def guest_files(client_line: str, host_key: bytes, host_key_pub: str) -> dict[st
         "etc/ssh/ssh_host_ed25519_key.pub": ((host_key_pub + " root@mceguest\n").encode(), 0o644),
         "root/.ssh/authorized_keys": ((client_line + " mceorch-client\n").encode(), 0o600),
         "etc/modules-load.d/mceorch.conf": ("".join(f"{m}\n" for m in MODULES_LOAD).encode(), 0o644),
+        "etc/systemd/system/rasdaemon.service.d/mceorch-buffer-percent.conf": (RASDAEMON_DROPIN.encode(), 0o644),
     }
 
 

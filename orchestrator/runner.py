@@ -529,8 +529,10 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         (artifacts / "guest-kernel.log").write_text(ev.kernel_log)
     if ev.sshd_log is not None:
         (artifacts / "guest-sshd.log").write_text(ev.sshd_log)
+    if ev.ras_log is not None:
+        (artifacts / "guest-ras-records.txt").write_text(ev.ras_log)
     (artifacts / "evidence.json").write_text(json.dumps(
-        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
+        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log", "ras_log")}, indent=2) + "\n")
 
 
 def _keep_alive_if_failed(scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:

@@ -83,3 +83,10 @@ def test_overlay_never_names_the_base_as_output():
     argv = overlay_argv(Path("/cache/disk.qcow2"), "qcow2", Path("/tmp/o/root.qcow2"))
     assert argv == ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "/cache/disk.qcow2",
                     "/tmp/o/root.qcow2"]
+
+
+def test_rasdaemon_reads_single_events():
+    """Debian 12's rasdaemon would wait for half a ring buffer of events (buffer_percent 50)."""
+    files = distro_image.guest_files("ssh-ed25519 C", b"K", "ssh-ed25519 H")
+    dropin = files["etc/systemd/system/rasdaemon.service.d/mceorch-buffer-percent.conf"][0].decode()
+    assert "echo 0 > $d/buffer_percent" in dropin and "instances/rasdaemon" in dropin
