@@ -290,13 +290,14 @@ def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwi
     assert checked_pfn(scenario, ready, _injection_address(scenario, ready)) == pfn
 
 
-# What rasdaemon 0.6.8's `ras-mc-ctl --errors` prints for an SRAO (layout as seen in the guest).
+# What rasdaemon 0.6.8's `ras-mc-ctl --errors` printed in debian-12-full for an SRAO (address changed).
 RAS_ERRORS = (
-    "No Memory errors.\n\nMCE events:\n"
-    "1 2026-11-26 14:40:00 +0000 error: MEMORY CONTROLLER RD_CHANNEL0_ERR Transaction: Memory read error, "
-    "mcg mcgstatus=5, mci Uncorrected_error Error_enabled SRAO, mcgcap=0x00000c0a, "
+    "No Memory errors.\n\nNo PCIe AER errors.\n\nNo Extlog errors.\n\nMCE events:\n"
+    "1 2026-11-26 14:54:23 +0000 error: MEMORY CONTROLLER MS_CHANNEL0_ERR Transaction: Memory scrubbing error, "
+    "mcg mcgstatus=5 RIPV MCIP, mci Uncorrected_error Error_enabled SRAO, n_errors=0, mcgcap=0x0100010a, "
     f"mcgstatus=0x00000005, status=0xbd000000000000c0, addr=0x{PFN << 12:08x}, misc=0x0000008c, "
-    "walltime=0x6916d5d0, cpuid=0x000506e3, bank=0x00000009\n")
+    "ip=0xffffffffc0243082, tsc=0x308a7502e5, walltime=0x6b08481f, cpuid=0x000506e3, cs=0x00000010, "
+    "bank=0x00000009\n")
 
 
 def test_ras_records_parse_bank_status_address():
