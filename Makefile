@@ -13,13 +13,13 @@ STAMP  := $(VENV)/.installed-stamp
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
                  openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
                  gcc libc6-dev musl-tools python3 python3-venv make \
-                 libvirt-daemon-system libvirt-dev pkg-config
+                 libvirt-daemon-system libvirt-dev pkg-config mmdebstrap qemu-utils
 
 NAME   ?=
 KERNEL ?=
 ARGS   ?=
 
-.PHONY: all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help
+.PHONY: test-full-image all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -28,7 +28,7 @@ help:
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
-	@echo "make image                               build (or reuse) the default guest image"
+	@echo "make image [KERNEL=debian-12-full]       build (or reuse) a guest image (default debian-6.1)"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
 	@echo "ARGS='--backend libvirt [--connect URI]' runs scenario/suite on libvirt (nightly: ARGS='--backend libvirt')"
 
@@ -90,8 +90,10 @@ JOBS ?= 2
 nightly: setup
 	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 
+# KERNEL names any image: the initramfs ones (images.yaml) or a full
+# distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
 image: setup
-	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)
+	$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1)
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
@@ -107,6 +109,10 @@ test: setup
 	status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; status=1; fi; \
 	exit $$status
+
+# The full-distribution image's tests (minutes under TCG; not in make test yet).
+test-full-image: setup
+	MCE_TEST_FULL_IMAGE=1 $(PY) -m pytest -v -ra -p no:cacheprovider $(ARGS) tests/integration/test_full_image.py
 
 unit: setup
 	$(PY) -m pytest -ra $(ARGS) tests/unit

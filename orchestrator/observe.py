@@ -94,7 +94,8 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
             ev.unavailable[what] = why_down
         ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in)")
         return
-    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down)
+    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down,
+            parts=PARTS + (ras_part(bool(scenario.expect.ras_record)),))
     why_down = down()
     if why_down:
         ev.down = why_down
@@ -348,7 +349,7 @@ def wait_console(guest: Guest, pattern: re.Pattern, deadline: Deadline, occurren
 
 
 def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
-            abort) -> None:
+            abort, parts=None) -> None:
     try:
         if send_report:
             probe.send("report")
@@ -368,7 +369,7 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         # Let the probe's channel end before opening the next one (see SshSession._open_exec);
         # how it ended is judged too.
         ev.probe_exit_status = probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
-    gather_parts(ssh, ev, abort)
+    gather_parts(ssh, ev, abort, PARTS if parts is None else parts)
 
 
 @dataclass(frozen=True)
@@ -378,6 +379,7 @@ class Part:
     command: Callable[[Evidence], str]
     store: Callable[[Evidence, str], None]   # parses the output; Unreadable when it is unreadable
     limit: int = OUTPUT_LIMIT                # output kept: first and last halves
+    seconds: float | None = None             # its own budget, when GATHER_PART_S is too little
 
 
 def _store_kpageflags(ev: Evidence, output: str) -> None:
@@ -391,6 +393,37 @@ def _store_meminfo(ev: Evidence, output: str) -> None:
     ev.hardware_corrupted_kb_after = kb
 
 
+NO_RAS_DAEMON = "MCEORCH-NO-RAS-DAEMON"
+# rasdaemon stores what it read from the kernel's mce_record trace event in its
+# database a moment after the kernel logged the error: ask again for a while.
+# One look, or (when a scenario expects a record) up to `tries` looks.
+def ras_command(tries: int) -> str:
+    return ("command -v ras-mc-ctl >/dev/null || { echo " + NO_RAS_DAEMON + "; exit 0; }; "
+            "i=0; while :; do out=$(ras-mc-ctl --errors 2>&1); i=$((i + 1)); "
+            f"case $out in *status=*) break;; esac; [ $i -ge {int(tries)} ] && break; sleep 0.5; done; "
+            "printf '%s\\n' \"$out\"")
+_RAS_FIELD = re.compile(r"\b(bank|status|addr)=(0x[0-9a-fA-F]+|\d+)")
+
+
+def parse_ras_errors(output: str) -> list[dict]:
+    """`ras-mc-ctl --errors` -> its machine-check records as {bank, status, addr} (absent: None)."""
+    records = []
+    for line in output.splitlines():
+        fields = {key: int(value, 0) for key, value in _RAS_FIELD.findall(line)}
+        if "status" in fields:
+            # ras-mc-ctl leaves out zero fields: bank 0 prints no bank=.
+            records.append({"bank": fields.get("bank", 0), "status": fields["status"], "addr": fields.get("addr")})
+    return records
+
+
+def _store_ras(ev: Evidence, output: str) -> None:
+    if NO_RAS_DAEMON in output:
+        ev.unavailable["ras record"] = "the guest has no RAS daemon (no ras-mc-ctl; use an image with rasdaemon)"
+        return
+    ev.ras_log = output
+    ev.ras_records = parse_ras_errors(output)
+
+
 PARTS = (
     Part("kpageflags", lambda ev: f"{probe_build.REMOTE_PATH} --kpageflags {ev.checked_pfn}", _store_kpageflags),
     Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
@@ -398,6 +431,14 @@ PARTS = (
     Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
          lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
 )
+
+
+def ras_part(expect_record: bool) -> Part:
+    """The RAS daemon's records, in the artifacts of every run on an image that has one."""
+    if expect_record:
+        # ras-mc-ctl (perl) took 4.6 s per call under TCG on a loaded host.
+        return Part("ras record", lambda ev: ras_command(6), _store_ras, seconds=45.0)
+    return Part("ras record", lambda ev: ras_command(1), _store_ras)
 
 
 def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: float = GATHER_PART_S) -> None:
@@ -417,7 +458,7 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
             ev.unavailable[part.name] = unreachable or failed
             continue
         try:
-            output = ssh.check(part.command(ev), Deadline(part_s, part.name), "observe", limit=part.limit)
+            output = ssh.check(part.command(ev), Deadline(part.seconds or part_s, part.name), "observe", limit=part.limit)
         except HarnessError as exc:
             # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
             # kernel look the same from here, so this is not evidence against the kernel.

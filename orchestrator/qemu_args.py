@@ -27,7 +27,9 @@ class QemuConfig:
     qemu_binary: str = "qemu-system-x86_64"
     extra_cmdline: str = ""
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
-    disk: Path | None = None      # a raw image, the guest's /dev/vda
+    disk: Path | None = None      # a raw scratch image: /dev/vda, or /dev/vdb after a root disk
+    root_disk: Path | None = None  # a qcow2 root file system (an overlay), the guest's /dev/vda
+    root_cmdline: str = ""         # the root disk's kernel arguments (root=/dev/vda ...)
     incoming: Path | None = None  # restore this saved guest instead of booting
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
     hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
@@ -60,7 +62,7 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-action", "panic=pause",
         "-kernel", str(c.kernel),  # plain values, not option lists: no escaping
         "-initrd", str(c.initrd),
-        "-append", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip(),
+        "-append", " ".join(part for part in (KERNEL_CMDLINE, c.root_cmdline, c.extra_cmdline) if part),
         # The harness reads the console from a socket and writes console.log itself (capped);
         # without one, QEMU writes the file.
         "-chardev", (f"socket,id=console,fd={c.console_fd}" if c.console_fd is not None
@@ -76,6 +78,10 @@ def build_argv(c: QemuConfig) -> list[str]:
     ]
     if c.hmp_fd is not None:
         argv += ["-chardev", f"socket,id=hmp,fd={c.hmp_fd}", "-mon", "chardev=hmp,mode=readline"]
+    if c.root_disk is not None:
+        # First, so it is /dev/vda. An overlay of the image's disk: writes never reach the image.
+        argv += ["-drive", f"file={option_value(c.root_disk)},if=none,id=root0,format=qcow2,cache=unsafe,discard=unmap",
+                 "-device", "virtio-blk-pci,drive=root0"]
     if c.disk is not None:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
         argv += ["-drive", f"file={option_value(c.disk)},if=none,id=disk0,format=raw,cache=unsafe",

@@ -27,6 +27,7 @@ from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
+from orchestrator.distro_image import DiskGuestImage, ensure_guest_image
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
 from orchestrator.observe import ConsoleFollower, guest_down, hardware_corrupted, observe, wait_failure_logged
@@ -34,18 +35,22 @@ from orchestrator.outcome import HarnessError, InputError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
 from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.ssh import RemoteProcess, SshSession, quote, wait_for_banner
+from orchestrator.ssh import BANNER_POLL_S, RemoteProcess, SshSession, quote, wait_for_banner
 from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BANNER_FALLBACK_S = 10.0
+SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 # Tried again for up to 5 s: a mount right after boot failed now and then with "Device
 # or resource busy" (once in a catalog run, under load), a block device's first
 # exclusive open overlapping another; the last failure's message is what is reported.
-MOUNT_SCRATCH_DISK = (f"{{ i=0; until mount -t ext4 /dev/vda {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
-                      f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000; done; }}")
+# The scratch disk is /dev/vda, or /dev/vdb after an image's root disk. busybox has
+# usleep; a full Debian has not, its coreutils sleep takes fractions.
+def mount_scratch_disk(device: str) -> str:
+    return (f"{{ i=0; until mount -t ext4 {device} {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
+            f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000 2>/dev/null || sleep 0.1; done; }}")
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
@@ -145,8 +150,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                             f"(need {MIN_FREE_ARTIFACT_BYTES >> 20} MiB): No space left on device")
         with phases("image"):
             cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
-            guest_image = images.ensure_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
-                                              cache_root=cache_root, progress=reporter.note)
+            guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
+                                             cache_root=cache_root, progress=reporter.note)
             probe_binary = probe_build.build_probe(cache_root / "probe")
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
@@ -240,13 +245,15 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                   phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
-    # A saved guest has no disk in its state: scenarios with one always boot.
-    restore = snapshots is not None and guest.disk is None
+    # A saved guest has no disk in its state: scenarios with one, and images that
+    # boot from one, always boot.
+    restore = snapshots is not None and guest.disk is None and not isinstance(guest_image, DiskGuestImage)
     if restore:
         _restore_saved_guest(scenario, guest, probe_binary, phases, SnapshotStore(snapshots))
     else:
         with phases("boot"):
-            deadline = Deadline(scenario.timeouts.boot, "boot")  # one deadline for launch and banner together
+            # One deadline for launch and banner together; a systemd image boots for longer.
+            deadline = Deadline(max(scenario.timeouts.boot, getattr(guest_image, "boot_timeout_s", 0)), "boot")
             guest.launch(deadline)
             _wait_sshd(guest, deadline, since=time.monotonic())
             phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
@@ -264,7 +271,9 @@ def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = 
     try:
         init_ready = _InitReady(guest, since)
         wait_for_banner(guest.ssh_port, deadline, still_running=guest.died, host=guest.ssh_host,
-                        sshd_started=lambda: restored or not guest.boots or init_ready())
+                        sshd_started=lambda: restored or not guest.boots or init_ready(),
+                        patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)
+                        else BANNER_POLL_S)
     except HarnessError as exc:
         last = tail(guest.console_log, 1) or "(nothing on the console)"
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
@@ -324,7 +333,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                                         for key, value in scenario.guest.sysctl]
             setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
             if scenario.guest.disk_mib:
-                setup.append(MOUNT_SCRATCH_DISK)
+                setup.append(mount_scratch_disk(_scratch_device(guest_image)))
             if restored:
                 setup.insert(1, fresh_identity_command(guest.artifacts))
             if scenario.guest.swap_mib:
@@ -444,6 +453,11 @@ def _free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _scratch_device(guest_image) -> str:
+    # After the root disk when the image boots from one.
+    return guest_image.scratch_device if isinstance(guest_image, DiskGuestImage) else "/dev/vda"
+
+
 class _InitReady:
     """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
     Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
@@ -452,11 +466,13 @@ class _InitReady:
 
     def __init__(self, guest: Guest, since: float):
         self.console = ConsoleFollower(guest.console_log)
+        self.guest = guest
         self.since = since
         self.ready = False
 
     def __call__(self) -> bool:
-        if self.ready or time.monotonic() - self.since > BANNER_FALLBACK_S:
+        # A systemd guest prints no marker: its readiness is the SSH banner alone.
+        if self.ready or isinstance(self.guest.image, DiskGuestImage) or time.monotonic() - self.since > BANNER_FALLBACK_S:
             return True
         for line in self.console.new_lines():
             if line.startswith(images.ERROR_MARKER):
@@ -518,8 +534,10 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         (artifacts / "guest-kernel.log").write_text(ev.kernel_log)
     if ev.sshd_log is not None:
         (artifacts / "guest-sshd.log").write_text(ev.sshd_log)
+    if ev.ras_log is not None:
+        (artifacts / "guest-ras-records.txt").write_text(ev.ras_log)
     (artifacts / "evidence.json").write_text(json.dumps(
-        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
+        {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log", "ras_log")}, indent=2) + "\n")
 
 
 def _keep_alive_if_failed(scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:

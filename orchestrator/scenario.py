@@ -115,6 +115,7 @@ class Expectations:
     unpoison: str | None = None
     target_moved: bool | None = None
     ksm_remerge: str | None = None
+    ras_record: bool | None = None      # the guest's RAS daemon logged the injected bank, status, address
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
     checked_page: Literal["injected", "target"] | None = None  # None: see runner.checked_pfn
@@ -403,7 +404,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         for v in data.get("kernel_variants", ()))
     for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
         if e.guest == "panic":
-            for key in ("sigbus", "page_poisoned", "hardware_corrupted_kb", "other_pages_intact"):
+            for key in ("sigbus", "page_poisoned", "hardware_corrupted_kb", "other_pages_intact", "ras_record"):
                 if getattr(e, key) is not None:
                     fail(at + (key,), "cannot be checked when the guest is expected to panic (only kernel_log, "
                                       "kernel_log_absent and memory_failure_event can)")
@@ -528,6 +529,7 @@ def _expectations(d: dict) -> Expectations:
         no_kernel_bugs=d.get("no_kernel_bugs", True),
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
         target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"), checked_page=d.get("checked_page"),
+        ras_record=d.get("ras_record"),
     )
 
 

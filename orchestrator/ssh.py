@@ -25,11 +25,15 @@ OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and las
 
 
 def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True,
-                    host: str = GUEST_HOST) -> float:
+                    host: str = GUEST_HOST, patience: float = BANNER_POLL_S) -> float:
     """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes.
 
     `sshd_started` (e.g. a look at the console for the init's READY line) is a
-    cheap local check; connections only start once it says yes.
+    cheap local check; connections only start once it says yes. `patience`: how
+    long one connection waits for the banner. A guest with no READY line is
+    polled from the start, so each connection must wait long (slirp retries its
+    SYN to the guest until sshd listens): short ones pile up by the hundred in
+    slirp and stall it.
     """
     start = time.monotonic()
     last = "no answer"
@@ -42,9 +46,10 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
             continue
         try:
             with socket.create_connection((host, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
-                # Short: a connection made before the guest listens hangs in slirp's
-                # SYN retries (seconds); a fresh one gets through as soon as it listens.
-                s.settimeout(BANNER_POLL_S)
+                # Short by default (after the READY line): a connection made before the
+                # guest listens hangs in slirp's SYN retries (seconds); a fresh one gets
+                # through as soon as it listens.
+                s.settimeout(max(min(patience, deadline.remaining()), 0.01))
                 if s.recv(4).startswith(b"SSH-"):
                     return time.monotonic() - start
                 last = "connection closed without a banner"

@@ -39,6 +39,8 @@ class Evidence:
     guest_answered_after: bool | None = None
     console_tail: str = ""
     sshd_log: str | None = None
+    ras_log: str | None = None             # `ras-mc-ctl --errors` in the guest, as printed
+    ras_records: list[dict] | None = None  # its machine-check records: {bank, status, addr}
     unavailable: dict[str, str] = field(default_factory=dict)  # what could not be gathered, and why
     # What the guest did to the harness (went down, stormed, flooded), first cause first.
     causes: list[str] = field(default_factory=list)
@@ -112,6 +114,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         add("page poisoned", _check_poisoned, expect.page_poisoned, ev)
     if expect.hardware_corrupted_kb is not None:
         add("HardwareCorrupted", _check_corrupted, expect.hardware_corrupted_kb, ev)
+    if expect.ras_record is not None:
+        add("RAS daemon record", _check_ras_record, expect.ras_record, scenario, ev)
     if expect.kernel_log or expect.kernel_log_absent:
         add("kernel log", _check_kernel_log, expect, ev)
     if expect.memory_failure_event is not None:
@@ -471,3 +475,22 @@ def _check_event(expect: Expectations, ev: Evidence) -> Check:
     if data.get("action") == want.action and got_ar == want.action_required:
         return _ok("MEMORY_FAILURE event", detail)
     return _fail("MEMORY_FAILURE event", detail + f"; expected action {want.action}, action-required {want.action_required}")
+
+
+def _check_ras_record(want: bool, scenario: Scenario, ev: Evidence) -> Check:
+    """The guest's own account of the error: a RAS daemon record with the injected
+    bank, status and address (other vCPUs' broadcast records do not count)."""
+    name = "RAS daemon record"
+    if ev.ras_records is None:
+        return _missing(name, ev, "ras record")
+    fields = scenario.inject.fields
+    wanted = (fields.bank, fields.status, ev.injected_address) if fields else None
+    matching = [r for r in ev.ras_records if (r.get("bank"), r.get("status"), r.get("addr")) == wanted]
+    shown = ", ".join(f"bank {r.get('bank')} status {r.get('status', 0):#x} addr "
+                      f"{'none' if r.get('addr') is None else hex(r['addr'])}" for r in ev.ras_records) or "none"
+    if wanted is None:
+        detail = f"nothing injected; records: {shown}"
+    else:
+        detail = (f"{'a' if matching else 'no'} record of bank {wanted[0]} status {wanted[1]:#x} addr "
+                  f"{wanted[2]:#x} (records: {shown})")
+    return (_ok if bool(matching) == want else _fail)(name, detail)

@@ -25,7 +25,9 @@ from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import Monitor, MonitorError
 from orchestrator.bounded import ConsoleRecorder
 from orchestrator.deadline import Deadline
+from orchestrator.distro_image import DiskGuestImage
 from orchestrator.image import GuestImage
+from orchestrator.overlay import DiskOverlay, OverlayError
 from orchestrator.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
 
@@ -100,6 +102,7 @@ class QemuGuest(Guest):
         self._qemu_log = artifacts / "qemu.log"
         self.argv: list[str] = []
         self.launched_pid: int | None = None  # kept after shutdown, so callers can check it is gone
+        self._root_overlay: DiskOverlay | None = None  # a disk image's copy-on-write layer, this run's only
 
     @property
     def pid(self) -> int | None:
@@ -119,6 +122,11 @@ class QemuGuest(Guest):
                     raise
 
     def _launch_once(self, timeout: float) -> None:
+        if isinstance(self.image, DiskGuestImage) and self._root_overlay is None:
+            try:
+                self._root_overlay = DiskOverlay(self.image.disk)
+            except OverlayError as exc:
+                raise HarnessError("boot", str(exc)) from None
         ours, theirs = socket.socketpair()
         hmp_ours, hmp_theirs = socket.socketpair()
         console_ours, console_theirs = socket.socketpair()
@@ -172,6 +180,9 @@ class QemuGuest(Guest):
             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
             # A restored guest's console.log already holds the saving boot's console.
             console_append=self.incoming is not None,
+            # A disk image boots from its overlay (made at launch) with its own root= arguments.
+            root_disk=self._root_overlay.path if self._root_overlay is not None else None,
+            root_cmdline=self.image.kernel_cmdline if isinstance(self.image, DiskGuestImage) else "",
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
 
     def _launch_failure(self, why: str) -> str:
@@ -249,3 +260,6 @@ class QemuGuest(Guest):
             if console is not None:
                 console.close()
                 self.console_flood = console.flood
+            if self._root_overlay is not None:
+                self._root_overlay.remove()
+                self._root_overlay = None

@@ -64,3 +64,26 @@ def test_paths_with_commas_are_escaped_in_option_lists():
 def test_restored_console_is_appended_to():
     argv = qemu_args.build_argv(config(console_append=True))
     assert argv[argv.index("-chardev") + 1] == "file,id=console,path=/a/console.log,append=on"
+
+
+def test_golden_argv_disk_boot():
+    """A distribution image: its own kernel and initrd, root on the overlay (vda), the scratch disk after it."""
+    argv = qemu_args.build_argv(config(root_disk=Path("/tmp/mce-overlay-x/root.qcow2"),
+                                       root_cmdline="root=/dev/vda rw cloud-init=disabled",
+                                       disk=Path("/tmp/mce-disk-y/disk.img")))
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable root=/dev/vda rw cloud-init=disabled"
+    assert argv[argv.index("-kernel"):argv.index("-kernel") + 4] == ["-kernel", "/img/vmlinuz", "-initrd", "/img/initrd"]
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a in ("-drive", "-device") and "virtio-blk" in argv[i + 1]
+              or a == "-drive"]
+    assert drives == [
+        "file=/tmp/mce-overlay-x/root.qcow2,if=none,id=root0,format=qcow2,cache=unsafe,discard=unmap",
+        "virtio-blk-pci,drive=root0",
+        "file=/tmp/mce-disk-y/disk.img,if=none,id=disk0,format=raw,cache=unsafe",
+        "virtio-blk-pci,drive=disk0",
+    ]
+
+
+def test_no_root_disk_no_root_arguments():
+    argv = qemu_args.build_argv(config(extra_cmdline="mitigations=off"))
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable mitigations=off"
+    assert "id=root0" not in " ".join(argv)

@@ -244,3 +244,12 @@ def test_outside_ram_has_no_page_to_check():
     assert parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  region: outside-ram")).inject.region == "outside-ram"
     with pytest.raises(ScenarioError, match="page_poisoned: cannot be checked outside guest RAM"):
         parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  region: outside-ram") + "  page_poisoned: false\n")
+
+
+def test_ras_record_is_a_boolean_and_needs_a_live_guest():
+    assert parse(MINIMAL + "  ras_record: true\n").expect.ras_record is True
+    assert parse(MINIMAL).expect.ras_record is None
+    with pytest.raises(ScenarioError, match="expect.ras_record"):
+        parse(MINIMAL + "  ras_record: yes please\n")
+    with pytest.raises(ScenarioError, match="expect.ras_record: cannot be checked when the guest is expected to panic"):
+        parse(MINIMAL.replace("  sigbus: none", "  guest: panic\n  ras_record: true"))

@@ -288,3 +288,39 @@ def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwi
     ready = {"pfn": PFN, "gpa": hex(PFN << 12), "target": 1, "page_size": 4096,
              "pages": [{"pfn": PFN - 1}, {"pfn": PFN}, {"pfn": PFN + 1}, {"pfn": PFN + 2}]}
     assert checked_pfn(scenario, ready, _injection_address(scenario, ready)) == pfn
+
+
+# What rasdaemon 0.6.8's `ras-mc-ctl --errors` printed in debian-12-full for an SRAO (address changed).
+RAS_ERRORS = (
+    "No Memory errors.\n\nNo PCIe AER errors.\n\nNo Extlog errors.\n\nMCE events:\n"
+    "1 2026-11-26 14:54:23 +0000 error: MEMORY CONTROLLER MS_CHANNEL0_ERR Transaction: Memory scrubbing error, "
+    "mcg mcgstatus=5 RIPV MCIP, mci Uncorrected_error Error_enabled SRAO, n_errors=0, mcgcap=0x0100010a, "
+    f"mcgstatus=0x00000005, status=0xbd000000000000c0, addr=0x{PFN << 12:08x}, misc=0x0000008c, "
+    "ip=0xffffffffc0243082, tsc=0x308a7502e5, walltime=0x6b08481f, cpuid=0x000506e3, cs=0x00000010, "
+    "bank=0x00000009\n")
+
+
+def test_ras_records_parse_bank_status_address():
+    from orchestrator.observe import parse_ras_errors
+    assert parse_ras_errors(RAS_ERRORS) == [{"bank": 9, "status": 0xBD000000000000C0, "addr": PFN << 12}]
+    assert parse_ras_errors("No Memory errors.\n\nNo MCE errors.\n") == []
+
+
+def test_ras_record_matching_the_injection_passes_and_its_absence_fails():
+    from orchestrator.observe import parse_ras_errors
+    expect_record = replace(late_kill(), expect=replace(late_kill().expect, ras_record=True))
+    assert judge(expect_record, good_evidence(ras_records=parse_ras_errors(RAS_ERRORS))).outcome == Outcome.PASS
+    verdict = judge(expect_record, good_evidence(ras_records=[]))
+    assert verdict.outcome == Outcome.FAIL and "no record of bank 9" in failing(verdict)["RAS daemon record"]
+    # Another address is not this injection's record.
+    other = [{"bank": 9, "status": 0xBD000000000000C0, "addr": (PFN + 1) << 12}]
+    assert judge(expect_record, good_evidence(ras_records=other)).outcome == Outcome.FAIL
+    # Negative control: expecting no record when there is one fails.
+    expect_none = replace(late_kill(), expect=replace(late_kill().expect, ras_record=False))
+    assert judge(expect_none, good_evidence(ras_records=parse_ras_errors(RAS_ERRORS))).outcome == Outcome.FAIL
+
+
+def test_ras_record_not_gathered_is_an_error_naming_why():
+    expect_record = replace(late_kill(), expect=replace(late_kill().expect, ras_record=True))
+    verdict = judge(expect_record, good_evidence(unavailable={"ras record": "the guest has no RAS daemon"}))
+    assert verdict.outcome == Outcome.ERROR and "no RAS daemon" in verdict.reasons[0]
