@@ -17,17 +17,22 @@ HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
 NAME   ?=
 KERNEL ?=
 ARGS   ?=
+# A kernel you built (a bzImage, a vmlinux or a build tree) and its INSTALL_MOD_PATH.
+KERNEL_PATH ?=
+MODULES     ?=
+KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
 
 .PHONY: all setup host-packages scenario suite coverage nightly test unit image bench clean help
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
+	@echo "  ... KERNEL_PATH=~/linux [MODULES=DIR]    on a kernel you built (bzImage, vmlinux or build tree)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
-	@echo "make image                               build (or reuse) the default guest image"
+	@echo "make image [KERNEL=debian-6.12] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
 
 setup: host-packages $(STAMP)
 
@@ -49,7 +54,7 @@ $(STAMP): pyproject.toml
 
 scenario: setup
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(cd scenarios && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
-	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(ARGS)
+	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
 
 # Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
 # the scenario x kernel table goes to results/verdict-table.md, and into the
@@ -88,7 +93,7 @@ nightly: setup
 	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 
 image: setup
-	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1)
+	$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS)
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
