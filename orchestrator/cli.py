@@ -26,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
+    run.add_argument("--kernel", type=Path, metavar="PATH",
+                     help="test this kernel instead of the image's: a bzImage, a vmlinux, or a build tree "
+                          "(arch/x86/boot/bzImage, .config and its modules), inside the image's userspace")
+    run.add_argument("--modules", type=Path, metavar="DIR",
+                     help="modules for --kernel: an INSTALL_MOD_PATH install (holding lib/modules/RELEASE)")
     run.add_argument("--append", default="", metavar="CMDLINE", help="extra guest kernel command-line arguments")
     run.add_argument("--snapshot", action="store_true",
                      help="boot each guest configuration once, save it, and restore it for every scenario "
@@ -54,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
             raise InputError(f"--repeat {args.repeat}: must be 1 to {MAX_REPEAT}")
+        if getattr(args, "modules", None) is not None and args.kernel is None:
+            raise InputError("--modules DIR: only with --kernel PATH")
+        for option, path in (("--kernel", getattr(args, "kernel", None)), ("--modules", getattr(args, "modules", None))):
+            if path is not None and not path.exists():
+                raise InputError(f"{option} {path}: no such file or folder")
         scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
             for s in scenarios:
@@ -93,7 +103,8 @@ def run(scenarios, args) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
-                         extra_cmdline=args.append, snapshot=args.snapshot)
+                         extra_cmdline=args.append, snapshot=args.snapshot, kernel=args.kernel,
+                         modules=args.modules)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -85,6 +85,8 @@ class RunOptions:
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
     backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
     snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
+    kernel: Path | None = None           # --kernel: a bzImage, vmlinux or build tree instead of the image's
+    modules: Path | None = None          # --modules: that kernel's INSTALL_MOD_PATH
     hook: PhaseHook | None = None
 
 
@@ -144,7 +146,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         with phases("image"):
             cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
             guest_image = images.ensure_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
-                                              cache_root=cache_root, progress=reporter.note)
+                                              cache_root=cache_root, progress=reporter.note,
+                                              kernel=options.kernel, modules=options.modules)
             probe_binary = probe_build.build_probe(cache_root / "probe")
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
