@@ -21,6 +21,7 @@ from typing import Callable
 
 from orchestrator import image as images
 from orchestrator import mce
+from orchestrator import kconfig
 from orchestrator import probe as probe_build
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
@@ -49,6 +50,14 @@ MOUNT_SCRATCH_DISK = (f"{{ i=0; until mount -t ext4 /dev/vda {GUEST_MOUNT} 2>/tm
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
+
+
+class KernelLacks(Exception):
+    """The kernel lacks options the scenario needs: it is skipped, not booted."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("; ".join(lines))
+        self.lines = lines
 
 
 class Interrupted(KeyboardInterrupt):
@@ -157,6 +166,10 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
+            if guest_image.config is not None:
+                lacking = kconfig.missing(scenario, kconfig.parse(guest_image.config.read_text()), guest_image.modules)
+                if lacking:
+                    raise KernelLacks(lacking)
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
         with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
                        accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
@@ -184,6 +197,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 result.phases = phases.seconds
                 if options.keep_alive_on_failure:
                     _keep_alive_if_failed(scenario, guest, ev, guest_image, reporter)
+    except KernelLacks as exc:
+        result.outcome, result.skip_reasons = Outcome.SKIP, exc.lines
     except HarnessError as exc:
         result.error = exc
     except images.ImageError as exc:
@@ -213,7 +228,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         except OSError as exc:
             result.error = result.error or HarnessError("artifacts", f"cannot write evidence: {exc.strerror}: {exc.filename}")
 
-    if result.error is None or injection is not None:
+    if result.outcome != Outcome.SKIP and (result.error is None or injection is not None):
         with phases("verdict"):
             result.verdict = _judge_safely(scenario, ev, artifacts)
         result.outcome = result.verdict.outcome
