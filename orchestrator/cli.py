@@ -1,4 +1,4 @@
-"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR."""
+"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR (with --bisect: 0, 1, 125)."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,16 @@ from orchestrator.scenario import catalog, expand, load_scenario, resolve
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
+INTERRUPTED_EXIT = 130
+# `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
+# on as "stop bisecting": a harness ERROR (or a kernel that lacks what the scenario
+# needs) skips the commit; a user's mistake, which every commit would repeat, stops it.
+BISECT_EXIT = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.ERROR: 125, Outcome.SKIP: 125}
+BISECT_INPUT_ERROR = 128
+
+
+def exit_code(outcome: Outcome, bisect: bool) -> int:
+    return BISECT_EXIT[outcome] if bisect else outcome.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="boot each guest configuration once, save it, and restore it for every scenario "
                           "(about 0.1 s instead of a 2 s boot; scenarios with a disk still boot)")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
+    run.add_argument("--bisect", action="store_true",
+                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or skipped (skip this "
+                          "commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
     run.add_argument("--keep-alive-on-failure", action="store_true",
                      help="leave a failed guest running (SSH command printed) until Ctrl-C")
     validate = sub.add_parser("validate", help="check scenario files without running them")
@@ -72,18 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return BISECT_INPUT_ERROR if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
     except OSError as exc:
         # The results folder cannot be written (disk full, read-only, ...).
         print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
     except MemoryError:
         # The host's trouble, not the guest kernel's: an ERROR, never a FAIL or a traceback.
         print("mce-orchestrator: error: the host ran out of memory", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
     except KeyboardInterrupt:
         print("mce-orchestrator: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter, label: str) -> ScenarioResult:
@@ -128,5 +141,5 @@ def run(scenarios, args) -> int:
     reporter.run_finished(results, run_dir)
     if interrupted:
         print("mce-orchestrator: interrupted", file=sys.stderr)
-        return 130
-    return worst(r.outcome for r in results).exit_code
+        return INTERRUPTED_EXIT
+    return exit_code(worst(r.outcome for r in results), args.bisect)

@@ -96,3 +96,9 @@ def test_a_skipped_scenario_never_sets_the_exit_code(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())["scenarios"][0]
     assert data["outcome"] == "SKIP" and data["skip_reasons"] == [skipped.skip_reasons[0]]
 
+
+
+def test_bisect_exit_codes():
+    from orchestrator.cli import exit_code
+    assert [exit_code(o, bisect=True) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 125, 125]
+    assert [exit_code(o, bisect=False) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 2, 0]
