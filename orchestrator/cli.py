@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from orchestrator import __version__
+from orchestrator import __version__, mce
+from orchestrator import keep as keeping
+from orchestrator.decode import decode
+from orchestrator.keep import KEEP_CHOICES
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
@@ -49,12 +53,50 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or skipped (skip this "
                           "commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
-    run.add_argument("--keep-alive-on-failure", action="store_true",
-                     help="leave a failed guest running (SSH command printed) until Ctrl-C")
+    run.add_argument("--keep", choices=KEEP_CHOICES,
+                     help="leave the guest running after its scenario (on failure, or always) until Ctrl-C; "
+                          "then poke it with `inject` and `ssh` from another shell")
+    run.add_argument("--keep-alive-on-failure", action="store_true", help="the same as --keep on-failure")
     validate = sub.add_parser("validate", help="check scenario files without running them")
     validate.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
     sub.add_parser("list", help="list the scenario catalog")
+
+    inject = sub.add_parser("inject", help="send a machine check into a guest kept with `run --keep`")
+    inject.add_argument("--guest", type=Path, metavar="DIR", help="its artifacts folder or kept.json "
+                                                                  "(default: the only kept guest running)")
+    target = inject.add_mutually_exclusive_group(required=True)
+    target.add_argument("--gpa", type=_number, metavar="ADDR", help="guest-physical address")
+    target.add_argument("--pid", type=int, help="guest process id (with --va): translated through /proc/PID/pagemap")
+    inject.add_argument("--va", type=_number, metavar="ADDR", help="virtual address in --pid")
+    inject.add_argument("--preset", choices=sorted(mce.PRESETS), help="srao, srar, ucna or ce (default srao)")
+    inject.add_argument("--bank", type=_number)
+    inject.add_argument("--status", type=_number, help="raw MCi_STATUS (with --bank, --mcg-status, --misc)")
+    inject.add_argument("--mcg-status", type=_number)
+    inject.add_argument("--misc", type=_number)
+    inject.add_argument("--cpu", type=int, default=0, help="vCPU (default 0)")
+    inject.add_argument("--broadcast", action="store_true", help="raise it on every vCPU (QEMU's mce -b)")
+    inject.add_argument("--no-gate", action="store_true",
+                        help="send an action-required error at once, not only while the vCPU is in user mode "
+                             "(an SRAR that lands in kernel code kills the guest)")
+    inject.add_argument("--timeout", type=float, default=30.0)
+    inject.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+
+    ssh = sub.add_parser("ssh", help="a shell (or COMMAND) in a guest kept with `run --keep`, host key pinned")
+    ssh.add_argument("--guest", type=Path, metavar="DIR")
+    ssh.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    decode_ = sub.add_parser("decode", help="explain an MCi_STATUS [and MCG_STATUS] value bit by bit")
+    decode_.add_argument("status", type=_number)
+    decode_.add_argument("mcg_status", type=_number, nargs="?")
     return parser
+
+
+def _number(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0x... for hex)") from None
 
 
 def _terminate(signum, frame):
@@ -70,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             for name in catalog(SCENARIOS_DIR):
                 print(name)
             return 0
+        if args.command == "decode":
+            print("\n".join(decode(args.status, args.mcg_status)))
+            return 0
+        if args.command == "ssh":
+            guest = keeping.find(args.results, args.guest)
+            os.execvp("ssh", keeping.ssh_argv(guest, args.remote))
+        if args.command == "inject":
+            return inject_command(args)
         if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
             raise InputError(f"--repeat {args.repeat}: must be 1 to {MAX_REPEAT}")
         if getattr(args, "modules", None) is not None and args.kernel is None:
@@ -111,11 +161,33 @@ def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleRepo
                               error=HarnessError("run", f"internal error {exc!r}"[:300]))
 
 
+def inject_command(args) -> int:
+    if (args.pid is None) != (args.va is None):
+        raise InputError("--pid and --va go together")
+    raw = [args.bank, args.status, args.mcg_status, args.misc]
+    if any(v is not None for v in raw):
+        if args.preset or None in raw:
+            raise InputError("raw fields need all of --bank --status --mcg-status --misc, and no --preset")
+        fields = mce.MceFields(bank=args.bank, status=args.status, mcg_status=args.mcg_status, misc=args.misc)
+    else:
+        fields = mce.PRESETS[args.preset or "srao"]
+    guest = keeping.find(args.results, args.guest)
+    try:
+        injection, how = keeping.inject_into(guest, fields, cpu=args.cpu, broadcast=args.broadcast, gpa=args.gpa,
+                                             pid=args.pid, va=args.va, gate=not args.no_gate, timeout=args.timeout)
+    except HarnessError as exc:
+        print(f"mce-orchestrator: inject: {exc.message}", file=sys.stderr)
+        return Outcome.ERROR.exit_code
+    print(f"{how}; sent: {injection.command}" + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else ""))
+    return 0
+
+
 def run(scenarios, args) -> int:
     reporter = ConsoleReporter()
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
-    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
+    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, keep=args.keep,
+                         image=args.image,
                          extra_cmdline=args.append, snapshot=args.snapshot, kernel=args.kernel,
                          modules=args.modules)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)

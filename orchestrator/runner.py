@@ -22,6 +22,7 @@ from typing import Callable
 from orchestrator import image as images
 from orchestrator import mce
 from orchestrator import kconfig
+from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
@@ -88,7 +89,8 @@ PhaseHook = Callable[[str, RunContext], None]
 class RunOptions:
     cache_root: Path | None = None       # images and the probe; default guest-images/.cache
     accel: str | None = None             # None: KVM where it really works, else TCG
-    keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C
+    keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C (= keep "on-failure")
+    keep: str | None = None              # "on-failure" | "always": leave the guest running until Ctrl-C
     image: str | None = None             # override every scenario's guest.image
     extra_cmdline: str = ""              # appended to the guest kernel's command line
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
@@ -171,8 +173,13 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 if lacking:
                     raise KernelLacks(lacking)
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
+        keep = options.keep or ("on-failure" if options.keep_alive_on_failure else None)
+        kept_folder = keeping.private_socket_folder() if keep else None
+        if kept_folder is not None:
+            stack.callback(keeping.remove_socket_folder, kept_folder)
         with new_guest(options.backend, image=guest_image, spec=scenario.guest, artifacts=artifacts,
-                       accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
+                       accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk,
+                       **({"kept_qmp_socket": kept_folder / "qmp.sock"} if kept_folder else {})) as guest:
             phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
@@ -195,8 +202,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                             ev.unavailable["QEMU events"] = guest.monitor.storm
                     ev.events = guest.monitor.events()
                 result.phases = phases.seconds
-                if options.keep_alive_on_failure:
-                    _keep_alive_if_failed(scenario, guest, ev, guest_image, reporter)
+                if keep:
+                    _keep_running(keep, scenario, guest, ev, guest_image, reporter)
     except KernelLacks as exc:
         result.outcome, result.skip_reasons = Outcome.SKIP, exc.lines
     except HarnessError as exc:
@@ -535,20 +542,29 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
 
 
-def _keep_alive_if_failed(scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
+def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
+    """--keep: leave the guest running (after a failure, or always) until Ctrl-C or SIGTERM."""
     verdict = judge(scenario, ev) if ev.ready else None
-    if verdict is not None and verdict.outcome == Outcome.PASS:
+    if keep == "on-failure" and verdict is not None and verdict.outcome == Outcome.PASS:
         return
     if not guest.is_running():
         return
     known_hosts = guest.artifacts / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{guest.ssh_port} {guest_image.host_key_line}\n")
-    reporter.note(f"guest kept alive (QEMU pid {guest.pid}); log in with:")
-    reporter.note(f"  ssh -i {guest_image.client_key} -p {guest.ssh_port} -o UserKnownHostsFile={known_hosts} "
-                  f"root@127.0.0.1")
-    reporter.note("press Ctrl-C to shut it down")
+    state = keeping.KeptGuest(
+        scenario=scenario.name, artifacts=str(guest.artifacts.resolve()), qemu_pid=guest.pid,
+        qmp_socket=str(guest.kept_qmp_socket), ssh_port=guest.ssh_port, client_key=str(guest_image.client_key),
+        host_key_line=guest_image.host_key_line, known_hosts=str(known_hosts.resolve()), vcpus=guest.spec.vcpus,
+        memory_mib=guest.spec.memory_mib, machine=guest.spec.machine, kernel_release=guest_image.kernel_release)
+    path = state.save()
+    if verdict is not None:
+        reporter.note(f"verdict so far: {verdict.outcome.name}")
+    for line in keeping.keep_summary(state):
+        reporter.note(line)
     try:
         while guest.is_running():
-            time.sleep(1)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        path.unlink(missing_ok=True)
