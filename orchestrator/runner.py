@@ -24,6 +24,7 @@ from orchestrator import mce
 from orchestrator import kconfig
 from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
+from orchestrator import repro
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest
 from orchestrator.backends.qemu import tail
@@ -148,6 +149,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     result = ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
+    launched_argv: list[str] = []
     stack = contextlib.ExitStack()
     try:
         if free < MIN_FREE_ARTIFACT_BYTES:
@@ -187,6 +189,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                           if options.snapshot else None)
             finally:
                 result.qemu_pid = guest.launched_pid
+                launched_argv = getattr(guest, "argv", [])  # the QEMU backend's command line
                 ev.console_tail = tail(guest.console_log, 40)
                 console = getattr(guest, "console", None)
                 if console is not None and console.flood:
@@ -232,6 +235,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.injection = asdict(injection) if injection else None
         try:
             _write_evidence(artifacts, ev)
+            _write_repro(artifacts, scenario, options, launched_argv, result.kernel_release)
         except OSError as exc:
             result.error = result.error or HarnessError("artifacts", f"cannot write evidence: {exc.strerror}: {exc.filename}")
 
@@ -540,6 +544,27 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         (artifacts / "guest-sshd.log").write_text(ev.sshd_log)
     (artifacts / "evidence.json").write_text(json.dumps(
         {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log")}, indent=2) + "\n")
+
+
+def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv: list[str],
+                 kernel_release: str | None) -> None:
+    """repro.sh (the same run through the orchestrator, from any checkout) and qemu-by-hand.sh
+    with monitor-commands.hmp (the same QEMU and monitor commands without it)."""
+    shutil.copyfile(scenario.path, artifacts / "scenario.yaml")
+    run_args = repro.run_argv(scenario_file="scenario.yaml", image=options.image or scenario.guest.image,
+                              kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
+                              accel=options.accel, snapshot=options.snapshot)
+    script = artifacts / "repro.sh"
+    script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
+                                         commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release))
+    script.chmod(0o755)
+    if argv:
+        by_hand = artifacts / "qemu-by-hand.sh"
+        by_hand.write_text(repro.by_hand_script(repro.by_hand_argv(argv), scenario.name, scenario.guest.disk_mib))
+        by_hand.chmod(0o755)
+    commands = artifacts / "monitor-commands.log"
+    if commands.is_file():
+        (artifacts / "monitor-commands.hmp").write_text("\n".join(repro.hmp_lines(commands.read_text())) + "\n")
 
 
 def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
