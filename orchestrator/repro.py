@@ -128,7 +128,7 @@ def repro_script(*, scenario: str, run_args: list[str], commit: str | None, kern
     return f"""#!/bin/sh
 # Runs scenario {scenario} again with the inputs of this run (kernel {kernel_release or 'unknown'}).
 # Usage: repro.sh [CHECKOUT]   CHECKOUT: a clone of mce-orchestrator (default: the current folder).
-# The scenario is the copy beside this script (scenario.yaml), as it was when this run started.
+# The scenario is the copy beside this script ({run_args[1]}), as it was when this run started.
 # Recorded with the orchestrator at commit {commit or 'unknown'}: `git checkout {commit or 'COMMIT'}` in
 # CHECKOUT runs the very same harness.{chr(10) + '# --kernel/--modules are paths on the machine that ran it: set MCE_KERNEL/MCE_MODULES elsewhere.' if '--kernel' in run_args else ''}
 set -eu
@@ -139,5 +139,5 @@ if [ ! -f orchestrator/cli.py ]; then
     exit 2
 fi
 make -s setup
-exec .venv/bin/mce-orchestrator run "$here/scenario.yaml" {quoted}
+exec .venv/bin/mce-orchestrator run "$here"/{shlex.quote(run_args[1])} {quoted}
 """

@@ -550,8 +550,9 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
                  kernel_release: str | None) -> None:
     """repro.sh (the same run through the orchestrator, from any checkout) and qemu-by-hand.sh
     with monitor-commands.hmp (the same QEMU and monitor commands without it)."""
-    shutil.copyfile(scenario.path, artifacts / "scenario.yaml")
-    run_args = repro.run_argv(scenario_file="scenario.yaml", image=options.image or scenario.guest.image,
+    # Under its own name: a scenario's name is its file's.
+    shutil.copyfile(scenario.path, artifacts / scenario.path.name)
+    run_args = repro.run_argv(scenario_file=scenario.path.name, image=options.image or scenario.guest.image,
                               kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
                               accel=options.accel, snapshot=options.snapshot)
     script = artifacts / "repro.sh"

@@ -47,11 +47,11 @@ def test_by_hand_script_makes_its_own_disk_and_is_valid_shell(tmp_path):
 
 
 def test_repro_script_runs_the_same_inputs(tmp_path):
-    args = repro.run_argv(scenario_file="scenario.yaml", image="debian-6.12", kernel=Path("/src/linux"),
+    args = repro.run_argv(scenario_file="srar-anon-access.yaml", image="debian-6.12", kernel=Path("/src/linux"),
                           modules=None, append="mce=no_cmci loglevel=8", accel="tcg", snapshot=True)
     script = repro.repro_script(scenario="srar-anon-access", run_args=args, commit="abc123", kernel_release="6.13.0")
     last = script.strip().splitlines()[-1]
-    assert last.startswith('exec .venv/bin/mce-orchestrator run "$here/scenario.yaml" --image debian-6.12 ')
+    assert last.startswith('exec .venv/bin/mce-orchestrator run "$here"/srar-anon-access.yaml --image debian-6.12 ')
     assert '--kernel "${MCE_KERNEL:-/src/linux}"' in last
     assert "--append 'mce=no_cmci loglevel=8' --accel tcg --snapshot" in last
     assert "git checkout abc123" in script
@@ -61,7 +61,7 @@ def test_repro_script_runs_the_same_inputs(tmp_path):
 
 
 def test_repro_script_refuses_a_folder_that_is_no_checkout(tmp_path):
-    script = repro.repro_script(scenario="x", run_args=["run", "scenario.yaml"], commit=None, kernel_release=None)
+    script = repro.repro_script(scenario="x", run_args=["run", "x.yaml"], commit=None, kernel_release=None)
     path = tmp_path / "repro.sh"
     path.write_text(script)
     proc = subprocess.run(["sh", str(path), str(tmp_path)], capture_output=True, text=True)
