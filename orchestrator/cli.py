@@ -23,7 +23,10 @@ INTERRUPTED_EXIT = 130
 # `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
 # on as "stop bisecting": a harness ERROR (or a kernel that lacks what the scenario
 # needs) skips the commit; a user's mistake, which every commit would repeat, stops it.
-BISECT_EXIT = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.ERROR: 125, Outcome.SKIP: 125}
+# The question a bisection asks is whether this kernel does what the scenario expects,
+# so a known-failure mark does not change the answer: KNOWN-FAIL is bad, XPASS good.
+BISECT_EXIT = {Outcome.PASS: 0, Outcome.XPASS: 0, Outcome.KNOWN_FAIL: 1, Outcome.FAIL: 1, Outcome.ERROR: 125,
+               Outcome.SKIP: 125}
 BISECT_INPUT_ERROR = 128
 
 

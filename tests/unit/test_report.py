@@ -101,4 +101,7 @@ def test_a_skipped_scenario_never_sets_the_exit_code(tmp_path):
 def test_bisect_exit_codes():
     from orchestrator.cli import exit_code
     assert [exit_code(o, bisect=True) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 125, 125]
+    # A known-failure mark does not change whether this kernel is good.
+    assert (exit_code(Outcome.KNOWN_FAIL, bisect=True), exit_code(Outcome.XPASS, bisect=True)) == (1, 0)
+    assert all(isinstance(exit_code(o, bisect=True), int) for o in Outcome)
     assert [exit_code(o, bisect=False) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 2, 0]
