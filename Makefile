@@ -22,7 +22,7 @@ KERNEL_PATH ?=
 MODULES     ?=
 KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
 
-.PHONY: all setup host-packages scenario suite coverage nightly test unit image bench clean help
+.PHONY: all setup host-packages scenario suite coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -33,6 +33,7 @@ help:
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
 	@echo "make image [KERNEL=debian-6.12] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
+	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
 
 setup: host-packages $(STAMP)
 
@@ -115,6 +116,21 @@ unit: setup
 
 bench: setup
 	$(PY) -m orchestrator.bench $(ARGS)
+
+# Debian's linux-source-6.1 with guest-images/kernel-small.config (all built in), built
+# once into guest-images/.cache/kernel-src/linux-source-6.1 and reused while the fragment
+# and the source package stay the same; then the base scenarios run on it with --kernel.
+KERNEL_BUILD_PACKAGES := flex bison bc libelf-dev libssl-dev
+SMALL_KERNEL := guest-images/.cache/kernel-src/linux-source-6.1
+kernel-from-source: setup
+	@missing=""; for p in $(KERNEL_BUILD_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	nice -n 19 sh guest-images/build-kernel.sh guest-images/kernel-small.config guest-images/.cache
+	$(ORCH) run --kernel $(SMALL_KERNEL) $(ARGS) srao-anon-late-kill srar-anon-access free-page
 
 clean:
 	rm -rf results .pytest_cache
