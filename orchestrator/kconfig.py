@@ -25,6 +25,12 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "ksm": ("KSM",),                                    # probe memory: ksm
     "shmem": ("SHMEM",),                                # probe memory: shmem
     "hwpoison-inject": ("HWPOISON_INJECT",),            # soft-poison / unpoison steps (debugfs)
+    # The probe's madvise(MADV_HUGEPAGE/MERGEABLE/COLLAPSE) and posix_fadvise(DONTNEED):
+    # without it both return ENOSYS (tinyconfig leaves it out).
+    "madvise": ("ADVISE_SYSCALLS",),                    # probe memory: thp, ksm, file; collapse step
+    # /sys/devices/system/memory/soft_offline_page is in drivers/base/memory.c, built
+    # only with memory hotplug.
+    "soft-offline": ("MEMORY_HOTPLUG",),                # soft-offline step
     "panic": ("PVPANIC", "PVPANIC_PCI"),                # expect guest: panic (QMP GUEST_PANICKED)
     "smp": ("SMP",),                                    # guest.vcpus > 1
 }
@@ -65,6 +71,12 @@ def features(scenario: Scenario) -> dict[str, str]:
     steps = [s for s in scenario.probe.after_inject if s in ("soft-poison", "unpoison")]
     if steps:
         used["hwpoison-inject"] = f"probe step: {steps[0]}"
+    if memory in ("thp", "thp-eligible", "ksm", "file"):
+        used["madvise"] = f"probe memory: {memory}"
+    elif "collapse" in scenario.probe.after_inject:
+        used["madvise"] = "probe step: collapse"
+    if "soft-offline" in scenario.probe.after_inject:
+        used["soft-offline"] = "probe step: soft-offline"
     if scenario.expect.guest == "panic":
         used["panic"] = "expect guest: panic"
     if scenario.guest.vcpus > 1:

@@ -43,6 +43,9 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("ksm-merged-page", "KSM", "probe memory: ksm"),
     ("unpoison-after-soft-poison", "HWPOISON_INJECT", "probe step: soft-poison"),
     ("file-dirty-ext4", "EXT4_FS", "guest.disk"),
+    ("file-dirty-ext4", "ADVISE_SYSCALLS", "probe memory: file"),
+    ("ksm-merged-page", "ADVISE_SYSCALLS", "probe memory: ksm"),
+    ("soft-offline-sysfs", "MEMORY_HOTPLUG", "probe step: soft-offline"),
     ("srao-anon-late-kill", "MEMORY_FAILURE", "every scenario"),
 ])
 def test_a_missing_option_is_one_line_naming_option_and_scenario(name, option, why):
