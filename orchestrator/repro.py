@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 _PLAIN = re.compile(r"^[A-Za-z0-9_./+-]+$")
+_CPU_SUFFIX = re.compile(r" \(cpu (\d+)\)$")
 _LOGGED = re.compile(r"^\s*[\d.]+ (\S+)(?: (.*))?$")
 # QMP commands the harness sends, as the HMP lines that do the same by hand.
 _QMP_AS_HMP = {"stop": "stop", "cont": "cont", "quit": "quit", "query-migrate": "info migrate",
@@ -25,7 +26,16 @@ def hmp_lines(command_log: str) -> list[str]:
         match = _LOGGED.match(raw)
         if not match:
             continue
-        command, arguments = match.group(1), json.loads(match.group(2)) if match.group(2) else {}
+        command = match.group(1)
+        if command == "hmp":  # the harness's own HMP monitor: "hmp LINE [(cpu N)]"
+            line = match.group(2) or ""
+            cpu = _CPU_SUFFIX.search(line)
+            if cpu:
+                lines.append(f"cpu {cpu.group(1)}")
+                line = line[:cpu.start()]
+            lines.append(line)
+            continue
+        arguments = json.loads(match.group(2)) if match.group(2) else {}
         if command == "human-monitor-command":
             if "cpu-index" in arguments:
                 lines.append(f"cpu {arguments['cpu-index']}")
@@ -49,14 +59,14 @@ def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> l
         if arg == "-chardev" and value.startswith("socket,id=qmp,"):
             i += 2
             continue
-        if arg == "-chardev" and value.startswith("socket,id=qmp-kept,"):
+        if arg == "-chardev" and value.startswith(("socket,id=qmp-kept,", "socket,id=hmp,")):
             i += 4  # and its -mon
             continue
         if arg == "-mon" and value.startswith("chardev=qmp,"):
             out += ["-monitor", "stdio"]
             i += 2
             continue
-        if arg == "-chardev" and value.startswith("file,id=console,"):
+        if arg == "-chardev" and value.startswith(("file,id=console,", "socket,id=console,")):
             out += [arg, f"file,id=console,path={console_log}"]
             i += 2
             continue

@@ -16,6 +16,13 @@ LOG = """\
 """
 
 
+def test_the_own_hmp_monitor_log_becomes_the_same_lines():
+    log = ("    1.950 hmp stop\n    1.951 hmp info registers (cpu 2)\n"
+           "    1.952 hmp mce 2 9 0xbd80000000000134 0x7 0x671e000 0x8c\n    1.953 hmp cont\n    3.000 quit\n")
+    assert repro.hmp_lines(log) == ["stop", "cpu 2", "info registers", "mce 2 9 0xbd80000000000134 0x7 0x671e000 0x8c",
+                                    "cont", "quit"]
+
+
 def test_monitor_log_becomes_hmp_lines_to_type():
     assert repro.hmp_lines(LOG) == ["stop", "cpu 0", "info registers", "mce 0 9 0xbd80000000000134 0x7 0x671e000 0x8c",
                                     "cont", "info migrate", "quit"]
@@ -35,6 +42,13 @@ def test_by_hand_argv_has_a_terminal_monitor_and_no_harness_sockets():
     assert argv[argv.index("-monitor") + 1] == "stdio" and argv.count("-mon") == 0
     assert "file,id=console,path=console-by-hand.log" in argv
     assert argv[argv.index("-kernel") + 1] == "/c/vmlinux"
+
+
+def test_by_hand_argv_drops_the_harness_console_and_hmp_sockets():
+    argv = repro.by_hand_argv(qemu_args.build_argv(config(hmp_fd=6, console_fd=7)))
+    text = " ".join(argv)
+    assert "fd=" not in text and "id=hmp" not in text and "mode=readline" not in text
+    assert "file,id=console,path=console-by-hand.log" in argv and argv.count("-monitor") == 1
 
 
 def test_by_hand_script_makes_its_own_disk_and_is_valid_shell(tmp_path):
