@@ -18,17 +18,23 @@ HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
 NAME   ?=
 KERNEL ?=
 ARGS   ?=
+# A kernel you built (a bzImage, a vmlinux or a build tree) and its INSTALL_MOD_PATH.
+KERNEL_PATH ?=
+MODULES     ?=
+KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
 
-.PHONY: test-full-image all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help
+.PHONY: test-full-image all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
+	@echo "  ... KERNEL_PATH=~/linux [MODULES=DIR]    on a kernel you built (bzImage, vmlinux or build tree)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench                               measure scenario wall time against a bare baseline"
-	@echo "make image [KERNEL=debian-12-full]       build (or reuse) a guest image (default debian-6.1)"
+	@echo "make image [KERNEL=debian-6.12|debian-12-full] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
+	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
 	@echo "ARGS='--backend libvirt [--connect URI]' runs scenario/suite on libvirt (nightly: ARGS='--backend libvirt')"
 
@@ -52,7 +58,7 @@ $(STAMP): pyproject.toml
 
 scenario: setup
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(cd scenarios && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
-	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(ARGS)
+	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
 
 # Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
 # the scenario x kernel table goes to results/verdict-table.md, and into the
@@ -93,7 +99,7 @@ nightly: setup
 # KERNEL names any image: the initramfs ones (images.yaml) or a full
 # distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
 image: setup
-	$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1)
+	$(if $(KERNEL_ARGS),$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1))
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
@@ -123,6 +129,21 @@ libvirtd: setup
 
 bench: libvirtd
 	$(PY) -m orchestrator.bench $(ARGS)
+
+# Debian's linux-source-6.1 with guest-images/kernel-small.config (all built in), built
+# once into guest-images/.cache/kernel-src/linux-source-6.1 and reused while the fragment
+# and the source package stay the same; then the base scenarios run on it with --kernel.
+KERNEL_BUILD_PACKAGES := flex bison bc libelf-dev libssl-dev
+SMALL_KERNEL := guest-images/.cache/kernel-src/linux-source-6.1
+kernel-from-source: setup
+	@missing=""; for p in $(KERNEL_BUILD_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	nice -n 19 sh guest-images/build-kernel.sh guest-images/kernel-small.config guest-images/.cache
+	$(ORCH) run --kernel $(SMALL_KERNEL) $(ARGS) srao-anon-late-kill srar-anon-access free-page
 
 clean:
 	rm -rf results .pytest_cache

@@ -111,17 +111,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scenario", default="srar-anon-access")
     parser.add_argument("--connect", default=None, metavar="URI", help="libvirt URI (default: qemu:///system)")
+    parser.add_argument("--kernel", type=Path, help="measure with this kernel (as run --kernel); the first, "
+                                                    "untimed-by-the-loop run builds its image and is reported")
+    parser.add_argument("--modules", type=Path, help="its INSTALL_MOD_PATH (as run --modules)")
     args = parser.parse_args(argv)
     libvirt_missing = _libvirt_unavailable(args.connect)
 
     scenario = load_scenario(REPO_ROOT / "scenarios" / f"{args.scenario}.yaml")
     cache_root = REPO_ROOT / "guest-images" / ".cache"
-    image = images.ensure_image(scenario.guest.image, repo_root=REPO_ROOT, cache_root=cache_root,
-                                progress=lambda m: print(m, file=sys.stderr))
-    probe = probe_build.build_probe(cache_root / "probe")
     results_root = REPO_ROOT / "results" / "bench"
     results_root.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(results_root)
+    kernel = {"kernel": args.kernel, "modules": args.modules}
+    first_run = None
+    if args.kernel is not None:
+        # The developer's loop: a kernel just built (its image not cached) to the verdict.
+        start = time.monotonic()
+        result = run_scenario(scenario, run_dir / "new-kernel", RunOptions(**kernel), _Quiet())
+        first_run = time.monotonic() - start
+        if result.outcome != Outcome.PASS:
+            raise SystemExit(f"new-kernel: {result.outcome.label}: {result.reasons}")
+    image = images.ensure_image(scenario.guest.image, repo_root=REPO_ROOT, cache_root=cache_root,
+                                progress=lambda m: print(m, file=sys.stderr), **kernel)
+    probe = probe_build.build_probe(cache_root / "probe")
 
     bare, orchestrated, restored, phases = [], [], [], []
     on_libvirt, on_libvirt_restored = [], []
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return time.monotonic() - start
 
     # The one-time save of the booted guest is not part of what is measured.
-    timed("snapshot-warm-up", RunOptions(snapshot=True))
+    timed("snapshot-warm-up", RunOptions(snapshot=True, **kernel))
     if not libvirt_missing:
         # The daemon warm (its capability cache, the saved guest) before anything is measured.
         timed("libvirt-warm-up", dataclasses.replace(libvirt, snapshot=True))
@@ -145,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         initrd = baseline_initrd(image, probe, Path(tmp) / "baseline-initrd.img")
         for i in range(args.runs):
             bare.append(bare_run(image, initrd, run_dir / f"bare-{i}"))
-            orchestrated.append(timed(f"orchestrated-{i}", RunOptions()))
-            restored.append(timed(f"snapshot-{i}", RunOptions(snapshot=True)))
+            orchestrated.append(timed(f"orchestrated-{i}", RunOptions(**kernel)))
+            restored.append(timed(f"snapshot-{i}", RunOptions(snapshot=True, **kernel)))
             if not libvirt_missing:
                 on_libvirt.append(timed(f"libvirt-{i}", libvirt))
                 on_libvirt_restored.append(timed(f"libvirt-snapshot-{i}", dataclasses.replace(libvirt, snapshot=True)))
@@ -173,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"libvirt backend {label} median: {statistics.median(libvirt_runs):.2f} s "
                   f"(runs: {', '.join(f'{x:.2f}' for x in libvirt_runs)}); libvirt/qemu median ratio "
                   f"{statistics.median(libvirt_runs) / statistics.median(qemu_runs):.2f}")
+    if first_run is not None:
+        print(f"new kernel to verdict (its image built first): {first_run:.2f} s; "
+              f"ratio to bare median {first_run / statistics.median(bare):.2f}")
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
     return 0
 

@@ -1,14 +1,18 @@
-"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR."""
+"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR (with --bisect: 0, 1, 125)."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from orchestrator import __version__, memory_map, qemu_args
+from orchestrator import __version__, mce, memory_map, qemu_args
+from orchestrator import keep as keeping
 from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
+from orchestrator.decode import decode
+from orchestrator.keep import KEEP_CHOICES
 from orchestrator.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
@@ -16,6 +20,19 @@ from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
+INTERRUPTED_EXIT = 130
+# `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
+# on as "stop bisecting": a harness ERROR (or a kernel that lacks what the scenario
+# needs) skips the commit; a user's mistake, which every commit would repeat, stops it.
+# The question a bisection asks is whether this kernel does what the scenario expects,
+# so a known-failure mark does not change the answer: KNOWN-FAIL is bad, XPASS good.
+BISECT_EXIT = {Outcome.PASS: 0, Outcome.XPASS: 0, Outcome.KNOWN_FAIL: 1, Outcome.FAIL: 1, Outcome.ERROR: 125,
+               Outcome.SKIP: 125}
+BISECT_INPUT_ERROR = 128
+
+
+def exit_code(outcome: Outcome, bisect: bool) -> int:
+    return BISECT_EXIT[outcome] if bisect else outcome.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
+    run.add_argument("--kernel", type=Path, metavar="PATH",
+                     help="test this kernel instead of the image's: a bzImage, a vmlinux, or a build tree "
+                          "(arch/x86/boot/bzImage, .config and its modules), inside the image's userspace")
+    run.add_argument("--modules", type=Path, metavar="DIR",
+                     help="modules for --kernel: an INSTALL_MOD_PATH install (holding lib/modules/RELEASE)")
     run.add_argument("--append", default="", metavar="CMDLINE", help="extra guest kernel command-line arguments")
     run.add_argument("--snapshot", action="store_true",
                      help="boot each guest configuration once, save it, and restore it for every scenario "
@@ -42,11 +64,45 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--guest-config", type=Path, metavar="FILE",
                      help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
-    run.add_argument("--keep-alive-on-failure", action="store_true",
-                     help="leave a failed guest running (SSH command printed) until Ctrl-C")
+    run.add_argument("--bisect", action="store_true",
+                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or skipped (skip this "
+                          "commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
+    run.add_argument("--keep", choices=KEEP_CHOICES,
+                     help="leave the guest running after its scenario (on failure, or always) until Ctrl-C; "
+                          "then poke it with `inject` and `ssh` from another shell")
+    run.add_argument("--keep-alive-on-failure", action="store_true", help="the same as --keep on-failure")
     validate = sub.add_parser("validate", help="check scenario files without running them")
     validate.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
     sub.add_parser("list", help="list the scenario catalog")
+
+    inject = sub.add_parser("inject", help="send a machine check into a guest kept with `run --keep`")
+    inject.add_argument("--guest", type=Path, metavar="DIR", help="its artifacts folder or kept.json "
+                                                                  "(default: the only kept guest running)")
+    target = inject.add_mutually_exclusive_group(required=True)
+    target.add_argument("--gpa", type=_number, metavar="ADDR", help="guest-physical address")
+    target.add_argument("--pid", type=int, help="guest process id (with --va): translated through /proc/PID/pagemap")
+    inject.add_argument("--va", type=_number, metavar="ADDR", help="virtual address in --pid")
+    inject.add_argument("--preset", choices=sorted(mce.PRESETS), help="srao, srar, ucna or ce (default srao)")
+    inject.add_argument("--bank", type=_number)
+    inject.add_argument("--status", type=_number, help="raw MCi_STATUS (with --bank, --mcg-status, --misc)")
+    inject.add_argument("--mcg-status", type=_number)
+    inject.add_argument("--misc", type=_number)
+    inject.add_argument("--cpu", type=int, default=0, help="vCPU (default 0)")
+    inject.add_argument("--broadcast", action="store_true", help="raise it on every vCPU (QEMU's mce -b)")
+    inject.add_argument("--no-gate", action="store_true",
+                        help="send an action-required error at once, not only while the vCPU is in user mode "
+                             "(an SRAR that lands in kernel code kills the guest)")
+    inject.add_argument("--timeout", type=float, default=30.0)
+    inject.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+
+    ssh = sub.add_parser("ssh", help="a shell (or COMMAND) in a guest kept with `run --keep`, host key pinned")
+    ssh.add_argument("--guest", type=Path, metavar="DIR")
+    ssh.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+    ssh.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    decode_ = sub.add_parser("decode", help="explain an MCi_STATUS [and MCG_STATUS] value bit by bit")
+    decode_.add_argument("status", type=_number)
+    decode_.add_argument("mcg_status", type=_number, nargs="?")
     return parser
 
 
@@ -91,6 +147,13 @@ def _check_backend(args, scenarios) -> None:
         open_connection(args.connect or DEFAULT_URI).close()
 
 
+def _number(text: str) -> int:
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (0x... for hex)") from None
+
+
 def _terminate(signum, frame):
     # SIGTERM takes the same path as Ctrl-C, so every guest is shut down.
     raise KeyboardInterrupt
@@ -104,8 +167,21 @@ def main(argv: list[str] | None = None) -> int:
             for name in catalog(SCENARIOS_DIR):
                 print(name)
             return 0
+        if args.command == "decode":
+            print("\n".join(decode(args.status, args.mcg_status)))
+            return 0
+        if args.command == "ssh":
+            guest = keeping.find(args.results, args.guest)
+            os.execvp("ssh", keeping.ssh_argv(guest, args.remote))
+        if args.command == "inject":
+            return inject_command(args)
         if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
             raise InputError(f"--repeat {args.repeat}: must be 1 to {MAX_REPEAT}")
+        if getattr(args, "modules", None) is not None and args.kernel is None:
+            raise InputError("--modules DIR: only with --kernel PATH")
+        for option, path in (("--kernel", getattr(args, "kernel", None)), ("--modules", getattr(args, "modules", None))):
+            if path is not None and not path.exists():
+                raise InputError(f"{option} {path}: no such file or folder")
         scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
             for s in scenarios:
@@ -116,18 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return BISECT_INPUT_ERROR if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
     except OSError as exc:
         # The results folder cannot be written (disk full, read-only, ...).
         print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
     except MemoryError:
         # The host's trouble, not the guest kernel's: an ERROR, never a FAIL or a traceback.
         print("mce-orchestrator: error: the host ran out of memory", file=sys.stderr)
-        return Outcome.ERROR.exit_code
+        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
     except KeyboardInterrupt:
         print("mce-orchestrator: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED_EXIT
 
 
 def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleReporter, label: str) -> ScenarioResult:
@@ -142,13 +218,34 @@ def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleRepo
                               error=HarnessError("run", f"internal error {exc!r}"[:300]))
 
 
+def inject_command(args) -> int:
+    if (args.pid is None) != (args.va is None):
+        raise InputError("--pid and --va go together")
+    raw = [args.bank, args.status, args.mcg_status, args.misc]
+    if any(v is not None for v in raw):
+        if args.preset or None in raw:
+            raise InputError("raw fields need all of --bank --status --mcg-status --misc, and no --preset")
+        fields = mce.MceFields(bank=args.bank, status=args.status, mcg_status=args.mcg_status, misc=args.misc)
+    else:
+        fields = mce.PRESETS[args.preset or "srao"]
+    guest = keeping.find(args.results, args.guest)
+    try:
+        injection, how = keeping.inject_into(guest, fields, cpu=args.cpu, broadcast=args.broadcast, gpa=args.gpa,
+                                             pid=args.pid, va=args.va, gate=not args.no_gate, timeout=args.timeout)
+    except HarnessError as exc:
+        print(f"mce-orchestrator: inject: {exc.message}", file=sys.stderr)
+        return Outcome.ERROR.exit_code
+    print(f"{how}; sent: {injection.command}" + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else ""))
+    return 0
+
+
 def run(scenarios, args) -> int:
     reporter = ConsoleReporter()
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
-    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, image=args.image,
-                         extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
-                         connect=args.connect, attach=args.attach)
+    options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, keep=args.keep,
+                         image=args.image, extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
+                         connect=args.connect, attach=args.attach, kernel=args.kernel, modules=args.modules)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []
@@ -172,5 +269,5 @@ def run(scenarios, args) -> int:
     reporter.run_finished(results, run_dir)
     if interrupted:
         print("mce-orchestrator: interrupted", file=sys.stderr)
-        return 130
-    return worst(r.outcome for r in results).exit_code
+        return INTERRUPTED_EXIT
+    return exit_code(worst(r.outcome for r in results), args.bisect)

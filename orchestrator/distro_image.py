@@ -37,6 +37,8 @@ from pathlib import Path
 import yaml
 
 from orchestrator import image as images
+from orchestrator.image.apt import kernel_candidates, parse_apt_policy
+from orchestrator.image.bzimage import extract_vmlinux
 
 DEFINITIONS_FILE = "distro-images.yaml"
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -105,7 +107,7 @@ manual_add_modules %s
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # after GuestImage's defaulted fields
 class DiskGuestImage(images.GuestImage):
     """A guest that boots from a disk: `disk` is the (read-only) base of the
     copy-on-write overlay each run boots; `kernel`/`initrd` are the image's own."""
@@ -260,9 +262,9 @@ def _host_sources() -> tuple[Path, str]:
 def _resolve(name: str, definition: Mapping) -> tuple[str, dict[str, str]]:
     """(kernel package, {package: candidate version}) from apt's lists."""
     names = _run(["apt-cache", "pkgnames", "linux-image-"], step="apt-cache pkgnames").split()
-    kernels = images.kernel_candidates(definition["kernel"], names)
+    kernels = kernel_candidates(definition["kernel"], names)
     wanted = [*kernels[:1], *definition["packages"]]
-    versions = images.parse_apt_policy(_run(["apt-cache", "policy", *wanted], step="apt-cache policy"))
+    versions = parse_apt_policy(_run(["apt-cache", "policy", *wanted], step="apt-cache policy"))
     if not kernels or not versions.get(kernels[0]):
         raise images.ImageError(f"image {name}: no package matches {definition['kernel']} in apt's lists "
                                 "(run apt-get update as root)")
@@ -338,7 +340,7 @@ def _build(name: str, definition: Mapping, kernel_package: str, versions: Mappin
     kernel_file = "vmlinux"
     try:
         # PVH boot of the uncompressed kernel: ~2 s faster under TCG (see image.py).
-        (out / "vmlinux").write_bytes(images.extract_vmlinux(vmlinuz.read_bytes()))
+        (out / "vmlinux").write_bytes(extract_vmlinux(vmlinuz.read_bytes()))
     except images.ImageError as e:
         progress(f"{e}; booting the bzImage instead")
         kernel_file = "vmlinuz"
@@ -451,13 +453,19 @@ def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
 
 
 def ensure_guest_image(name: str, *, repo_root: Path, cache_root: Path | None = None,
-                       progress: Callable[[str], None] = lambda msg: None) -> images.GuestImage:
-    """Any image by name: a distribution image from distro-images.yaml, else image.py's."""
+                       progress: Callable[[str], None] = lambda msg: None,
+                       kernel: Path | None = None, modules: Path | None = None) -> images.GuestImage:
+    """Any image by name: a distribution image from distro-images.yaml, else the
+    initramfs images of orchestrator.image (where --kernel/--modules apply)."""
     images_dir = Path(repo_root).resolve() / "guest-images"
     cache = Path(cache_root).resolve() if cache_root is not None else images_dir / ".cache"
     definitions = load_distro_definitions(images_dir / DEFINITIONS_FILE)
     if name not in definitions:
-        return images.ensure_image(name, repo_root=repo_root, cache_root=cache, progress=progress)
+        return images.ensure_image(name, repo_root=repo_root, cache_root=cache, progress=progress,
+                                   kernel=kernel, modules=modules)
+    if kernel is not None:
+        raise images.ImageError(f"image {name}: --kernel applies to the initramfs images, not to a disk image "
+                                f"(its kernel is the one installed in it)")
     try:
         return ensure_distro_image(name, definitions[name], cache_root=cache, progress=progress)
     except images.ImageError as e:

@@ -38,10 +38,13 @@ def parse_registers(text: str) -> tuple[int, int]:
 
 def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: int, broadcast: bool,
            limits: mce.MceLimits, deadline: Deadline, user_loop: tuple[int, int] | None,
-           kernel_mode: bool = False, down=lambda: None, outside_ram: bool = False) -> Injection:
+           kernel_mode: bool = False, down=lambda: None, outside_ram: bool = False,
+           user_ranges: tuple[tuple[int, int], ...] | None = None) -> Injection:
     """`down` says why the guest can no longer take the machine check (a panic, a reset,
     QEMU gone), or None: a gate that sees it stops at once and says so. outside_ram:
-    the address is meant to lie outside guest RAM (mce.validate)."""
+    the address is meant to lie outside guest RAM (mce.validate). user_loop: inject only
+    while the vCPU runs the probe's loop in user mode. user_ranges (for a live guest's
+    process): only in user mode, inside one of these ranges if any."""
     try:
         mce.validate(fields, cpu=cpu, address=address, limits=limits, outside_ram=outside_ram)
     except mce.MceError as exc:
@@ -51,6 +54,11 @@ def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: i
         if kernel_mode:
             return _inject_when(monitor, command, address, cpu, deadline, "in kernel code",
                                 lambda cpl, rip: cpl == 0, down)
+        if user_ranges is not None:
+            return _inject_when(monitor, command, address, cpu, deadline,
+                                "in user mode" + (" in the target's code" if user_ranges else ""),
+                                lambda cpl, rip: cpl == 3 and (not user_ranges
+                                                               or any(a <= rip < b for a, b in user_ranges)), down)
         if user_loop is None:
             monitor.hmp(command)
             return Injection(command, address, attempts=1)

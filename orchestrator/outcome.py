@@ -16,6 +16,9 @@ class Outcome(enum.IntEnum):
     # Ordered by severity, so max() combines several outcomes. The exit code is
     # a separate mapping (a known failure exits 0 like a pass), monotonic in
     # that order, so the worst outcome's exit code is also the highest one.
+    # SKIP (the kernel lacks an option the scenario needs: nothing was run) is
+    # below PASS and never sets the exit code.
+    SKIP = -1
     PASS = 0
     KNOWN_FAIL = 1   # failed as a known_failures mark says this kernel does
     XPASS = 2        # marked as known to fail on this kernel, but passed: the mark is stale
@@ -28,11 +31,12 @@ class Outcome(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        """As reports show it: PASS, KNOWN-FAIL, XPASS, FAIL, ERROR."""
+        """As reports show it: SKIP, PASS, KNOWN-FAIL, XPASS, FAIL, ERROR."""
         return self.name.replace("_", "-")
 
 
-_EXIT_CODES = {Outcome.PASS: 0, Outcome.KNOWN_FAIL: 0, Outcome.XPASS: 1, Outcome.FAIL: 1, Outcome.ERROR: 2}
+_EXIT_CODES = {Outcome.SKIP: 0, Outcome.PASS: 0, Outcome.KNOWN_FAIL: 0, Outcome.XPASS: 1, Outcome.FAIL: 1,
+               Outcome.ERROR: 2}
 
 
 def worst(outcomes) -> Outcome:

@@ -35,6 +35,9 @@ class QemuConfig:
     hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
     console_fd: int | None = None # the console to a socket the harness reads (capped), not straight to a file
     paused: bool = False          # start with the vCPUs stopped (-S), until QMP cont
+    # --keep: a second QMP monitor on a unix socket (in a private 0700 folder), so that
+    # `mce-orchestrator inject` in another process can reach the kept guest.
+    kept_qmp_socket: Path | None = None
 
 
 def option_value(value: object) -> str:
@@ -89,6 +92,9 @@ def build_argv(c: QemuConfig) -> list[str]:
     if c.incoming is not None:
         # QEMU hands exec: URIs to /bin/sh: quoted, any path works.
         argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
+    if c.kept_qmp_socket is not None:
+        argv += ["-chardev", f"socket,id=qmp-kept,path={option_value(c.kept_qmp_socket)},server=on,wait=off",
+                 "-mon", "chardev=qmp-kept,mode=control"]
     if c.firmware is not None:
         argv += ["-bios", str(c.firmware)]
     if c.paused:

@@ -58,6 +58,7 @@ class ScenarioResult:
     kernel_release: str | None = None
     known_failure: KnownFailure | None = None   # marked for this kernel
     known_note: str | None = None               # what the mark made of the verdict
+    skip_reasons: list[str] = field(default_factory=list)  # SKIP: the options the kernel lacks
 
     @property
     def duration(self) -> float:
@@ -65,7 +66,7 @@ class ScenarioResult:
 
     @property
     def reasons(self) -> list[str]:
-        reasons = [str(self.error)] if self.error else []
+        reasons = list(self.skip_reasons) + ([str(self.error)] if self.error else [])
         if self.verdict:
             reasons += self.verdict.reasons
         if self.known_note:
@@ -80,6 +81,7 @@ class ScenarioResult:
             "duration_s": round(self.duration, 3),
             "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
             "error": {"phase": self.error.phase, "message": self.error.message} if self.error else None,
+            "skip_reasons": self.skip_reasons,
             "checks": [{"name": c.name, "outcome": c.outcome.name, "detail": c.detail}
                        for c in (self.verdict.checks if self.verdict else ())],
             "injection": self.injection,
@@ -95,7 +97,7 @@ class ScenarioResult:
         }
 
 
-_MARK = {Outcome.PASS: "ok  ", Outcome.FAIL: "FAIL", Outcome.ERROR: "ERR "}
+_MARK = {Outcome.PASS: "ok  ", Outcome.FAIL: "FAIL", Outcome.ERROR: "ERR ", Outcome.SKIP: "skip"}
 
 
 class ConsoleReporter:
@@ -132,6 +134,8 @@ class ConsoleReporter:
         if result.verdict:
             for check in result.verdict.checks:
                 self._print(f"     [{_MARK[check.outcome]}] {check.name}: {check.detail}")
+        for line in result.skip_reasons:
+            self._print(f"     [{_MARK[Outcome.SKIP]}] {line}")
         if result.error:
             self._print(f"     [{_MARK[Outcome.ERROR]}] {result.error}")
         for cause in result.evidence.causes if result.evidence else ():
@@ -146,7 +150,8 @@ class ConsoleReporter:
             self._print(f"{r.outcome.label:<{width}} {r.name:<32} {r.duration:6.1f} s"
                         + (f"  {r.reasons[0]}" if r.reasons else ""))
         marked = "".join(f", {counts[o]} {what}" for o, what in ((Outcome.KNOWN_FAIL, "known failures"),
-                                                                 (Outcome.XPASS, "unexpected passes")) if counts[o])
+                                                                 (Outcome.XPASS, "unexpected passes"),
+                                                                 (Outcome.SKIP, "skipped")) if counts[o])
         self._print(f"{len(results)} scenarios: {counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
                     f"{counts[Outcome.ERROR]} errors{marked}; report: {run_dir}")
 
@@ -172,7 +177,7 @@ def write_junit(results: list[ScenarioResult], path: Path) -> None:
     suite = ET.Element("testsuite", name="mce-orchestrator", tests=str(len(results)),
                        failures=str(sum(r.outcome in (Outcome.FAIL, Outcome.XPASS) for r in results)),
                        errors=str(sum(r.outcome == Outcome.ERROR for r in results)),
-                       skipped=str(sum(r.outcome == Outcome.KNOWN_FAIL for r in results)),
+                       skipped=str(sum(r.outcome in (Outcome.KNOWN_FAIL, Outcome.SKIP) for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
         case = ET.SubElement(suite, "testcase", classname="scenarios", name=r.name, file=r.path,
@@ -185,6 +190,8 @@ def write_junit(results: list[ScenarioResult], path: Path) -> None:
             ET.SubElement(case, "skipped", type="pytest.xfail", message=r.known_note or "").text = "\n".join(r.reasons)
         elif r.outcome == Outcome.ERROR:
             ET.SubElement(case, "error", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
+        elif r.outcome == Outcome.SKIP:
+            ET.SubElement(case, "skipped", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
         lines = [f"{phase}: {seconds:.2f} s" for phase, seconds in r.phases.items()]
         if r.verdict:
             lines += [f"[{c.outcome.name}] {c.name}: {c.detail}" for c in r.verdict.checks]

@@ -21,7 +21,10 @@ from typing import Callable
 
 from orchestrator import image as images
 from orchestrator import mce
+from orchestrator import kconfig
+from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
+from orchestrator import repro
 from orchestrator.backends import DEFAULT_BACKEND, new_guest
 from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.qemu import tail
@@ -56,6 +59,14 @@ SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
+class KernelLacks(Exception):
+    """The kernel lacks options the scenario needs: it is skipped, not booted."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("; ".join(lines))
+        self.lines = lines
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C/SIGTERM during a scenario, with what that scenario got to."""
 
@@ -84,7 +95,8 @@ PhaseHook = Callable[[str, RunContext], None]
 class RunOptions:
     cache_root: Path | None = None       # images and the probe; default guest-images/.cache
     accel: str | None = None             # None: KVM where it really works, else TCG
-    keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C
+    keep_alive_on_failure: bool = False  # leave a failed guest running until Ctrl-C (= keep "on-failure")
+    keep: str | None = None              # "on-failure" | "always": leave the guest running until Ctrl-C
     image: str | None = None             # override every scenario's guest.image
     extra_cmdline: str = ""              # appended to the guest kernel's command line
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
@@ -92,6 +104,8 @@ class RunOptions:
     snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
     connect: str | None = None           # libvirt URI for the libvirt backend (default qemu:///system)
     attach: tuple | None = None          # (domain, AttachConfig): run in a domain the user already has
+    kernel: Path | None = None           # --kernel: a bzImage, vmlinux or build tree instead of the image's
+    modules: Path | None = None          # --modules: that kernel's INSTALL_MOD_PATH
     hook: PhaseHook | None = None
 
 
@@ -142,6 +156,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     result = ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                             artifacts=artifacts, description=scenario.description, evidence=ev)
     injection: Injection | None = None
+    launched_argv: list[str] = []
     stack = contextlib.ExitStack()
     try:
         if free < MIN_FREE_ARTIFACT_BYTES:
@@ -151,7 +166,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         with phases("image"):
             cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
             guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
-                                             cache_root=cache_root, progress=reporter.note)
+                                             cache_root=cache_root, progress=reporter.note,
+                                             kernel=options.kernel, modules=options.modules)
             probe_binary = probe_build.build_probe(cache_root / "probe")
             phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
@@ -161,9 +177,18 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
+            if guest_image.config is not None:
+                lacking = kconfig.missing(scenario, kconfig.parse(guest_image.config.read_text()), guest_image.modules)
+                if lacking:
+                    raise KernelLacks(lacking)
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
-        with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest, artifacts=artifacts,
-                       accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk) as guest:
+        keep = options.keep or ("on-failure" if options.keep_alive_on_failure else None)
+        kept_folder = keeping.private_socket_folder() if keep else None
+        if kept_folder is not None:
+            stack.callback(keeping.remove_socket_folder, kept_folder)
+        with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest,
+                       artifacts=artifacts, accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk,
+                       **({"kept_qmp_socket": kept_folder / "qmp.sock"} if kept_folder else {})) as guest:
             phases.context.guest = guest
             try:
                 injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
@@ -171,6 +196,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                           if options.snapshot else None)
             finally:
                 result.qemu_pid = guest.launched_pid
+                launched_argv = getattr(guest, "argv", [])  # the QEMU backend's command line
                 ev.console_tail = tail(guest.console_log, 40)
                 console = getattr(guest, "console", None)
                 if console is not None and console.flood:
@@ -186,8 +212,10 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                             ev.unavailable["QEMU events"] = guest.monitor.storm
                     ev.events = guest.monitor.events()
                 result.phases = phases.seconds
-                if options.keep_alive_on_failure:
-                    _keep_alive_if_failed(scenario, guest, ev, guest_image, reporter)
+                if keep:
+                    _keep_running(keep, scenario, guest, ev, guest_image, reporter)
+    except KernelLacks as exc:
+        result.outcome, result.skip_reasons = Outcome.SKIP, exc.lines
     except HarnessError as exc:
         result.error = exc
     except images.ImageError as exc:
@@ -214,10 +242,11 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.injection = asdict(injection) if injection else None
         try:
             _write_evidence(artifacts, ev)
+            _write_repro(artifacts, scenario, options, launched_argv, result.kernel_release)
         except OSError as exc:
             result.error = result.error or HarnessError("artifacts", f"cannot write evidence: {exc.strerror}: {exc.filename}")
 
-    if result.error is None or injection is not None:
+    if result.outcome != Outcome.SKIP and (result.error is None or injection is not None):
         with phases("verdict"):
             result.verdict = _judge_safely(scenario, ev, artifacts)
         result.outcome = result.verdict.outcome
@@ -540,20 +569,52 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log", "ras_log")}, indent=2) + "\n")
 
 
-def _keep_alive_if_failed(scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
+def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv: list[str],
+                 kernel_release: str | None) -> None:
+    """repro.sh (the same run through the orchestrator, from any checkout) and qemu-by-hand.sh
+    with monitor-commands.hmp (the same QEMU and monitor commands without it)."""
+    # Under its own name: a scenario's name is its file's.
+    shutil.copyfile(scenario.path, artifacts / scenario.path.name)
+    run_args = repro.run_argv(scenario_file=scenario.path.name, image=options.image or scenario.guest.image,
+                              kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
+                              accel=options.accel, snapshot=options.snapshot)
+    script = artifacts / "repro.sh"
+    script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
+                                         commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release))
+    script.chmod(0o755)
+    if argv:
+        by_hand = artifacts / "qemu-by-hand.sh"
+        by_hand.write_text(repro.by_hand_script(repro.by_hand_argv(argv), scenario.name, scenario.guest.disk_mib))
+        by_hand.chmod(0o755)
+    commands = artifacts / "monitor-commands.log"
+    if commands.is_file():
+        (artifacts / "monitor-commands.hmp").write_text("\n".join(repro.hmp_lines(commands.read_text())) + "\n")
+
+
+def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
+    """--keep: leave the guest running (after a failure, or always) until Ctrl-C or SIGTERM."""
     verdict = judge(scenario, ev) if ev.ready else None
-    if verdict is not None and verdict.outcome == Outcome.PASS:
+    if keep == "on-failure" and verdict is not None and verdict.outcome == Outcome.PASS:
         return
     if not guest.is_running():
         return
     known_hosts = guest.artifacts / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{guest.ssh_port} {guest_image.host_key_line}\n")
-    reporter.note(f"guest kept alive (QEMU pid {guest.pid}); log in with:")
-    reporter.note(f"  ssh -i {guest_image.client_key} -p {guest.ssh_port} -o UserKnownHostsFile={known_hosts} "
-                  f"root@127.0.0.1")
-    reporter.note("press Ctrl-C to shut it down")
+    state = keeping.KeptGuest(
+        scenario=scenario.name, artifacts=str(guest.artifacts.resolve()), qemu_pid=guest.pid,
+        qmp_socket=str(guest.kept_qmp_socket), ssh_port=guest.ssh_port, client_key=str(guest_image.client_key),
+        host_key_line=guest_image.host_key_line, known_hosts=str(known_hosts.resolve()), vcpus=guest.spec.vcpus,
+        memory_mib=guest.spec.memory_mib, machine=guest.spec.machine, kernel_release=guest_image.kernel_release,
+        ram_ranges=tuple(guest.limits.ram_ranges))
+    path = state.save()
+    if verdict is not None:
+        reporter.note(f"verdict so far: {verdict.outcome.name}")
+    for line in keeping.keep_summary(state):
+        reporter.note(line)
     try:
         while guest.is_running():
-            time.sleep(1)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
+    finally:
+        path.unlink(missing_ok=True)

@@ -59,8 +59,16 @@ _PROCEDURE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 def guest_key(guest: Guest, probe_binary: Path) -> str:
-    return snapshot_key(guest.state_identity(), image_build=f"{guest.image.directory.name} {guest.image.kernel_release}",
+    return snapshot_key(guest.state_identity(), image_build=image_build(guest.image),
                         probe_build=probe_binary.name, procedure=_PROCEDURE)
+
+
+def image_build(image) -> str:
+    """One build of an image. Its host key too: a rebuild with the same inputs (the local
+    image after a prune, or a cache folder removed by hand) keeps the digest, and so the
+    folder name, but gets new keys, and a guest saved from the old build would present a
+    host key the new image does not pin."""
+    return f"{image.directory.name} {image.kernel_release} {image.host_key_line}"
 
 
 @dataclass(frozen=True)

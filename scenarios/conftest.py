@@ -129,6 +129,8 @@ class ScenarioItem(pytest.Item):
                                               raises=KnownKernelFailure, strict=True))
         if result.outcome == Outcome.KNOWN_FAIL:
             raise KnownKernelFailure("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
+        if result.outcome == Outcome.SKIP:
+            pytest.skip("; ".join(result.skip_reasons))
         if result.outcome == Outcome.FAIL:
             raise KernelMisbehaved("\n".join(result.reasons) + f"\nartifacts: {result.artifacts}")
         if result.outcome == Outcome.ERROR:

@@ -84,7 +84,7 @@ def tail(path: Path, lines: int = 20) -> str:
 class QemuGuest(Guest):
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
                  qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
-                 incoming: Path | None = None):
+                 incoming: Path | None = None, kept_qmp_socket: Path | None = None):
         self.image = image
         self.spec = spec
         self.artifacts = artifacts
@@ -93,6 +93,7 @@ class QemuGuest(Guest):
         self.extra_cmdline = extra_cmdline
         self.disk = disk
         self.incoming = incoming  # a saved guest to restore instead of a cold boot
+        self.kept_qmp_socket = kept_qmp_socket  # --keep: a QMP socket other processes can reach
         self.console_log = artifacts / "console.log"
         self.console: ConsoleRecorder | None = None
         self.console_flood: str | None = None  # once shut down: what a flooded console cost
@@ -179,7 +180,7 @@ class QemuGuest(Guest):
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
             # A restored guest's console.log already holds the saving boot's console.
-            console_append=self.incoming is not None,
+            console_append=self.incoming is not None, kept_qmp_socket=self.kept_qmp_socket,
             # A disk image boots from its overlay (made at launch) with its own root= arguments.
             root_disk=self._root_overlay.path if self._root_overlay is not None else None,
             root_cmdline=self.image.kernel_cmdline if isinstance(self.image, DiskGuestImage) else "",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import image
-from orchestrator.image import ImageError
+from orchestrator.image import ImageError, apt, bzimage, cpio, elf, modules
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ linux-image-amd64
 
 
 def test_newest_stock_61_kernel_is_chosen_never_cloud_or_rt():
-    found = image.kernel_candidates("linux-image-6.1.0-*-amd64", APT_NAMES)
+    found = apt.kernel_candidates("linux-image-6.1.0-*-amd64", APT_NAMES)
     assert found == [
         "linux-image-6.1.0-56-amd64",
         "linux-image-6.1.0-47-amd64",
@@ -47,14 +47,14 @@ def test_newest_stock_61_kernel_is_chosen_never_cloud_or_rt():
 
 
 def test_612_glob_orders_versions_numerically():
-    found = image.kernel_candidates("linux-image-6.12.*+deb12-amd64", APT_NAMES)
+    found = apt.kernel_candidates("linux-image-6.12.*+deb12-amd64", APT_NAMES)
     assert found[0] == "linux-image-6.12.117+deb12-amd64"
     assert found[-1] == "linux-image-6.12.9+deb12-amd64"
     assert not any("cloud" in n or "-rt-" in n for n in found)
 
 
 def test_no_match_is_empty():
-    assert image.kernel_candidates("linux-image-5.10.*-amd64", APT_NAMES) == []
+    assert apt.kernel_candidates("linux-image-5.10.*-amd64", APT_NAMES) == []
 
 
 def test_parse_apt_policy():
@@ -64,7 +64,7 @@ def test_parse_apt_policy():
         "busybox-static:\n  Installed: (none)\n  Candidate: 1:1.35.0-4+deb12u1+b1\n"
         "ghost:\n  Installed: (none)\n  Candidate: (none)\n"
     )
-    assert image.parse_apt_policy(text) == {
+    assert apt.parse_apt_policy(text) == {
         "linux-image-6.1.0-56-amd64": "6.1.192-2",
         "busybox-static": "1:1.35.0-4+deb12u1+b1",
         "ghost": None,
@@ -91,30 +91,30 @@ class FakeApt:
         return True
 
 
-BASE_VERSIONS = {p: "1.0" for p in image.BASE_PACKAGES}
+BASE_VERSIONS = {p: "1.0" for p in apt.BASE_PACKAGES}
 
 
 def test_resolve_skips_names_without_a_candidate_version():
-    apt = FakeApt(APT_NAMES, {**BASE_VERSIONS, "linux-image-6.1.0-47-amd64": "6.1.170-3"})
-    kernel, packages = image._resolve_packages("debian-6.1", {"kernel": "linux-image-6.1.0-*-amd64"}, apt)
+    fake = FakeApt(APT_NAMES, {**BASE_VERSIONS, "linux-image-6.1.0-47-amd64": "6.1.170-3"})
+    kernel, packages = apt.resolve_packages("debian-6.1", {"kernel": "linux-image-6.1.0-*-amd64"}, fake)
     assert kernel == "linux-image-6.1.0-47-amd64"
-    assert packages[kernel] == "6.1.170-3" and set(image.BASE_PACKAGES) <= set(packages)
-    assert apt.updates == 0
+    assert packages[kernel] == "6.1.170-3" and set(apt.BASE_PACKAGES) <= set(packages)
+    assert fake.updates == 0
 
 
 def test_resolve_updates_apt_once_then_says_what_is_missing():
-    apt = FakeApt(APT_NAMES, dict(BASE_VERSIONS))
+    fake = FakeApt(APT_NAMES, dict(BASE_VERSIONS))
     with pytest.raises(ImageError) as err:
-        image._resolve_packages("debian-6.12", {"kernel": "linux-image-6.12.*+deb13-amd64"}, apt)
-    assert apt.updates == 1
+        apt.resolve_packages("debian-6.12", {"kernel": "linux-image-6.12.*+deb13-amd64"}, fake)
+    assert fake.updates == 1
     assert "image debian-6.12: no package matches linux-image-6.12.*+deb13-amd64" in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_resolve_succeeds_after_the_update():
-    apt = FakeApt(APT_NAMES, dict(BASE_VERSIONS), updates_help=True)
-    kernel, _ = image._resolve_packages("debian-6.1", {"kernel": "linux-image-6.1.0-*-amd64"}, apt)
-    assert kernel == "linux-image-6.1.0-56-amd64" and apt.updates == 1
+    fake = FakeApt(APT_NAMES, dict(BASE_VERSIONS), updates_help=True)
+    kernel, _ = apt.resolve_packages("debian-6.1", {"kernel": "linux-image-6.1.0-*-amd64"}, fake)
+    assert kernel == "linux-image-6.1.0-56-amd64" and fake.updates == 1
 
 
 # --------------------------------------------------------------------------- modules
@@ -136,15 +136,15 @@ kernel/mm/hwpoison-inject.ko.xz:
 
 
 def test_parse_modules_dep_normalises_names():
-    deps = image.parse_modules_dep(FAKE_MODULES_DEP)
+    deps = modules.parse_modules_dep(FAKE_MODULES_DEP)
     assert deps["ext4"] == ["crc16", "mbcache", "jbd2"]
     assert deps["hwpoison_inject"] == []
-    assert image.module_name("kernel/drivers/misc/pvpanic/pvpanic-pci.ko.zst") == "pvpanic_pci"
+    assert modules.module_name("kernel/drivers/misc/pvpanic/pvpanic-pci.ko.zst") == "pvpanic_pci"
 
 
 def test_closure_puts_dependencies_first_and_reports_missing():
-    deps = image.parse_modules_dep(FAKE_MODULES_DEP)
-    order, missing = image.module_closure(
+    deps = modules.parse_modules_dep(FAKE_MODULES_DEP)
+    order, missing = modules.module_closure(
         ["virtio_pci", "virtio-net", "ext4", "pvpanic_pci", "hwpoison-inject"], deps.get
     )
     assert missing == ["pvpanic_pci"]
@@ -159,20 +159,20 @@ def test_closure_puts_dependencies_first_and_reports_missing():
 def test_closure_of_a_dependency_the_kernel_lacks_is_an_error():
     deps = {"ext4": ["jbd2"]}
     with pytest.raises(ImageError, match="ext4 needs jbd2"):
-        image.module_closure(["ext4"], deps.get)
+        modules.module_closure(["ext4"], deps.get)
 
 
 def test_closure_detects_cycles():
     deps = {"a": ["b"], "b": ["a"]}
     with pytest.raises(ImageError, match="cycle"):
-        image.module_closure(["a"], deps.get)
+        modules.module_closure(["a"], deps.get)
 
 
 def test_written_modules_dep_lists_first_loaded_last():
-    deps = image.parse_modules_dep(FAKE_MODULES_DEP)
+    deps = modules.parse_modules_dep(FAKE_MODULES_DEP)
     # depmod's convention (busybox modprobe loads the list from the end): all indirect
     # dependencies, the one to load first last.
-    assert image._transitive_deps("virtio_net", deps) == ["virtio", "virtio_ring", "net_failover", "failover"]
+    assert modules.transitive_deps("virtio_net", deps) == ["virtio", "virtio_ring", "net_failover", "failover"]
 
 
 # --------------------------------------------------------------------------- digest and definitions
@@ -262,12 +262,12 @@ def read_newc(data: bytes) -> dict[str, tuple[int, bytes, int, int]]:
 
 
 def test_cpio_has_parents_first_modes_and_device_nodes():
-    cpio = image.Cpio()
-    cpio.file("root/.ssh/authorized_keys", b"ssh-ed25519 AAAA\n", 0o600)
-    cpio.directory("root/.ssh", 0o700)
-    cpio.chardev("dev/console", 5, 1)
-    cpio.symlink("bin/sh", "/bin/busybox")
-    data = cpio.serialize()
+    archive = cpio.Cpio()
+    archive.file("root/.ssh/authorized_keys", b"ssh-ed25519 AAAA\n", 0o600)
+    archive.directory("root/.ssh", 0o700)
+    archive.chardev("dev/console", 5, 1)
+    archive.symlink("bin/sh", "/bin/busybox")
+    data = archive.serialize()
     assert len(data) % 4 == 0
     entries = read_newc(data)
     names = list(entries)
@@ -280,10 +280,10 @@ def test_cpio_has_parents_first_modes_and_device_nodes():
 
 @pytest.mark.skipif(shutil.which("cpio") is None, reason="no cpio tool")
 def test_cpio_reads_back_with_gnu_cpio():
-    cpio = image.Cpio()
-    cpio.file("init", b"#!/bin/sh\n", 0o755)
-    cpio.symlink("bin/sh", "/bin/busybox")
-    listing = subprocess.run(["cpio", "-it"], input=cpio.serialize(), capture_output=True, check=True)
+    archive = cpio.Cpio()
+    archive.file("init", b"#!/bin/sh\n", 0o755)
+    archive.symlink("bin/sh", "/bin/busybox")
+    listing = subprocess.run(["cpio", "-it"], input=archive.serialize(), capture_output=True, check=True)
     assert listing.stdout.decode().split() == ["bin", "bin/sh", "init"]
 
 
@@ -291,7 +291,7 @@ def test_needed_libraries_match_readelf():
     binary = Path("/bin/true")
     if not binary.exists() or shutil.which("readelf") is None:
         pytest.skip("needs /bin/true and readelf")
-    interp, needed = image.elf_interp_and_needed(binary.read_bytes())
+    interp, needed = elf.interp_and_needed(binary.read_bytes())
     out = subprocess.run(["readelf", "-d", str(binary)], capture_output=True, text=True, check=True).stdout
     expected = [line.split("[")[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
     assert needed == expected
@@ -323,13 +323,13 @@ def test_extract_vmlinux_from_an_xz_bzimage():
     trailing_relocs = b"\xaa" * 40  # the real payload appends relocations after the ELF
     raw = elf + trailing_relocs
     payload = lzma.compress(raw, check=lzma.CHECK_CRC32) + struct.pack("<I", len(raw))
-    assert image.extract_vmlinux(fake_bzimage(payload)) == elf
+    assert bzimage.extract_vmlinux(fake_bzimage(payload)) == elf
 
 
 def test_extract_vmlinux_refuses_a_kernel_without_pvh():
     elf = fake_vmlinux(pvh=False)
     payload = lzma.compress(elf) + struct.pack("<I", len(elf))
     with pytest.raises(ImageError, match="no PVH entry"):
-        image.extract_vmlinux(fake_bzimage(payload))
+        bzimage.extract_vmlinux(fake_bzimage(payload))
     with pytest.raises(ImageError, match="not a bzImage"):
-        image.extract_vmlinux(bytes(4096))
+        bzimage.extract_vmlinux(bytes(4096))

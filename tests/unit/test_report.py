@@ -49,8 +49,8 @@ def test_worst_outcome_wins():
     assert worst([Outcome.PASS, Outcome.FAIL]) == Outcome.FAIL
     assert worst([Outcome.FAIL, Outcome.ERROR, Outcome.PASS]) == Outcome.ERROR
     assert worst([]) == Outcome.PASS
-    assert [(o.label, o.exit_code) for o in Outcome] == [("PASS", 0), ("KNOWN-FAIL", 0), ("XPASS", 1), ("FAIL", 1),
-                                                          ("ERROR", 2)]
+    assert [(o.label, o.exit_code) for o in Outcome] == [("SKIP", 0), ("PASS", 0), ("KNOWN-FAIL", 0), ("XPASS", 1),
+                                                          ("FAIL", 1), ("ERROR", 2)]
     # Severity order and exit codes agree: the worst outcome has the highest exit code.
     assert [o.exit_code for o in sorted(Outcome)] == sorted(o.exit_code for o in Outcome)
     assert worst([Outcome.KNOWN_FAIL, Outcome.PASS]) == Outcome.KNOWN_FAIL
@@ -79,3 +79,29 @@ def test_junit_and_json_stay_well_formed_whatever_the_strings(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text(), parse_constant=no_constants)
     assert report["scenarios"][0]["checks"][0]["detail"] == f"console: {HOSTILE}"
     assert report["scenarios"][0]["probe"]["result"] == {"x": "inf"}
+
+
+def test_a_skipped_scenario_never_sets_the_exit_code(tmp_path):
+    skipped = ScenarioResult("d", "scenarios/d.yaml", Outcome.SKIP, tmp_path / "d",
+                             skip_reasons=["CONFIG_KSM is not set: d needs it (probe memory: ksm)"])
+    assert worst([Outcome.SKIP, Outcome.SKIP]).exit_code == 0
+    assert worst([Outcome.SKIP, Outcome.FAIL]) == Outcome.FAIL
+    write_junit(results(tmp_path) + [skipped], tmp_path / "junit.xml")
+    suite = ET.parse(tmp_path / "junit.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors"), suite.get("skipped")) == ("4", "1", "1", "1")
+    case = {c.get("name"): c for c in suite}["d"]
+    assert case.find("skipped").get("message") == "CONFIG_KSM is not set: d needs it (probe memory: ksm)"
+    assert case.find("failure") is None and case.find("error") is None
+    write_json([skipped], tmp_path / "report.json", {})
+    data = json.loads((tmp_path / "report.json").read_text())["scenarios"][0]
+    assert data["outcome"] == "SKIP" and data["skip_reasons"] == [skipped.skip_reasons[0]]
+
+
+
+def test_bisect_exit_codes():
+    from orchestrator.cli import exit_code
+    assert [exit_code(o, bisect=True) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 125, 125]
+    # A known-failure mark does not change whether this kernel is good.
+    assert (exit_code(Outcome.KNOWN_FAIL, bisect=True), exit_code(Outcome.XPASS, bisect=True)) == (1, 0)
+    assert all(isinstance(exit_code(o, bisect=True), int) for o in Outcome)
+    assert [exit_code(o, bisect=False) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 2, 0]

@@ -1,0 +1,101 @@
+"""The kernel options a scenario needs, checked against the kernel's .config before booting.
+
+As kselftest's per-directory `config` fragments do, the options are data: FRAGMENTS maps a
+feature to the options it needs, and features() says from a scenario's own fields which
+features it uses. An option counts as present when it is built in (=y), or a module (=m)
+that the image's /init loads (MODULE_OF). Pure: no files, no guests.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from orchestrator.scenario import Scenario
+
+# feature -> options (without the CONFIG_ prefix) it needs, and why.
+FRAGMENTS: dict[str, tuple[str, ...]] = {
+    # Every scenario: the machine check itself, its handling, PFNs from /proc/PID/pagemap
+    # and /proc/kpageflags, the initramfs and its /init (devtmpfs, debugfs), the serial
+    # console the harness watches, SSH over virtio-net.
+    "base": ("X86_MCE", "MEMORY_FAILURE", "PROC_PAGE_MONITOR", "BLK_DEV_INITRD", "DEVTMPFS", "DEBUG_FS",
+             "SERIAL_8250_CONSOLE", "VIRTIO_PCI", "VIRTIO_NET"),
+    "disk": ("VIRTIO_BLK", "EXT4_FS"),                  # guest.disk / probe memory: file
+    "thp": ("TRANSPARENT_HUGEPAGE",),                   # probe memory: thp, thp-eligible
+    "hugetlb": ("HUGETLBFS",),                          # probe memory: hugetlb
+    "ksm": ("KSM",),                                    # probe memory: ksm
+    "shmem": ("SHMEM",),                                # probe memory: shmem
+    "hwpoison-inject": ("HWPOISON_INJECT",),            # soft-poison / unpoison steps (debugfs)
+    # The probe's madvise(MADV_HUGEPAGE/MERGEABLE/COLLAPSE) and posix_fadvise(DONTNEED):
+    # without it both return ENOSYS (tinyconfig leaves it out).
+    "madvise": ("ADVISE_SYSCALLS",),                    # probe memory: thp, ksm, file; collapse step
+    # /sys/devices/system/memory/soft_offline_page is in drivers/base/memory.c, built
+    # only with memory hotplug.
+    "soft-offline": ("MEMORY_HOTPLUG",),                # soft-offline step
+    "panic": ("PVPANIC", "PVPANIC_PCI"),                # expect guest: panic (QMP GUEST_PANICKED)
+    "smp": ("SMP",),                                    # guest.vcpus > 1
+}
+
+# Options that are modules in Debian's kernels, and the module /init must load for them.
+MODULE_OF = {
+    "VIRTIO_PCI": "virtio_pci",
+    "VIRTIO_NET": "virtio_net",
+    "VIRTIO_BLK": "virtio_blk",
+    "EXT4_FS": "ext4",
+    "HWPOISON_INJECT": "hwpoison_inject",
+    "PVPANIC_PCI": "pvpanic_pci",
+}
+
+_SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
+
+
+def parse(text: str) -> dict[str, str]:
+    """A .config -> {option without CONFIG_: value}; options that are not set are absent."""
+    found = {}
+    for line in text.splitlines():
+        match = _SET.match(line.strip())
+        if match and match.group(2) != "n":
+            found[match.group(1)] = match.group(2).strip('"')
+    return found
+
+
+def features(scenario: Scenario) -> dict[str, str]:
+    """{feature: what in the scenario asks for it}."""
+    used = {"base": "every scenario"}
+    memory = scenario.probe.memory
+    if scenario.guest.disk_mib or memory == "file":
+        used["disk"] = "guest.disk"
+    if memory in ("thp", "thp-eligible"):
+        used["thp"] = f"probe memory: {memory}"
+    if memory in ("hugetlb", "ksm", "shmem"):
+        used[memory] = f"probe memory: {memory}"
+    steps = [s for s in scenario.probe.after_inject if s in ("soft-poison", "unpoison")]
+    if steps:
+        used["hwpoison-inject"] = f"probe step: {steps[0]}"
+    if memory in ("thp", "thp-eligible", "ksm", "file"):
+        used["madvise"] = f"probe memory: {memory}"
+    elif "collapse" in scenario.probe.after_inject:
+        used["madvise"] = "probe step: collapse"
+    if "soft-offline" in scenario.probe.after_inject:
+        used["soft-offline"] = "probe step: soft-offline"
+    if scenario.expect.guest == "panic":
+        used["panic"] = "expect guest: panic"
+    if scenario.guest.vcpus > 1:
+        used["smp"] = f"guest.vcpus: {scenario.guest.vcpus}"
+    return used
+
+
+def missing(scenario: Scenario, config: Mapping[str, str], loaded_modules: Iterable[str]) -> list[str]:
+    """One line per needed option the kernel lacks, naming the option and the scenario."""
+    loaded = {m.replace("-", "_") for m in loaded_modules}
+    lines = []
+    for feature, why in features(scenario).items():
+        for option in FRAGMENTS[feature]:
+            value = config.get(option)
+            if value == "y":
+                continue
+            if value == "m" and MODULE_OF.get(option, "") in loaded:
+                continue
+            # Nothing loads other modules on demand in the guest (no udev).
+            state = "a module the image does not load (pass --modules?)" if value == "m" else "not set"
+            lines.append(f"CONFIG_{option} is {state}: {scenario.name} needs it ({why})")
+    return lines

@@ -1,0 +1,153 @@
+"""Reproducing a scenario run: repro.sh (the same scenario, with the same inputs, through the
+orchestrator, from any checkout) and qemu-by-hand.sh plus monitor-commands.hmp (the same QEMU
+and the same monitor commands without the orchestrator). Pure: text in, text out.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./+-]+$")
+_CPU_SUFFIX = re.compile(r" \(cpu (\d+)\)$")
+_LOGGED = re.compile(r"^\s*[\d.]+ (\S+)(?: (.*))?$")
+# QMP commands the harness sends, as the HMP lines that do the same by hand.
+_QMP_AS_HMP = {"stop": "stop", "cont": "cont", "quit": "quit", "query-migrate": "info migrate",
+               "query-status": "info status"}
+
+
+def hmp_lines(command_log: str) -> list[str]:
+    """monitor-commands.log (QMP, timestamped) -> the HMP lines to type at a (qemu) prompt."""
+    lines = []
+    for raw in command_log.splitlines():
+        match = _LOGGED.match(raw)
+        if not match:
+            continue
+        command = match.group(1)
+        if command == "hmp":  # the harness's own HMP monitor: "hmp LINE [(cpu N)]"
+            line = match.group(2) or ""
+            cpu = _CPU_SUFFIX.search(line)
+            if cpu:
+                lines.append(f"cpu {cpu.group(1)}")
+                line = line[:cpu.start()]
+            lines.append(line)
+            continue
+        arguments = json.loads(match.group(2)) if match.group(2) else {}
+        if command == "human-monitor-command":
+            if "cpu-index" in arguments:
+                lines.append(f"cpu {arguments['cpu-index']}")
+            lines.append(arguments["command-line"])
+        elif command == "migrate":
+            lines.append(f"migrate {arguments['uri']}")
+        elif command in _QMP_AS_HMP:
+            lines.append(_QMP_AS_HMP[command])
+        elif command != "qmp_capabilities":
+            lines.append(f"# QMP {command} {json.dumps(arguments)} (no HMP equivalent)")
+    return lines
+
+
+def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> list[str]:
+    """The run's QEMU command line with the harness's socketpair monitor replaced by an HMP
+    monitor on the terminal, and the console written beside the script."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg == "-chardev" and value.startswith("socket,id=qmp,"):
+            i += 2
+            continue
+        if arg == "-chardev" and value.startswith(("socket,id=qmp-kept,", "socket,id=hmp,")):
+            i += 4  # and its -mon
+            continue
+        if arg == "-mon" and value.startswith("chardev=qmp,"):
+            out += ["-monitor", "stdio"]
+            i += 2
+            continue
+        if arg == "-chardev" and value.startswith(("file,id=console,", "socket,id=console,")):
+            out += [arg, f"file,id=console,path={console_log}"]
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
+    lines = ["#!/bin/sh",
+             f"# The QEMU of scenario {scenario}, without the orchestrator: the same command line, with an",
+             "# HMP monitor on this terminal. At the (qemu) prompt, type the lines of monitor-commands.hmp",
+             "# (the injection is the 'mce ...' line; the harness sent it while the vCPU was in user mode",
+             "# where the scenario gates it). The guest's console goes to console-by-hand.log here;",
+             "# its sshd takes the image's client key (keys/client_key beside the kernel) on the port below.",
+             "set -eu", 'cd "$(dirname "$0")"']
+    disk = next((a.split("file=", 1)[1].split(",", 1)[0] for a in argv if a.startswith("file=")), None)
+    if disk_mib and disk:
+        lines += ["# A fresh ext4 scratch disk, as the harness makes it.",
+                  f"rm -f disk.img && truncate -s {disk_mib}M disk.img && mkfs.ext4 -q -F -L mce-scratch disk.img"]
+        argv = [a.replace(f"file={disk},", "file=disk.img,") for a in argv]
+    # One option and its value per line.
+    words, i = [], 1
+    while i < len(argv):
+        pair = argv[i:i + 2] if i + 1 < len(argv) and not argv[i + 1].startswith("-") else argv[i:i + 1]
+        words.append(" ".join(shlex.quote(a) for a in pair))
+        i += len(pair)
+    lines.append(" \\\n    ".join([f"exec {shlex.quote(argv[0])}", *words]))
+    return "\n".join(lines) + "\n"
+
+
+def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modules: Path | None,
+             append: str, accel: str | None, snapshot: bool) -> list[str]:
+    """The `mce-orchestrator run` arguments that give the same inputs."""
+    argv = ["run", scenario_file]
+    if image:
+        argv += ["--image", image]
+    if kernel is not None:
+        argv += ["--kernel", str(kernel)]
+    if modules is not None:
+        argv += ["--modules", str(modules)]
+    if append:
+        argv += ["--append", append]
+    if accel:
+        argv += ["--accel", accel]
+    if snapshot:
+        argv.append("--snapshot")
+    return argv
+
+
+@lru_cache(maxsize=None)
+def git_commit(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def repro_script(*, scenario: str, run_args: list[str], commit: str | None, kernel_release: str | None) -> str:
+    """repro.sh: run it inside (or pass it) a checkout of the project, on any machine."""
+    words, previous = [], None
+    for arg in run_args[2:]:
+        variable = {"--kernel": "MCE_KERNEL", "--modules": "MCE_MODULES"}.get(previous or "")
+        # A kernel path is this machine's: another one sets MCE_KERNEL / MCE_MODULES.
+        words.append(f'"${{{variable}:-{arg}}}"' if variable and _PLAIN.match(arg) else shlex.quote(arg))
+        previous = arg
+    quoted = " ".join(words)
+    return f"""#!/bin/sh
+# Runs scenario {scenario} again with the inputs of this run (kernel {kernel_release or 'unknown'}).
+# Usage: repro.sh [CHECKOUT]   CHECKOUT: a clone of mce-orchestrator (default: the current folder).
+# The scenario is the copy beside this script ({run_args[1]}), as it was when this run started.
+# Recorded with the orchestrator at commit {commit or 'unknown'}: `git checkout {commit or 'COMMIT'}` in
+# CHECKOUT runs the very same harness.{chr(10) + '# --kernel/--modules are paths on the machine that ran it: set MCE_KERNEL/MCE_MODULES elsewhere.' if '--kernel' in run_args else ''}
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+cd "${{1:-.}}"
+if [ ! -f orchestrator/cli.py ]; then
+    echo "repro.sh: run it in a checkout of mce-orchestrator, or pass one" >&2
+    exit 2
+fi
+make -s setup
+exec .venv/bin/mce-orchestrator run "$here"/{shlex.quote(run_args[1])} {quoted}
+"""

@@ -1,0 +1,84 @@
+"""`git bisect run` with --bisect, for real: a throwaway repository whose commits switch the
+kernel under test. PASS gives 0 (good), the guest kernel's FAIL 1 (bad), and a kernel that
+cannot boot 125 (skip this commit)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from orchestrator.image import bzimage
+
+from .conftest import REPO
+from .test_own_kernel import debian_deb
+
+RELEASES = {"6.1": "6.1.0-56-amd64", "6.12": "6.12.117+deb12-amd64"}
+
+
+def unbootable_vmlinux(bzimage_file: Path, out: Path) -> Path:
+    """A real vmlinux whose PVH entry note is gone (as if built without CONFIG_PVH): QEMU's
+    -kernel cannot start it."""
+    elf = bytearray(bzimage.extract_vmlinux(bzimage_file.read_bytes()))
+    note = elf.find(b"\x04\x00\x00\x00" + b"\x04\x00\x00\x00" + b"\x12\x00\x00\x00" + b"Xen\x00")
+    if note < 0:
+        note = elf.find(b"\x04\x00\x00\x00" + b"\x08\x00\x00\x00" + b"\x12\x00\x00\x00" + b"Xen\x00")
+    assert note >= 0, "no PVH note found"
+    elf[note + 8] = 0x7F  # another (unknown) Xen note type
+    out.write_bytes(bytes(elf))
+    return out
+
+
+def git(repo: Path, *args: str) -> str:
+    env = os.environ | {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True,
+                          env=env).stdout.strip()
+
+
+def test_git_bisect_run_finds_the_regression_and_skips_the_unbootable_kernel(tmp_path):
+    installs = {}
+    for version, release in RELEASES.items():
+        installs[version] = tmp_path / f"linux-{version}"
+        subprocess.run(["dpkg-deb", "-x", str(debian_deb(release)), str(installs[version])], check=True)
+    broken = unbootable_vmlinux(installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", tmp_path / "vmlinux-nopvh")
+
+    # The "regression": unpoison-after-mce's 6.1 wording of the unpoison refusal, without the
+    # 6.12 variant. 6.12 words it differently, so from the commit that moves to 6.12 it FAILs.
+    scenario = yaml.safe_load((REPO / "scenarios" / "unpoison-after-mce.yaml").read_text())
+    del scenario["kernel_variants"]
+
+    repo = tmp_path / "kernel-history"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "unpoison-regression.yaml").write_text(yaml.safe_dump(scenario))
+    kernel_of = {
+        "c1 good": (installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", installs["6.1"]),
+        "c2 good": (installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", installs["6.1"]),
+        "c3 cannot boot": (broken, installs["6.1"]),
+        "c4 regression": (installs["6.12"] / f"boot/vmlinuz-{RELEASES['6.12']}", installs["6.12"]),
+        "c5 still bad": (installs["6.12"] / f"boot/vmlinuz-{RELEASES['6.12']}", installs["6.12"]),
+    }
+    commits = {}
+    for subject, (kernel, modules) in kernel_of.items():
+        (repo / "kernel").write_text(f"{kernel}\n{modules}\n")
+        (repo / "changes").open("a").write(subject + "\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", subject)
+        commits[subject] = git(repo, "rev-parse", "HEAD")
+
+    results, codes = tmp_path / "results", tmp_path / "codes"
+    step = (f'{sys.executable} -m orchestrator run --bisect --results {results} '
+            f'--kernel "$(sed -n 1p kernel)" --modules "$(sed -n 2p kernel)" unpoison-regression.yaml; '
+            f'code=$?; echo "$(git log -1 --format=%s) $code" >> {codes}; exit $code')
+    git(repo, "bisect", "start", commits["c5 still bad"], commits["c1 good"])
+    proc = subprocess.run(["git", "-C", str(repo), "bisect", "run", "sh", "-c", step], capture_output=True,
+                          text=True, timeout=1200)
+    log = codes.read_text().splitlines()
+    git(repo, "bisect", "reset")
+    # c3 is the first midpoint: it cannot boot (125, skipped); then c2 (good) and c4 (bad) are
+    # tested in some order. c3 untestable, the first bad commit is c3 or c4, which git says.
+    assert sorted(log) == ["c2 good 0", "c3 cannot boot 125", "c4 regression 1"], (log, proc.stdout[-2000:])
+    assert "There are only 'skip'ped commits left to test" in proc.stdout, proc.stdout[-2000:]
+    assert commits["c3 cannot boot"] in proc.stdout and commits["c4 regression"] in proc.stdout
+    assert commits["c2 good"] not in proc.stdout.split("could be any of")[-1]

@@ -1,0 +1,82 @@
+"""repro.sh, qemu-by-hand.sh and monitor-commands.hmp: the run again, with or without the orchestrator."""
+import subprocess
+from pathlib import Path
+
+from orchestrator import qemu_args, repro
+
+
+LOG = """\
+    0.012 qmp_capabilities
+    1.950 human-monitor-command {"command-line": "stop"}
+    1.951 human-monitor-command {"command-line": "info registers", "cpu-index": 0}
+    1.952 human-monitor-command {"command-line": "mce 0 9 0xbd80000000000134 0x7 0x671e000 0x8c"}
+    1.953 human-monitor-command {"command-line": "cont"}
+    2.100 query-migrate
+    3.000 quit
+"""
+
+
+def test_the_own_hmp_monitor_log_becomes_the_same_lines():
+    log = ("    1.950 hmp stop\n    1.951 hmp info registers (cpu 2)\n"
+           "    1.952 hmp mce 2 9 0xbd80000000000134 0x7 0x671e000 0x8c\n    1.953 hmp cont\n    3.000 quit\n")
+    assert repro.hmp_lines(log) == ["stop", "cpu 2", "info registers", "mce 2 9 0xbd80000000000134 0x7 0x671e000 0x8c",
+                                    "cont", "quit"]
+
+
+def test_monitor_log_becomes_hmp_lines_to_type():
+    assert repro.hmp_lines(LOG) == ["stop", "cpu 0", "info registers", "mce 0 9 0xbd80000000000134 0x7 0x671e000 0x8c",
+                                    "cont", "info migrate", "quit"]
+
+
+def config(**over):
+    base = dict(kernel=Path("/c/vmlinux"), initrd=Path("/c/initrd.img"), console_log=Path("/r/a/console.log"),
+                qmp_fd=5, ssh_port=4022, disk=Path("/tmp/mce-disk-x/disk.img"),
+                kept_qmp_socket=Path("/tmp/mce-kept-y/qmp.sock"))
+    return qemu_args.QemuConfig(**{**base, **over})
+
+
+def test_by_hand_argv_has_a_terminal_monitor_and_no_harness_sockets():
+    argv = repro.by_hand_argv(qemu_args.build_argv(config()))
+    text = " ".join(argv)
+    assert "fd=5" not in text and "qmp-kept" not in text and "mce-kept" not in text
+    assert argv[argv.index("-monitor") + 1] == "stdio" and argv.count("-mon") == 0
+    assert "file,id=console,path=console-by-hand.log" in argv
+    assert argv[argv.index("-kernel") + 1] == "/c/vmlinux"
+
+
+def test_by_hand_argv_drops_the_harness_console_and_hmp_sockets():
+    argv = repro.by_hand_argv(qemu_args.build_argv(config(hmp_fd=6, console_fd=7)))
+    text = " ".join(argv)
+    assert "fd=" not in text and "id=hmp" not in text and "mode=readline" not in text
+    assert "file,id=console,path=console-by-hand.log" in argv and argv.count("-monitor") == 1
+
+
+def test_by_hand_script_makes_its_own_disk_and_is_valid_shell(tmp_path):
+    script = repro.by_hand_script(repro.by_hand_argv(qemu_args.build_argv(config())), "file-dirty-ext4", 64)
+    assert "truncate -s 64M disk.img && mkfs.ext4" in script and "file=disk.img," in script
+    assert "/tmp/mce-disk-x" not in script
+    path = tmp_path / "qemu-by-hand.sh"
+    path.write_text(script)
+    assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
+
+
+def test_repro_script_runs_the_same_inputs(tmp_path):
+    args = repro.run_argv(scenario_file="srar-anon-access.yaml", image="debian-6.12", kernel=Path("/src/linux"),
+                          modules=None, append="mce=no_cmci loglevel=8", accel="tcg", snapshot=True)
+    script = repro.repro_script(scenario="srar-anon-access", run_args=args, commit="abc123", kernel_release="6.13.0")
+    last = script.strip().splitlines()[-1]
+    assert last.startswith('exec .venv/bin/mce-orchestrator run "$here"/srar-anon-access.yaml --image debian-6.12 ')
+    assert '--kernel "${MCE_KERNEL:-/src/linux}"' in last
+    assert "--append 'mce=no_cmci loglevel=8' --accel tcg --snapshot" in last
+    assert "git checkout abc123" in script
+    path = tmp_path / "repro.sh"
+    path.write_text(script)
+    assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
+
+
+def test_repro_script_refuses_a_folder_that_is_no_checkout(tmp_path):
+    script = repro.repro_script(scenario="x", run_args=["run", "x.yaml"], commit=None, kernel_release=None)
+    path = tmp_path / "repro.sh"
+    path.write_text(script)
+    proc = subprocess.run(["sh", str(path), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "checkout of mce-orchestrator" in proc.stderr
