@@ -35,7 +35,15 @@ def hmp_lines(command_log: str) -> list[str]:
                 line = line[:cpu.start()]
             lines.append(line)
             continue
-        arguments = json.loads(match.group(2)) if match.group(2) else {}
+        try:
+            arguments = json.loads(match.group(2)) if match.group(2) else {}
+        except ValueError:
+            # Not a QMP argument object (the libvirt backend logs e.g. "getfd NAME"): kept as a comment.
+            lines.append(f"# {command} {match.group(2)} (no HMP equivalent)")
+            continue
+        if not isinstance(arguments, dict):
+            lines.append(f"# QMP {command} {match.group(2)} (no HMP equivalent)")
+            continue
         if command == "human-monitor-command":
             if "cpu-index" in arguments:
                 lines.append(f"cpu {arguments['cpu-index']}")
@@ -51,7 +59,7 @@ def hmp_lines(command_log: str) -> list[str]:
 
 def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> list[str]:
     """The run's QEMU command line with the harness's socketpair monitor replaced by an HMP
-    monitor on the terminal, and the console written beside the script."""
+    monitor on the terminal, the console written beside the script, and not paused."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -69,6 +77,10 @@ def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> l
         if arg == "-chardev" and value.startswith(("file,id=console,", "socket,id=console,")):
             out += [arg, f"file,id=console,path={console_log}"]
             i += 2
+            continue
+        if arg == "-S":
+            # The harness starts QEMU paused to read its RAM map, then sends cont; by hand it just runs.
+            i += 1
             continue
         out.append(arg)
         i += 1

@@ -33,17 +33,16 @@ from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.distro_image import DiskGuestImage, ensure_guest_image
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
-from orchestrator.observe import ConsoleFollower, guest_down, hardware_corrupted, observe, wait_failure_logged
+from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
 from orchestrator.outcome import HarnessError, InputError, Outcome
+from orchestrator.readiness import wait_sshd
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.scenario import Scenario
 from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.ssh import BANNER_POLL_S, RemoteProcess, SshSession, quote, wait_for_banner
+from orchestrator.ssh import RemoteProcess, SshSession, quote
 from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-BANNER_FALLBACK_S = 10.0
-SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
 GUEST_MOUNT = "/mnt"
 PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 # Tried again for up to 5 s: a mount right after boot failed now and then with "Device
@@ -284,7 +283,7 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
             # One deadline for launch and banner together; a systemd image boots for longer.
             deadline = Deadline(max(scenario.timeouts.boot, getattr(guest_image, "boot_timeout_s", 0)), "boot")
             guest.launch(deadline)
-            _wait_sshd(guest, deadline, since=time.monotonic())
+            wait_sshd(guest, deadline, since=time.monotonic())
             phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
                                     f"ssh on {guest.ssh_host}:{guest.ssh_port}")
     try:
@@ -294,18 +293,6 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
         if gone and "QEMU" not in exc.message:
             raise HarnessError(exc.phase, f"QEMU {gone}: {exc.message}") from None
         raise
-
-
-def _wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
-    try:
-        init_ready = _InitReady(guest, since)
-        wait_for_banner(guest.ssh_port, deadline, still_running=guest.died, host=guest.ssh_host,
-                        sshd_started=lambda: restored or not guest.boots or init_ready(),
-                        patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)
-                        else BANNER_POLL_S)
-    except HarnessError as exc:
-        last = tail(guest.console_log, 1) or "(nothing on the console)"
-        raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
 
 
 def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, phases: Phases,
@@ -336,7 +323,7 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
                     broken = exc.message
                     guest.shutdown()
                 else:
-                    _wait_sshd(guest, deadline, since=time.monotonic(), restored=True)
+                    wait_sshd(guest, deadline, since=time.monotonic(), restored=True)
                     phases.notes["boot"] = (f"{guest.accel}, restored from {saved.state.name}, "
                                             f"ssh on 127.0.0.1:{guest.ssh_port}")
                     return
@@ -485,29 +472,6 @@ def _free_bytes(path: Path) -> int:
 def _scratch_device(guest_image) -> str:
     # After the root disk when the image boots from one.
     return guest_image.scratch_device if isinstance(guest_image, DiskGuestImage) else "/dev/vda"
-
-
-class _InitReady:
-    """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
-    Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
-    that could not be written, must not cost the whole boot deadline. The console is
-    read on from where the last look stopped."""
-
-    def __init__(self, guest: Guest, since: float):
-        self.console = ConsoleFollower(guest.console_log)
-        self.guest = guest
-        self.since = since
-        self.ready = False
-
-    def __call__(self) -> bool:
-        # A systemd guest prints no marker: its readiness is the SSH banner alone.
-        if self.ready or isinstance(self.guest.image, DiskGuestImage) or time.monotonic() - self.since > BANNER_FALLBACK_S:
-            return True
-        for line in self.console.new_lines():
-            if line.startswith(images.ERROR_MARKER):
-                raise HarnessError("boot", f"guest init failed: {line.strip()}")
-            self.ready = self.ready or images.READY_MARKER in line
-        return self.ready or images.READY_MARKER in self.console.partial.decode(errors="replace")
 
 
 def _kernel_code_page(ssh: SshSession, deadline: Deadline) -> int:

@@ -31,7 +31,8 @@ from orchestrator.backends.base import Guest
 from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.outcome import HarnessError
-from orchestrator.ssh import SshSession, wait_for_banner
+from orchestrator.readiness import wait_sshd
+from orchestrator.ssh import SshSession
 
 # Our image's /init loads the modules sshd does not need while the client logs
 # in; wait (at most 10 s) until it is done. Other images have no /etc/mceorch.
@@ -167,7 +168,9 @@ def _boot_and_save(template: Guest, saved: SavedGuest, deadline: Deadline) -> No
     try:
         with template.fresh(work) as guest:
             guest.launch(deadline)
-            wait_for_banner(guest.ssh_port, deadline, still_running=guest.died)
+            # As a scenario's boot waits: a 2-vCPU save boot polled from the start once never
+            # got its banner within 240 s (early connections piled up in slirp).
+            wait_sshd(guest, deadline, since=time.monotonic())
             ssh = SshSession(guest.ssh_port, guest.image.client_key, guest.image.host_key_line)
             try:
                 ssh.connect(deadline)

@@ -80,3 +80,9 @@ def test_repro_script_refuses_a_folder_that_is_no_checkout(tmp_path):
     path.write_text(script)
     proc = subprocess.run(["sh", str(path), str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "checkout of mce-orchestrator" in proc.stderr
+
+
+def test_by_hand_argv_runs_the_guest_the_harness_starts_paused():
+    # The harness starts QEMU with -S to read its RAM map first; typed by hand nobody sends cont.
+    argv = repro.by_hand_argv(qemu_args.build_argv(config(paused=True)))
+    assert "-S" in qemu_args.build_argv(config(paused=True)) and "-S" not in argv

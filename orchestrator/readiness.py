@@ -1,0 +1,57 @@
+"""When a booted guest's sshd can be asked for its banner: the runner's boot and
+the boot that saves a guest (snapshot.py) wait the same way.
+
+QEMU's user-mode network accepts a TCP connection before the guest listens, and
+short connection attempts made too early pile up in slirp until the banner never
+comes through: polling starts once our image's /init has printed READY (or after
+BANNER_FALLBACK_S), and a systemd guest, which prints no marker, gets one long
+wait per connection instead.
+"""
+from __future__ import annotations
+
+import time
+
+from orchestrator import image as images
+from orchestrator.backends.base import Guest
+from orchestrator.backends.qemu import tail
+from orchestrator.deadline import Deadline
+from orchestrator.distro_image import DiskGuestImage
+from orchestrator.observe import ConsoleFollower
+from orchestrator.outcome import HarnessError
+from orchestrator.ssh import BANNER_POLL_S, wait_for_banner
+
+BANNER_FALLBACK_S = 10.0
+SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
+def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
+    try:
+        init_ready = InitReady(guest, since)
+        wait_for_banner(guest.ssh_port, deadline, still_running=guest.died, host=guest.ssh_host,
+                        sshd_started=lambda: restored or not guest.boots or init_ready(),
+                        patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)
+                        else BANNER_POLL_S)
+    except HarnessError as exc:
+        last = tail(guest.console_log, 1) or "(nothing on the console)"
+        raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
+
+
+class InitReady:
+    """Our image's /init prints READY once sshd runs, or ERROR naming the step that failed.
+    Past BANNER_FALLBACK_S we poll anyway: an image without the marker, or a console
+    that could not be written, must not cost the whole boot deadline. The console is
+    read on from where the last look stopped."""
+
+    def __init__(self, guest: Guest, since: float):
+        self.console = ConsoleFollower(guest.console_log)
+        self.guest = guest
+        self.since = since
+        self.ready = False
+
+    def __call__(self) -> bool:
+        # A systemd guest prints no marker: its readiness is the SSH banner alone.
+        if self.ready or isinstance(self.guest.image, DiskGuestImage) or time.monotonic() - self.since > BANNER_FALLBACK_S:
+            return True
+        for line in self.console.new_lines():
+            if line.startswith(images.ERROR_MARKER):
+                raise HarnessError("boot", f"guest init failed: {line.strip()}")
+            self.ready = self.ready or images.READY_MARKER in line
+        return self.ready or images.READY_MARKER in self.console.partial.decode(errors="replace")
