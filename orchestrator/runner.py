@@ -51,12 +51,13 @@ PROBE_FILE = f"{GUEST_MOUNT}/mce-probe.data"
 # The scratch disk is /dev/vda, or /dev/vdb after an image's root disk. busybox has
 # usleep; a full Debian has not, its coreutils sleep takes fractions.
 def mount_scratch_disk(device: str) -> str:
-    # Idempotent: the SSH client sends a command again when dropbear closed its channel
-    # at once, and the first one may have run (seen under load: mounted, then 50 tries
-    # of "Device or resource busy" for the mount that was already there).
-    return (f"{{ grep -qs '^{device} {GUEST_MOUNT} ' /proc/mounts || "
-            f"{{ i=0; until mount -t ext4 {device} {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
-            f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000 2>/dev/null || sleep 0.1; done; }}; }}")
+    # Idempotent, also against a twin running at the same time: the SSH client sends a
+    # command again when dropbear closed its channel at once, and the first copy may be
+    # running (seen under load: 50 tries of "Device or resource busy" while the other
+    # copy's mount was there). Mounted, by either, is done.
+    mounted = f"grep -qs '^{device} {GUEST_MOUNT} ' /proc/mounts"
+    return (f"{{ i=0; until {mounted} || mount -t ext4 {device} {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
+            f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000 2>/dev/null || sleep 0.1; done; }}")
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
@@ -357,10 +358,12 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             if restored:
                 setup.insert(1, fresh_identity_command(guest.artifacts))
             if scenario.guest.swap_mib:
-                # Idempotent too (see mount_scratch_disk): an active swap file is left as it is.
-                setup.append(f"{{ grep -qs '^{SWAP_FILE} ' /proc/swaps || "
+                # Idempotent too (see mount_scratch_disk): an active swap file, by either copy, is done.
+                swapped = f"grep -qs '^{SWAP_FILE} ' /proc/swaps"
+                setup.append(f"{{ {swapped} || "
                              f"{{ dd if=/dev/zero of={SWAP_FILE} bs=1M count={scenario.guest.swap_mib} 2>/dev/null"
-                             f" && chmod 600 {SWAP_FILE} && mkswap {SWAP_FILE} >/dev/null && swapon {SWAP_FILE}; }}; }}")
+                             f" && chmod 600 {SWAP_FILE} && mkswap {SWAP_FILE} >/dev/null && swapon {SWAP_FILE}; }}"
+                             f" || {{ sleep 1; {swapped}; }}; }}")
             output = ssh.check(" && ".join(setup + ["cat /proc/meminfo"]), deadline, "ssh")
             ev.hardware_corrupted_kb_before = hardware_corrupted(output)
 
