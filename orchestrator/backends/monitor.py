@@ -87,7 +87,13 @@ class Monitor:
     def connect(self, timeout: float) -> None:
         self._thread.start()
         self._client.register_listener(self._listener)
-        self._run(self._client.connect(self._sock), timeout)
+        try:
+            self._run(self._client.connect(self._sock), timeout)
+        except (QMPError, OSError, EOFError, AssertionError, asyncio.CancelledError) as exc:
+            # A QEMU that exits during the greeting (a saved state it cannot load) can
+            # leave qemu.qmp's connect failing its own runstate assertion: that is QEMU
+            # gone, as the caller's launch error then says, not a harness bug.
+            raise MonitorError(f"QMP connect: {exc!r}") from exc
         self._run(self._start_drain(), timeout)
 
     def catch_up(self, timeout: float) -> bool:
