@@ -20,8 +20,6 @@ the packages asked for) is unchanged.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import yaml
 from orchestrator import image as images
 from orchestrator.image.apt import kernel_candidates, parse_apt_policy
 from orchestrator.image.bzimage import extract_vmlinux
+from orchestrator.image.cache import build_lock
 
 DEFINITIONS_FILE = "distro-images.yaml"
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -404,16 +403,6 @@ def _load_cached(directory: Path, digest: str) -> DiskGuestImage | None:
     return None
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path, progress: Callable[[str], None]) -> Iterator[None]:
-    with open(lock_path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            progress(f"waiting for another build ({lock_path})")
-            fcntl.flock(f, fcntl.LOCK_EX)
-        yield
-
 
 def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
                         progress: Callable[[str], None] = lambda msg: None) -> DiskGuestImage:
@@ -424,7 +413,7 @@ def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
     home = Path(cache_root) / "distro" / name
     home.mkdir(parents=True, exist_ok=True)
     final = home / digest[:16]
-    with _locked(home / ".lock", progress):
+    with build_lock(home / ".lock", progress):
         cached = _load_cached(final, digest)
         if cached is not None:
             progress(f"image {name}: cached ({kernel_package} {versions[kernel_package]})")

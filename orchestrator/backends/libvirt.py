@@ -38,7 +38,7 @@ import yaml
 
 from orchestrator import libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest, HypervisorUnavailable
-from orchestrator.backends.monitor import MonitorError
+from orchestrator.backends.monitor import MonitorError, MonitorLogs
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
@@ -149,7 +149,7 @@ def reap_leftovers(conn) -> list[str]:
     return reaped
 
 
-class LibvirtMonitor:
+class LibvirtMonitor(MonitorLogs):
     """The GuestMonitor interface over libvirt's QEMU monitor passthrough."""
 
     def __init__(self, conn, dom, event_log: Path, command_log: Path):
@@ -261,15 +261,6 @@ class LibvirtMonitor:
                 if remaining <= 0:
                     return None
                 self._changed.wait(remaining)
-
-    def _log_command(self, text: str) -> None:
-        self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
-
-    def _write(self, log, text: str) -> None:
-        try:
-            log.write(text)
-        except OSError as exc:
-            self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
 
 
 class LibvirtGuest(Guest):

@@ -62,7 +62,24 @@ class _QMPClient(QMPClient):
                 return Message(raw, eager=True)
 
 
-class Monitor:
+class MonitorLogs:
+    """The command log every monitor keeps (the QMP one here, libvirt's passthrough);
+    a full artifacts disk must not cost the run or the events themselves (kept in memory)."""
+    _command_log: object
+    _t0: float
+    log_error: str | None
+
+    def _log_command(self, text: str) -> None:
+        self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
+
+    def _write(self, log, text: str) -> None:
+        try:
+            log.write(text)
+        except OSError as exc:
+            self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
+
+
+class Monitor(MonitorLogs):
     def __init__(self, sock: socket.socket, event_log: Path, command_log: Path):
         self._sock = sock
         self._event_log = event_log.open("a", buffering=1)
@@ -261,16 +278,6 @@ class Monitor:
             counts = ", ".join(f"{n} {name}" for name, n in self.counts.most_common())
         dropped = self.dropped()
         return f"{counts or 'no events'}" + (f"; {dropped} not kept" if dropped else "")
-
-    def _log_command(self, text: str) -> None:
-        self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
-
-    def _write(self, log, text: str) -> None:
-        # A full artifacts disk must not cost us the events themselves (kept in memory).
-        try:
-            log.write(text)
-        except OSError as exc:
-            self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
 
     def _run(self, coro, timeout: float):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

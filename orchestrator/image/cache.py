@@ -109,7 +109,7 @@ def _load_cached(directory: Path, digest: str) -> GuestImage | None:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path, progress: Callable[[str], None]) -> Iterator[None]:
+def build_lock(lock_path: Path, progress: Callable[[str], None]) -> Iterator[None]:
     # Two orchestrators asking for the same image: one builds, the other waits and reuses it.
     with open(lock_path, "a") as f:
         try:
@@ -190,7 +190,7 @@ def ensure_image(
         home.mkdir(parents=True, exist_ok=True)
         final = home / digest[:16]
 
-        with _locked(home / ".lock", progress):
+        with build_lock(home / ".lock", progress):
             cached = _load_cached(final, digest)
             if cached is not None:
                 progress(f"image {label}: cached ({source.describe()})")
