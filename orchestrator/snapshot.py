@@ -44,6 +44,9 @@ GUEST_SETTLED = ("{ [ ! -d /etc/mceorch ] || { i=0; while [ ! -e /run/mceorch/mo
 SAVE_TIMEOUT_S = 240.0
 WAIT_PROGRESS_S = 10.0
 _VERIFIED: set[tuple] = set()
+MAX_AGE_DAYS = 14
+DEFAULT_CACHE_MIB = 4096
+RECENT_S = 3600.0
 CONSOLE_SEAM = ("==== mce-orchestrator: above, the console of the boot that saved this guest ({name}); "
                 "below, the restored guest ====\n")
 
@@ -112,7 +115,10 @@ class SnapshotStore:
 
     def find(self, image_name: str, key: str) -> SavedGuest | None:
         saved = self.paths(image_name, key)
-        return saved if _complete(saved) else None
+        if not _complete(saved):
+            return None
+        self._mark_used(saved.state.stem)
+        return saved
 
     def discard(self, saved: SavedGuest) -> None:
         for path in (saved.state, saved.console, saved.digest, *self._partials(saved)):
@@ -135,7 +141,49 @@ class SnapshotStore:
             except BaseException:
                 self.discard(saved)  # a failed or interrupted save leaves nothing behind
                 raise
-            return saved
+            self._mark_used(saved.state.stem)
+        pruned = self.prune(keep={saved.state.stem})
+        if pruned:
+            progress(f"pruned {len(pruned)} saved guest(s) unused the longest "
+                     f"({sum(size for _, size in pruned) / 2**20:.0f} MiB): {', '.join(s for s, _ in pruned)}")
+        return saved
+
+    def prune(self, keep: set[str], now: float | None = None) -> list[tuple[str, int]]:
+        """Remove what prune_plan picks, skipping states a run holds the lock of; returns
+        (stem, bytes) of what went."""
+        setting = os.environ.get("MCE_SNAPSHOT_CACHE_MIB", str(DEFAULT_CACHE_MIB))
+        if not setting.isdigit():
+            raise HarnessError("save", f"MCE_SNAPSHOT_CACHE_MIB={setting!r}: expected a whole number of MiB")
+        limit = int(setting) * 2**20
+        entries = []
+        for state in self.folder.glob("*.state"):
+            try:
+                lock = self.folder / f".{state.stem}.lock"
+                used = lock.stat().st_mtime if lock.exists() else state.stat().st_mtime
+                entries.append((state.stem, state.stat().st_size, used))
+            except OSError:
+                continue  # removed meanwhile by another run's prune
+        pruned = []
+        for stem in prune_plan(entries, time.time() if now is None else now, limit,
+                               MAX_AGE_DAYS * 86400.0, keep):
+            image_name, key = stem.rsplit("-", 1)
+            saved = self.paths(image_name, key)
+            with (self.folder / f".{stem}.lock").open("a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # being saved or waited for right now
+                size = saved.state.stat().st_size if saved.state.exists() else 0
+                self.discard(saved)
+                pruned.append((stem, size))
+        return pruned
+
+    def _mark_used(self, stem: str) -> None:
+        # The lock file exists for every state a save made (ensure); its mtime is the last use.
+        try:
+            os.utime(self.folder / f".{stem}.lock")
+        except OSError:
+            pass  # no lock file (copied in by hand) or a read-only store: aged by the state's mtime
 
     def _lock(self, lock, saved: SavedGuest, deadline: Deadline, progress: Callable[[str], None]) -> None:
         start = last_note = time.monotonic()
@@ -156,6 +204,24 @@ class SnapshotStore:
 
     def _partials(self, saved: SavedGuest) -> list[Path]:
         return [p for f in (saved.state, saved.console, saved.digest) for p in self.folder.glob(f".{f.name}.*")]
+
+
+def prune_plan(entries: list[tuple[str, int, float]], now: float, max_bytes: int,
+               max_age_s: float, keep: set[str], recent_s: float = RECENT_S) -> list[str]:
+    """Which saved guests to remove, from (stem, bytes, last used): those unused for
+    max_age_s, then the least recently used while the rest exceed max_bytes. Never one
+    in `keep`, nor one used within recent_s: a run may be restoring it (the size limit
+    gives way to that). Pure."""
+    doomed = [stem for stem, _, used in entries if stem not in keep and now - used > max_age_s]
+    left = sorted((e for e in entries if e[0] not in doomed), key=lambda e: e[2])
+    total = sum(size for _, size, _ in left)
+    for stem, size, used in left:
+        if total <= max_bytes:
+            break
+        if stem not in keep and now - used > recent_s:
+            doomed.append(stem)
+            total -= size
+    return doomed
 
 
 def _complete(saved: SavedGuest) -> bool:

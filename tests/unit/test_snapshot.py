@@ -145,3 +145,64 @@ def test_waiting_for_another_save_is_bounded_per_key_and_shows_progress(tmp_path
         assert notes and all("waiting for another run saving debian-6.1-k.state" in n for n in notes)
         with lock(free) as other_config:  # ... while another configuration's lock is free
             store._lock(other_config, free, Deadline(0.5, "save"), notes.append)
+
+
+# --- pruning: the folder only grows on a save, so a save prunes ---------------------------
+
+DAY = 86400.0
+NOW = 1_000_000_000.0
+
+
+def test_prune_plan_removes_states_unused_for_the_max_age_and_keeps_the_rest():
+    entries = [("old", 10, NOW - 15 * DAY), ("fresh", 10, NOW - 2 * DAY), ("kept", 10, NOW - 30 * DAY)]
+    assert snapshot.prune_plan(entries, NOW, 10**9, 14 * DAY, keep={"kept"}) == ["old"]
+
+
+def test_prune_plan_removes_least_recently_used_until_under_the_size_limit():
+    entries = [("b", 40, NOW - 3 * DAY), ("a", 40, NOW - 5 * DAY), ("c", 40, NOW - 1 * DAY), ("new", 40, NOW)]
+    assert snapshot.prune_plan(entries, NOW, 100, 14 * DAY, keep={"new"}) == ["a", "b"]
+
+
+def test_prune_plan_never_removes_a_state_used_within_the_last_hour_even_over_the_limit():
+    entries = [("busy", 40, NOW - 60), ("new", 40, NOW)]
+    assert snapshot.prune_plan(entries, NOW, 10, 14 * DAY, keep={"new"}) == []
+
+
+def _saved_set(store, stem, size, used):
+    image, key = stem.rsplit("-", 1)
+    saved = store.paths(image, key)
+    saved.state.write_bytes(b"s" * size)
+    saved.console.write_text("console")
+    saved.digest.write_text("digest\n")
+    lock = store.folder / f".{stem}.lock"
+    lock.touch()
+    import os
+    os.utime(lock, (used, used))
+    return saved
+
+
+def test_prune_removes_the_files_of_old_states_but_not_one_another_run_holds(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCE_SNAPSHOT_CACHE_MIB", "4096")
+    store = snapshot.SnapshotStore(tmp_path)
+    old = _saved_set(store, "debian-6.1-00000000000000aa", 100, NOW - 20 * DAY)
+    held = _saved_set(store, "debian-6.12-00000000000000bb", 100, NOW - 20 * DAY)
+    new = _saved_set(store, "debian-6.1-00000000000000cc", 100, NOW)
+    with (tmp_path / ".debian-6.12-00000000000000bb.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pruned = store.prune(keep={new.state.stem}, now=NOW)
+    assert pruned == [("debian-6.1-00000000000000aa", 100)]
+    assert not old.state.exists() and not old.console.exists() and not old.digest.exists()
+    assert held.state.exists() and new.state.exists()
+
+
+def test_find_marks_a_state_used(tmp_path):
+    store = snapshot.SnapshotStore(tmp_path)
+    saved = _saved_set(store, "debian-6.1-00000000000000aa", 10, NOW - 20 * DAY)
+    assert store.find("debian-6.1", "00000000000000aa") == saved
+    assert time.time() - (tmp_path / ".debian-6.1-00000000000000aa.lock").stat().st_mtime < 60
+
+
+def test_a_malformed_cache_limit_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MCE_SNAPSHOT_CACHE_MIB", "4G")
+    with pytest.raises(HarnessError, match="MCE_SNAPSHOT_CACHE_MIB='4G': expected a whole number of MiB"):
+        snapshot.SnapshotStore(tmp_path).prune(keep=set())
