@@ -20,6 +20,11 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "base": ("X86_MCE", "MEMORY_FAILURE", "PROC_PAGE_MONITOR", "BLK_DEV_INITRD", "DEVTMPFS", "DEBUG_FS",
              "SERIAL_8250_CONSOLE", "VIRTIO_PCI", "VIRTIO_NET"),
     "disk": ("VIRTIO_BLK", "EXT4_FS"),                  # guest.disk / probe memory: file
+    # guest.pmem: memmap=SIZE!OFFSET -> e820 pmem (nd_e820), /dev/pmem0 with struct pages
+    # (nd_pmem, ZONE_DEVICE), ext4 mounted -o dax (FS_DAX; busybox mke2fs writes ext2).
+    # LIBNVDIMM is implied: X86_PMEM_LEGACY and BLK_DEV_PMEM depend on it.
+    "pmem": ("X86_PMEM_LEGACY", "BLK_DEV_PMEM", "ZONE_DEVICE", "FS_DAX", "EXT4_FS",
+             "EXT4_USE_FOR_EXT2"),
     "thp": ("TRANSPARENT_HUGEPAGE",),                   # probe memory: thp, thp-eligible
     "hugetlb": ("HUGETLBFS",),                          # probe memory: hugetlb
     "ksm": ("KSM",),                                    # probe memory: ksm
@@ -43,6 +48,8 @@ MODULE_OF = {
     "EXT4_FS": "ext4",
     "HWPOISON_INJECT": "hwpoison_inject",
     "PVPANIC_PCI": "pvpanic_pci",
+    "X86_PMEM_LEGACY": "nd_e820",
+    "BLK_DEV_PMEM": "nd_pmem",
 }
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
@@ -62,7 +69,9 @@ def features(scenario: Scenario) -> dict[str, str]:
     """{feature: what in the scenario asks for it}."""
     used = {"base": "every scenario"}
     memory = scenario.probe.memory
-    if scenario.guest.disk_mib or memory == "file":
+    if scenario.guest.pmem_mib:
+        used["pmem"] = "guest.pmem"
+    elif scenario.guest.disk_mib or memory == "file":
         used["disk"] = "guest.disk"
     if memory in ("thp", "thp-eligible"):
         used["thp"] = f"probe memory: {memory}"

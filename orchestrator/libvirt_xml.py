@@ -20,6 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import pmem
 from orchestrator.qemu_args import KERNEL_CMDLINE
 
 # The libvirt name of the Skylake-Client variant without TSX, with IBRS: an
@@ -44,6 +45,7 @@ class DomainConfig:
     accel: str = "tcg"
     emulator: str = "/usr/bin/qemu-system-x86_64"
     extra_cmdline: str = ""
+    pmem_mib: int | None = None   # guest.pmem, as in the QEMU backend (memmap= on the command line)
     firmware: Path | None = None  # qboot: passed as -bios, like the QEMU backend
     disk: Path | None = None
     incoming: bool = False        # wait for a saved guest's state (migrate-incoming) instead of booting
@@ -70,7 +72,8 @@ def build_domain_xml(c: DomainConfig) -> str:
         _sub(os_, "loader", str(c.firmware), type="rom", readonly="yes")
     _sub(os_, "kernel", str(c.kernel))
     _sub(os_, "initrd", str(c.initrd))
-    _sub(os_, "cmdline", f"{KERNEL_CMDLINE} {c.extra_cmdline}".strip())
+    pmem_arg = pmem.kernel_arg(c.pmem_mib) if c.pmem_mib else ""
+    _sub(os_, "cmdline", " ".join(part for part in (KERNEL_CMDLINE, pmem_arg, c.extra_cmdline) if part))
     features = _sub(domain, "features")
     _sub(features, "acpi")  # without it libvirt passes -no-acpi; the QEMU backend has ACPI
     if c.accel == "kvm":

@@ -7,6 +7,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator import pmem
+
 QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 # An Intel model with MCA/MCE; the guest sees MCG_SER_P and QEMU's 10 banks.
 TCG_CPU_MODEL = "Skylake-Client-v4"
@@ -26,6 +28,7 @@ class QemuConfig:
     accel: str = "tcg"        # "kvm" or "tcg"
     qemu_binary: str = "qemu-system-x86_64"
     extra_cmdline: str = ""
+    pmem_mib: int | None = None   # guest.pmem: that much of the guest's RAM as legacy pmem (memmap=)
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
     disk: Path | None = None      # a raw scratch image: /dev/vda, or /dev/vdb after a root disk
     root_disk: Path | None = None  # a qcow2 root file system (an overlay), the guest's /dev/vda
@@ -50,6 +53,11 @@ def cpu_model(accel: str) -> str:
     return "host" if accel == "kvm" else TCG_CPU_MODEL
 
 
+def kernel_cmdline(c: QemuConfig) -> str:
+    pmem_arg = pmem.kernel_arg(c.pmem_mib) if c.pmem_mib else ""
+    return " ".join(part for part in (KERNEL_CMDLINE, c.root_cmdline, pmem_arg, c.extra_cmdline) if part)
+
+
 def build_argv(c: QemuConfig) -> list[str]:
     argv = [
         c.qemu_binary,
@@ -65,7 +73,7 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-action", "panic=pause",
         "-kernel", str(c.kernel),  # plain values, not option lists: no escaping
         "-initrd", str(c.initrd),
-        "-append", " ".join(part for part in (KERNEL_CMDLINE, c.root_cmdline, c.extra_cmdline) if part),
+        "-append", kernel_cmdline(c),
         # The harness reads the console from a socket and writes console.log itself (capped);
         # without one, QEMU writes the file.
         "-chardev", (f"socket,id=console,fd={c.console_fd}" if c.console_fd is not None

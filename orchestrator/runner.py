@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import image as images
-from orchestrator import mce
+from orchestrator import mce, pmem
 from orchestrator import kconfig
 from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
@@ -58,6 +58,27 @@ def mount_scratch_disk(device: str) -> str:
     mounted = f"grep -qs '^{device} {GUEST_MOUNT} ' /proc/mounts"
     return (f"{{ i=0; until {mounted} || mount -t ext4 {device} {GUEST_MOUNT} 2>/tmp/mount.err; do i=$((i + 1)); "
             f"if [ $i -ge 50 ]; then cat /tmp/mount.err; exit 1; fi; usleep 100000 2>/dev/null || sleep 0.1; done; }}")
+
+
+def mount_pmem() -> str:
+    """Format the guest.pmem device in the guest and mount it at /mnt with DAX.
+
+    nd_pmem binds the namespace asynchronously after insmod: wait for the device.
+    busybox mke2fs writes ext2, which the ext4 driver mounts (CONFIG_EXT4_USE_FOR_EXT2);
+    -o dax (dax=always) makes the mount fail on a device without DAX, never silently use
+    the page cache. Idempotent like mount_scratch_disk: a second copy of the command
+    finds the device mounted, or waits while the first (which took the lock) formats it."""
+    mounted = f"grep -qs '^{pmem.DEVICE} {GUEST_MOUNT} ' /proc/mounts"
+    pause = "usleep 100000 2>/dev/null || sleep 0.1"
+    return (f"{{ {mounted} || if mkdir /run/mceorch-pmem 2>/dev/null; then "
+            f"i=0; until [ -b {pmem.DEVICE} ]; do i=$((i + 1)); if [ $i -ge 100 ]; then "
+            f"echo 'no {pmem.DEVICE} after 10 s (nd_e820/nd_pmem not loaded?)'; exit 1; fi; {pause}; done; "
+            f"mke2fs -F -b 4096 {pmem.DEVICE} >/tmp/mke2fs.out 2>&1 || {{ cat /tmp/mke2fs.out; exit 1; }}; "
+            f"mount -t ext4 -o dax {pmem.DEVICE} {GUEST_MOUNT}; "
+            f"else i=0; until {mounted}; do i=$((i + 1)); if [ $i -ge 200 ]; then "
+            f"echo '{pmem.DEVICE} not mounted by the other copy of this command'; exit 1; fi; {pause}; done; fi; }}")
+
+
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
@@ -355,6 +376,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
             if scenario.guest.disk_mib:
                 setup.append(mount_scratch_disk(_scratch_device(guest_image)))
+            if scenario.guest.pmem_mib:
+                setup.append(mount_pmem())
             if restored:
                 setup.insert(1, fresh_identity_command(guest.artifacts))
             if scenario.guest.swap_mib:
@@ -389,6 +412,12 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 raise HarnessError("locate", "ksmd did not merge the probe's pages (is /sys/kernel/mm/ksm/run 1?)")
             if p.memory in ("hugetlb", "hugetlb-file") and not ev.ready["huge"]:
                 raise HarnessError("locate", "the probe's target is not in a hugetlb page (reserve vm.nr_hugepages)")
+            if scenario.guest.pmem_mib and p.memory == "file":
+                start, end = pmem.gpa_range(scenario.guest.pmem_mib)
+                if not start <= int(ev.ready["gpa"], 16) < end:
+                    # A page-cache page in RAM: the file is not mapped with DAX.
+                    raise HarnessError("locate", f"the probe's file page at GPA {ev.ready['gpa']} is not in "
+                                                 f"the pmem range {start:#x}-{end - 1:#x}: not a DAX mapping")
             region = scenario.inject.region
             if region == "kernel-code":
                 address = _kernel_code_page(ssh, Deadline(t.locate, "locate"))

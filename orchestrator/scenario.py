@@ -16,6 +16,7 @@ import jsonschema
 import yaml
 
 from orchestrator import logmatch, mce, memory_map
+from orchestrator.pmem import MIN_RAM_MIB as PMEM_MIN_RAM_MIB
 from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import InputError
 
@@ -50,6 +51,7 @@ class GuestSpec:
     sysctl: tuple[tuple[str, int], ...] = ()
     disk_mib: int | None = None    # an ext4 disk mounted at /mnt
     swap_mib: int | None = None    # a swap file of this size on that disk, swapped on
+    pmem_mib: int | None = None    # a legacy pmem range of guest RAM, ext4 -o dax at /mnt
     sysfs: tuple[tuple[str, str], ...] = ()   # (path under /sys, value), written in order
 
 
@@ -100,7 +102,7 @@ NONE = "none"
 @dataclass(frozen=True)
 class Expectations:
     sigbus: SigbusExpectation | Literal["none"] | None = None
-    page_poisoned: bool | None = None
+    page_poisoned: bool | Literal["no-page"] | None = None  # no-page: kpageflags shows only KPF_NOPAGE
     hardware_corrupted_kb: int | None = None
     kernel_log: tuple[LineExpectation, ...] = ()         # whole messages that must be in the log
     kernel_log_absent: tuple[LineExpectation, ...] = ()  # ... that must not
@@ -373,14 +375,22 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         sysctl=tuple(sorted(guest_data.get("sysctl", {}).items())),
         disk_mib=guest_data.get("disk", {}).get("size_mib"),
         swap_mib=guest_data.get("disk", {}).get("swap_mib"),
+        pmem_mib=guest_data.get("pmem", {}).get("size_mib"),
         sysfs=tuple((path, str(value)) for path, value in guest_data.get("sysfs", {}).items()),
     )
     probe_data = dict(data.get("probe", {}))
     steps = probe_data.pop("after_inject", "wait")
     probe = ProbeSpec(after_inject=() if steps == "wait" else (steps,) if isinstance(steps, str) else tuple(steps),
                       **probe_data)
-    if probe.memory == "file" and guest.disk_mib is None:
-        fail(("probe", "memory"), "memory: file needs guest.disk (the file lives on the guest's ext4 disk)")
+    if probe.memory == "file" and guest.disk_mib is None and guest.pmem_mib is None:
+        fail(("probe", "memory"), "memory: file needs guest.disk or guest.pmem (the file lives on the "
+                                  "guest's ext4 file system at /mnt)")
+    if guest.pmem_mib is not None and guest.disk_mib is not None:
+        fail(("guest", "pmem"), "not together with guest.disk: both are mounted at /mnt")
+    if guest.pmem_mib is not None and guest.memory_mib < guest.pmem_mib + PMEM_MIN_RAM_MIB:
+        fail(("guest", "pmem", "size_mib"), f"{guest.pmem_mib} MiB of pmem needs memory_mib of at least "
+             f"{guest.pmem_mib + PMEM_MIN_RAM_MIB} (the guest keeps {PMEM_MIN_RAM_MIB} MiB of RAM), "
+             f"not {guest.memory_mib}")
     if guest.swap_mib is not None and guest.swap_mib > guest.disk_mib - 8:
         fail(("guest", "disk", "swap_mib"), f"a {guest.swap_mib} MiB swap file does not fit on a "
              f"{guest.disk_mib} MiB ext4 disk (leave 8 MiB)")

@@ -17,6 +17,7 @@ from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
 
 KPF_HWPOISON = 19  # include/uapi/linux/kernel-page-flags.h
+KPF_NOPAGE = 20    # the same header: no page frame at this PFN
 PAGE_SHIFT = 12
 HUGE_PAGES = 512   # 4 KiB pages in a 2 MiB hugetlb page
 
@@ -381,10 +382,17 @@ def _ranges(pages: list[int]) -> str:
     return ", ".join(out)
 
 
-def _check_poisoned(want: bool, ev: Evidence) -> Check:
+def _check_poisoned(want: bool | str, ev: Evidence) -> Check:
     if ev.kpageflags is None:
         return _missing("page poisoned", ev, "kpageflags")
     pfn = ev.checked_pfn
+    if want == "no-page":
+        # ZONE_DEVICE memory (a pmem page): fs/proc/page.c finds no online page there.
+        detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}"
+        if ev.kpageflags == 1 << KPF_NOPAGE:
+            return _ok("page poisoned", detail + ": NOPAGE only, the kernel exposes no flags for this PFN")
+        return _fail("page poisoned", detail + f", expected NOPAGE only ({1 << KPF_NOPAGE:#x}): "
+                                               "the kernel exposes this PFN's flags")
     poisoned = bool(ev.kpageflags >> KPF_HWPOISON & 1)
     detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}: HWPOISON {'set' if poisoned else 'clear'}"
     return _ok("page poisoned", detail) if poisoned == want else _fail("page poisoned", detail + f", expected {'set' if want else 'clear'}")

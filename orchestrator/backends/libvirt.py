@@ -364,7 +364,7 @@ class LibvirtGuest(Guest):
             name=self.name, kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
-            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
+            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
             incoming=self.incoming is not None,
             # A restored guest's console.log already holds the saving boot's console.
             console_append=self.incoming is not None)
@@ -572,6 +572,8 @@ def check_attachable(uri: str, name: str, attach: AttachConfig, scenarios, snaps
                 need.append(f"{s.guest.memory_mib} MiB of memory (the domain has {max_kib >> 10})")
             if s.guest.disk_mib:
                 need.append("a scratch disk as /dev/vda (an attached domain's disks are left alone)")
+            if s.guest.pmem_mib:
+                need.append("a pmem range on its kernel command line (memmap=, set when it boots)")
             if need:
                 raise InputError(f"{s.path}: guest: needs {' and '.join(need)}; --domain {name} cannot run it")
     finally:

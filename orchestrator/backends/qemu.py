@@ -178,7 +178,8 @@ class QemuGuest(Guest):
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             qmp_fd=qmp_fd, ssh_port=ssh_port, hmp_fd=hmp_fd, console_fd=console_fd, memory_mib=self.spec.memory_mib,
             vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
-            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=self.disk, incoming=self.incoming,
+            qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, pmem_mib=self.spec.pmem_mib,
+            disk=self.disk, incoming=self.incoming,
             # A restored guest's console.log already holds the saving boot's console.
             console_append=self.incoming is not None, kept_qmp_socket=self.kept_qmp_socket,
             # A disk image boots from its overlay (made at launch) with its own root= arguments.

@@ -16,7 +16,9 @@ from orchestrator.image.errors import ImageError, run
 # Loaded by /init in this order (each after its dependencies). virtio_pci comes
 # first so the NIC exists when virtio_net binds. crc32c_generic is not a hard
 # dependency of ext4 (it asks the crypto API for "crc32c" at mount time), so it is
-# listed explicitly. Modules missing from a kernel, or built in, are skipped.
+# listed explicitly. nd_e820 and nd_pmem turn a memmap=SIZE!OFFSET range of guest RAM
+# into /dev/pmem0, a DAX-capable device (the dax-page scenario); without such a range
+# they load and find nothing. Modules missing from a kernel, or built in, are skipped.
 DEFAULT_MODULES = (
     "virtio_pci",
     "virtio_net",
@@ -25,6 +27,8 @@ DEFAULT_MODULES = (
     "ext4",
     "pvpanic_pci",
     "hwpoison_inject",
+    "nd_e820",
+    "nd_pmem",
 )
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 
