@@ -66,9 +66,9 @@ REASONS = {
                              "only on races",
     "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; this entry needs a page that was "
                     "handlable when taken but matches no error_states[] entry (left the LRU meanwhile): a race",
-    "dax page": "not done here: needs an fsdax namespace (QEMU -machine nvdimm=on, -device nvdimm), the "
-                "libnvdimm/nd_pmem/dax modules in the guest image (orchestrator/image.py) and a filesystem "
-                "mounted -o dax",
+    "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "
+                "(memmap= legacy pmem, nd_e820/nd_pmem, ext4 -o dax); a kernel without those options "
+                "skips it",
     "clean mlocked LRU page": "try_to_unmap() munlocks the page before identify_page_state() reads its "
                               "flags, so an mlocked page reports as an LRU page (mlock-page)",
     "dirty mlocked LRU page": "as the clean one: an mlocked page reports as \"dirty LRU page\" (mlock-page)",

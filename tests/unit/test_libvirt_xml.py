@@ -79,3 +79,8 @@ def test_values_are_escaped_not_interpolated():
 
 def test_ssh_forward_is_loopback_only():
     assert libvirt_xml.hostfwd_command(2222) == "hostfwd_add hostnet0 tcp:127.0.0.1:2222-:22"
+
+
+def test_pmem_range_on_the_domain_command_line_too():
+    root = ET.fromstring(libvirt_xml.build_domain_xml(config(pmem_mib=256, extra_cmdline="mce=2")))
+    assert root.find("os/cmdline").text.endswith(" memmap=256M!256M mce=2")

@@ -87,3 +87,11 @@ def test_no_root_disk_no_root_arguments():
     argv = qemu_args.build_argv(config(extra_cmdline="mitigations=off"))
     assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable mitigations=off"
     assert "id=root0" not in " ".join(argv)
+
+
+def test_pmem_is_a_memmap_range_of_guest_ram_on_the_kernel_command_line():
+    argv = qemu_args.build_argv(config(pmem_mib=128, extra_cmdline="mitigations=off"))
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable memmap=128M!256M mitigations=off"
+    assert argv[argv.index("-m") + 1] == "512"  # QEMU's RAM is unchanged: the guest kernel carves the range
+    # It shapes the saved guest: a guest without it is another configuration.
+    assert qemu_args.state_argv(config(pmem_mib=128)) != qemu_args.state_argv(config())

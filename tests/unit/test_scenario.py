@@ -253,3 +253,22 @@ def test_ras_record_is_a_boolean_and_needs_a_live_guest():
         parse(MINIMAL + "  ras_record: yes please\n")
     with pytest.raises(ScenarioError, match="expect.ras_record: cannot be checked when the guest is expected to panic"):
         parse(MINIMAL.replace("  sigbus: none", "  guest: panic\n  ras_record: true"))
+
+
+def test_pmem_holds_the_file_instead_of_a_disk_and_leaves_the_guest_ram():
+    s = parse(MINIMAL + "guest:\n  pmem: {size_mib: 128}\nprobe:\n  memory: file\n")
+    assert (s.guest.pmem_mib, s.guest.disk_mib, s.probe.memory) == (128, None, "file")
+    with pytest.raises(ScenarioError, match="guest.pmem: not together with guest.disk"):
+        parse(MINIMAL + "guest:\n  pmem: {size_mib: 128}\n  disk: {size_mib: 64}\n")
+    with pytest.raises(ScenarioError, match="128 MiB of pmem needs memory_mib of at least 512"):
+        parse(MINIMAL + "guest:\n  memory_mib: 448\n  pmem: {size_mib: 128}\n")
+    with pytest.raises(ScenarioError, match="guest.pmem.size_mib"):  # whole 128 MiB sections
+        parse(MINIMAL + "guest:\n  pmem: {size_mib: 100}\n")
+    with pytest.raises(ScenarioError, match="memory: file needs guest.disk or guest.pmem"):
+        parse(MINIMAL + "probe:\n  memory: file\n")
+
+
+def test_page_poisoned_no_page_is_the_only_word_besides_true_and_false():
+    assert parse(MINIMAL + "  page_poisoned: no-page\n").expect.page_poisoned == "no-page"
+    with pytest.raises(ScenarioError, match="expect.page_poisoned"):
+        parse(MINIMAL + "  page_poisoned: hidden\n")

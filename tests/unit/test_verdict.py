@@ -324,3 +324,13 @@ def test_ras_record_not_gathered_is_an_error_naming_why():
     expect_record = replace(late_kill(), expect=replace(late_kill().expect, ras_record=True))
     verdict = judge(expect_record, good_evidence(unavailable={"ras record": "the guest has no RAS daemon"}))
     assert verdict.outcome == Outcome.ERROR and "no RAS daemon" in verdict.reasons[0]
+
+
+def test_page_poisoned_no_page_wants_kpageflags_to_show_nothing_but_nopage():
+    scenario = with_expect(page_poisoned="no-page")
+    ok = judge(scenario, good_evidence(kpageflags=1 << 20))
+    assert ok.outcome == Outcome.PASS, ok.reasons
+    # A PFN whose flags the kernel does expose (poisoned or not) is not what no-page says.
+    for flags in (KPF_HWPOISON_SET, 1 << 5, 0):
+        failed = failing(judge(scenario, good_evidence(kpageflags=flags)))
+        assert list(failed) == ["page poisoned"] and "expected NOPAGE only" in failed["page poisoned"]
