@@ -436,6 +436,11 @@ def parse_scenario(text: str, path: Path) -> Scenario:
             fail(at + ("ksm_remerge",), "needs a ksm-remerge step in probe.after_inject")
     timeouts = Timeouts(**data.get("timeouts", {}))
     _check_repeats(inject, timeouts, fail)
+    if probe.after_inject and probe.mode == "busy":
+        fail(("probe", "after_inject"), "steps run only with probe.mode: wait (a busy probe reads its page "
+                                        "until the signal and takes no steps)")
+    if probe.after_inject and expect.guest == "panic":
+        fail(("probe", "after_inject"), "steps never run when the guest is expected to panic")
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 

@@ -86,6 +86,18 @@ def test_gate_needs_busy_probe():
         parse(MINIMAL.replace("  preset: srao", "  preset: srao\n  gate: user-mode"))
 
 
+@pytest.mark.parametrize("extra, why", [
+    ("probe:\n  mode: busy\n  after_inject: [settle]\n", "steps run only with probe.mode: wait"),
+    ("probe:\n  after_inject: [settle]\n", "steps never run when the guest is expected to panic"),
+])
+def test_steps_that_would_never_run_are_refused(extra, why):
+    text = MINIMAL + extra
+    if "panic" in why:
+        text = text.replace("  sigbus: none", "  guest: panic")
+    with pytest.raises(ScenarioError, match=f"probe.after_inject: {why}"):
+        parse(text)
+
+
 def test_resolve_names_and_files(tmp_path):
     assert resolve("srao-anon-late-kill", SCENARIOS) == SCENARIOS / "srao-anon-late-kill.yaml"
     with pytest.raises(InputError, match="unknown scenario 'nope' \\(known: .*srao-anon-late-kill"):
