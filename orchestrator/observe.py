@@ -41,6 +41,10 @@ SSHD_LOG_BYTES = 1 << 20         # the guest sshd's log kept (a flooded one is c
 KERNEL_LOG_BYTES = 8 << 20       # the console standing in for the kernel log: first and last halves
 CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
 SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
+# Every guest expected alive is watched this long after its last step, before the
+# evidence (dmesg included) is read: a kernel that oopses just after "Recovered"
+# (a kernel thread meeting the poisoned page) must not pass.
+AFTERMATH_S = 1.0
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
 PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
 
@@ -82,6 +86,8 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
             # is no line to wait for, so give it one more interval.
             sleep_watching(deadline, scenario.inject.interval_s or CE_SETTLE_S, down)
         _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
+    if scenario.expect.guest != "panic":
+        sleep_watching(deadline, AFTERMATH_S, down)
     why_down = down()
     if why_down:
         _let_panic_print(guest, deadline)
