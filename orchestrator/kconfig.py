@@ -84,6 +84,8 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["madvise"] = f"probe memory: {memory}"
     elif "collapse" in scenario.probe.after_inject:
         used["madvise"] = "probe step: collapse"
+    elif "madvise-hwpoison" in scenario.probe.after_inject:
+        used["madvise"] = "probe step: madvise-hwpoison"
     if "soft-offline" in scenario.probe.after_inject:
         used["soft-offline"] = "probe step: soft-offline"
     if scenario.expect.guest == "panic":

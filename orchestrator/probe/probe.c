@@ -9,7 +9,7 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean|hugetlb-file]
+ *                   shm-locked-clean|hugetlb-file|zero-page]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -29,7 +29,9 @@
  *         that the vCPU is in this loop (user mode) before an SRAR.
  * Commands: touch (read every page: late kill shows up here), fsync (msync +
  * fsync of a file mapping), reread (pread the target page of the file),
- * collapse (MADV_COLLAPSE over the mapping), report (finish).
+ * collapse (MADV_COLLAPSE over the mapping), madvise-hwpoison
+ * (madvise(MADV_HWPOISON) on the target page: the kernel's software injection,
+ * needs CAP_SYS_ADMIN), report (finish).
  *
  * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
  * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
@@ -49,6 +51,8 @@
  * with MFD_HUGETLB, 2 MiB pages),
  * shm-locked (System V shared memory locked with SHM_LOCK: unevictable),
  * shm-locked-clean (the same, the target only read: a clean page),
+ * zero-page (anon, the target only read: it maps the shared zero page, a
+ * reserved kernel page; "ready" reports the zero page's PFN),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
  * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
@@ -319,6 +323,21 @@ static void fill(unsigned char *p, int page)
         p[i] = pattern(page, i);
 }
 
+/* A page only read holds what a fresh page holds: zeros. */
+static int holds_zeros(const unsigned char *p)
+{
+    for (long i = 0; i < page_size; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* The pages a kind only reads (see left_clean). */
+static int only_read(int page)
+{
+    return page == target && (!strcmp(memory, "shm-locked-clean") || !strcmp(memory, "zero-page"));
+}
+
 static int holds(const unsigned char *p, int page)
 {
     for (long i = 0; i < page_size; i++)
@@ -400,6 +419,7 @@ static const char *errno_name(int e)
     case EBUSY: return "EBUSY";
     case EFAULT: return "EFAULT";
     case EHWPOISON: return "EHWPOISON";
+    case EPERM: return "EPERM";
     default: return "other";
     }
 }
@@ -444,8 +464,9 @@ static void check_pages(void)
     reporting = 1;
     for (int p = 0; p < pages; p++) {
         const char *why = skip_reason(p);
-        page_state[p] = !why ? holds(mem + p * page_size, same_content ? 0 : p + generation)
-                        : !strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS;
+        page_state[p] = why ? (!strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS)
+                        : only_read(p) ? holds_zeros(mem + p * page_size)
+                        : holds(mem + p * page_size, same_content ? 0 : p + generation);
     }
     reporting = 0;
 }
@@ -474,10 +495,12 @@ static unsigned char *map_shm_locked(void)
 }
 
 /* shm-locked-clean: the target is read, never written, so its page stays
- * clean (zeros; it is not one of the pages whose data is checked). */
+ * clean (zeros: check_pages() expects zeros there).
+ * zero-page: the same read of a private anonymous page maps the shared zero
+ * page (do_anonymous_page on a read fault), which is a reserved kernel page. */
 static int left_clean(int page)
 {
-    if (strcmp(memory, "shm-locked-clean") || page != target)
+    if (!only_read(page))
         return 0;
     (void)*(volatile unsigned char *)(mem + page * page_size);
     return 1;
@@ -502,7 +525,8 @@ static unsigned char *map_memory(void)
     }
     mem_size = pages * page_size;
     unsigned char *p;
-    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock") || !strncmp(memory, "swapcache", 9)) {
+    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock") || !strncmp(memory, "swapcache", 9)
+        || !strcmp(memory, "zero-page")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         /* 4 KiB pages only: a THP would turn a page failure into a split first. */
         if (p != MAP_FAILED)
@@ -978,6 +1002,14 @@ int main(int argc, char **argv)
                 } else if (!strncmp(line, "reread", 6)) {
                     output_begin();
                     do_reread();
+                    output_end();
+                } else if (!strncmp(line, "madvise-hwpoison", 16)) {
+                    /* The kernel's software injection: memory_failure() on the
+                     * page this address maps, with the reference GUP took. */
+                    int rc = madvise(target_va, page_size, MADV_HWPOISON);
+                    int saved = rc ? errno : 0;
+                    output_begin();
+                    printf("{\"event\":\"madvise-hwpoison\",\"result\":\"%s\"}\n", errno_name(saved));
                     output_end();
                 } else if (!strncmp(line, "collapse", 8)) {
                     do_collapse(pagemap);  /* prints nothing until the madvise calls are done */
