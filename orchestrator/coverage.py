@@ -68,9 +68,9 @@ REASONS = {
                         "6.12 dropped it from action_page_types[]",
     "different compound page after locking": "a race: the compound page must be split or freed between "
                                              "get_hwpoison_page() and lock_page(); not reproducible on demand",
-    "unmapping failed page": "try_to_unmap() must leave the page mapped; 6.1 reaches it for a KSM page "
-                             "(ksm-merged-page, \"can't handle KSM pages\"), 6.12 unmaps KSM pages and fails "
-                             "only on races",
+    "unmapping failed page": "try_to_unmap() must leave the page mapped: a KSM page on 6.1 (ksm-merged-page, "
+                             "\"can't handle KSM pages\"; 6.12 unmaps KSM pages), or on both kernels a DMA-pinned "
+                             "swap-cache page, which try_to_unmap_one() cannot make shared (swapcache-pinned-page)",
     "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; this entry needs a page that was "
                     "handlable when taken but matches no error_states[] entry (left the LRU meanwhile): a race",
     "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "

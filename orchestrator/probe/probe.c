@@ -79,6 +79,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -365,6 +366,25 @@ static uint64_t swap_in_dirty(int pagemap, unsigned char *target_va, uint64_t ta
     }
     fail("the written target did not stay in the swap cache");
     return 0;
+}
+
+/* swapcache-pinned: the swapcache-dirty target then pinned for DMA the way
+ * io_uring fixed buffers (and RDMA) pin memory: IORING_REGISTER_BUFFERS calls
+ * pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) on it. The pin lasts while the
+ * ring is open (until the probe exits). */
+#define IORING_REGISTER_BUFFERS 0
+static int uring_fd = -1;
+
+static void pin_for_dma(int pagemap, unsigned char *target_va, uint64_t target_pfn)
+{
+    uint32_t params[30] = {0};  /* struct io_uring_params (120 bytes): all defaults */
+    struct iovec iov = {target_va, page_size};
+    unsigned long long flags = 0;
+    uring_fd = syscall(SYS_io_uring_setup, 1, params);
+    if (uring_fd < 0 || syscall(SYS_io_uring_register, uring_fd, IORING_REGISTER_BUFFERS, &iov, 1))
+        fail("io_uring_register IORING_REGISTER_BUFFERS");
+    if (pfn_of(pagemap, target_va) != target_pfn || !kpageflags_of(target_pfn, &flags) || !(flags >> KPF_SWAPCACHE & 1))
+        fail("the pinned target left the swap cache");
 }
 
 /* truncated: keep a reference to the target's page in a pipe (vmsplice),
@@ -944,8 +964,10 @@ int main(int argc, char **argv)
         fail("target PFN not visible (not root, or page not present)");
     if (!strncmp(memory, "swapcache", 9))
         page_out_to_swap_cache(pagemap, target_va, target_pfn);
-    if (!strcmp(memory, "swapcache-dirty"))
+    if (!strcmp(memory, "swapcache-dirty") || !strcmp(memory, "swapcache-pinned"))
         target_pfn = swap_in_dirty(pagemap, target_va, target_pfn);
+    if (!strcmp(memory, "swapcache-pinned"))
+        pin_for_dma(pagemap, target_va, target_pfn);
     if (!strcmp(memory, "truncated"))
         truncate_target(target_va, target_pfn);
     if (!strcmp(memory, "thp-pinned"))

@@ -49,6 +49,7 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("file-dirty-ext4", "ADVISE_SYSCALLS", "probe memory: file"),
     ("ksm-merged-page", "ADVISE_SYSCALLS", "probe memory: ksm"),
     ("zero-page-madvise-hwpoison", "ADVISE_SYSCALLS", "probe step: madvise-hwpoison"),
+    ("swapcache-pinned-page", "IO_URING", "probe memory: swapcache-pinned"),
     ("soft-offline-sysfs", "MEMORY_HOTPLUG", "probe step: soft-offline"),
     ("srao-anon-late-kill", "MEMORY_FAILURE", "every scenario"),
 ])
