@@ -71,8 +71,10 @@ REASONS = {
     "unmapping failed page": "try_to_unmap() must leave the page mapped: a KSM page on 6.1 (ksm-merged-page, "
                              "\"can't handle KSM pages\"; 6.12 unmaps KSM pages), or on both kernels a DMA-pinned "
                              "swap-cache page, which try_to_unmap_one() cannot make shared (swapcache-pinned-page)",
-    "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; this entry needs a page that was "
-                    "handlable when taken but matches no error_states[] entry (left the LRU meanwhile): a race",
+    "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; from a machine check this entry "
+                    "needs a page that was handlable when taken but matches no error_states[] entry (left the LRU "
+                    "meanwhile): a race; madvise(MADV_HWPOISON) reaches it on a perf ring buffer page "
+                    "(perf-ring-madvise-hwpoison)",
     "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "
                 "(memmap= legacy pmem, nd_e820/nd_pmem, ext4 -o dax); a kernel without those options "
                 "skips it",

@@ -30,6 +30,7 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "ksm": ("KSM",),                                    # probe memory: ksm
     "shmem": ("SHMEM",),                                # probe memory: shmem
     "io-uring": ("IO_URING",),                          # probe memory: swapcache-pinned (a fixed buffer pins it)
+    "perf": ("PERF_EVENTS",),                           # probe memory: perf-ring
     "hwpoison-inject": ("HWPOISON_INJECT",),            # soft-poison / unpoison steps (debugfs)
     # The probe's madvise(MADV_HUGEPAGE/MERGEABLE/COLLAPSE) and posix_fadvise(DONTNEED):
     # without it both return ENOSYS (tinyconfig leaves it out).
@@ -80,6 +81,8 @@ def features(scenario: Scenario) -> dict[str, str]:
         used[memory] = f"probe memory: {memory}"
     if memory == "swapcache-pinned":
         used["io-uring"] = f"probe memory: {memory}"
+    if memory == "perf-ring":
+        used["perf"] = f"probe memory: {memory}"
     steps = [s for s in scenario.probe.after_inject if s in ("soft-poison", "unpoison")]
     if steps:
         used["hwpoison-inject"] = f"probe step: {steps[0]}"

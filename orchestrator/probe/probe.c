@@ -9,7 +9,7 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean|hugetlb-file|zero-page]
+ *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -53,6 +53,9 @@
  * shm-locked-clean (the same, the target only read: a clean page),
  * zero-page (anon, the target only read: it maps the shared zero page, a
  * reserved kernel page; "ready" reports the zero page's PFN),
+ * perf-ring (the data pages of a perf_event ring buffer, only read: kernel
+ * pages that are neither on an LRU nor reserved nor slab; --pages a power of
+ * two),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
  * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
@@ -336,6 +339,8 @@ static int holds_zeros(const unsigned char *p)
 /* The pages a kind only reads (see left_clean). */
 static int only_read(int page)
 {
+    if (!strcmp(memory, "perf-ring"))
+        return 1;  /* the kernel's pages: the probe never writes them */
     return page == target && (!strcmp(memory, "shm-locked-clean") || !strcmp(memory, "zero-page"));
 }
 
@@ -536,6 +541,37 @@ static void print_pages(const char *sep, const char *key, int state)
     printf("]");
 }
 
+/* perf-ring: the data pages of a perf_event ring buffer (a software dummy
+ * event, created disabled, so nothing is ever recorded: they stay zero).
+ * perf_mmap_fault() maps the kernel's own pages (alloc_pages, order 0): not
+ * on an LRU, not reserved, not slab. The ring is its header page plus a power
+ * of two data pages; the probe's pages are the data pages. */
+#define PERF_TYPE_SOFTWARE 1
+#define PERF_COUNT_SW_DUMMY 9
+#define PERF_ATTR_SIZE_VER0 64
+
+static unsigned char *map_perf_ring(void)
+{
+    /* struct perf_event_attr as first published (musl has no linux/ headers):
+     * type, size, config, ..., and the flag bits at byte 40, "disabled" first. */
+    uint64_t attr[PERF_ATTR_SIZE_VER0 / 8] = {
+        [0] = PERF_TYPE_SOFTWARE | (uint64_t)PERF_ATTR_SIZE_VER0 << 32,
+        [1] = PERF_COUNT_SW_DUMMY,
+        [5] = 1,
+    };
+    if (pages & (pages - 1)) {
+        fprintf(stderr, "probe: --memory perf-ring needs --pages to be a power of two\n");
+        exit(2);
+    }
+    int fd = syscall(SYS_perf_event_open, attr, 0, -1, -1, 0);
+    if (fd < 0)
+        fail("perf_event_open");
+    unsigned char *ring = mmap(NULL, mem_size + page_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (ring == MAP_FAILED)
+        fail("mmap perf ring");
+    return ring + page_size;
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strncmp(memory, "hugetlb", 7) || !strncmp(memory, "thp", 3);
@@ -580,6 +616,8 @@ static unsigned char *map_memory(void)
         /* thp-eligible: 4 KiB pages until the collapse step (see do_collapse). */
         if (madvise(p, mem_size, strcmp(memory, "thp-eligible") ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
             fail("madvise");
+    } else if (!strcmp(memory, "perf-ring")) {
+        p = map_perf_ring();
     } else if (!strcmp(memory, "file")) {
         if (!file_path) {
             fprintf(stderr, "probe: --memory file needs --file PATH\n");

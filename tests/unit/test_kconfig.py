@@ -50,6 +50,7 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("ksm-merged-page", "ADVISE_SYSCALLS", "probe memory: ksm"),
     ("zero-page-madvise-hwpoison", "ADVISE_SYSCALLS", "probe step: madvise-hwpoison"),
     ("swapcache-pinned-page", "IO_URING", "probe memory: swapcache-pinned"),
+    ("perf-ring-madvise-hwpoison", "PERF_EVENTS", "probe memory: perf-ring"),
     ("soft-offline-sysfs", "MEMORY_HOTPLUG", "probe step: soft-offline"),
     ("srao-anon-late-kill", "MEMORY_FAILURE", "every scenario"),
 ])
