@@ -60,14 +60,22 @@ REASONS = {
                             "(6.12) instead, see kernel-code-page; only madvise(MADV_HWPOISON) (MF_COUNT_INCREASED "
                             "skips get_hwpoison_page()) gets to this entry, on the zero page: "
                             "zero-page-madvise-hwpoison",
-    "high-order kernel page": "a race: reported when get_hwpoison_page() found a free (or unreferenced LRU) page "
-                              "that is no longer free when memory_failure() looks again; tail pages of high-order "
-                              "kernel allocations are not HWPoisonHandlable and report as an unhandlable page",
-    "kernel slab page": "6.1 has no path to it: a slab page is not handlable, get_hwpoison_page() fails "
-                        "(\"unhandlable page\") and it reports as \"unknown page\" (see kernel-code-page); "
-                        "6.12 dropped it from action_page_types[]",
-    "different compound page after locking": "a race: the compound page must be split or freed between "
-                                             "get_hwpoison_page() and lock_page(); not reproducible on demand",
+    "high-order kernel page": "a race: memory_failure() reports it when get_hwpoison_page() returned 0 for a page "
+                              "with no references that was free (or a free huge page) and is_free_buddy_page() is "
+                              "false when it looks again (allocated in between); a tail page of a high-order kernel "
+                              "allocation is not HWPoisonHandlable (unhandlable page: unknown page / get hwpoison "
+                              "page), and madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) never calls "
+                              "get_hwpoison_page()",
+    "kernel slab page": "6.1 has no path to it: from a machine check get_hwpoison_page() refuses a slab page (not "
+                        "HWPoisonHandlable, \"unhandlable page\", reported as unknown page, see kernel-code-page); "
+                        "madvise(MADV_HWPOISON) only reaches pages a user mapping holds, and no interface maps a slab "
+                        "page (vm_insert_page()'s validate_page_before_insert() refuses PageSlab, remap_pfn_range() "
+                        "mappings are VM_PFNMAP, which GUP refuses); 6.12 dropped it from action_page_types[]",
+    "different compound page after locking": "a race (6.1 only): the page must turn compound between "
+                                             "compound_head() and lock_page() in memory_failure(), twice (the "
+                                             "first time it retries); a page that is compound when looked at is "
+                                             "split first (PageTransHuge(): any compound head) or reported as "
+                                             "unsplit thp",
     "unmapping failed page": "try_to_unmap() must leave the page mapped: a KSM page on 6.1 (ksm-merged-page, "
                              "\"can't handle KSM pages\"; 6.12 unmaps KSM pages), or on both kernels a DMA-pinned "
                              "swap-cache page, which try_to_unmap_one() cannot make shared (swapcache-pinned-page)",
@@ -78,9 +86,19 @@ REASONS = {
     "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "
                 "(memmap= legacy pmem, nd_e820/nd_pmem, ext4 -o dax); a kernel without those options "
                 "skips it",
-    "clean mlocked LRU page": "try_to_unmap() munlocks the page before identify_page_state() reads its "
-                              "flags, so an mlocked page reports as an LRU page (mlock-page)",
-    "dirty mlocked LRU page": "as the clean one: an mlocked page reports as \"dirty LRU page\" (mlock-page)",
+    "clean mlocked LRU page": "identify_page_state() reads the current flags first and the saved page_flags only "
+                              "when they match nothing; hwpoison_user_mappings() unmaps with TTU_IGNORE_MLOCK, and "
+                              "try_to_unmap_one() munlocks on every VM_LOCKED unmap and drains the per-CPU mlock "
+                              "batch at once (mlock_page_drain_local(); 6.12: mlock_drain_local(), and shake_folio() "
+                              "again), so the page is evictable again and matches \"LRU page\" (mlock-page). "
+                              "mlock_count counts each VM_LOCKED mapping and try_to_unmap() removes them all (tried "
+                              "with madvise(MADV_HWPOISON) on 6.1: mlocked in two processes, in two shmem mappings, "
+                              "mlock2(MLOCK_ONFAULT), mlockall(MCL_FUTURE), a clean memfd page: an LRU page each "
+                              "time). The other way, an mlocked page off the LRU when memory_failure() checks "
+                              "(identified without unmapping), needs an isolation that outlasts shake_page()'s "
+                              "lru_add_drain_all(): only transient ones (migration, compaction) exist: a race",
+    "dirty mlocked LRU page": "as the clean one: an mlocked page is munlocked by the unmap before "
+                              "identify_page_state() and reports as \"dirty LRU page\" (mlock-page)",
 }
 
 
