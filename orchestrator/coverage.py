@@ -92,9 +92,9 @@ REASONS = {
                               "batch at once (mlock_page_drain_local(); 6.12: mlock_drain_local(), and shake_folio() "
                               "again), so the page is evictable again and matches \"LRU page\" (mlock-page). "
                               "mlock_count counts each VM_LOCKED mapping and try_to_unmap() removes them all (tried "
-                              "with madvise(MADV_HWPOISON) on 6.1: mlocked in two processes, in two shmem mappings, "
-                              "mlock2(MLOCK_ONFAULT), mlockall(MCL_FUTURE), a clean memfd page: an LRU page each "
-                              "time). The other way, an mlocked page off the LRU when memory_failure() checks "
+                              "with madvise(MADV_HWPOISON) on 6.1 and 6.12: mlocked in two processes, in two shmem "
+                              "mappings, mlock2(MLOCK_ONFAULT), mlockall(MCL_FUTURE), a clean memfd page: an LRU "
+                              "page each time). The other way, an mlocked page off the LRU when memory_failure() checks "
                               "(identified without unmapping), needs an isolation that outlasts shake_page()'s "
                               "lru_add_drain_all(): only transient ones (migration, compaction) exist: a race",
     "dirty mlocked LRU page": "as the clean one: an mlocked page is munlocked by the unmap before "
