@@ -210,9 +210,12 @@ def find_vmlinux(release: str, cache: Path = IMAGE_CACHE) -> Path:
     raise ValueError(f"no cached image under {cache} has kernel release {release}")
 
 
+_STAMP = re.compile(r"^(<\d>)?\[\s*\d+\.\d+\] ")
+
+
 def _log_lines(log_text: str) -> list[str]:
     """A kernel log's lines, timestamps and levels stripped."""
-    return [re.sub(r"^(<\d>)?\[\s*\d+\.\d+\] ", "", line).rstrip() for line in log_text.splitlines()]
+    return [_STAMP.sub("", line).rstrip() for line in log_text.splitlines()]
 
 
 def reached_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[str]:
@@ -228,7 +231,14 @@ def software_only_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[
     injected: set[int] = set()       # PFNs injected by software, not answered yet
     by_software: set[str] = set()
     otherwise: set[str] = set()
-    for line in _log_lines(log_text):
+    records: set[str] = set()
+    for raw in log_text.splitlines():
+        raw = raw.rstrip()
+        if _STAMP.match(raw):
+            if raw in records:
+                continue  # the same printk record again: the console repeats the kernel log's error lines
+            records.add(raw)
+        line = _STAMP.sub("", raw)
         sw = SOFTWARE_INJECTION.search(line)
         if sw:
             injected.add(int(sw.group(1), 16))

@@ -142,6 +142,11 @@ def test_software_injection_is_told_apart_from_a_machine_check():
     assert software_only_outcomes(k.outcomes, MCE_LOG) == set()
     # One injection answers one result line: a machine check on the same PFN later is not software's.
     assert software_only_outcomes(k.outcomes, CORRUPT_PFN_LOG + MCE_LOG) == set()
+    # The console repeats the result line (same printk record, same timestamp), without the
+    # injection line (KERN_INFO): still software's. A later machine check's line is not.
+    console = "[    3.378305] Memory failure: 0x3310: recovery action for reserved kernel page: Ignored\r\n"
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG + console) == {"reserved kernel page"}
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG + console.replace("3.378305", "9.000001")) == set()
     # An injection on another PFN does not make a machine check's line software's.
     assert software_only_outcomes(k.outcomes, MADVISE_LOG.replace("0x3310 at", "0x1 at")) == set()
 
