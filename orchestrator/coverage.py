@@ -24,7 +24,7 @@ import argparse
 import json
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -46,32 +46,59 @@ OTHER_PATHS = (
     ("panic with recovery off", "Memory failure on page %lx"),
 )
 
+# What the kernel's own software injection prints before it calls memory_failure()
+# on a PFN: madvise(MADV_HWPOISON) (mm/madvise.c madvise_inject_error()) and
+# hwpoison-inject's corrupt-pfn (mm/hwpoison-inject.c). No machine check involved.
+SOFTWARE_INJECTION = re.compile(r"^Injecting memory failure (?:for|at) pfn (0x[0-9a-f]+)")
+_PFN_IN_LINE = re.compile(r"Memory failure(?::| on page) (?:0x)?([0-9a-f]+)")
+
 # Why an outcome is not reached under QEMU TCG on these machines (shown only
 # for outcomes no passing scenario reached).
 REASONS = {
     "reserved kernel page": "not from a machine check: get_hwpoison_page() refuses a reserved page "
                             "(not HWPoisonHandlable), which reports as unknown page (6.1) / get hwpoison page "
-                            "(6.12) instead, see kernel-code-page; only madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) "
-                            "gets to this entry",
-    "high-order kernel page": "a race: reported when get_hwpoison_page() found a free (or unreferenced LRU) page "
-                              "that is no longer free when memory_failure() looks again; tail pages of high-order "
-                              "kernel allocations are not HWPoisonHandlable and report as an unhandlable page",
-    "kernel slab page": "6.1 has no path to it: a slab page is not handlable, get_hwpoison_page() fails "
-                        "(\"unhandlable page\") and it reports as \"unknown page\" (see kernel-code-page); "
-                        "6.12 dropped it from action_page_types[]",
-    "different compound page after locking": "a race: the compound page must be split or freed between "
-                                             "get_hwpoison_page() and lock_page(); not reproducible on demand",
-    "unmapping failed page": "try_to_unmap() must leave the page mapped; 6.1 reaches it for a KSM page "
-                             "(ksm-merged-page, \"can't handle KSM pages\"), 6.12 unmaps KSM pages and fails "
-                             "only on races",
-    "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; this entry needs a page that was "
-                    "handlable when taken but matches no error_states[] entry (left the LRU meanwhile): a race",
+                            "(6.12) instead, see kernel-code-page; only madvise(MADV_HWPOISON) (MF_COUNT_INCREASED "
+                            "skips get_hwpoison_page()) gets to this entry, on the zero page: "
+                            "zero-page-madvise-hwpoison",
+    "high-order kernel page": "a race: memory_failure() reports it when get_hwpoison_page() returned 0 for a page "
+                              "with no references that was free (or a free huge page) and is_free_buddy_page() is "
+                              "false when it looks again (allocated in between); a tail page of a high-order kernel "
+                              "allocation is not HWPoisonHandlable (unhandlable page: unknown page / get hwpoison "
+                              "page), and madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) never calls "
+                              "get_hwpoison_page()",
+    "kernel slab page": "6.1 has no path to it: from a machine check get_hwpoison_page() refuses a slab page (not "
+                        "HWPoisonHandlable, \"unhandlable page\", reported as unknown page, see kernel-code-page); "
+                        "madvise(MADV_HWPOISON) only reaches pages a user mapping holds, and no interface maps a slab "
+                        "page (vm_insert_page()'s validate_page_before_insert() refuses PageSlab, remap_pfn_range() "
+                        "mappings are VM_PFNMAP, which GUP refuses); 6.12 dropped it from action_page_types[]",
+    "different compound page after locking": "a race (6.1 only): the page must turn compound between "
+                                             "compound_head() and lock_page() in memory_failure(), twice (the "
+                                             "first time it retries); a page that is compound when looked at is "
+                                             "split first (PageTransHuge(): any compound head) or reported as "
+                                             "unsplit thp",
+    "unmapping failed page": "try_to_unmap() must leave the page mapped: a KSM page on 6.1 (ksm-merged-page, "
+                             "\"can't handle KSM pages\"; 6.12 unmaps KSM pages), or on both kernels a DMA-pinned "
+                             "swap-cache page, which try_to_unmap_one() cannot make shared (swapcache-pinned-page)",
+    "unknown page": "6.12 reports unhandlable pages as \"get hwpoison page\"; from a machine check this entry "
+                    "needs a page that was handlable when taken but matches no error_states[] entry (left the LRU "
+                    "meanwhile): a race; madvise(MADV_HWPOISON) reaches it on a perf ring buffer page "
+                    "(perf-ring-madvise-hwpoison)",
     "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "
                 "(memmap= legacy pmem, nd_e820/nd_pmem, ext4 -o dax); a kernel without those options "
                 "skips it",
-    "clean mlocked LRU page": "try_to_unmap() munlocks the page before identify_page_state() reads its "
-                              "flags, so an mlocked page reports as an LRU page (mlock-page)",
-    "dirty mlocked LRU page": "as the clean one: an mlocked page reports as \"dirty LRU page\" (mlock-page)",
+    "clean mlocked LRU page": "identify_page_state() reads the current flags first and the saved page_flags only "
+                              "when they match nothing; hwpoison_user_mappings() unmaps with TTU_IGNORE_MLOCK, and "
+                              "try_to_unmap_one() munlocks on every VM_LOCKED unmap and drains the per-CPU mlock "
+                              "batch at once (mlock_page_drain_local(); 6.12: mlock_drain_local(), and shake_folio() "
+                              "again), so the page is evictable again and matches \"LRU page\" (mlock-page). "
+                              "mlock_count counts each VM_LOCKED mapping and try_to_unmap() removes them all (tried "
+                              "with madvise(MADV_HWPOISON) on 6.1 and 6.12: mlocked in two processes, in two shmem "
+                              "mappings, mlock2(MLOCK_ONFAULT), mlockall(MCL_FUTURE), a clean memfd page: an LRU "
+                              "page each time). The other way, an mlocked page off the LRU when memory_failure() checks "
+                              "(identified without unmapping), needs an isolation that outlasts shake_page()'s "
+                              "lru_add_drain_all(): only transient ones (migration, compaction) exist: a race",
+    "dirty mlocked LRU page": "as the clean one: an mlocked page is munlocked by the unmap before "
+                              "identify_page_state() and reports as \"dirty LRU page\" (mlock-page)",
 }
 
 
@@ -183,10 +210,46 @@ def find_vmlinux(release: str, cache: Path = IMAGE_CACHE) -> Path:
     raise ValueError(f"no cached image under {cache} has kernel release {release}")
 
 
+_STAMP = re.compile(r"^(<\d>)?\[\s*\d+\.\d+\] ")
+
+
+def _log_lines(log_text: str) -> list[str]:
+    """A kernel log's lines, timestamps and levels stripped."""
+    return [_STAMP.sub("", line).rstrip() for line in log_text.splitlines()]
+
+
 def reached_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[str]:
     """The outcomes whose line appears in a kernel log (timestamps and levels stripped)."""
-    lines = [re.sub(r"^(<\d>)?\[\s*\d+\.\d+\] ", "", line).rstrip() for line in log_text.splitlines()]
+    lines = _log_lines(log_text)
     return {o.name for o in outcomes if any(o.line.search(line) for line in lines)}
+
+
+def software_only_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[str]:
+    """The outcomes this log reached only through the kernel's software injection:
+    each of their lines answers an "Injecting memory failure" line on the same PFN
+    (one memory_failure() call, one result line), none a machine check."""
+    injected: set[int] = set()       # PFNs injected by software, not answered yet
+    by_software: set[str] = set()
+    otherwise: set[str] = set()
+    records: set[str] = set()
+    for raw in log_text.splitlines():
+        raw = raw.rstrip()
+        if _STAMP.match(raw):
+            if raw in records:
+                continue  # the same printk record again: the console repeats the kernel log's error lines
+            records.add(raw)
+        line = _STAMP.sub("", raw)
+        sw = SOFTWARE_INJECTION.search(line)
+        if sw:
+            injected.add(int(sw.group(1), 16))
+            continue
+        for o in outcomes:
+            if o.line.search(line):
+                pfn = _PFN_IN_LINE.search(line)
+                number = int(pfn.group(1), 16) if pfn else None
+                (by_software if number in injected else otherwise).add(o.name)
+                injected.discard(number)
+    return by_software - otherwise
 
 
 @dataclass(frozen=True)
@@ -213,6 +276,8 @@ def load_runs(run_dirs: list[Path]) -> list[RunScenario]:
 class Coverage:
     kernel: KernelOutcomes
     reached_by: dict[str, tuple[str, ...]]   # outcome -> passing scenarios that reached it
+    # outcome -> those of its scenarios that reached it only by software injection
+    by_software: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def share(self, page_types: bool = True) -> tuple[int, int]:
         """(reached, all) among the page types, or among every outcome."""
@@ -223,22 +288,33 @@ class Coverage:
         reached, total = self.share(page_types)
         return 100.0 * reached / total if total else 0.0
 
+    def software_only(self) -> list[str]:
+        """The page types reached, but by no machine check: only by software injection."""
+        return [o.name for o in self.kernel.outcomes if o.page_type and self.reached_by[o.name]
+                and set(self.reached_by[o.name]) <= set(self.by_software.get(o.name, ()))]
+
     def summary(self) -> str:
         (r, n), (ra, na) = self.share(), self.share(page_types=False)
-        return (f"{self.kernel.release}: {self.percent():.0f}% of page types reached ({r}/{n}); "
+        soft = len(self.software_only())
+        return (f"{self.kernel.release}: {self.percent():.0f}% of page types reached ({r}/{n}"
+                + (f", {soft} of them only by software injection" if soft else "") + "); "
                 f"{self.percent(False):.0f}% of all outcomes ({ra}/{na})")
 
 
 def coverage(kernel: KernelOutcomes, scenarios: list[RunScenario]) -> Coverage:
     """Which passing scenarios of this kernel reached each outcome."""
     reached: dict[str, list[str]] = {o.name: [] for o in kernel.outcomes}
+    software: dict[str, set[str]] = {}
     for s in scenarios:
         if s.release != kernel.release or s.outcome != "PASS":
             continue
         for name in reached_outcomes(kernel.outcomes, s.logs):
             if s.name not in reached[name]:
                 reached[name].append(s.name)
-    return Coverage(kernel, {k: tuple(sorted(v)) for k, v in reached.items()})
+        for name in software_only_outcomes(kernel.outcomes, s.logs):
+            software.setdefault(name, set()).add(s.name)
+    return Coverage(kernel, {k: tuple(sorted(v)) for k, v in reached.items()},
+                    {k: tuple(sorted(v)) for k, v in software.items()})
 
 
 def markdown(covs: list[Coverage], sources: list[str]) -> str:
@@ -259,14 +335,20 @@ def markdown(covs: list[Coverage], sources: list[str]) -> str:
             if name not in c.reached_by:
                 cells.append("not in this kernel")
             elif c.reached_by[name]:
-                cells.append(", ".join(c.reached_by[name]))
+                soft = c.by_software.get(name, ())
+                cells.append(", ".join(f"{n} (software injection)" if n in soft else n for n in c.reached_by[name]))
             else:
                 cells.append("**not reached**" + (f": {REASONS[name]}" if name in REASONS else ""))
         label = f"`{name}`" if page_type else f"({name})"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| **page types reached** | " + " | ".join(
-        "**{:.0f}%** ({}/{})".format(c.percent(), *c.share()) for c in covs) + " |")
-    return ("\n".join(lines) + "\n\nGenerated by `python -m orchestrator.coverage` from runs "
+        "**{:.0f}%** ({}/{})".format(c.percent(), *c.share())
+        + (f", {len(c.software_only())} only by software injection" if c.software_only() else "")
+        for c in covs) + " |")
+    return ("\n".join(lines) + "\n\n\"(software injection)\": that scenario reached the outcome through the "
+            "kernel's own software injection (madvise(MADV_HWPOISON) or hwpoison-inject's corrupt-pfn, "
+            "memory_failure() called directly, \"Injecting memory failure\" in its log), not a machine check.\n\n"
+            "Generated by `python -m orchestrator.coverage` from runs "
             + ", ".join(f"`{s}`" for s in sources) + ".\n")
 
 

@@ -29,6 +29,8 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "hugetlb": ("HUGETLBFS",),                          # probe memory: hugetlb
     "ksm": ("KSM",),                                    # probe memory: ksm
     "shmem": ("SHMEM",),                                # probe memory: shmem
+    "io-uring": ("IO_URING",),                          # probe memory: swapcache-pinned (a fixed buffer pins it)
+    "perf": ("PERF_EVENTS",),                           # probe memory: perf-ring
     "hwpoison-inject": ("HWPOISON_INJECT",),            # soft-poison / unpoison steps (debugfs)
     # The probe's madvise(MADV_HUGEPAGE/MERGEABLE/COLLAPSE) and posix_fadvise(DONTNEED):
     # without it both return ENOSYS (tinyconfig leaves it out).
@@ -77,6 +79,10 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["thp"] = f"probe memory: {memory}"
     if memory in ("hugetlb", "ksm", "shmem"):
         used[memory] = f"probe memory: {memory}"
+    if memory == "swapcache-pinned":
+        used["io-uring"] = f"probe memory: {memory}"
+    if memory == "perf-ring":
+        used["perf"] = f"probe memory: {memory}"
     steps = [s for s in scenario.probe.after_inject if s in ("soft-poison", "unpoison")]
     if steps:
         used["hwpoison-inject"] = f"probe step: {steps[0]}"
@@ -84,6 +90,8 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["madvise"] = f"probe memory: {memory}"
     elif "collapse" in scenario.probe.after_inject:
         used["madvise"] = "probe step: collapse"
+    elif "madvise-hwpoison" in scenario.probe.after_inject:
+        used["madvise"] = "probe step: madvise-hwpoison"
     if "soft-offline" in scenario.probe.after_inject:
         used["soft-offline"] = "probe step: soft-offline"
     if scenario.expect.guest == "panic":

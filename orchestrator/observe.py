@@ -49,7 +49,8 @@ PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to 
 PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
 
 # Probe commands and the event each answers with.
-STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse"}
+STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse",
+               "madvise-hwpoison": "madvise-hwpoison"}
 
 # Steps the harness does in the guest, on the target page: (file, what to write).
 GUEST_STEPS = {

@@ -115,6 +115,7 @@ class Expectations:
     soft_offline: str | None = None
     soft_poison: str | None = None
     unpoison: str | None = None
+    madvise_hwpoison: str | None = None
     target_moved: bool | None = None
     ksm_remerge: str | None = None
     ras_record: bool | None = None      # the guest's RAS daemon logged the injected bank, status, address
@@ -543,6 +544,7 @@ def _expectations(d: dict) -> Expectations:
         huge_regions_after_collapse=tuple(d["huge_regions_after_collapse"]) if "huge_regions_after_collapse" in d else None,
         no_kernel_bugs=d.get("no_kernel_bugs", True),
         soft_offline=d.get("soft_offline"), soft_poison=d.get("soft_poison"), unpoison=d.get("unpoison"),
+        madvise_hwpoison=d.get("madvise_hwpoison"),
         target_moved=d.get("target_moved"), ksm_remerge=d.get("ksm_remerge"), checked_page=d.get("checked_page"),
         ras_record=d.get("ras_record"),
     )

@@ -138,7 +138,8 @@ def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
     if expect.reread is not None:
         got = [step.get("result") for step in ev.steps if step.get("event") == "reread"]
         checks.append(_compare("reread", expect.reread, got[-1] if got else None))
-    for key, event in (("soft_offline", "soft-offline"), ("soft_poison", "soft-poison"), ("unpoison", "unpoison")):
+    for key, event in (("soft_offline", "soft-offline"), ("soft_poison", "soft-poison"), ("unpoison", "unpoison"),
+                       ("madvise_hwpoison", "madvise-hwpoison")):
         want = getattr(expect, key)
         if want is not None:
             got = [step.get("result") for step in ev.steps if step.get("event") == event]

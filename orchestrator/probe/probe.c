@@ -9,7 +9,7 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean|hugetlb-file]
+ *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -29,7 +29,9 @@
  *         that the vCPU is in this loop (user mode) before an SRAR.
  * Commands: touch (read every page: late kill shows up here), fsync (msync +
  * fsync of a file mapping), reread (pread the target page of the file),
- * collapse (MADV_COLLAPSE over the mapping), report (finish).
+ * collapse (MADV_COLLAPSE over the mapping), madvise-hwpoison
+ * (madvise(MADV_HWPOISON) on the target page: the kernel's software injection,
+ * needs CAP_SYS_ADMIN), report (finish).
  *
  * Memory kinds: anon (private anonymous, 4 KiB pages only), mlock (the same,
  * mlocked), shmem (shared anonymous), hugetlb (MAP_HUGETLB, 2 MiB pages),
@@ -49,6 +51,11 @@
  * with MFD_HUGETLB, 2 MiB pages),
  * shm-locked (System V shared memory locked with SHM_LOCK: unevictable),
  * shm-locked-clean (the same, the target only read: a clean page),
+ * zero-page (anon, the target only read: it maps the shared zero page, a
+ * reserved kernel page; "ready" reports the zero page's PFN),
+ * perf-ring (the data pages of a perf_event ring buffer, only read: kernel
+ * pages that are neither on an LRU nor reserved nor slab; --pages a power of
+ * two),
  * thp-pinned (thp, the target subpage also held by a pipe through vmsplice:
  * an extra reference that makes the THP unsplittable),
  * truncated (a memfd, MAP_SHARED: the target's page is spliced into a pipe,
@@ -75,6 +82,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -319,6 +327,23 @@ static void fill(unsigned char *p, int page)
         p[i] = pattern(page, i);
 }
 
+/* A page only read holds what a fresh page holds: zeros. */
+static int holds_zeros(const unsigned char *p)
+{
+    for (long i = 0; i < page_size; i++)
+        if (p[i])
+            return 0;
+    return 1;
+}
+
+/* The pages a kind only reads (see left_clean). */
+static int only_read(int page)
+{
+    if (!strcmp(memory, "perf-ring"))
+        return 1;  /* the kernel's pages: the probe never writes them */
+    return page == target && (!strcmp(memory, "shm-locked-clean") || !strcmp(memory, "zero-page"));
+}
+
 static int holds(const unsigned char *p, int page)
 {
     for (long i = 0; i < page_size; i++)
@@ -346,6 +371,25 @@ static uint64_t swap_in_dirty(int pagemap, unsigned char *target_va, uint64_t ta
     }
     fail("the written target did not stay in the swap cache");
     return 0;
+}
+
+/* swapcache-pinned: the swapcache-dirty target then pinned for DMA the way
+ * io_uring fixed buffers (and RDMA) pin memory: IORING_REGISTER_BUFFERS calls
+ * pin_user_pages(FOLL_WRITE | FOLL_LONGTERM) on it. The pin lasts while the
+ * ring is open (until the probe exits). */
+#define IORING_REGISTER_BUFFERS 0
+static int uring_fd = -1;
+
+static void pin_for_dma(int pagemap, unsigned char *target_va, uint64_t target_pfn)
+{
+    uint32_t params[30] = {0};  /* struct io_uring_params (120 bytes): all defaults */
+    struct iovec iov = {target_va, page_size};
+    unsigned long long flags = 0;
+    uring_fd = syscall(SYS_io_uring_setup, 1, params);
+    if (uring_fd < 0 || syscall(SYS_io_uring_register, uring_fd, IORING_REGISTER_BUFFERS, &iov, 1))
+        fail("io_uring_register IORING_REGISTER_BUFFERS");
+    if (pfn_of(pagemap, target_va) != target_pfn || !kpageflags_of(target_pfn, &flags) || !(flags >> KPF_SWAPCACHE & 1))
+        fail("the pinned target left the swap cache");
 }
 
 /* truncated: keep a reference to the target's page in a pipe (vmsplice),
@@ -400,6 +444,7 @@ static const char *errno_name(int e)
     case EBUSY: return "EBUSY";
     case EFAULT: return "EFAULT";
     case EHWPOISON: return "EHWPOISON";
+    case EPERM: return "EPERM";
     default: return "other";
     }
 }
@@ -444,8 +489,9 @@ static void check_pages(void)
     reporting = 1;
     for (int p = 0; p < pages; p++) {
         const char *why = skip_reason(p);
-        page_state[p] = !why ? holds(mem + p * page_size, same_content ? 0 : p + generation)
-                        : !strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS;
+        page_state[p] = why ? (!strcmp(why, "ksm") ? SKIPPED_KSM : SKIPPED_SIGBUS)
+                        : only_read(p) ? holds_zeros(mem + p * page_size)
+                        : holds(mem + p * page_size, same_content ? 0 : p + generation);
     }
     reporting = 0;
 }
@@ -474,10 +520,12 @@ static unsigned char *map_shm_locked(void)
 }
 
 /* shm-locked-clean: the target is read, never written, so its page stays
- * clean (zeros; it is not one of the pages whose data is checked). */
+ * clean (zeros: check_pages() expects zeros there).
+ * zero-page: the same read of a private anonymous page maps the shared zero
+ * page (do_anonymous_page on a read fault), which is a reserved kernel page. */
 static int left_clean(int page)
 {
-    if (strcmp(memory, "shm-locked-clean") || page != target)
+    if (!only_read(page))
         return 0;
     (void)*(volatile unsigned char *)(mem + page * page_size);
     return 1;
@@ -493,6 +541,37 @@ static void print_pages(const char *sep, const char *key, int state)
     printf("]");
 }
 
+/* perf-ring: the data pages of a perf_event ring buffer (a software dummy
+ * event, created disabled, so nothing is ever recorded: they stay zero).
+ * perf_mmap_fault() maps the kernel's own pages (alloc_pages, order 0): not
+ * on an LRU, not reserved, not slab. The ring is its header page plus a power
+ * of two data pages; the probe's pages are the data pages. */
+#define PERF_TYPE_SOFTWARE 1
+#define PERF_COUNT_SW_DUMMY 9
+#define PERF_ATTR_SIZE_VER0 64
+
+static unsigned char *map_perf_ring(void)
+{
+    /* struct perf_event_attr as first published (musl has no linux/ headers):
+     * type, size, config, ..., and the flag bits at byte 40, "disabled" first. */
+    uint64_t attr[PERF_ATTR_SIZE_VER0 / 8] = {
+        [0] = PERF_TYPE_SOFTWARE | (uint64_t)PERF_ATTR_SIZE_VER0 << 32,
+        [1] = PERF_COUNT_SW_DUMMY,
+        [5] = 1,
+    };
+    if (pages & (pages - 1)) {
+        fprintf(stderr, "probe: --memory perf-ring needs --pages to be a power of two\n");
+        exit(2);
+    }
+    int fd = syscall(SYS_perf_event_open, attr, 0, -1, -1, 0);
+    if (fd < 0)
+        fail("perf_event_open");
+    unsigned char *ring = mmap(NULL, mem_size + page_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (ring == MAP_FAILED)
+        fail("mmap perf ring");
+    return ring + page_size;
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strncmp(memory, "hugetlb", 7) || !strncmp(memory, "thp", 3);
@@ -502,7 +581,8 @@ static unsigned char *map_memory(void)
     }
     mem_size = pages * page_size;
     unsigned char *p;
-    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock") || !strncmp(memory, "swapcache", 9)) {
+    if (!strcmp(memory, "anon") || !strcmp(memory, "mlock") || !strncmp(memory, "swapcache", 9)
+        || !strcmp(memory, "zero-page")) {
         p = mmap(NULL, mem_size, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         /* 4 KiB pages only: a THP would turn a page failure into a split first. */
         if (p != MAP_FAILED)
@@ -536,6 +616,8 @@ static unsigned char *map_memory(void)
         /* thp-eligible: 4 KiB pages until the collapse step (see do_collapse). */
         if (madvise(p, mem_size, strcmp(memory, "thp-eligible") ? MADV_HUGEPAGE : MADV_NOHUGEPAGE))
             fail("madvise");
+    } else if (!strcmp(memory, "perf-ring")) {
+        p = map_perf_ring();
     } else if (!strcmp(memory, "file")) {
         if (!file_path) {
             fprintf(stderr, "probe: --memory file needs --file PATH\n");
@@ -920,8 +1002,10 @@ int main(int argc, char **argv)
         fail("target PFN not visible (not root, or page not present)");
     if (!strncmp(memory, "swapcache", 9))
         page_out_to_swap_cache(pagemap, target_va, target_pfn);
-    if (!strcmp(memory, "swapcache-dirty"))
+    if (!strcmp(memory, "swapcache-dirty") || !strcmp(memory, "swapcache-pinned"))
         target_pfn = swap_in_dirty(pagemap, target_va, target_pfn);
+    if (!strcmp(memory, "swapcache-pinned"))
+        pin_for_dma(pagemap, target_va, target_pfn);
     if (!strcmp(memory, "truncated"))
         truncate_target(target_va, target_pfn);
     if (!strcmp(memory, "thp-pinned"))
@@ -978,6 +1062,14 @@ int main(int argc, char **argv)
                 } else if (!strncmp(line, "reread", 6)) {
                     output_begin();
                     do_reread();
+                    output_end();
+                } else if (!strncmp(line, "madvise-hwpoison", 16)) {
+                    /* The kernel's software injection: memory_failure() on the
+                     * page this address maps, with the reference GUP took. */
+                    int rc = madvise(target_va, page_size, MADV_HWPOISON);
+                    int saved = rc ? errno : 0;
+                    output_begin();
+                    printf("{\"event\":\"madvise-hwpoison\",\"result\":\"%s\"}\n", errno_name(saved));
                     output_end();
                 } else if (!strncmp(line, "collapse", 8)) {
                     do_collapse(pagemap);  /* prints nothing until the madvise calls are done */

@@ -34,7 +34,9 @@ def negative_run(tmp_path_factory):
                                   "neg-hugetlb-wrong-lsb", "neg-clean-page-wrong-result",
                                   "neg-free-huge-page-wrong-type", "neg-truncated-page-wrong-type",
                                   "neg-swapcache-dirty-wrong-type", "neg-thp-unsplittable-wrong-type",
-                                  "neg-shm-locked-wrong-type", "neg-dax-page-wrong-type") + ISSUE_12_CONTROLS),
+                                  "neg-shm-locked-wrong-type", "neg-dax-page-wrong-type",
+                                  "neg-zero-page-wrong-type", "neg-swapcache-pinned-wrong-type",
+                                  "neg-perf-ring-wrong-type") + ISSUE_12_CONTROLS),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -153,6 +155,9 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     ("neg-thp-unsplittable-wrong-type", "dirty LRU page: Recovered"),
     ("neg-shm-locked-wrong-type", "dirty LRU page: Recovered"),
     ("neg-dax-page-wrong-type", "dirty LRU page: Recovered"),
+    ("neg-zero-page-wrong-type", "unknown page: Ignored"),
+    ("neg-swapcache-pinned-wrong-type", "dirty swapcache page: Delayed"),
+    ("neg-perf-ring-wrong-type", "reserved kernel page: Ignored"),
 ])
 def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run, name, expected_line):
     s = negative_run[1][name]

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.coverage import (START, END, RunScenario, coverage, cstrings, find_vmlinux, kernel_outcomes,
-                                   load_runs, markdown, page_type_array, parse_outcomes, reached_outcomes)
+                                   load_runs, markdown, page_type_array, parse_outcomes, reached_outcomes,
+                                   software_only_outcomes)
 from orchestrator.table import update
 
 # The ras:memory_failure_event print formats as Debian's 6.1.0-56 and 6.12.117 vmlinux hold them
@@ -117,6 +118,51 @@ def test_other_paths_and_the_panic():
            "[   22.3] Memory failure: 0x100000: memory outside kernel control\n")
     assert reached_outcomes(k.outcomes, log) == {"already hardware poisoned", "panic with recovery off",
                                                  "memory outside kernel control"}
+
+
+# The lines of zero-page-madvise-hwpoison (6.1) and unpoison-after-soft-poison / srao-anon-late-kill.
+MADVISE_LOG = """\
+[    3.377571] Injecting memory failure for pfn 0x3310 at process virtual address 0x7f4ac1ede000
+[    3.378305] Memory failure: 0x3310: recovery action for reserved kernel page: Ignored
+"""
+CORRUPT_PFN_LOG = """\
+[    4.100000] Injecting memory failure at pfn 0x6e1c
+[    4.100100] Memory failure: 0x6e1c: recovery action for dirty LRU page: Recovered
+"""
+MCE_LOG = """\
+[    5.000000] mce: [Hardware Error]: Machine check events logged
+[    5.000100] Memory failure: 0x6e1c: recovery action for dirty LRU page: Recovered
+"""
+
+
+def test_software_injection_is_told_apart_from_a_machine_check():
+    k = kernel_6_1()
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG) == {"reserved kernel page"}
+    assert software_only_outcomes(k.outcomes, CORRUPT_PFN_LOG) == {"dirty LRU page"}
+    assert software_only_outcomes(k.outcomes, MCE_LOG) == set()
+    # One injection answers one result line: a machine check on the same PFN later is not software's.
+    assert software_only_outcomes(k.outcomes, CORRUPT_PFN_LOG + MCE_LOG) == set()
+    # The console repeats the result line (same printk record, same timestamp), without the
+    # injection line (KERN_INFO): still software's. A later machine check's line is not.
+    console = "[    3.378305] Memory failure: 0x3310: recovery action for reserved kernel page: Ignored\r\n"
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG + console) == {"reserved kernel page"}
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG + console.replace("3.378305", "9.000001")) == set()
+    # An injection on another PFN does not make a machine check's line software's.
+    assert software_only_outcomes(k.outcomes, MADVISE_LOG.replace("0x3310 at", "0x1 at")) == set()
+
+
+def test_markdown_names_scenarios_that_reached_a_type_only_by_software_injection():
+    k = kernel_6_1()
+    c = coverage(k, [RunScenario("zero-page-madvise-hwpoison", k.release, "PASS", MADVISE_LOG),
+                     RunScenario("unpoison-after-soft-poison", k.release, "PASS", CORRUPT_PFN_LOG),
+                     RunScenario("srao-anon-late-kill", k.release, "PASS", MCE_LOG)])
+    assert c.software_only() == ["reserved kernel page"]  # dirty LRU page: a machine check reached it too
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown([c], ["run"]).splitlines()}
+    assert rows["`reserved kernel page`"] == "| `reserved kernel page` | zero-page-madvise-hwpoison (software injection) |"
+    assert rows["`dirty LRU page`"] == ("| `dirty LRU page` | srao-anon-late-kill, "
+                                        "unpoison-after-soft-poison (software injection) |")
+    assert rows["**page types reached**"].endswith("(2/20), 1 only by software injection |")
+    assert "2/20, 1 of them only by software injection" in c.summary()
 
 
 def test_only_passing_scenarios_of_that_kernel_count():

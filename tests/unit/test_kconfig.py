@@ -48,6 +48,9 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("dax-page", "ZONE_DEVICE", "guest.pmem"),
     ("file-dirty-ext4", "ADVISE_SYSCALLS", "probe memory: file"),
     ("ksm-merged-page", "ADVISE_SYSCALLS", "probe memory: ksm"),
+    ("zero-page-madvise-hwpoison", "ADVISE_SYSCALLS", "probe step: madvise-hwpoison"),
+    ("swapcache-pinned-page", "IO_URING", "probe memory: swapcache-pinned"),
+    ("perf-ring-madvise-hwpoison", "PERF_EVENTS", "probe memory: perf-ring"),
     ("soft-offline-sysfs", "MEMORY_HOTPLUG", "probe step: soft-offline"),
     ("srao-anon-late-kill", "MEMORY_FAILURE", "every scenario"),
 ])

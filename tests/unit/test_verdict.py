@@ -145,6 +145,15 @@ def test_step_answers_are_compared_in_order():
     assert "expected [True, False]" in failed["huge pages after collapse"]
 
 
+def test_the_madvise_hwpoison_answer_is_checked():
+    scenario = with_expect(madvise_hwpoison="EBUSY")
+    assert judge(scenario, good_evidence(steps=[{"event": "madvise-hwpoison", "result": "EBUSY"}])).outcome \
+        == Outcome.PASS
+    failed = failing(judge(scenario, good_evidence(steps=[{"event": "madvise-hwpoison", "result": "ok"}])))
+    assert "got ok, expected EBUSY" in failed["madvise-hwpoison"]
+    assert "never answered" in failing(judge(scenario, good_evidence(steps=[])))["madvise-hwpoison"]
+
+
 def test_a_step_the_probe_never_answered_fails():
     failed = failing(judge(with_expect(reread="original"), good_evidence(steps=[])))
     assert "never answered" in failed["reread"]
