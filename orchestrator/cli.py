@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
     run.add_argument("--results", type=Path, default=REPO_ROOT / "results", help="results folder (default: %(default)s)")
     run.add_argument("--image", help="guest image for every scenario (default: each scenario's guest.image)")
+    run.add_argument("--disk-image", type=Path, metavar="PATH",
+                     help="boot this cloud-init enabled qcow2 or raw disk image for every scenario (a copy-on-write "
+                          "overlay; SSH through a generated NoCloud seed) instead of guest.image")
     run.add_argument("--accel", choices=["kvm", "tcg"], help="default: KVM where it really works, else TCG")
     run.add_argument("--kernel", type=Path, metavar="PATH",
                      help="test this kernel instead of the image's: a bzImage, a vmlinux, or a build tree "
@@ -142,6 +145,8 @@ def _check_backend(args, scenarios) -> None:
         args.attach = (args.domain, attach)
     if args.connect and args.backend != "libvirt":
         raise InputError(f"--connect {args.connect}: only with --backend libvirt")
+    if args.backend == "libvirt" and (args.disk_image or any(s.guest.disk_image for s in scenarios)):
+        raise InputError("a disk image (--disk-image, guest.disk_image) runs on the QEMU backend only")
     if args.backend == "libvirt":
         from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
         open_connection(args.connect or DEFAULT_URI).close()
@@ -182,6 +187,14 @@ def main(argv: list[str] | None = None) -> int:
         for option, path in (("--kernel", getattr(args, "kernel", None)), ("--modules", getattr(args, "modules", None))):
             if path is not None and not path.exists():
                 raise InputError(f"{option} {path}: no such file or folder")
+        disk_image = getattr(args, "disk_image", None)
+        if disk_image is not None:
+            if not disk_image.is_file():
+                raise InputError(f"--disk-image {disk_image}: no such file")
+            if args.image or args.kernel:
+                raise InputError(f"--disk-image: not with {'--image' if args.image else '--kernel'} "
+                                 f"(the disk image brings its own userspace and kernel)")
+            args.disk_image = disk_image.resolve()
         scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
             for s in scenarios:
@@ -245,7 +258,8 @@ def run(scenarios, args) -> int:
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, keep=args.keep,
                          image=args.image, extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
-                         connect=args.connect, attach=args.attach, kernel=args.kernel, modules=args.modules)
+                         connect=args.connect, attach=args.attach, kernel=args.kernel, modules=args.modules,
+                         disk_image=args.disk_image)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -33,6 +33,7 @@ class QemuConfig:
     disk: Path | None = None      # a raw scratch image: /dev/vda, or /dev/vdb after a root disk
     root_disk: Path | None = None  # a qcow2 root file system (an overlay), the guest's /dev/vda
     root_cmdline: str = ""         # the root disk's kernel arguments (root=/dev/vda ...)
+    seed: Path | None = None       # a cloud-init NoCloud seed volume (cidata), read-only, after the disks
     incoming: Path | None = None  # restore this saved guest instead of booting
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
     hmp_fd: int | None = None     # a human monitor of its own (QEMU sends it no events)
@@ -97,6 +98,10 @@ def build_argv(c: QemuConfig) -> list[str]:
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
         argv += ["-drive", f"file={option_value(c.disk)},if=none,id=disk0,format=raw,cache=unsafe",
                  "-device", "virtio-blk-pci,drive=disk0"]
+    if c.seed is not None:
+        # Last, so the scratch disk stays /dev/vdb; cloud-init finds it by its label.
+        argv += ["-drive", f"file={option_value(c.seed)},if=none,id=seed0,format=raw,readonly=on",
+                 "-device", "virtio-blk-pci,drive=seed0"]
     if c.incoming is not None:
         # QEMU hands exec: URIs to /bin/sh: quoted, any path works.
         argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
@@ -115,7 +120,8 @@ def state_argv(c: QemuConfig) -> list[str]:
     image paths, the state to restore): what shapes a saved guest. Pure."""
     return build_argv(dataclasses.replace(c, qmp_fd=-1, ssh_port=0, console_log=Path("console.log"),
                                           kernel=Path(c.kernel.name), initrd=Path(c.initrd.name),
-                                          incoming=None, console_append=False))
+                                          incoming=None, console_append=False,
+                                          seed=Path(c.seed.name) if c.seed is not None else None))
 
 
 def choose_accel(cpuinfo: str, kvm_device_usable: bool) -> str:

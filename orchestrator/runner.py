@@ -31,6 +31,7 @@ from orchestrator.backends.qemu import tail
 from orchestrator.deadline import Deadline
 from orchestrator.guest_data import Unreadable, check_ready
 from orchestrator.distro_image import DiskGuestImage, ensure_guest_image
+from orchestrator.disk_image import SeededDiskImage, prepare_disk_image, private_workdir
 from orchestrator.inject import Injection, inject
 from orchestrator.known_failures import apply_known_failure
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
@@ -81,6 +82,8 @@ def mount_pmem() -> str:
 
 EVENTS_CATCH_UP_S = 10.0  # after an event storm, to read what QEMU queued before judging
 SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
+# Present when the kernel handles machine checks (CONFIG_X86_MCE, not mce=off).
+MACHINECHECK_SYSFS = "/sys/devices/system/machinecheck"
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
@@ -131,6 +134,7 @@ class RunOptions:
     attach: tuple | None = None          # (domain, AttachConfig): run in a domain the user already has
     kernel: Path | None = None           # --kernel: a bzImage, vmlinux or build tree instead of the image's
     modules: Path | None = None          # --modules: that kernel's INSTALL_MOD_PATH
+    disk_image: Path | None = None       # --disk-image: a user's cloud-init disk image for every scenario
     hook: PhaseHook | None = None
 
 
@@ -190,11 +194,24 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                             f"(need {MIN_FREE_ARTIFACT_BYTES >> 20} MiB): No space left on device")
         with phases("image"):
             cache_root = options.cache_root or REPO_ROOT / "guest-images" / ".cache"
-            guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
-                                             cache_root=cache_root, progress=reporter.note,
-                                             kernel=options.kernel, modules=options.modules)
+            disk_image = options.disk_image or scenario.guest.disk_image
+            if disk_image is not None:
+                if options.kernel is not None:
+                    raise images.ImageError(f"disk image {disk_image}: --kernel applies to the initramfs images "
+                                            f"(a disk image boots its own kernel)")
+                # This run's keys and seed; removed with the scratch disk, whatever happens.
+                workdir = private_workdir()
+                stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+                guest_image = prepare_disk_image(disk_image, cache_root=cache_root, workdir=workdir,
+                                                 progress=reporter.note)
+            else:
+                guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
+                                                 cache_root=cache_root, progress=reporter.note,
+                                                 kernel=options.kernel, modules=options.modules)
             probe_binary = probe_build.build_probe(cache_root / "probe")
-            phases.notes["image"] = f"{guest_image.name} ({guest_image.kernel_release})"
+            phases.notes["image"] = (f"{guest_image.source} ({guest_image.kernel_release}, its own kernel; "
+                                     f"cloud-init seed)" if isinstance(guest_image, SeededDiskImage)
+                                     else f"{guest_image.name} ({guest_image.kernel_release})")
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
             result.known_failure = scenario.known_failure(guest_image.kernel_release)
@@ -369,7 +386,10 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
     try:
         with phases("ssh"):
             deadline = Deadline(t.ssh, "ssh")
-            ssh.connect(deadline)
+            _log_in(ssh, guest_image, deadline)
+            if ssh.run(f"test -d {MACHINECHECK_SYSFS}", deadline, "ssh")[0] != 0:
+                raise HarnessError("ssh", f"the guest kernel has no machine-check support (no {MACHINECHECK_SYSFS}: "
+                                          "CONFIG_X86_MCE off, or mce=off on its command line)")
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
             setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
                                         for key, value in scenario.guest.sysctl]
@@ -474,6 +494,17 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
         if ssh.reconnects:
             phases.reporter.note(f"SSH connection dropped and was re-established {ssh.reconnects} time(s)")
         ssh.close()
+
+
+def _log_in(ssh: SshSession, guest_image, deadline: Deadline) -> None:
+    """Log in; on a user's disk image, a refused login means cloud-init did not apply the seed."""
+    try:
+        ssh.connect(deadline)
+    except HarnessError as exc:
+        if not isinstance(guest_image, SeededDiskImage):
+            raise
+        raise HarnessError("ssh", f"cloud-init did not apply the NoCloud seed (is cloud-init installed and "
+                                  f"enabled in {guest_image.source.name}?): {exc.message}") from None
 
 
 def fresh_identity_command(artifacts: Path) -> str:

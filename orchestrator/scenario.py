@@ -53,6 +53,7 @@ class GuestSpec:
     swap_mib: int | None = None    # a swap file of this size on that disk, swapped on
     pmem_mib: int | None = None    # a legacy pmem range of guest RAM, ext4 -o dax at /mnt
     sysfs: tuple[tuple[str, str], ...] = ()   # (path under /sys, value), written in order
+    disk_image: Path | None = None  # a user's cloud-init disk image booted instead of `image`
 
 
 @dataclass(frozen=True)
@@ -378,11 +379,15 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         swap_mib=guest_data.get("disk", {}).get("swap_mib"),
         pmem_mib=guest_data.get("pmem", {}).get("size_mib"),
         sysfs=tuple((path, str(value)) for path, value in guest_data.get("sysfs", {}).items()),
+        # Relative to the scenario file, like a path a user writes beside it.
+        disk_image=(path.parent / guest_data["disk_image"]).resolve() if "disk_image" in guest_data else None,
     )
     probe_data = dict(data.get("probe", {}))
     steps = probe_data.pop("after_inject", "wait")
     probe = ProbeSpec(after_inject=() if steps == "wait" else (steps,) if isinstance(steps, str) else tuple(steps),
                       **probe_data)
+    if guest.disk_image is not None and not guest.disk_image.is_file():
+        fail(("guest", "disk_image"), f"{guest.disk_image}: no such file")
     if probe.memory == "file" and guest.disk_mib is None and guest.pmem_mib is None:
         fail(("probe", "memory"), "memory: file needs guest.disk or guest.pmem (the file lives on the "
                                   "guest's ext4 file system at /mnt)")

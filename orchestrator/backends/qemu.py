@@ -125,7 +125,7 @@ class QemuGuest(Guest):
     def _launch_once(self, timeout: float) -> None:
         if isinstance(self.image, DiskGuestImage) and self._root_overlay is None:
             try:
-                self._root_overlay = DiskOverlay(self.image.disk)
+                self._root_overlay = DiskOverlay(self.image.disk, getattr(self.image, "disk_format", "qcow2"))
             except OverlayError as exc:
                 raise HarnessError("boot", str(exc)) from None
         ours, theirs = socket.socketpair()
@@ -185,6 +185,7 @@ class QemuGuest(Guest):
             # A disk image boots from its overlay (made at launch) with its own root= arguments.
             root_disk=self._root_overlay.path if self._root_overlay is not None else None,
             root_cmdline=self.image.kernel_cmdline if isinstance(self.image, DiskGuestImage) else "",
+            seed=getattr(self.image, "seed", None),  # a user's disk image: its cloud-init seed
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
 
     def _launch_failure(self, why: str) -> str:
