@@ -20,9 +20,18 @@ def overlay_argv(base: Path, base_format: str, overlay: Path) -> list[str]:
 class DiskOverlay:
     """A private temp folder with one overlay of a disk image; remove() deletes it all."""
 
-    def __init__(self, base: Path, base_format: str = "qcow2") -> None:
+    def __init__(self, base: Path, base_format: str = "qcow2", copy_of: Path | None = None) -> None:
+        """`copy_of`: an overlay of `base` saved with a guest's state, copied instead of a new one."""
         self.folder = Path(tempfile.mkdtemp(prefix="mce-overlay-"))
         self.path = self.folder / "root.qcow2"
+        if copy_of is not None:
+            copied = subprocess.run(["cp", "--sparse=always", str(copy_of), str(self.path)], capture_output=True,
+                                    text=True)
+            if copied.returncode != 0:
+                self.remove()
+                raise OverlayError(f"copy of the saved overlay {copy_of}: "
+                                   f"{(copied.stderr.strip() or 'no output').splitlines()[-1]}")
+            return
         try:
             made = subprocess.run(overlay_argv(base, base_format, self.path), capture_output=True, text=True)
         except FileNotFoundError:

@@ -121,6 +121,9 @@ def state_argv(c: QemuConfig) -> list[str]:
     return build_argv(dataclasses.replace(c, qmp_fd=-1, ssh_port=0, console_log=Path("console.log"),
                                           kernel=Path(c.kernel.name), initrd=Path(c.initrd.name),
                                           incoming=None, console_append=False,
+                                          # Per-run folders: the disks' names and order shape the state.
+                                          root_disk=Path(c.root_disk.name) if c.root_disk is not None else None,
+                                          disk=Path(c.disk.name) if c.disk is not None else None,
                                           seed=Path(c.seed.name) if c.seed is not None else None))
 
 

@@ -316,9 +316,10 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                   phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
-    # A saved guest has no disk in its state: scenarios with one, and images that
-    # boot from one, always boot.
-    restore = snapshots is not None and guest.disk is None and not isinstance(guest_image, DiskGuestImage)
+    # A saved guest carries its disks (overlay, scratch disk) where the backend saves them;
+    # a user's disk image has per-run keys in its seed, so it always boots.
+    restore = (snapshots is not None and not isinstance(guest_image, SeededDiskImage)
+               and (guest.saves_disks or (guest.disk is None and not isinstance(guest_image, DiskGuestImage))))
     if restore:
         _restore_saved_guest(scenario, guest, probe_binary, phases, SnapshotStore(snapshots))
     else:
@@ -348,15 +349,21 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
         saved = store.find(guest.image.name, key)
         if saved is None:
             with phases("save"):
-                saved = store.ensure(guest, key, Deadline(SAVE_TIMEOUT_S, "save"), progress=phases.reporter.note)
+                # A systemd image boots for longer than the initramfs one.
+                seconds = max(SAVE_TIMEOUT_S, getattr(guest.image, "boot_timeout_s", 0) + 60)
+                saved = store.ensure(guest, key, Deadline(seconds, "save"), progress=phases.reporter.note)
                 phases.notes["save"] = f"{guest.image.name} guest saved as {saved.state.name}"
-        broken = saved.damage()
+        broken = saved.damage(wanted_disks=(isinstance(guest.image, DiskGuestImage), guest.disk is not None))
         if broken is None:
             with phases("boot"):
                 deadline = Deadline(scenario.timeouts.boot, "boot")  # this guest's restore only
                 # The restored console continues the saving boot's: judged over the same span as a cold boot.
                 guest.console_log.write_text(saved.console_for_restore())
                 guest.incoming = saved.state
+                if guest.saves_disks:
+                    guest.incoming_root, guest.incoming_scratch = (
+                        saved.root if isinstance(guest.image, DiskGuestImage) else None,
+                        saved.scratch if guest.disk is not None else None)
                 try:
                     guest.launch(deadline)  # QEMU may exit at once on a stream it cannot read
                     guest.resume_incoming(deadline)

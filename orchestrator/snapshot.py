@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -79,27 +80,56 @@ def image_build(image) -> str:
 class SavedGuest:
     state: Path    # QEMU's migration stream
     console: Path  # the saving boot's serial console, up to the save
-    digest: Path   # the state's SHA-256, written when it was saved
+    digest: Path   # the state's SHA-256 (first line), then "SHA-256 name" of each saved disk
+    root: Path | None = None     # a disk image's overlay as it was at the save (when it boots from one)
+    scratch: Path | None = None  # the scenario's scratch disk as it was at the save (when it has one)
 
-    def damage(self) -> str | None:
-        """Why the state is not the one that was saved (changed, cut short), or None.
-        RAM pages in a migration stream carry no checksum: a flipped byte would load."""
+    def disks(self) -> list[Path]:
+        """Where the disks saved with it go (whether or not this configuration has them)."""
+        return [p for p in (self.root, self.scratch) if p is not None]
+
+    def damage(self, wanted_disks: tuple[bool, bool] = (False, False)) -> str | None:
+        """Why the state (or a disk saved with it) is not the one that was saved (changed,
+        cut short, missing), or None. RAM pages in a migration stream carry no checksum:
+        a flipped byte would load. `wanted_disks`: (root, scratch) this guest needs."""
+        for path, wanted in zip((self.root, self.scratch), wanted_disks):
+            if wanted and (path is None or not path.is_file()):
+                return f"the disk saved with it, {path.name if path else 'a disk'}, is missing"
         try:
-            st = self.state.stat()
-            identity = (str(self.state), st.st_ino, st.st_size, st.st_mtime_ns)
-            if identity not in _VERIFIED:  # once per process: a catalog run restores it often
-                want = self.digest.read_text().strip()
-                got = hashlib.sha256(self.state.read_bytes()).hexdigest()
+            lines = self.digest.read_text().splitlines()
+            for path, want in [(self.state, lines[0].strip() if lines else "")] + [
+                    (self.state.with_name(line.split()[1]), line.split()[0]) for line in lines[1:] if line.strip()]:
+                st = path.stat()
+                identity = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+                if identity in _VERIFIED:  # once per process: a catalog run restores it often
+                    continue
+                got = file_sha256(path)
                 if got != want:
-                    return f"its SHA-256 is {got[:12]}..., saved as {want[:12]}..."
+                    return f"{'its' if path == self.state else path.name} SHA-256 is {got[:12]}..., " \
+                           f"saved as {want[:12]}..."
                 _VERIFIED.add(identity)
-        except OSError as exc:
-            return f"cannot read it: {exc.strerror}"
+        except (OSError, IndexError) as exc:
+            return f"cannot read it: {getattr(exc, 'strerror', None) or exc}"
         return None
 
     def console_for_restore(self) -> str:
         """What a restored run's console.log starts with."""
         return self.console.read_text(errors="replace") + CONSOLE_SEAM.format(name=self.state.name)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def copy_sparse(source: Path, target: Path) -> None:
+    """A copy that keeps holes (a scratch disk is mostly holes; an overlay too)."""
+    done = subprocess.run(["cp", "--sparse=always", str(source), str(target)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise HarnessError("save", f"copying {source.name}: {(done.stderr.strip() or 'no output').splitlines()[-1]}")
 
 
 class SnapshotStore:
@@ -111,7 +141,8 @@ class SnapshotStore:
     def paths(self, image_name: str, key: str) -> SavedGuest:
         stem = f"{image_name}-{key}"
         return SavedGuest(self.folder / f"{stem}.state", self.folder / f"{stem}.console",
-                          self.folder / f"{stem}.sha256")
+                          self.folder / f"{stem}.sha256", self.folder / f"{stem}.root.qcow2",
+                          self.folder / f"{stem}.scratch.img")
 
     def find(self, image_name: str, key: str) -> SavedGuest | None:
         saved = self.paths(image_name, key)
@@ -121,7 +152,7 @@ class SnapshotStore:
         return saved
 
     def discard(self, saved: SavedGuest) -> None:
-        for path in (saved.state, saved.console, saved.digest, *self._partials(saved)):
+        for path in (saved.state, saved.console, saved.digest, *saved.disks(), *self._partials(saved)):
             path.unlink(missing_ok=True)
 
     def ensure(self, guest: Guest, key: str, deadline: Deadline,
@@ -203,7 +234,8 @@ class SnapshotStore:
             deadline.sleep(0.2)
 
     def _partials(self, saved: SavedGuest) -> list[Path]:
-        return [p for f in (saved.state, saved.console, saved.digest) for p in self.folder.glob(f".{f.name}.*")]
+        return [p for f in (saved.state, saved.console, saved.digest, *saved.disks())
+                for p in self.folder.glob(f".{f.name}.*")]
 
 
 def prune_plan(entries: list[tuple[str, int, float]], now: float, max_bytes: int,
@@ -232,7 +264,12 @@ def _complete(saved: SavedGuest) -> bool:
 def _boot_and_save(template: Guest, saved: SavedGuest, deadline: Deadline) -> None:
     work = Path(tempfile.mkdtemp(prefix="mce-snapshot-"))
     try:
-        with template.fresh(work) as guest:
+        scratch = None
+        if template.disk is not None:
+            # The saving boot's own copy of this run's fresh scratch disk: saved with the state.
+            scratch = work / "scratch.img"
+            copy_sparse(template.disk, scratch)
+        with template.fresh(work, disk=scratch) as guest:
             guest.launch(deadline)
             # As a scenario's boot waits: a 2-vCPU save boot polled from the start once never
             # got its banner within 240 s (early connections piled up in slirp).
@@ -246,8 +283,17 @@ def _boot_and_save(template: Guest, saved: SavedGuest, deadline: Deadline) -> No
             deadline.sleep(0.3)  # let dropbear's session process for that login end
             partial = saved.state.with_name(f".{saved.state.name}.{os.getpid()}")
             guest.save(partial, deadline)
+            # The migration has flushed the disks and QEMU no longer writes them: copy them as
+            # they are now, the state's other half.
+            digests = [file_sha256(partial)]
+            for disk, final in ((getattr(guest, "root_disk", None), saved.root), (scratch, saved.scratch)):
+                if disk is not None:
+                    temporary = final.with_name(f".{final.name}.{os.getpid()}")
+                    copy_sparse(disk, temporary)
+                    digests.append(f"{file_sha256(temporary)} {final.name}")
+                    temporary.replace(final)
             for final, text in ((saved.console, guest.console_log.read_text(errors="replace")),
-                                (saved.digest, hashlib.sha256(partial.read_bytes()).hexdigest() + "\n")):
+                                (saved.digest, "\n".join(digests) + "\n")):
                 temporary = final.with_name(f".{final.name}.{os.getpid()}")
                 temporary.write_text(text)
                 temporary.replace(final)

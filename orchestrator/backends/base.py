@@ -137,10 +137,12 @@ class Guest(abc.ABC):
             deadline.sleep(0.02)
         raise HarnessError("boot", f"{what} did not finish within {deadline.seconds:g} s")
 
+    saves_disks = False  # True: --snapshot saves and restores a guest with a scratch disk or a root disk
+
     @abc.abstractmethod
-    def fresh(self, artifacts: Path) -> "Guest":
-        """A new, unlaunched guest like this one (no disk, no incoming state),
-        its files in `artifacts`: what a saved guest is booted from."""
+    def fresh(self, artifacts: Path, disk: Path | None = None) -> "Guest":
+        """A new, unlaunched guest like this one (no incoming state; `disk` its scratch
+        disk), its files in `artifacts`: what a saved guest is booted from."""
 
     @abc.abstractmethod
     def exit_summary(self) -> str | None:

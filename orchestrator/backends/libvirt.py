@@ -441,7 +441,7 @@ class LibvirtGuest(Guest):
             why = self.died() or str(exc)
             raise HarnessError("boot", f"restoring the guest failed: {why}") from None
 
-    def fresh(self, artifacts: Path) -> "LibvirtGuest":
+    def fresh(self, artifacts: Path, disk: Path | None = None) -> "LibvirtGuest":
         return LibvirtGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,
                             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, connect=self.uri)
 
@@ -677,7 +677,7 @@ class AttachedGuest(LibvirtGuest):
     def _copy_qemu_log(self) -> None:
         pass  # the user's domain's log holds its whole history, not this run's
 
-    def fresh(self, artifacts: Path) -> "AttachedGuest":
+    def fresh(self, artifacts: Path, disk: Path | None = None) -> "AttachedGuest":
         raise HarnessError("boot", "an attached domain cannot be saved or copied")
 
     def save(self, path: Path, deadline: Deadline) -> None:

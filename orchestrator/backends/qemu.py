@@ -104,6 +104,10 @@ class QemuGuest(Guest):
         self.argv: list[str] = []
         self.launched_pid: int | None = None  # kept after shutdown, so callers can check it is gone
         self._root_overlay: DiskOverlay | None = None  # a disk image's copy-on-write layer, this run's only
+        # Restoring a guest saved with disks: its overlay and scratch disk as they were at the save.
+        self.incoming_root: Path | None = None
+        self.incoming_scratch: Path | None = None
+        self._disks_ready = False
 
     @property
     def pid(self) -> int | None:
@@ -122,12 +126,28 @@ class QemuGuest(Guest):
                 if "host forwarding rule" not in exc.message or attempt == PORT_ATTEMPTS - 1 or deadline.expired():
                     raise
 
+    saves_disks = True  # a saved guest carries its overlay and scratch disk (snapshot.py)
+
+    @property
+    def root_disk(self) -> Path | None:
+        """The overlay this guest boots from (a disk image), or None."""
+        return self._root_overlay.path if self._root_overlay is not None else None
+
     def _launch_once(self, timeout: float) -> None:
         if isinstance(self.image, DiskGuestImage) and self._root_overlay is None:
             try:
-                self._root_overlay = DiskOverlay(self.image.disk, getattr(self.image, "disk_format", "qcow2"))
+                self._root_overlay = DiskOverlay(self.image.disk, getattr(self.image, "disk_format", "qcow2"),
+                                                 copy_of=self.incoming_root if self.incoming is not None else None)
             except OverlayError as exc:
                 raise HarnessError("boot", str(exc)) from None
+        if self.incoming is not None and self.incoming_scratch is not None and not self._disks_ready:
+            # This run's scratch disk becomes a copy of the one saved with the state.
+            copied = subprocess.run(["cp", "--sparse=always", str(self.incoming_scratch), str(self.disk)],
+                                    capture_output=True, text=True)
+            if copied.returncode != 0:
+                raise HarnessError("boot", f"copying the saved scratch disk: "
+                                           f"{(copied.stderr.strip() or 'no output').splitlines()[-1]}")
+            self._disks_ready = True
         ours, theirs = socket.socketpair()
         hmp_ours, hmp_theirs = socket.socketpair()
         console_ours, console_theirs = socket.socketpair()
@@ -220,12 +240,15 @@ class QemuGuest(Guest):
 
     def state_identity(self) -> list[str]:
         config = self.config()
-        return qemu_args.state_argv(config) + [f"firmware={file_digest(config.firmware)}",
+        if isinstance(self.image, DiskGuestImage):
+            config = dataclasses.replace(config, root_disk=Path("root.qcow2"))  # made at launch
+        return qemu_args.state_argv(config) + [f"scratch_mib={self.spec.disk_mib}",
+                                               f"firmware={file_digest(config.firmware)}",
                                                f"qemu={qemu_build(self.qemu_binary)}"]
 
-    def fresh(self, artifacts: Path) -> "QemuGuest":
+    def fresh(self, artifacts: Path, disk: Path | None = None) -> "QemuGuest":
         return QemuGuest(image=self.image, spec=self.spec, artifacts=artifacts, accel=self.accel,
-                         qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline)
+                         qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, disk=disk)
 
     def exit_summary(self) -> str | None:
         """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""
@@ -266,3 +289,4 @@ class QemuGuest(Guest):
             if self._root_overlay is not None:
                 self._root_overlay.remove()
                 self._root_overlay = None
+            self._disks_ready = False  # a launch after this one copies the saved scratch disk again

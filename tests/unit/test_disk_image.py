@@ -1,0 +1,161 @@
+"""A user's disk image: partition tables, the kernel in /boot, the cloud-init seed, argv."""
+import io
+import struct
+from pathlib import Path
+
+import pycdlib
+import pytest
+import yaml
+
+from orchestrator import disk_image as di
+from orchestrator import image as images
+from orchestrator import qemu_args
+from orchestrator.scenario import ScenarioError, parse_scenario
+
+BASE = Path(__file__).resolve().parents[2] / "scenarios" / "srao-anon-late-kill.yaml"
+
+
+def mbr(*entries):
+    head = bytearray(1 << 16)
+    for i, (kind, start, sectors) in enumerate(entries):
+        head[446 + 16 * i + 4] = kind
+        struct.pack_into("<II", head, 446 + 16 * i + 8, start, sectors)
+    head[510:512] = b"\x55\xaa"
+    return bytes(head)
+
+
+def gpt(*entries):
+    head = bytearray(mbr((0xEE, 1, 0xFFFFFFFF)))
+    head[512:520] = b"EFI PART"
+    struct.pack_into("<QII", head, 512 + 72, 2, 128, 128)
+    for i, (number, first, last) in enumerate(entries):
+        at = 2 * 512 + (number - 1) * 128
+        head[at:at + 16] = bytes(range(1, 17))
+        struct.pack_into("<QQ", head, at + 32, first, last)
+    return bytes(head)
+
+
+def test_mbr_partitions_numbered_as_the_guest_kernel_does():
+    assert di.partitions(mbr((0x83, 2048, 4096), (0, 0, 0), (0x82, 8192, 100))) == [
+        di.Partition(1, 2048 * 512, 4096 * 512), di.Partition(3, 8192 * 512, 100 * 512)]
+
+
+def test_gpt_partitions_skip_empty_entries():
+    # Debian's cloud images: root is partition 1, the BIOS boot and EFI partitions 14 and 15.
+    assert di.partitions(gpt((1, 262144, 4194270), (14, 2048, 8191), (15, 8192, 262143))) == [
+        di.Partition(1, 262144 * 512, (4194270 - 262144 + 1) * 512),
+        di.Partition(14, 2048 * 512, 6144 * 512), di.Partition(15, 8192 * 512, 253952 * 512)]
+
+
+def test_no_partition_table_and_a_protective_mbr_alone():
+    assert di.partitions(bytes(1 << 16)) == []
+    assert di.partitions(b"#!/bin/sh\necho this is a text file\n") == []
+    assert di.partitions(mbr((0xEE, 1, 0xFFFFFFFF))) == []  # no GPT header behind it
+
+
+def test_ext_superblock_magic():
+    block = bytearray(2048)
+    assert not di.is_ext_superblock(bytes(block))
+    struct.pack_into("<H", block, 1080, 0xEF53)
+    assert di.is_ext_superblock(bytes(block))
+    assert not di.is_ext_superblock(bytes(block[:1000]))
+
+
+def test_pick_kernel_takes_the_newest_release_with_an_initrd():
+    listing = "\n".join([
+        "/13/040755/0/0/.//", "/2/040755/0/0/..//",
+        "/14/100644/0/0/vmlinuz-6.1.0-9-amd64/8247232/", "/15/100644/0/0/initrd.img-6.1.0-9-amd64/64872/",
+        "/16/100644/0/0/vmlinuz-6.1.0-10-amd64/8247232/", "/17/100644/0/0/initrd.img-6.1.0-10-amd64/64872/",
+        "/18/100644/0/0/vmlinuz-6.5.0-1-amd64/8247232/",            # no initrd: not bootable here
+        "/19/120777/0/0/vmlinuz/24/", "/20/120777/0/0/initrd.img/27/",  # symlinks
+    ])
+    assert di.pick_kernel(listing) == "6.1.0-10-amd64"
+    assert di.pick_kernel("/13/040755/0/0/.//\n") is None
+
+
+def test_root_device_and_command_line():
+    assert di.kernel_cmdline(di.root_device(None)) == "root=/dev/vda rw ds=nocloud"
+    assert di.root_device(di.Partition(1, 0, 0)) == "/dev/vda1"
+    assert "cloud-init=disabled" not in di.kernel_cmdline("/dev/vda")
+
+
+def test_user_data_pins_the_given_host_key_and_authorizes_only_the_run_key():
+    private = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+    text = di.user_data("ssh-ed25519 CLIENT", private, "ssh-ed25519 HOST")
+    assert text.startswith("#cloud-config\n")
+    data = yaml.safe_load(text)
+    assert data["ssh_authorized_keys"] == ["ssh-ed25519 CLIENT mceorch-client"]
+    assert data["ssh_keys"] == {"ed25519_private": private, "ed25519_public": "ssh-ed25519 HOST root@mceguest"}
+    assert data["ssh_deletekeys"] is True and data["ssh_pwauth"] is False and data["disable_root"] is False
+    # cloud-init 22.4's schema wants a non-empty ssh_genkeytypes; with ssh_keys it generates none anyway.
+    assert "ssh_genkeytypes" not in data
+    assert set(data) == {"disable_root", "ssh_pwauth", "ssh_deletekeys", "ssh_authorized_keys", "ssh_keys"}
+
+
+def test_meta_data_names_the_instance():
+    assert yaml.safe_load(di.meta_data("mceorch-abc")) == {"instance-id": "mceorch-abc",
+                                                            "local-hostname": "mceguest"}
+
+
+def test_seed_is_an_iso_labelled_cidata_with_the_files_under_their_names(tmp_path):
+    seed = tmp_path / "seed.iso"
+    di.write_seed_iso(seed, {"meta-data": b"instance-id: x\n", "user-data": b"#cloud-config\n{}\n"})
+    iso = pycdlib.PyCdlib()
+    iso.open(str(seed))
+    try:
+        assert iso.pvd.volume_identifier.decode().strip() == "cidata"
+        for name, want in (("meta-data", b"instance-id: x\n"), ("user-data", b"#cloud-config\n{}\n")):
+            for kw in ({"rr_path": f"/{name}"}, {"joliet_path": f"/{name}"}):
+                out = io.BytesIO()
+                iso.get_file_from_iso_fp(out, **kw)
+                assert out.getvalue() == want
+    finally:
+        iso.close()
+
+
+def test_seed_drive_is_read_only_and_after_the_scratch_disk():
+    config = qemu_args.QemuConfig(kernel=Path("/c/vmlinux"), initrd=Path("/c/initrd"), console_log=Path("/a/c.log"),
+                                  qmp_fd=7, ssh_port=2222, root_disk=Path("/t/o/root.qcow2"),
+                                  root_cmdline="root=/dev/vda rw ds=nocloud", disk=Path("/t/d/disk.img"),
+                                  seed=Path("/t/s/seed.iso"))
+    drives = [a for a in qemu_args.build_argv(config) if "if=none" in a]
+    assert [d.split(",id=")[1].split(",")[0] for d in drives] == ["root0", "disk0", "seed0"]
+    assert drives[2] == "file=/t/s/seed.iso,if=none,id=seed0,format=raw,readonly=on"
+    # The seed's folder is per run: not part of what shapes a saved guest.
+    assert "seed.iso" in " ".join(qemu_args.state_argv(config)) and "/t/s/" not in " ".join(qemu_args.state_argv(config))
+
+
+def test_scenario_disk_image_is_relative_to_the_scenario_file(tmp_path):
+    (tmp_path / "my.qcow2").write_bytes(b"")
+    text = BASE.read_text().replace("guest:", "guest:\n  disk_image: my.qcow2", 1)
+    assert "disk_image" in text
+    scenario = parse_scenario(text, tmp_path / "srao-anon-late-kill.yaml")
+    assert scenario.guest.disk_image == tmp_path / "my.qcow2"
+    assert parse_scenario(BASE.read_text(), BASE).guest.disk_image is None
+
+
+def test_scenario_disk_image_that_is_missing_is_one_line_naming_the_key(tmp_path):
+    text = BASE.read_text().replace("guest:", "guest:\n  disk_image: nowhere.qcow2", 1)
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario(text, tmp_path / "srao-anon-late-kill.yaml")
+    message = str(caught.value)
+    assert "\n" not in message and "guest.disk_image" in message and "nowhere.qcow2: no such file" in message
+    assert message.startswith(f"{tmp_path / 'srao-anon-late-kill.yaml'}:")
+
+
+def test_a_text_file_is_not_a_disk_image(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a disk\n" * 1000)
+    with pytest.raises(images.ImageError, match=r"not a disk image with a Linux root file system"):
+        di.prepare_disk_image(text, cache_root=tmp_path / "cache", workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_cli_disk_image_refuses_image_and_missing_files(tmp_path, capsys):
+    from orchestrator.cli import main
+    disk = tmp_path / "d.qcow2"
+    assert main(["run", "--disk-image", str(disk), "srao-anon-late-kill"]) == 2
+    assert f"--disk-image {disk}: no such file" in capsys.readouterr().err
+    disk.write_bytes(b"")
+    assert main(["run", "--disk-image", str(disk), "--image", "debian-6.12", "srao-anon-late-kill"]) == 2
+    assert "--disk-image: not with --image" in capsys.readouterr().err
