@@ -14,12 +14,21 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
-def orchestrator(*args, results: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run the command-line tool as a user would."""
+def orchestrator(*args, results: Path, timeout: float = 900, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the command-line tool as a user would (`env`: variables added to ours)."""
     return subprocess.run([sys.executable, "-m", "orchestrator", *args] +
                           (["--results", str(results)] if args and args[0] == "run" else []),
                           cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                          env=os.environ | {"PYTHONUNBUFFERED": "1"} | (env or {}))
+
+
+def full_image_disk() -> Path:
+    """debian-12-full's qcow2, built (or reused) as `make image KERNEL=debian-12-full` does."""
+    built = subprocess.run([sys.executable, "-m", "orchestrator.distro_image", "debian-12-full"], cwd=REPO,
+                           capture_output=True, text=True, timeout=1800)
+    assert built.returncode == 0, built.stderr[-2000:]
+    directory = Path(built.stdout.strip().splitlines()[-1].split(": ", 1)[1])  # "NAME: /abs/dir"
+    return directory / "disk.qcow2"
 
 
 def process_alive(pid: int) -> bool:
