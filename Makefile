@@ -116,9 +116,11 @@ test: setup
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests: that is a failure" >&2; status=1; fi; \
 	exit $$status
 
-# The full-distribution image's tests (minutes under TCG; not in make test yet).
+# The full-distribution image's tests: the catalog on it (restored guests; also in
+# make test) and a user's disk image (cold boots with cloud-init: minutes under TCG).
 test-full-image: setup
-	MCE_TEST_FULL_IMAGE=1 $(PY) -m pytest -v -ra -p no:cacheprovider $(ARGS) tests/integration/test_full_image.py
+	MCE_TEST_FULL_IMAGE=1 $(PY) -m pytest -v -ra -p no:cacheprovider $(ARGS) tests/integration/test_full_image.py \
+	  tests/integration/test_disk_image.py
 
 unit: setup
 	$(PY) -m pytest -ra $(ARGS) tests/unit

@@ -11,6 +11,11 @@ the two so machine noise hits both alike.
 Where a libvirt daemon answers (--connect, default qemu:///system), the same
 scenario is also timed on the libvirt backend, cold and with --snapshot,
 alternated with the QEMU backend's runs.
+
+Then the full distribution image (--full-image, default debian-12-full; `none`
+skips it): its build time and qcow2 size (from its manifest, or the build this
+run did), and boot to SSH and the scenario's wall time on it, cold and with
+--snapshot (--full-runs each, alternated), beside the initramfs image's.
 """
 from __future__ import annotations
 
@@ -114,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", type=Path, help="measure with this kernel (as run --kernel); the first, "
                                                     "untimed-by-the-loop run builds its image and is reported")
     parser.add_argument("--modules", type=Path, help="its INSTALL_MOD_PATH (as run --modules)")
+    parser.add_argument("--full-image", default="debian-12-full", metavar="NAME",
+                        help="a full distribution image measured beside the initramfs one ('none': skip)")
+    parser.add_argument("--full-runs", type=int, default=2, metavar="N",
+                        help="cold and restored runs on the full image (a cold one is a minute under TCG)")
     args = parser.parse_args(argv)
     libvirt_missing = _libvirt_unavailable(args.connect)
 
@@ -188,8 +197,52 @@ def main(argv: list[str] | None = None) -> int:
     if first_run is not None:
         print(f"new kernel to verdict (its image built first): {first_run:.2f} s; "
               f"ratio to bare median {first_run / statistics.median(bare):.2f}")
+    if args.full_image != "none":
+        _full_image(args, scenario, run_dir, statistics.median(p["boot"] for p in phases),
+                    statistics.median(orchestrated), statistics.median(restored), timed)
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
     return 0
+
+
+def _full_image(args, scenario, run_dir: Path, initramfs_boot: float, initramfs_cold: float,
+                initramfs_restored: float, timed) -> None:
+    """The full image beside the initramfs one: build, size, boot to SSH, per-scenario time."""
+    from orchestrator.distro_image import ensure_guest_image
+
+    start = time.monotonic()
+    image = ensure_guest_image(args.full_image, repo_root=REPO_ROOT, cache_root=REPO_ROOT / "guest-images" / ".cache",
+                               progress=lambda m: print(m, file=sys.stderr, flush=True))
+    waited = time.monotonic() - start
+    manifest = json.loads((image.directory / "image.json").read_text())
+    full = RunOptions(image=args.full_image)
+    boots, cold, restored_boots, restored = [], [], [], []
+
+    timed(f"{args.full_image}-snapshot-warm-up", dataclasses.replace(full, snapshot=True))  # the save, untimed
+    for i in range(args.full_runs):
+        result_start = time.monotonic()
+        result = run_scenario(scenario, run_dir / f"{args.full_image}-cold-{i}", full, _Quiet())
+        cold.append(time.monotonic() - result_start)
+        boots.append(result.phases["boot"])
+        result_start = time.monotonic()
+        again = run_scenario(scenario, run_dir / f"{args.full_image}-snapshot-{i}",
+                             dataclasses.replace(full, snapshot=True), _Quiet())
+        restored.append(time.monotonic() - result_start)
+        restored_boots.append(again.phases["boot"])
+        for label, r in (("cold", result), ("--snapshot", again)):
+            if r.outcome != Outcome.PASS:
+                raise SystemExit(f"{args.full_image} {label}: {r.outcome.label}: {r.reasons}")
+        print(f"{args.full_image} run {i + 1}/{args.full_runs}: cold {cold[-1]:.2f} s (boot {boots[-1]:.2f} s), "
+              f"with --snapshot {restored[-1]:.2f} s (restore {restored_boots[-1]:.2f} s)", file=sys.stderr, flush=True)
+    median = statistics.median
+    print(f"full image {image.name} ({image.kernel_release}): build {manifest['build_seconds']:.0f} s "
+          f"(built {manifest['built_at']}{'; built by this run' if waited > 30 else ''}), "
+          f"qcow2 {manifest['disk_bytes'] / 2**20:.0f} MiB")
+    print(f"boot to SSH median: {image.name} {median(boots):.2f} s, initramfs {initramfs_boot:.2f} s "
+          f"(restored {image.name}: {median(restored_boots):.2f} s)")
+    print(f"{scenario.name} median on {image.name}: cold {median(cold):.2f} s (runs: "
+          f"{', '.join(f'{x:.2f}' for x in cold)}), with --snapshot {median(restored):.2f} s (runs: "
+          f"{', '.join(f'{x:.2f}' for x in restored)}); initramfs: cold {initramfs_cold:.2f} s, "
+          f"with --snapshot {initramfs_restored:.2f} s")
 
 
 if __name__ == "__main__":
