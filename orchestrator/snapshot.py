@@ -191,7 +191,7 @@ class SnapshotStore:
             try:
                 lock = self.folder / f".{state.stem}.lock"
                 used = lock.stat().st_mtime if lock.exists() else state.stat().st_mtime
-                entries.append((state.stem, state.stat().st_size, used))
+                entries.append((state.stem, _stored_bytes(self.paths(*state.stem.rsplit("-", 1))), used))
             except OSError:
                 continue  # removed meanwhile by another run's prune
         pruned = []
@@ -204,7 +204,7 @@ class SnapshotStore:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # being saved or waited for right now
-                size = saved.state.stat().st_size if saved.state.exists() else 0
+                size = _stored_bytes(saved)
                 self.discard(saved)
                 pruned.append((stem, size))
         return pruned
@@ -254,6 +254,18 @@ def prune_plan(entries: list[tuple[str, int, float]], now: float, max_bytes: int
             doomed.append(stem)
             total -= size
     return doomed
+
+
+def _stored_bytes(saved: SavedGuest) -> int:
+    """The state's size and what its disks (sparse copies) take on disk."""
+    total = 0
+    for path in (saved.state, *saved.disks()):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        total += st.st_size if path == saved.state else st.st_blocks * 512
+    return total
 
 
 def _complete(saved: SavedGuest) -> bool:

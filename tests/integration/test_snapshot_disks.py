@@ -55,7 +55,7 @@ def test_a_restored_guest_with_disks_is_a_fresh_one(tmp_path, image):
     assert "save" in first.phases and "restored from" in out
     pfn = first.evidence.checked_pfn
     assert (first.artifacts / "guest-kernel.log").read_text().count(f"Memory failure: {pfn:#x}") >= 1
-    saved = sorted(p.name.split(".", 1)[1] for p in snapshots.glob(f"{image}-*") if not p.name.startswith("."))
+    saved = sorted(p.name.removeprefix(f"{image}-").split(".", 1)[1] for p in snapshots.glob(f"{image}-*") if not p.name.startswith("."))
     assert saved == (["console", "root.qcow2", "scratch.img", "sha256", "state"] if image == "debian-12-full"
                      else ["console", "scratch.img", "sha256", "state"])
 

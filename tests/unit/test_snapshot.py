@@ -206,3 +206,52 @@ def test_a_malformed_cache_limit_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MCE_SNAPSHOT_CACHE_MIB", "4G")
     with pytest.raises(HarnessError, match="MCE_SNAPSHOT_CACHE_MIB='4G': expected a whole number of MiB"):
         snapshot.SnapshotStore(tmp_path).prune(keep=set())
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "missing"])
+def test_a_damaged_or_missing_disk_saved_with_the_state_is_recognised(tmp_path, damage):
+    saved = snapshot.SnapshotStore(tmp_path).paths("debian-12-full", "k")
+    state, disk = b"QEVM" * 100, bytes(range(256)) * 64
+    saved.state.write_bytes(state)
+    saved.scratch.write_bytes(disk)
+    saved.digest.write_text(f"{hashlib.sha256(state).hexdigest()}\n{hashlib.sha256(disk).hexdigest()} "
+                            f"{saved.scratch.name}\n")
+    assert saved.damage(wanted_disks=(False, True)) is None
+    time.sleep(0.01)
+    if damage == "missing":
+        saved.scratch.unlink()
+    else:
+        saved.scratch.write_bytes({"flipped": disk[:100] + b"\xff" + disk[101:], "truncated": disk[:1000]}[damage])
+    why = saved.damage(wanted_disks=(False, True))
+    assert why is not None and saved.scratch.name in why
+    # A guest that boots from a disk needs its overlay too: never restored without it.
+    assert "root.qcow2" in snapshot.SnapshotStore(tmp_path).paths("x", "k").damage(wanted_disks=(True, False))
+
+
+def test_discard_removes_the_disks_saved_with_a_state(tmp_path):
+    store = snapshot.SnapshotStore(tmp_path)
+    saved = store.paths("debian-12-full", "k")
+    for path in (saved.state, saved.console, saved.digest, saved.root, saved.scratch):
+        path.write_bytes(b"x")
+    (tmp_path / f".{saved.root.name}.123").write_bytes(b"partial")  # a killed save's copy
+    store.discard(saved)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_disk_folders_are_per_run_but_the_scratch_size_and_the_disks_are_in_the_key(tmp_path):
+    one = config(root_disk=Path("/tmp/mce-overlay-a/root.qcow2"), disk=Path("/tmp/mce-disk-a/disk.img"))
+    two = config(root_disk=Path("/tmp/mce-overlay-b/root.qcow2"), disk=Path("/tmp/mce-disk-b/disk.img"))
+    assert key(one) == key(two)
+    assert key(one) != key(config(root_disk=Path("/tmp/mce-overlay-a/root.qcow2")))  # no scratch disk
+    assert key(one) != key()
+    image = GuestImage(name="debian-6.1", directory=tmp_path / "0123abcd", kernel=tmp_path / "0123abcd" / "vmlinux",
+                       initrd=tmp_path / "0123abcd" / "initrd", kernel_release="6.1.0-56-amd64",
+                       kernel_package="linux-image-6.1.0-56-amd64", kernel_package_version="6.1.192-2",
+                       client_key=tmp_path / "key", host_key_line="ssh-ed25519 AAAA")
+    small = QemuGuest(image=image, spec=GuestSpec(disk_mib=64), artifacts=tmp_path / "a", accel="tcg",
+                      disk=tmp_path / "x" / "disk.img")
+    large = QemuGuest(image=image, spec=GuestSpec(disk_mib=256), artifacts=tmp_path / "a", accel="tcg",
+                      disk=tmp_path / "y" / "disk.img")
+    assert small.state_identity() != large.state_identity()
+    assert small.state_identity() == QemuGuest(image=image, spec=GuestSpec(disk_mib=64), artifacts=tmp_path / "b",
+                                               accel="tcg", disk=tmp_path / "z" / "disk.img").state_identity()
