@@ -111,10 +111,13 @@ def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
 
 
 def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modules: Path | None,
-             append: str, accel: str | None, snapshot: bool) -> list[str]:
+             append: str, accel: str | None, snapshot: bool, disk_image: Path | None = None) -> list[str]:
     """The `mce-orchestrator run` arguments that give the same inputs."""
     argv = ["run", scenario_file]
-    if image:
+    if disk_image is not None:
+        # Absolute: the scenario's own relative guest.disk_image does not resolve beside its copy.
+        argv += ["--disk-image", str(Path(disk_image).resolve())]
+    elif image:
         argv += ["--image", image]
     if kernel is not None:
         argv += ["--kernel", str(kernel)]

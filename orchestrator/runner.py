@@ -623,7 +623,8 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
     shutil.copyfile(scenario.path, artifacts / scenario.path.name)
     run_args = repro.run_argv(scenario_file=scenario.path.name, image=options.image or scenario.guest.image,
                               kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
-                              accel=options.accel, snapshot=options.snapshot)
+                              accel=options.accel, snapshot=options.snapshot,
+                              disk_image=options.disk_image or scenario.guest.disk_image)
     script = artifacts / "repro.sh"
     script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
                                          commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release))

@@ -159,3 +159,10 @@ def test_cli_disk_image_refuses_image_and_missing_files(tmp_path, capsys):
     disk.write_bytes(b"")
     assert main(["run", "--disk-image", str(disk), "--image", "debian-6.12", "srao-anon-late-kill"]) == 2
     assert "--disk-image: not with --image" in capsys.readouterr().err
+
+
+def test_repro_names_the_disk_image_by_its_absolute_path_instead_of_an_image(tmp_path):
+    from orchestrator import repro
+    argv = repro.run_argv(scenario_file="s.yaml", image="debian-6.1", kernel=None, modules=None, append="",
+                          accel=None, snapshot=False, disk_image=tmp_path / "d.qcow2")
+    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2")]
