@@ -3,7 +3,8 @@
 The disk is never written: every run boots a copy-on-write overlay of it
 (orchestrator/overlay.py). SSH is set up by cloud-init from a NoCloud seed
 made per run, an ISO 9660 volume labelled `cidata` (pycdlib): root gets a
-client key generated for this run, and the guest's SSH host key is generated
+client key generated for this run (with --snapshot: for this disk, kept with
+its kernel, since restores of a saved guest need the keys it was set up with), and the guest's SSH host key is generated
 here too and handed over in the seed (`ssh_keys`), so the harness pins it
 instead of trusting whatever key the guest shows first.
 
@@ -56,6 +57,7 @@ class SeededDiskImage(DiskGuestImage):
     disk_format: str
     seed: Path
     source: Path            # the user's disk image as given
+    per_run_keys: bool = True  # False with --snapshot: keys and seed kept with the disk's kernel
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -263,10 +265,41 @@ def _keygen(path: Path, comment: str) -> str:
     return " ".join(path.with_suffix(".pub").read_text().split()[:2])
 
 
-def prepare_disk_image(path: Path, *, cache_root: Path, workdir: Path,
+def _make_seed(folder: Path) -> str:
+    """Keys and seed into `folder` (keys/client_key, seed.iso); returns the host key line."""
+    keys = folder / "keys"
+    keys.mkdir(mode=0o700)
+    client_line = _keygen(keys / "client_key", "mceorch-client")
+    host_line = _keygen(keys / "host_key", "root@mceguest")
+    write_seed_iso(folder / "seed.iso", {
+        "meta-data": meta_data(f"mceorch-{os.urandom(8).hex()}").encode(),
+        "user-data": user_data(client_line, (keys / "host_key").read_text(), host_line).encode(),
+    })
+    (keys / "host_key").unlink()  # it lives on in the seed only
+    (keys / "host_key.pub").write_text(host_line + "\n")
+    return host_line
+
+
+def _saved_seed(folder: Path) -> tuple[Path, str]:
+    """The seed kept beside the disk's kernel for --snapshot: a saved guest was set up
+    from it, so its restores need its keys. Made once (temp folder, then renamed)."""
+    seed = folder / "seed"
+    if not (seed / "seed.iso").is_file() or not (seed / "keys/host_key.pub").is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=".seed-", dir=folder))
+        try:
+            _make_seed(tmp)
+            shutil.rmtree(seed, ignore_errors=True)
+            os.replace(tmp, seed)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return seed, (seed / "keys/host_key.pub").read_text().strip()
+
+
+def prepare_disk_image(path: Path, *, cache_root: Path, workdir: Path, saved_keys: bool = False,
                        progress: Callable[[str], None] = lambda m: None) -> SeededDiskImage:
     """The user's disk image ready to boot: its kernel and initrd (cached), this run's
-    keys and seed in `workdir` (private; the caller removes it)."""
+    keys and seed in `workdir` (private; the caller removes it). `saved_keys` (--snapshot):
+    the keys and seed kept with the disk's kernel instead, the same for every run."""
     path = Path(path).resolve()
     if not path.is_file():
         raise images.ImageError(f"disk image {path}: no such file")
@@ -274,22 +307,17 @@ def prepare_disk_image(path: Path, *, cache_root: Path, workdir: Path,
         raise images.ImageError(f"disk image {path}: not readable")
     fmt = disk_format(path)
     folder, boot = boot_files(path, fmt, Path(cache_root), progress)
-    keys = workdir / "keys"
-    keys.mkdir(mode=0o700)
-    client_line = _keygen(keys / "client_key", "mceorch-client")
-    host_line = _keygen(keys / "host_key", "root@mceguest")
-    seed = workdir / "seed.iso"
-    write_seed_iso(seed, {
-        "meta-data": meta_data(f"mceorch-{os.urandom(8).hex()}").encode(),
-        "user-data": user_data(client_line, (keys / "host_key").read_text(), host_line).encode(),
-    })
-    (keys / "host_key").unlink()  # it lives on in the seed only
+    if saved_keys:
+        seeds, host_line = _saved_seed(folder)
+    else:
+        seeds, host_line = workdir, _make_seed(workdir)
     return SeededDiskImage(
-        name="disk-image", directory=workdir, kernel=folder / boot["kernel"], initrd=folder / boot["initrd"],
+        name="disk-image", directory=seeds, kernel=folder / boot["kernel"], initrd=folder / boot["initrd"],
         kernel_release=boot["kernel_release"], kernel_package="disk image", kernel_package_version="",
-        client_key=keys / "client_key", host_key_line=host_line, kernel_source=str(path),
+        client_key=seeds / "keys/client_key", host_key_line=host_line, kernel_source=str(path),
         disk=path, kernel_cmdline=kernel_cmdline(boot["root"]), scratch_device=SCRATCH_DEVICE,
-        boot_timeout_s=BOOT_TIMEOUT_S, disk_format=fmt, seed=seed, source=path)
+        boot_timeout_s=BOOT_TIMEOUT_S, disk_format=fmt, seed=seeds / "seed.iso", source=path,
+        per_run_keys=not saved_keys)
 
 
 def private_workdir() -> Path:

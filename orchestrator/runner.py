@@ -206,7 +206,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 workdir = private_workdir()
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
                 guest_image = prepare_disk_image(disk_image, cache_root=cache_root, workdir=workdir,
-                                                 progress=reporter.note)
+                                                 saved_keys=options.snapshot, progress=reporter.note)
             else:
                 guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
                                                  cache_root=cache_root, progress=reporter.note,
@@ -320,8 +320,8 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                   phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
     # A saved guest carries its disks (overlay, scratch disk) where the backend saves them;
-    # a user's disk image has per-run keys in its seed, so it always boots.
-    restore = (snapshots is not None and not isinstance(guest_image, SeededDiskImage)
+    # a user's disk image with per-run keys in its seed always boots.
+    restore = (snapshots is not None and getattr(guest_image, "per_run_keys", False) is False
                and (guest.saves_disks or (guest.disk is None and not isinstance(guest_image, DiskGuestImage))))
     if restore:
         _restore_saved_guest(scenario, guest, probe_binary, phases, SnapshotStore(snapshots))

@@ -166,3 +166,47 @@ def test_repro_names_the_disk_image_by_its_absolute_path_instead_of_an_image(tmp
     argv = repro.run_argv(scenario_file="s.yaml", image="debian-6.1", kernel=None, modules=None, append="",
                           accel=None, snapshot=False, disk_image=tmp_path / "d.qcow2")
     assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2")]
+
+
+def partitioned_disk(tmp_path):
+    """A raw disk with a GPT whose partition 2 holds an ext4 file system with a /boot."""
+    import subprocess
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    (tree / "boot" / "vmlinuz-6.1.0-9-amd64").write_bytes(b"not a real bzImage")
+    (tree / "boot" / "initrd.img-6.1.0-9-amd64").write_bytes(b"initrd")
+    disk = tmp_path / "disk.raw"
+    with disk.open("wb") as f:
+        f.truncate(40 << 20)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-E", "offset=2097152", "-d", str(tree), "-F", str(disk), "30M"],
+                   check=True)
+    with disk.open("r+b") as f:
+        f.write(gpt((1, 2048, 4095), (2, 4096, 4096 + 61439)))  # partition 1: no file system
+    return disk
+
+
+def test_the_disks_own_kernel_is_read_from_a_gpt_partition_without_a_mount(tmp_path):
+    (tmp_path / "work").mkdir(mode=0o700)  # the runner's private_workdir()
+    image = di.prepare_disk_image(partitioned_disk(tmp_path), cache_root=tmp_path / "cache",
+                                  workdir=tmp_path / "work")
+    assert image.kernel_release == "6.1.0-9-amd64" and image.disk_format == "raw"
+    assert image.kernel.read_bytes() == b"not a real bzImage" and image.initrd.read_bytes() == b"initrd"
+    assert image.kernel_cmdline == "root=/dev/vda2 rw ds=nocloud"
+    assert image.seed == tmp_path / "work" / "seed.iso" and image.per_run_keys
+    # Cached by the disk's identity: a second run reads nothing from the disk.
+    assert sorted(p.name for p in (tmp_path / "cache" / "disk-images").iterdir()) == [image.kernel.parent.name]
+
+
+def test_keys_are_per_run_and_kept_with_the_disk_for_snapshot(tmp_path):
+    disk = partitioned_disk(tmp_path)
+    for name in ("w1", "w2", "s1", "s2"):
+        (tmp_path / name).mkdir(mode=0o700)
+    runs = [di.prepare_disk_image(disk, cache_root=tmp_path / "cache", workdir=tmp_path / f"w{i}") for i in (1, 2)]
+    assert runs[0].host_key_line != runs[1].host_key_line
+    assert runs[0].client_key.read_text() != runs[1].client_key.read_text()
+    saved = [di.prepare_disk_image(disk, cache_root=tmp_path / "cache", workdir=tmp_path / f"s{i}", saved_keys=True)
+             for i in (1, 2)]
+    assert saved[0].host_key_line == saved[1].host_key_line and saved[0].seed == saved[1].seed
+    assert not saved[0].per_run_keys and saved[0].directory.parent == saved[0].kernel.parent
+    assert oct(saved[0].directory.stat().st_mode & 0o777) == "0o700"  # the seed holds the host's private key
+    assert list((tmp_path / "s1").iterdir()) == []  # nothing per run
