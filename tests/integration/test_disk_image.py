@@ -152,6 +152,20 @@ def test_an_interrupted_run_leaves_nothing_and_the_image_unchanged(disk, tmp_pat
 
 
 @needs_full_image
+def test_snapshot_saves_a_users_disk_image_once_and_restores_it(disk, tmp_path):
+    """With --snapshot the keys and seed are the disk's (kept with its kernel), not the run's:
+    one boot saves the guest, with its overlay; each scenario restores it."""
+    path, _ = disk
+    proc, _, scenarios, tmp = run_on_disk(tmp_path, "--snapshot", "--disk-image", str(path), "srao-anon-late-kill",
+                                          "srar-anon-access")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [s["outcome"] for s in scenarios.values()] == ["PASS", "PASS"]
+    boots = [line for line in proc.stderr.splitlines() if line.strip().startswith("boot ")]
+    assert len(boots) == 2 and all("restored from disk-image-" in line for line in boots), boots
+    assert_nothing_left(tmp, scenarios)
+
+
+@needs_full_image
 def test_the_users_image_was_never_written(disk):
     """Last in this file: after the runs above, the passed, failed and interrupted ones."""
     path, before = disk
