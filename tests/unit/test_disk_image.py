@@ -210,3 +210,21 @@ def test_keys_are_per_run_and_kept_with_the_disk_for_snapshot(tmp_path):
     assert not saved[0].per_run_keys and saved[0].directory.parent == saved[0].kernel.parent
     assert oct(saved[0].directory.stat().st_mode & 0o777) == "0o700"  # the seed holds the host's private key
     assert list((tmp_path / "s1").iterdir()) == []  # nothing per run
+
+
+def test_cloud_init_watch_says_no_sshd_only_once_cloud_init_finished_long_enough_ago(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    from orchestrator import readiness
+    console = tmp_path / "console.log"
+    console.write_text("[   40.6] cloud-init[305]: Cloud-init v. 22.4.2 running 'init-local' at Thu. Up 40.03 seconds.\n")
+    guest = SimpleNamespace(console_log=console, image=SimpleNamespace(source=Path("/x/my.qcow2"),
+                                                                         disk=Path("/x/my.qcow2")))
+    watch = readiness.CloudInitWatch(guest)
+    assert watch.no_sshd() is None and watch.started
+    with console.open("a") as f:
+        f.write("[  105.190366] cloud-init[401]: Cloud-init v. 22.4.2 finished at Thu, 26 Nov 2026 16:40:19 +0000. "
+                "Datasource DataSourceNoCloud [seed=cmdline,/dev/vdb][dsmode=local].  Up 105.05 seconds\n")
+    assert watch.no_sshd() is None  # just finished: sshd may still be starting
+    monkeypatch.setattr(readiness, "SSHD_AFTER_CLOUD_INIT_S", 0.0)
+    why = watch.no_sshd()
+    assert why.startswith("cloud-init finished (guest up 105.05 s) but no SSH server answered") and "my.qcow2" in why
