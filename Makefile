@@ -32,7 +32,7 @@ help:
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
-	@echo "make bench                               measure scenario wall time against a bare baseline"
+	@echo "make bench                               scenario wall time against a bare baseline; debian-12-full beside it"
 	@echo "make image [KERNEL=debian-6.12|debian-12-full] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
 	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"

@@ -126,7 +126,7 @@ def test_a_kernel_without_machine_check_support_is_an_error_before_the_probe(tmp
 
 
 @needs_full_image
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_run_leaves_nothing_and_the_image_unchanged(disk, tmp_path, sig):
     path, _ = disk
     tmp, results = tmp_path / "tmp", tmp_path / "results"
