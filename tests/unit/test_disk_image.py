@@ -228,3 +228,11 @@ def test_cloud_init_watch_says_no_sshd_only_once_cloud_init_finished_long_enough
     monkeypatch.setattr(readiness, "SSHD_AFTER_CLOUD_INIT_S", 0.0)
     why = watch.no_sshd()
     assert why.startswith("cloud-init finished (guest up 105.05 s) but no SSH server answered") and "my.qcow2" in why
+
+
+def test_cli_disk_image_is_for_the_qemu_backend_only(tmp_path, capsys):
+    from orchestrator.cli import main
+    disk = tmp_path / "d.qcow2"
+    disk.write_bytes(b"")
+    assert main(["run", "--backend", "libvirt", "--disk-image", str(disk), "srao-anon-late-kill"]) == 2
+    assert "runs on the QEMU backend only" in capsys.readouterr().err
