@@ -99,7 +99,7 @@ nightly: setup
 # KERNEL names any image: the initramfs ones (images.yaml) or a full
 # distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
 image: setup
-	$(if $(KERNEL_ARGS),$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1))
+	$(if $(strip $(KERNEL_ARGS)),$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1))
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
