@@ -17,7 +17,14 @@ libvirt-python only.
   virEventRunDefaultImpl thread.
 - Names are `mce-orch-<host>-<pid>-<n>`; shutdown() destroys the domain
   whatever happened, and a later run reaps domains of this host whose
-  orchestrator process is gone (killed with SIGKILL).
+  orchestrator process is gone (killed with SIGKILL). Domains are started with
+  libvirt's autodestroy: a connection that drops (a dead endpoint) takes its
+  domain with it.
+- A remote URI (qemu+ssh://...): the kernel, initramfs and scratch disk go to
+  that host as storage volumes through libvirt's upload streams
+  (orchestrator.libvirt_volumes), the console is a pty read through a libvirt
+  stream, and --snapshot boots cold (QEMU's state file is handed over as an
+  fd, which only a local connection can carry).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import libvirt_xml, mce, qemu_args
+from orchestrator import libvirt_volumes, libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.monitor import MonitorError, MonitorLogs
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
@@ -276,7 +283,13 @@ class LibvirtGuest(Guest):
         self.disk = disk
         self.incoming = incoming
         self.uri = connect or DEFAULT_URI
+        self.remote = libvirt_volumes.is_remote(self.uri)
+        self.can_snapshot = not self.remote
         self.console_log = artifacts / "console.log"
+        self._placed: dict[str, Path] = {}  # on a remote host: where its volumes hold our files
+        self._run_volumes: list[str] = []
+        self._volumes: libvirt_volumes.VolumeStore | None = None
+        self._console: ConsoleRecorder | None = None
         self.ssh_port = 0
         self.monitor: LibvirtMonitor | None = None
         self.launched_pid: int | None = None
@@ -337,6 +350,8 @@ class LibvirtGuest(Guest):
             raise HypervisorUnavailable(str(exc)) from None
         reap_leftovers(self._conn)
         try:
+            if self.remote:
+                self._place_files()
             self._start(libvirt)
             if self.incoming is None:
                 self.read_limits()  # paused: what the guest has, before it runs
@@ -351,20 +366,34 @@ class LibvirtGuest(Guest):
             self.shutdown()
             raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
                                        f"(QEMU log: {self._qemu_log_tail()})") from None
-        except (MonitorError, HarnessError) as exc:
+        except (MonitorError, HarnessError, libvirt_volumes.VolumeError) as exc:
             self.shutdown()
             message = exc.message if isinstance(exc, HarnessError) else str(exc)
             raise HarnessError("boot", f"domain {self.name}: {message}") from None
+
+    def _place_files(self) -> None:
+        """The kernel and initramfs (cached by content) and the scratch disk (this
+        run's) as volumes on the remote host; the domain XML points at them."""
+        self._volumes = libvirt_volumes.VolumeStore(self._conn)
+        self._volumes.reap(_host_tag(), _pid_alive)
+        for what, path in (("kernel", self.image.kernel), ("initrd", self.image.initrd)):
+            self._placed[what] = Path(self._volumes.cached(path, _host_tag(), os.getpid()))
+        if self.disk is not None:
+            name = libvirt_volumes.run_volume_name(self.name, "disk")
+            self._run_volumes.append(name)
+            self._placed["disk"] = Path(self._volumes.upload(self.disk, name).path())
 
     def _domain_xml(self) -> str:
         return libvirt_xml.build_domain_xml(self._domain_config())
 
     def _domain_config(self) -> libvirt_xml.DomainConfig:
         return libvirt_xml.DomainConfig(
-            name=self.name, kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
+            name=self.name, kernel=self._placed.get("kernel", self.image.kernel),
+            initrd=self._placed.get("initrd", self.image.initrd), console_log=self.console_log,
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
-            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
+            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None,
+            disk=self._placed.get("disk", self.disk), console_pty=self.remote,
             incoming=self.incoming is not None,
             # A restored guest's console.log already holds the saving boot's console.
             console_append=self.incoming is not None)
@@ -372,7 +401,13 @@ class LibvirtGuest(Guest):
     def _start(self, libvirt) -> None:
         xml = self._domain_xml()
         (self.artifacts / "domain.xml").write_text(xml)
-        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        if self.remote:
+            self._console = ConsoleRecorder(self._conn, self._dom, self.console_log)  # paused: nothing missed
+            # QEMU holds the scratch disk open: unlinked now, it goes with QEMU even
+            # if this connection never comes back.
+            for name in self._run_volumes:
+                self._volumes.delete(name)
         self._lifecycle_id = self._conn.domainEventRegisterAny(
             self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
@@ -450,6 +485,8 @@ class LibvirtGuest(Guest):
         dom, self._dom = self._dom, None
         conn, self._conn = self._conn, None
         monitor, self.monitor = self.monitor, None
+        console, self._console = self._console, None
+        volumes, self._volumes = self._volumes, None
         if conn is None:
             return
         libvirt, _ = _libvirt()
@@ -461,6 +498,10 @@ class LibvirtGuest(Guest):
                     pass  # already gone
             self._copy_qemu_log()
         finally:
+            if console is not None:
+                console.close()
+            for name in self._run_volumes if volumes is not None else ():
+                volumes.delete(name)  # when the domain never started
             if monitor is not None:
                 monitor.close()
             if self._lifecycle_id is not None:
