@@ -201,8 +201,8 @@ class VolumeStore:
             try:
                 vol = self.pool.createXMLFrom(volume_xml(name, size), partial, 0)
             except self._libvirt.libvirtError as exc:
-                vol = self._lookup(name)  # another worker finished the same file first
-                if vol is None:
+                vol = self._lookup(name)  # another worker finished the same file first?
+                if vol is None or vol.info()[1] != size:
                     raise VolumeError(f"cannot store {path.name} as volume {name}: {_message(exc)}") from None
         finally:
             self.delete(partial.name())

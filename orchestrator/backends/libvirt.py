@@ -96,7 +96,9 @@ _TCG_WARNING = re.compile(r"\S+ qemu-system-\S+: warning: TCG doesn't support re
 def _message(exc) -> str:
     text = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
     # QEMU's harmless TCG CPUID warnings would bury the line that says what went wrong.
-    return _TCG_WARNING.sub("", (text or str(exc)).strip().replace("\n", " "))
+    # ssh's output (a remote URI) comes with CRs and a wall of '@': one line, no frame.
+    text = " ".join(re.sub(r"@{3,}", " ", text or str(exc)).split())
+    return _TCG_WARNING.sub("", text)
 
 
 def open_connection(uri: str):
