@@ -61,10 +61,32 @@ def libvirt_uri(port: int, client_key: Path, wrapper: Path, user: str = "root") 
     return f"qemu+ssh://{user}@127.0.0.1:{port}/system?keyfile={client_key}&command={wrapper}&no_tty=1"
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (sshd's sessions start sessions of their own: no process group reaches them)."""
+    found, todo = [], [pid]
+    while todo:
+        for child in _children(todo.pop()):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class LocalSshd:
     """One sshd process on 127.0.0.1:port, with its own keys in `folder`. start()
-    waits for its banner; stop() ends it and every session it forked (its
-    process group), as a host that goes away would."""
+    waits for its banner; stop() ends it and every session it forked, as a
+    host that goes away would: its connections drop."""
 
     def __init__(self, folder: Path, port: int | None = None):
         self.folder = Path(folder)
@@ -129,10 +151,14 @@ class LocalSshd:
         process, self.process = self.process, None
         if process is None:
             return
-        try:
-            os.killpg(process.pid, 9)
-        except ProcessLookupError:
-            pass
+        # The listener first (no new sessions), then what it forked.
+        below = descendants(process.pid)
+        process.kill()
+        for pid in below + descendants(process.pid):
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         process.wait()
 
     def __enter__(self) -> "LocalSshd":

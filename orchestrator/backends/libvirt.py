@@ -300,6 +300,7 @@ class LibvirtGuest(Guest):
         self._dom = None
         self._lifecycle: list[tuple[int, int]] = []
         self._lifecycle_id: int | None = None
+        self._lost: str | None = None  # why the connection closed under us (an endpoint that died)
 
     # --- state ---
     @property
@@ -321,12 +322,21 @@ class LibvirtGuest(Guest):
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed (QEMU exited or was killed)"}
+        if self._lost or (self._conn is not None and not self._conn_alive()):
+            return f"gone: lost the connection to {self.uri} ({self._lost or 'closed'}; autodestroyed there)"
         for event, detail in list(self._lifecycle):
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
                 return details.get(detail, f"stopped (detail {detail})")
         if self._dom is not None and not self.is_running():
             return "not running"
         return None
+
+    def _conn_alive(self) -> bool:
+        libvirt, _ = _libvirt()
+        try:
+            return self._conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
 
     def exit_summary(self) -> str | None:
         why = self._stopped_reason()
@@ -350,6 +360,10 @@ class LibvirtGuest(Guest):
             self._conn = open_connection(self.uri)
         except InputError as exc:
             raise HypervisorUnavailable(str(exc)) from None
+        reasons = {libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file", libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+                   libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout"}
+        self._conn.registerCloseCallback(lambda conn, reason, opaque: setattr(
+            self, "_lost", reasons.get(reason, f"reason {reason}")), None)
         reap_leftovers(self._conn)
         try:
             if self.remote:
@@ -512,6 +526,8 @@ class LibvirtGuest(Guest):
                 except libvirt.libvirtError:
                     pass
                 self._lifecycle_id = None
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
             try:
                 conn.close()
             except libvirt.libvirtError:
