@@ -196,6 +196,8 @@ class LibvirtMonitor(MonitorLogs):
             except Exception:  # noqa: BLE001 -- closing must never raise
                 pass
             self._callback_id = None
+        # Objects of a connection keep it open (a remote one: an ssh process each) until they go.
+        self._dom = self._conn = None
         for log in (self._event_log, self._command_log):
             try:
                 log.close()
@@ -206,6 +208,8 @@ class LibvirtMonitor(MonitorLogs):
     def _passthrough(self, text: str, hmp: bool) -> str:
         libvirt, libvirt_qemu = _libvirt()
         flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
+        if self._dom is None:
+            raise MonitorError(f"libvirt monitor command {text!r}: the monitor is closed")
         try:
             return libvirt_qemu.qemuMonitorCommand(self._dom, text, flags)
         except libvirt.libvirtError as exc:
@@ -679,6 +683,14 @@ class ConsoleRecorder:
                 step()
             except libvirt.libvirtError:
                 pass
+        # libvirt-python's callback data keeps the stream object, and with it the
+        # connection (a remote one: an ssh process), alive for good: free it here.
+        stream, self._stream = self._stream, None
+        with contextlib.suppress(AttributeError):
+            del stream.cb
+        if stream._o is not None:
+            libvirt.libvirtmod.virStreamFree(stream._o)
+            stream._o = None
         self._file.close()
 
 
