@@ -30,16 +30,24 @@ def test_descendants_reach_grandchildren_in_other_sessions():
     import time
     parent = subprocess.Popen(["sh", "-c", "setsid sleep 30 & sleep 30 & wait"])
     try:
-        for _ in range(100):
+        def comm(pid):
+            try:
+                return open(f"/proc/{pid}/comm").read().strip()
+            except OSError:
+                return "gone"
+        for _ in range(200):  # until both children have exec'd sleep (a fork is "sh" for a moment)
             below = sshd.descendants(parent.pid)
-            if len(below) >= 2:
+            names = [comm(pid) for pid in below]
+            if names == ["sleep", "sleep"]:
                 break
             time.sleep(0.02)
-        names = {open(f"/proc/{pid}/comm").read().strip() for pid in below}
-        assert len(below) >= 2 and names == {"sleep"}, below
+        assert names == ["sleep", "sleep"], (below, names)
     finally:
         for pid in sshd.descendants(parent.pid):
-            os.kill(pid, 9)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
         parent.kill()
         parent.wait()
     assert sshd.descendants(parent.pid) == []
