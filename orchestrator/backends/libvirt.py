@@ -366,8 +366,9 @@ class LibvirtGuest(Guest):
             raise HypervisorUnavailable(str(exc)) from None
         reasons = {libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file", libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
                    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout"}
-        self._conn.registerCloseCallback(lambda conn, reason, opaque: setattr(
-            self, "_lost", reasons.get(reason, f"reason {reason}")), None)
+        with contextlib.suppress(libvirt.libvirtError):  # a driver without one: died() asks isAlive()
+            self._conn.registerCloseCallback(lambda conn, reason, opaque: setattr(
+                self, "_lost", reasons.get(reason, f"reason {reason}")), None)
         reap_leftovers(self._conn)
         try:
             if self.remote:
