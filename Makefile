@@ -13,7 +13,8 @@ STAMP  := $(VENV)/.installed-stamp
 HOST_PACKAGES := qemu-system-x86 qemu-system-data busybox-static dropbear-bin \
                  openssh-sftp-server openssh-client cpio zstd gzip binutils e2fsprogs \
                  gcc libc6-dev musl-tools python3 python3-venv make \
-                 libvirt-daemon-system libvirt-dev pkg-config mmdebstrap qemu-utils
+                 libvirt-daemon-system libvirt-dev pkg-config mmdebstrap qemu-utils \
+                 openssh-server
 
 NAME   ?=
 KERNEL ?=
@@ -23,7 +24,7 @@ KERNEL_PATH ?=
 MODULES     ?=
 KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
 
-.PHONY: test-full-image all setup host-packages libvirtd scenario suite coverage nightly test unit image bench clean help kernel-from-source
+.PHONY: test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -32,10 +33,12 @@ help:
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
-	@echo "make bench                               scenario wall time against a bare baseline; debian-12-full beside it"
+	@echo "make bench [ARGS='--part fanout']        scenario wall time against a bare baseline; debian-12-full beside it;"
+	@echo "                                         a catalog subset on 1 vs 2 libvirt endpoints"
 	@echo "make image [KERNEL=debian-6.12|debian-12-full] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
 	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
+	@echo "make ssh-endpoint                        this host's libvirtd as a remote-style qemu+ssh URI (own sshd)"
 	@echo "ARGS='--backend libvirt [--connect URI]' runs scenario/suite on libvirt (nightly: ARGS='--backend libvirt')"
 
 setup: host-packages $(STAMP)
@@ -128,6 +131,11 @@ unit: setup
 # virtlogd and libvirtd without systemd, /dev/kvm as udev would set it; idempotent.
 libvirtd: setup
 	$(PY) -m orchestrator.libvirtd
+
+# A private sshd on 127.0.0.1 (own config, keys, pinned host key) in front of this
+# host's libvirtd: prints its qemu+ssh URI for --connect or a --hosts file.
+ssh-endpoint: libvirtd
+	$(PY) -m orchestrator.sshd $(CURDIR)/results/ssh-endpoint
 
 bench: libvirtd
 	$(PY) -m orchestrator.bench $(ARGS)

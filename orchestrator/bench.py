@@ -16,14 +16,23 @@ Then the full distribution image (--full-image, default debian-12-full; `none`
 skips it): its build time and qcow2 size (from its manifest, or the build this
 run did), and boot to SSH and the scenario's wall time on it, cold and with
 --snapshot (--full-runs each, alternated), beside the initramfs image's.
+
+Last (--part fanout alone), a catalog subset's wall time on one libvirt
+endpoint against two: FANOUT_SCENARIOS (8 disk-less scenarios, debian-6.1,
+cold boots: a remote endpoint cannot restore saved guests) run by the pytest
+plugin with `--hosts` listing qemu:///system (one xdist worker), then
+qemu:///system and this machine's libvirtd again through a private sshd
+(qemu+ssh, two workers, everything uploaded as volumes), alternated.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import gzip
+import subprocess
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -95,6 +104,46 @@ def bare_run(image: images.GuestImage, initrd: Path, workdir: Path) -> float:
     return elapsed
 
 
+FANOUT_SCENARIOS = ("srao-anon-late-kill", "srao-anon-early-kill", "srar-anon-access", "free-page", "mlock-page",
+                    "shmem-page", "repeated-injection", "shared-page-early-kill")
+
+
+def fanout_run(hosts: list[str], workdir: Path, label: str) -> float:
+    """Wall time of FANOUT_SCENARIOS spread over `hosts`, one xdist worker per host."""
+    hosts_file = workdir / f"hosts-{label}"
+    hosts_file.write_text("\n".join(hosts) + "\n")
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", str(len(hosts)),
+                           "--kernels", "debian-6.1", "--hosts", str(hosts_file),
+                           f"--junitxml={workdir / f'{label}-junit.xml'}", "-k", " or ".join(FANOUT_SCENARIOS),
+                           "scenarios"], cwd=REPO_ROOT, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if done.returncode != 0:
+        raise SystemExit(f"fan-out {label}: pytest exited {done.returncode}: {done.stdout[-2000:]}")
+    return elapsed
+
+
+def fanout_bench(runs: int, run_dir: Path) -> None:
+    """One endpoint against two, alternated; medians and their ratio."""
+    from orchestrator.libvirtd import ensure_running
+    from orchestrator.sshd import LocalSshd
+    ensure_running()
+    one, two = [], []
+    with LocalSshd(run_dir / "sshd") as sshd:
+        for i in range(runs):
+            one.append(fanout_run(["qemu:///system"], run_dir, f"one-endpoint-{i}"))
+            two.append(fanout_run(["qemu:///system", sshd.uri], run_dir, f"two-endpoints-{i}"))
+            print(f"fan-out run {i + 1}/{runs}: one endpoint {one[-1]:.1f} s, two endpoints {two[-1]:.1f} s",
+                  file=sys.stderr, flush=True)
+    print(f"catalog subset ({len(FANOUT_SCENARIOS)} scenarios, debian-6.1, cold, {os.cpu_count()} host CPUs), "
+          f"{runs} runs each:")
+    print(f"one endpoint (qemu:///system) median: {statistics.median(one):.1f} s "
+          f"(runs: {', '.join(f'{x:.1f}' for x in one)})")
+    print(f"two endpoints (+ qemu+ssh to this host) median: {statistics.median(two):.1f} s "
+          f"(runs: {', '.join(f'{x:.1f}' for x in two)})")
+    print(f"one/two endpoints median ratio (speed-up): {statistics.median(one) / statistics.median(two):.2f}")
+
+
 def _libvirt_unavailable(uri: str | None) -> str | None:
     """Why the libvirt backend cannot be measured here, or None."""
     try:
@@ -123,7 +172,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="a full distribution image measured beside the initramfs one ('none': skip)")
     parser.add_argument("--full-runs", type=int, default=2, metavar="N",
                         help="cold and restored runs on the full image (a cold one is a minute under TCG)")
+    parser.add_argument("--part", choices=("all", "scenario", "fanout"), default="all",
+                        help="per-scenario times, the one-versus-two-endpoints catalog subset, or both")
+    parser.add_argument("--fanout-runs", type=int, default=3, help="runs of each fan-out shape (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.part == "fanout":
+        run_dir = new_run_dir(REPO_ROOT / "results" / "bench")
+        fanout_bench(args.fanout_runs, run_dir)
+        return 0
     libvirt_missing = _libvirt_unavailable(args.connect)
 
     scenario = load_scenario(REPO_ROOT / "scenarios" / f"{args.scenario}.yaml")
@@ -201,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         _full_image(args, scenario, run_dir, statistics.median(p["boot"] for p in phases),
                     statistics.median(orchestrated), statistics.median(restored), timed)
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
+    if args.part == "all":
+        if libvirt_missing:
+            print(f"fan-out: not measured ({libvirt_missing})")
+        else:
+            fanout_bench(args.fanout_runs, run_dir)
     return 0
 
 

@@ -51,6 +51,7 @@ class DomainConfig:
     incoming: bool = False        # wait for a saved guest's state (migrate-incoming) instead of booting
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
     run_as_root: bool = True      # QEMU runs as root and nothing is relabelled (see below)
+    console_pty: bool = False     # a pty read through libvirt (a remote host's files are not ours)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs) -> ET.Element:
@@ -95,8 +96,11 @@ def build_domain_xml(c: DomainConfig) -> str:
         _sub(label, "label", "+0:+0")
     devices = _sub(domain, "devices")
     _sub(devices, "emulator", c.emulator)
-    serial = _sub(devices, "serial", type="file")
-    _sub(serial, "source", path=str(c.console_log), **({"append": "on"} if c.console_append else {}))
+    if c.console_pty:
+        serial = _sub(devices, "serial", type="pty")
+    else:
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=str(c.console_log), **({"append": "on"} if c.console_append else {}))
     _sub(serial, "target", port="0")
     interface = _sub(devices, "interface", type="user")
     _sub(interface, "model", type="virtio")

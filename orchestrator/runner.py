@@ -320,8 +320,9 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                   phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
     # A saved guest carries its disks (overlay, scratch disk) where the backend saves them;
-    # a user's disk image with per-run keys in its seed always boots.
-    restore = (snapshots is not None and getattr(guest_image, "per_run_keys", False) is False
+    # a user's disk image with per-run keys in its seed, and a guest that cannot be saved
+    # (a remote libvirt host), always boot.
+    restore = (snapshots is not None and guest.can_snapshot and getattr(guest_image, "per_run_keys", False) is False
                and (guest.saves_disks or (guest.disk is None and not isinstance(guest_image, DiskGuestImage))))
     if restore:
         _restore_saved_guest(scenario, guest, probe_binary, phases, SnapshotStore(snapshots))

@@ -17,7 +17,14 @@ libvirt-python only.
   virEventRunDefaultImpl thread.
 - Names are `mce-orch-<host>-<pid>-<n>`; shutdown() destroys the domain
   whatever happened, and a later run reaps domains of this host whose
-  orchestrator process is gone (killed with SIGKILL).
+  orchestrator process is gone (killed with SIGKILL). Domains are started with
+  libvirt's autodestroy: a connection that drops (a dead endpoint) takes its
+  domain with it.
+- A remote URI (qemu+ssh://...): the kernel, initramfs and scratch disk go to
+  that host as storage volumes through libvirt's upload streams
+  (orchestrator.libvirt_volumes), the console is a pty read through a libvirt
+  stream, and --snapshot boots cold (QEMU's state file is handed over as an
+  fd, which only a local connection can carry).
 """
 from __future__ import annotations
 
@@ -36,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import libvirt_xml, mce, qemu_args
+from orchestrator import libvirt_volumes, libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.monitor import MonitorError, MonitorLogs
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
@@ -89,7 +96,9 @@ _TCG_WARNING = re.compile(r"\S+ qemu-system-\S+: warning: TCG doesn't support re
 def _message(exc) -> str:
     text = exc.get_error_message() if hasattr(exc, "get_error_message") else str(exc)
     # QEMU's harmless TCG CPUID warnings would bury the line that says what went wrong.
-    return _TCG_WARNING.sub("", (text or str(exc)).strip().replace("\n", " "))
+    # ssh's output (a remote URI) comes with CRs and a wall of '@': one line, no frame.
+    text = " ".join(re.sub(r"@{3,}", " ", text or str(exc)).split())
+    return _TCG_WARNING.sub("", text)
 
 
 def open_connection(uri: str):
@@ -187,6 +196,8 @@ class LibvirtMonitor(MonitorLogs):
             except Exception:  # noqa: BLE001 -- closing must never raise
                 pass
             self._callback_id = None
+        # Objects of a connection keep it open (a remote one: an ssh process each) until they go.
+        self._dom = self._conn = None
         for log in (self._event_log, self._command_log):
             try:
                 log.close()
@@ -197,6 +208,8 @@ class LibvirtMonitor(MonitorLogs):
     def _passthrough(self, text: str, hmp: bool) -> str:
         libvirt, libvirt_qemu = _libvirt()
         flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
+        if self._dom is None:
+            raise MonitorError(f"libvirt monitor command {text!r}: the monitor is closed")
         try:
             return libvirt_qemu.qemuMonitorCommand(self._dom, text, flags)
         except libvirt.libvirtError as exc:
@@ -276,7 +289,13 @@ class LibvirtGuest(Guest):
         self.disk = disk
         self.incoming = incoming
         self.uri = connect or DEFAULT_URI
+        self.remote = libvirt_volumes.is_remote(self.uri)
+        self.can_snapshot = not self.remote
         self.console_log = artifacts / "console.log"
+        self._placed: dict[str, Path] = {}  # on a remote host: where its volumes hold our files
+        self._run_volumes: list[str] = []
+        self._volumes: libvirt_volumes.VolumeStore | None = None
+        self._console: ConsoleRecorder | None = None
         self.ssh_port = 0
         self.monitor: LibvirtMonitor | None = None
         self.launched_pid: int | None = None
@@ -285,6 +304,7 @@ class LibvirtGuest(Guest):
         self._dom = None
         self._lifecycle: list[tuple[int, int]] = []
         self._lifecycle_id: int | None = None
+        self._lost: str | None = None  # why the connection closed under us (an endpoint that died)
 
     # --- state ---
     @property
@@ -306,12 +326,21 @@ class LibvirtGuest(Guest):
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed (QEMU exited or was killed)"}
+        if self._lost or (self._conn is not None and not self._conn_alive()):
+            return f"gone: lost the connection to {self.uri} ({self._lost or 'closed'}; autodestroyed there)"
         for event, detail in list(self._lifecycle):
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
                 return details.get(detail, f"stopped (detail {detail})")
         if self._dom is not None and not self.is_running():
             return "not running"
         return None
+
+    def _conn_alive(self) -> bool:
+        libvirt, _ = _libvirt()
+        try:
+            return self._conn.isAlive() == 1
+        except libvirt.libvirtError:
+            return False
 
     def exit_summary(self) -> str | None:
         why = self._stopped_reason()
@@ -335,8 +364,15 @@ class LibvirtGuest(Guest):
             self._conn = open_connection(self.uri)
         except InputError as exc:
             raise HypervisorUnavailable(str(exc)) from None
+        reasons = {libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "end of file", libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
+                   libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive timeout"}
+        with contextlib.suppress(libvirt.libvirtError):  # a driver without one: died() asks isAlive()
+            self._conn.registerCloseCallback(lambda conn, reason, opaque: setattr(
+                self, "_lost", reasons.get(reason, f"reason {reason}")), None)
         reap_leftovers(self._conn)
         try:
+            if self.remote:
+                self._place_files()
             self._start(libvirt)
             if self.incoming is None:
                 self.read_limits()  # paused: what the guest has, before it runs
@@ -351,20 +387,34 @@ class LibvirtGuest(Guest):
             self.shutdown()
             raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
                                        f"(QEMU log: {self._qemu_log_tail()})") from None
-        except (MonitorError, HarnessError) as exc:
+        except (MonitorError, HarnessError, libvirt_volumes.VolumeError) as exc:
             self.shutdown()
             message = exc.message if isinstance(exc, HarnessError) else str(exc)
             raise HarnessError("boot", f"domain {self.name}: {message}") from None
+
+    def _place_files(self) -> None:
+        """The kernel and initramfs (cached by content) and the scratch disk (this
+        run's) as volumes on the remote host; the domain XML points at them."""
+        self._volumes = libvirt_volumes.VolumeStore(self._conn)
+        self._volumes.reap(_host_tag(), _pid_alive)
+        for what, path in (("kernel", self.image.kernel), ("initrd", self.image.initrd)):
+            self._placed[what] = Path(self._volumes.cached(path, _host_tag(), os.getpid()))
+        if self.disk is not None:
+            name = libvirt_volumes.run_volume_name(self.name, "disk")
+            self._run_volumes.append(name)
+            self._placed["disk"] = Path(self._volumes.upload(self.disk, name).path())
 
     def _domain_xml(self) -> str:
         return libvirt_xml.build_domain_xml(self._domain_config())
 
     def _domain_config(self) -> libvirt_xml.DomainConfig:
         return libvirt_xml.DomainConfig(
-            name=self.name, kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
+            name=self.name, kernel=self._placed.get("kernel", self.image.kernel),
+            initrd=self._placed.get("initrd", self.image.initrd), console_log=self.console_log,
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
             emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
-            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None, disk=self.disk,
+            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None,
+            disk=self._placed.get("disk", self.disk), console_pty=self.remote,
             incoming=self.incoming is not None,
             # A restored guest's console.log already holds the saving boot's console.
             console_append=self.incoming is not None)
@@ -372,7 +422,13 @@ class LibvirtGuest(Guest):
     def _start(self, libvirt) -> None:
         xml = self._domain_xml()
         (self.artifacts / "domain.xml").write_text(xml)
-        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        self._dom = self._conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED | libvirt.VIR_DOMAIN_START_AUTODESTROY)
+        if self.remote:
+            self._console = ConsoleRecorder(self._conn, self._dom, self.console_log)  # paused: nothing missed
+            # QEMU holds the scratch disk open: unlinked now, it goes with QEMU even
+            # if this connection never comes back.
+            for name in self._run_volumes:
+                self._volumes.delete(name)
         self._lifecycle_id = self._conn.domainEventRegisterAny(
             self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
@@ -450,6 +506,8 @@ class LibvirtGuest(Guest):
         dom, self._dom = self._dom, None
         conn, self._conn = self._conn, None
         monitor, self.monitor = self.monitor, None
+        console, self._console = self._console, None
+        volumes, self._volumes = self._volumes, None
         if conn is None:
             return
         libvirt, _ = _libvirt()
@@ -461,6 +519,10 @@ class LibvirtGuest(Guest):
                     pass  # already gone
             self._copy_qemu_log()
         finally:
+            if console is not None:
+                console.close()
+            for name in self._run_volumes if volumes is not None else ():
+                volumes.delete(name)  # when the domain never started
             if monitor is not None:
                 monitor.close()
             if self._lifecycle_id is not None:
@@ -469,6 +531,8 @@ class LibvirtGuest(Guest):
                 except libvirt.libvirtError:
                     pass
                 self._lifecycle_id = None
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
             try:
                 conn.close()
             except libvirt.libvirtError:
@@ -620,6 +684,14 @@ class ConsoleRecorder:
                 step()
             except libvirt.libvirtError:
                 pass
+        # libvirt-python's callback data keeps the stream object, and with it the
+        # connection (a remote one: an ssh process), alive for good: free it here.
+        stream, self._stream = self._stream, None
+        with contextlib.suppress(AttributeError):
+            del stream.cb
+        if stream._o is not None:
+            libvirt.libvirtmod.virStreamFree(stream._o)
+            stream._o = None
         self._file.close()
 
 

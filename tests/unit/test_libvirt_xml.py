@@ -84,3 +84,10 @@ def test_ssh_forward_is_loopback_only():
 def test_pmem_range_on_the_domain_command_line_too():
     root = ET.fromstring(libvirt_xml.build_domain_xml(config(pmem_mib=256, extra_cmdline="mce=2")))
     assert root.find("os/cmdline").text.endswith(" memmap=256M!256M mce=2")
+
+
+def test_console_on_a_pty_for_a_remote_host():
+    root = ET.fromstring(libvirt_xml.build_domain_xml(config(console_pty=True, console_append=True)))
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "pty" and serial.find("source") is None  # no path of ours on that host
+    assert serial.find("target").get("port") == "0"
