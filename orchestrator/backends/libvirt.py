@@ -28,7 +28,6 @@ libvirt-python only.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import itertools
@@ -45,7 +44,7 @@ import yaml
 
 from orchestrator import libvirt_volumes, libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest, HypervisorUnavailable
-from orchestrator.backends.monitor import MonitorError, MonitorLogs
+from orchestrator.backends.monitor import BoundedEvents, MonitorError, MonitorLogs
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
@@ -54,6 +53,7 @@ from orchestrator.scenario import GuestSpec
 from orchestrator.ssh import wait_for_banner
 
 DEFAULT_URI = "qemu:///system"
+CATCH_UP_QUIET_S = 0.25  # after a storm: no event for this long, libvirt has delivered what it had
 PORT_ATTEMPTS = 3
 _counter = itertools.count(1)
 _loop_lock = threading.Lock()
@@ -158,35 +158,30 @@ def reap_leftovers(conn) -> list[str]:
     return reaped
 
 
-class LibvirtMonitor(MonitorLogs):
-    """The GuestMonitor interface over libvirt's QEMU monitor passthrough."""
+class LibvirtMonitor(MonitorLogs, BoundedEvents):
+    """The GuestMonitor interface over libvirt's QEMU monitor passthrough. QEMU's
+    events are recorded, bounded and a storm named, as the QMP monitor's are."""
 
     def __init__(self, conn, dom, event_log: Path, command_log: Path):
         self._conn = conn
         self._dom = dom
         self._event_log = event_log.open("a", buffering=1)
         self._command_log = command_log.open("a", buffering=1)
-        self._events: list[dict] = []
-        self._changed = threading.Condition()
+        self._init_events()
         self._t0 = time.monotonic()
         self._callback_id: int | None = None
         self.log_error: str | None = None
-        # The QMP monitor's storm detection is not done here (libvirt delivers the
-        # events through its own queue): never a storm, every event kept.
-        self.storm: str | None = None
 
     def register(self) -> None:
         _, libvirt_qemu = _libvirt()
         self._callback_id = libvirt_qemu.qemuMonitorEventRegister(self._conn, self._dom, None, self._on_event, None, 0)
 
     def _on_event(self, conn, dom, event, seconds, micros, details, opaque) -> None:
-        record = {"event": event, "data": json.loads(details) if details else {},
-                  "timestamp": {"seconds": seconds, "microseconds": micros},
-                  "elapsed": round(time.monotonic() - self._t0, 3)}
-        self._write(self._event_log, json.dumps(record) + "\n")
-        with self._changed:
-            self._events.append(record)
-            self._changed.notify_all()
+        record = self._record(event, lambda: {"event": event, "data": json.loads(details) if details else {},
+                                              "timestamp": {"seconds": seconds, "microseconds": micros}},
+                              time.monotonic())
+        if record is not None:
+            self._write(self._event_log, json.dumps(record) + "\n")
 
     def close(self) -> None:
         if self._callback_id is not None:
@@ -198,6 +193,7 @@ class LibvirtMonitor(MonitorLogs):
             self._callback_id = None
         # Objects of a connection keep it open (a remote one: an ssh process each) until they go.
         self._dom = self._conn = None
+        self._log_not_kept()
         for log in (self._event_log, self._command_log):
             try:
                 log.close()
@@ -239,41 +235,27 @@ class LibvirtMonitor(MonitorLogs):
         return self._passthrough(line, hmp=True)
 
     # --- events ---
-    def events(self) -> list[dict]:
-        with self._changed:
-            return list(self._events)
-
-    def seen(self, name: str) -> bool:
-        return any(e["event"] == name for e in self.events())
-
-    def dropped(self) -> int:
-        return 0
-
-    def summary(self) -> str:
-        counts = collections.Counter(e["event"] for e in self.events())
-        return ", ".join(f"{n} {name}" for name, n in counts.most_common()) or "no events"
-
     def catch_up(self, timeout: float) -> bool:
-        """Stop the guest and wait for a reply to a command sent now (as the QMP monitor's)."""
+        """After a storm: stop the guest (no more events), then read what libvirt still
+        queues for us. libvirt dispatches events apart from command replies, so the
+        reply to a command sent now is not enough: until none came for CATCH_UP_QUIET_S.
+        False if that took longer than `timeout`."""
+        end = time.monotonic() + timeout
         with contextlib.suppress(MonitorError):
             self.hmp("stop", timeout=min(timeout, 2))
         try:
             self.execute("query-status", timeout=timeout)
-            return True
         except MonitorError:
             return False
-
-    def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
-        end = time.monotonic() + timeout
         with self._changed:
             while True:
-                for event in self._events[start:]:
-                    if event["event"] in names:
-                        return event
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
+                count = sum(self.counts.values())
+                quiet_until = time.monotonic() + CATCH_UP_QUIET_S
+                if quiet_until > end:
+                    return False
+                self._changed.wait_for(lambda: sum(self.counts.values()) != count, CATCH_UP_QUIET_S)
+                if sum(self.counts.values()) == count:
+                    return True
 
 
 class LibvirtGuest(Guest):
@@ -319,6 +301,12 @@ class LibvirtGuest(Guest):
             return bool(self._dom.isActive())
         except libvirt.libvirtError:
             return False
+
+    def _on_lifecycle(self, conn, dom, event, detail, opaque) -> None:
+        # Only how it stopped is asked; a guest's pvpanic storm is also a storm of CRASHED events.
+        libvirt, _ = _libvirt()
+        if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self._lifecycle.append((event, detail))
 
     def _stopped_reason(self) -> str | None:
         libvirt, _ = _libvirt()
@@ -431,7 +419,7 @@ class LibvirtGuest(Guest):
                 self._volumes.delete(name)
         self._lifecycle_id = self._conn.domainEventRegisterAny(
             self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-            lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
+            self._on_lifecycle, None)
         self.launched_pid = _domain_pid(self.name)
         self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
                                       self.artifacts / "monitor-commands.log")
@@ -724,7 +712,7 @@ class AttachedGuest(LibvirtGuest):
             self.accel = "kvm" if 'type="kvm"' in self._dom.XMLDesc(0).split(">", 1)[0].replace("'", '"') else "tcg"
             self._lifecycle_id = self._conn.domainEventRegisterAny(
                 self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                lambda conn, dom, event, detail, opaque: self._lifecycle.append((event, detail)), None)
+                self._on_lifecycle, None)
             self.launched_pid = _domain_pid(self.name)
             self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
                                           self.artifacts / "monitor-commands.log")

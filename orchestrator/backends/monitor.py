@@ -79,17 +79,95 @@ class MonitorLogs:
             self.log_error = self.log_error or f"{exc.strerror}: {log.name}"
 
 
-class Monitor(MonitorLogs):
-    def __init__(self, sock: socket.socket, event_log: Path, command_log: Path):
-        self._sock = sock
-        self._event_log = event_log.open("a", buffering=1)
-        self._command_log = command_log.open("a", buffering=1)
+class BoundedEvents:
+    """QEMU's events as every monitor records them (see the module's docstring): each
+    counted by name, the first and the always-kept ones in full, the latest in a
+    tail, an event storm named; waiters look at the record."""
+    _t0: float
+    _event_log: object
+
+    def _init_events(self) -> None:
         self._events: list[dict] = []       # the first and the always-kept ones
         self._tail: collections.deque = collections.deque(maxlen=EVENTS_TAIL)
         self.counts: collections.Counter = collections.Counter()
         self.storm: str | None = None       # what the storm was, once there was one
         self._window = (0.0, 0)             # (start, events) of the current second
         self._changed = threading.Condition()
+
+    def _record(self, name: str, full, now: float) -> dict | None:
+        """Count event `name` arriving at `now`; full() makes its whole record (only
+        called when it is kept, or before a storm). The record to log, if kept in full."""
+        with self._changed:
+            self.counts[name] += 1
+            seq = sum(self.counts.values())
+            self._count_rate(now, name)
+            keep = len(self._events) < EVENTS_KEPT or (name in ALWAYS_KEPT and self.counts[name] <= KEPT_PER_NAME)
+            record = full() if keep or not self.storm else {"event": name}
+            record["elapsed"] = round(now - self._t0, 3)
+            record["seq"] = seq
+            (self._events if keep else self._tail).append(record)
+            self._changed.notify_all()
+        return record if keep else None
+
+    def _count_rate(self, now: float, name: str) -> None:
+        start, n = self._window
+        if now - start >= 1.0:
+            self._window = (now, 1)
+            return
+        self._window = (start, n + 1)
+        if n + 1 > STORM_EVENTS_PER_S and self.storm is None:
+            self.storm = f"event storm: more than {STORM_EVENTS_PER_S} QEMU events within 1 s ({name})"
+
+    def events(self) -> list[dict]:
+        """The events kept (see the module's docstring), in the order they came."""
+        with self._changed:
+            return list(heapq.merge(self._events, self._tail, key=lambda e: e["seq"]))
+
+    def seen(self, name: str) -> bool:
+        with self._changed:
+            return self.counts[name] > 0
+
+    def dropped(self) -> int:
+        """Events counted but not kept."""
+        with self._changed:
+            return sum(self.counts.values()) - len(self.events())
+
+    def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
+        """First event named in `names` at index >= start, or None when time runs out."""
+        end = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for event in self.events()[start:]:
+                    if event["event"] in names:
+                        return event
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._changed.wait(remaining)
+
+    def summary(self) -> str:
+        """Counts by name, and what was not kept: for the event log and the report."""
+        with self._changed:
+            counts = ", ".join(f"{n} {name}" for name, n in self.counts.most_common())
+        dropped = self.dropped()
+        return f"{counts or 'no events'}" + (f"; {dropped} not kept" if dropped else "")
+
+    def _log_not_kept(self) -> None:
+        """At close: the events not kept, how many of each, and the last ones."""
+        if self.dropped():
+            self._write(self._event_log, json.dumps({"event": "mce-orchestrator: events not kept",
+                                                     "counts": dict(self.counts), "dropped": self.dropped(),
+                                                     "storm": self.storm}) + "\n")
+            for record in self._tail:
+                self._write(self._event_log, json.dumps(record) + "\n")
+
+
+class Monitor(MonitorLogs, BoundedEvents):
+    def __init__(self, sock: socket.socket, event_log: Path, command_log: Path):
+        self._sock = sock
+        self._event_log = event_log.open("a", buffering=1)
+        self._command_log = command_log.open("a", buffering=1)
+        self._init_events()
         self._hmp: HmpChannel | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="qmp", daemon=True)
@@ -146,13 +224,7 @@ class Monitor(MonitorLogs):
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
         self._sock.close()
-        if self.dropped():
-            # The events not kept: how many of each, and the last ones.
-            self._write(self._event_log, json.dumps({"event": "mce-orchestrator: events not kept",
-                                                     "counts": dict(self.counts), "dropped": self.dropped(),
-                                                     "storm": self.storm}) + "\n")
-            for record in self._tail:
-                self._write(self._event_log, json.dumps(record) + "\n")
+        self._log_not_kept()
         for log in (self._event_log, self._command_log):
             try:
                 log.close()
@@ -188,34 +260,6 @@ class Monitor(MonitorLogs):
         assert isinstance(reply, str)
         return reply
 
-    # --- events ---
-    def events(self) -> list[dict]:
-        """The events kept (see the module's docstring), in the order they came."""
-        with self._changed:
-            return list(heapq.merge(self._events, self._tail, key=lambda e: e["seq"]))
-
-    def seen(self, name: str) -> bool:
-        with self._changed:
-            return self.counts[name] > 0
-
-    def dropped(self) -> int:
-        """Events counted but not kept."""
-        with self._changed:
-            return sum(self.counts.values()) - len(self.events())
-
-    def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
-        """First event named in `names` at index >= start, or None when time runs out."""
-        end = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for event in self.events()[start:]:
-                    if event["event"] in names:
-                        return event
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._changed.wait(remaining)
-
     # --- internals ---
     async def _start_drain(self) -> None:
         self._drain_task = asyncio.create_task(self._drain())
@@ -247,37 +291,9 @@ class Monitor(MonitorLogs):
 
     async def _drain(self) -> None:
         async for event in self._listener:
-            now = time.monotonic()
-            name = str(event.get("event"))
-            with self._changed:
-                self.counts[name] += 1
-                seq = sum(self.counts.values())
-                self._count_rate(now, name)
-                keep = len(self._events) < EVENTS_KEPT or (name in ALWAYS_KEPT
-                                                           and self.counts[name] <= KEPT_PER_NAME)
-                record = dict(event) if keep or not self.storm else {"event": name}
-                record["elapsed"] = round(now - self._t0, 3)
-                record["seq"] = seq
-                (self._events if keep else self._tail).append(record)
-                self._changed.notify_all()
-            if keep:
+            record = self._record(str(event.get("event")), lambda: dict(event), time.monotonic())
+            if record is not None:
                 self._write(self._event_log, json.dumps(record) + "\n")
-
-    def _count_rate(self, now: float, name: str) -> None:
-        start, n = self._window
-        if now - start >= 1.0:
-            self._window = (now, 1)
-            return
-        self._window = (start, n + 1)
-        if n + 1 > STORM_EVENTS_PER_S and self.storm is None:
-            self.storm = f"event storm: more than {STORM_EVENTS_PER_S} QEMU events within 1 s ({name})"
-
-    def summary(self) -> str:
-        """Counts by name, and what was not kept: for the event log and the report."""
-        with self._changed:
-            counts = ", ".join(f"{n} {name}" for name, n in self.counts.most_common())
-        dropped = self.dropped()
-        return f"{counts or 'no events'}" + (f"; {dropped} not kept" if dropped else "")
 
     def _run(self, coro, timeout: float):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

@@ -44,3 +44,45 @@ def test_attach_config_mistakes_are_one_line(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as exc:
         backend.load_attach_config(path)
     assert "\n" not in str(exc.value) and str(path) in str(exc.value)
+
+
+import json  # noqa: E402
+
+from orchestrator.backends import monitor as qmp  # noqa: E402
+
+
+def libvirt_event(mon, name, data=None):
+    """As libvirt's event loop calls the monitor's qemuMonitorEventRegister callback."""
+    mon._on_event(None, None, name, 1700000000, 0, json.dumps(data) if data is not None else None, None)
+
+
+def test_libvirt_events_are_bounded_and_a_storm_named_as_on_qmp(tmp_path):
+    mon = backend.LibvirtMonitor(None, None, tmp_path / "events.jsonl", tmp_path / "commands.log")
+    for _ in range(20 * qmp.STORM_EVENTS_PER_S):  # well within a second: a storm
+        libvirt_event(mon, "GUEST_CRASHLOADED", {"action": "run"})
+    libvirt_event(mon, "MEMORY_FAILURE", {"recipient": "guest", "action": "inject"})
+    assert mon.storm and mon.storm.startswith("event storm") and "GUEST_CRASHLOADED" in mon.storm
+    assert mon.counts["GUEST_CRASHLOADED"] == 20 * qmp.STORM_EVENTS_PER_S
+    assert len(mon.events()) <= qmp.EVENTS_KEPT + qmp.EVENTS_TAIL + 1
+    # What matters is kept whole, whenever it came.
+    failure = mon.wait_for_event({"MEMORY_FAILURE"}, 0)
+    assert failure and failure["data"] == {"recipient": "guest", "action": "inject"}
+    assert mon.seen("MEMORY_FAILURE")
+    assert "not kept" in mon.summary() and mon.dropped() > 0
+    mon.close()
+    lines = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert len(lines) <= qmp.EVENTS_KEPT + qmp.EVENTS_TAIL + 2
+    assert any('"mce-orchestrator: events not kept"' in line for line in lines)
+
+
+def test_a_handful_of_libvirt_events_is_no_storm_and_all_kept(tmp_path):
+    mon = backend.LibvirtMonitor(None, None, tmp_path / "events.jsonl", tmp_path / "commands.log")
+    for name in ("RESUME", "MEMORY_FAILURE", "STOP", "RESUME"):
+        libvirt_event(mon, name, {})
+    libvirt_event(mon, "SHUTDOWN")  # libvirt passes no details for an event without data
+    assert mon.storm is None and mon.dropped() == 0
+    assert [e["event"] for e in mon.events()] == ["RESUME", "MEMORY_FAILURE", "STOP", "RESUME", "SHUTDOWN"]
+    assert mon.events()[-1]["data"] == {}
+    assert mon.summary() == "2 RESUME, 1 MEMORY_FAILURE, 1 STOP, 1 SHUTDOWN"
+    mon.close()
+    assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 5
