@@ -215,6 +215,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             phases.notes["image"] = (f"{guest_image.source} ({guest_image.kernel_release}, its own kernel; "
                                      f"cloud-init seed)" if isinstance(guest_image, SeededDiskImage)
                                      else f"{guest_image.name} ({guest_image.kernel_release})")
+            as_written = scenario  # an attached guest's own kernel picks its expectations again
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
             result.known_failure = scenario.known_failure(guest_image.kernel_release)
@@ -240,6 +241,17 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                           snapshots=(options.snapshot_dir or cache_root / "snapshots")
                                           if options.snapshot else None)
             finally:
+                if guest.kernel_release is not None and guest.kernel_release != result.kernel_release:
+                    # An attached domain runs its own kernel, not --image's: judged as that kernel.
+                    scenario, variant = as_written.for_kernel(guest.kernel_release)
+                    result.kernel_release = guest.kernel_release
+                    result.known_failure = scenario.known_failure(guest.kernel_release)
+                    phases.notes["image"] = (f"{guest_image.name} for the probe; the attached guest runs "
+                                             f"{guest.kernel_release}"
+                                             + (f"; expectations for kernel {variant.condition}: {variant.because}"
+                                                if variant is not None else "")
+                                             + (f"; known to fail on kernel {result.known_failure.condition}"
+                                                if result.known_failure is not None else ""))
                 result.qemu_pid = guest.launched_pid
                 launched_argv = getattr(guest, "argv", [])  # the QEMU backend's command line
                 ev.console_tail = tail(guest.console_log, 40)
@@ -398,6 +410,9 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
         with phases("ssh"):
             deadline = Deadline(t.ssh, "ssh")
             _log_in(ssh, guest_image, deadline)
+            if not guest.boots:
+                # Someone else's guest: its kernel is whatever it booted, --image says nothing of it.
+                guest.kernel_release = ssh.check("uname -r", deadline, "ssh").strip() or None
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
             setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
                                         for key, value in scenario.guest.sysctl]

@@ -74,6 +74,7 @@ class Guest(abc.ABC):
 
     boots: bool = True            # False: a guest someone else started (attached); it is up already
     can_snapshot: bool = True     # False: --snapshot boots it cold (a remote libvirt host: no fd to hand over)
+    kernel_release: str | None = None  # an attached guest's own (uname -r), read once SSH is up
     ssh_host: str = "127.0.0.1"
     ssh_user: str = "root"
     ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
