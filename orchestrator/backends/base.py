@@ -12,7 +12,7 @@ import abc
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator import mce, memory_map
+from orchestrator import mce, memory_map, qemu_args
 from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.image import GuestImage
@@ -79,6 +79,23 @@ class Guest(abc.ABC):
     ssh_user: str = "root"
     ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
     vcpus_present: int = 0
+
+    def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
+                 qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
+                 incoming: Path | None = None):
+        """The configuration every backend's guest has; nothing started."""
+        self.image = image
+        self.spec = spec
+        self.artifacts = artifacts
+        self.accel = accel or qemu_args.host_accel()
+        self.qemu_binary = qemu_binary
+        self.extra_cmdline = extra_cmdline
+        self.disk = disk
+        self.incoming = incoming
+        self.console_log = artifacts / "console.log"
+        self.ssh_port = 0
+        self.monitor = None
+        self.launched_pid = None
 
     def ssh_keys(self, image: GuestImage) -> tuple[Path, str]:
         """(client private key, the guest's pinned host key line): our image's own."""

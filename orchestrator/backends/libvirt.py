@@ -262,25 +262,16 @@ class LibvirtGuest(Guest):
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
                  qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
                  incoming: Path | None = None, connect: str | None = None):
-        self.image = image
-        self.spec = spec
-        self.artifacts = artifacts
-        self.accel = accel or qemu_args.host_accel()
-        self.qemu_binary = qemu_binary
-        self.extra_cmdline = extra_cmdline
-        self.disk = disk
-        self.incoming = incoming
+        super().__init__(image=image, spec=spec, artifacts=artifacts, accel=accel, qemu_binary=qemu_binary,
+                         extra_cmdline=extra_cmdline, disk=disk, incoming=incoming)
         self.uri = connect or DEFAULT_URI
         self.remote = libvirt_volumes.is_remote(self.uri)
         self.can_snapshot = not self.remote
-        self.console_log = artifacts / "console.log"
         self._placed: dict[str, Path] = {}  # on a remote host: where its volumes hold our files
         self._run_volumes: list[str] = []
         self._volumes: libvirt_volumes.VolumeStore | None = None
         self._console: ConsoleRecorder | None = None
-        self.ssh_port = 0
         self.monitor: LibvirtMonitor | None = None
-        self.launched_pid: int | None = None
         self.name = domain_name()
         self._conn = None
         self._dom = None

@@ -85,24 +85,15 @@ class QemuGuest(Guest):
     def __init__(self, *, image: GuestImage, spec: GuestSpec, artifacts: Path, accel: str | None = None,
                  qemu_binary: str = "qemu-system-x86_64", extra_cmdline: str = "", disk: Path | None = None,
                  incoming: Path | None = None, kept_qmp_socket: Path | None = None):
-        self.image = image
-        self.spec = spec
-        self.artifacts = artifacts
-        self.accel = accel or qemu_args.host_accel()
-        self.qemu_binary = qemu_binary
-        self.extra_cmdline = extra_cmdline
-        self.disk = disk
-        self.incoming = incoming  # a saved guest to restore instead of a cold boot
+        super().__init__(image=image, spec=spec, artifacts=artifacts, accel=accel, qemu_binary=qemu_binary,
+                         extra_cmdline=extra_cmdline, disk=disk, incoming=incoming)
         self.kept_qmp_socket = kept_qmp_socket  # --keep: a QMP socket other processes can reach
-        self.console_log = artifacts / "console.log"
         self.console: ConsoleRecorder | None = None
         self.console_flood: str | None = None  # once shut down: what a flooded console cost
-        self.ssh_port = 0
         self.monitor: Monitor | None = None
         self._process: subprocess.Popen | None = None
         self._qemu_log = artifacts / "qemu.log"
         self.argv: list[str] = []
-        self.launched_pid: int | None = None  # kept after shutdown, so callers can check it is gone
         self._root_overlay: DiskOverlay | None = None  # a disk image's copy-on-write layer, this run's only
         # Restoring a guest saved with disks: its overlay and scratch disk as they were at the save.
         self.incoming_root: Path | None = None
