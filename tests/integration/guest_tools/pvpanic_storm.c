@@ -1,5 +1,6 @@
 /* Writes PVPANIC_CRASH_LOADED to the pvpanic-pci device's BAR in a loop: QEMU sends
-   a GUEST_CRASHLOADED event per write. Usage: storm SECONDS */
+   a GUEST_CRASHLOADED event per write. Usage: storm SECONDS [WRITES_PER_SECOND]
+   (as fast as it can without the second argument). */
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ static int read_file(const char *path, char *buf, size_t len)
 int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? atof(argv[1]) : 5;
+    double rate = argc > 2 ? atof(argv[2]) : 0;
     DIR *d = opendir("/sys/bus/pci/devices");
     struct dirent *e;
     char path[512], vendor[32], device[32];
@@ -39,11 +41,17 @@ int main(int argc, char **argv)
         struct timespec start, now;
         clock_gettime(CLOCK_MONOTONIC, &start);
         unsigned long writes = 0;
+        double elapsed;
         do {
-            for (int i = 0; i < 1000; i++) bar[0] = 2;
-            writes += 1000;
+            for (int i = 0; i < (rate > 0 ? 10 : 1000); i++) bar[0] = 2;
+            writes += rate > 0 ? 10 : 1000;
             clock_gettime(CLOCK_MONOTONIC, &now);
-        } while ((now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9 < seconds);
+            elapsed = (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) / 1e9;
+            if (rate > 0 && writes > rate * elapsed) {
+                struct timespec pause = {0, (long)((writes / rate - elapsed) * 1e9)};
+                nanosleep(&pause, NULL);
+            }
+        } while (elapsed < seconds);
         printf("%lu writes\n", writes);
         return 0;
     }
