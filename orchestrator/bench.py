@@ -53,7 +53,10 @@ from orchestrator.scenario import GuestSpec, load_scenario
 BASELINE_INIT = """#!/bin/sh
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-exec /mce-probe --mode busy --cpu 0 --timeout 60
+/mce-probe --mode busy --cpu 0 --timeout 60
+# Not the probe as pid 1: its exit would panic the kernel, whose lines can cut
+# into the probe's result line on the console.
+exec sleep 100000
 """
 
 
