@@ -34,6 +34,7 @@ LOCK = Path("/run/lock/mce-orchestrator-libvirtd.lock")  # test workers may all 
 SOCKETS = {"virtlogd": RUN / "virtlogd-sock", "libvirtd": RUN / "libvirt-sock"}
 LIBVIRTD_LOG = Path("/var/log/libvirt/libvirtd-stderr.log")  # what the foreground libvirtd prints
 _PR_SET_CHILD_SUBREAPER = 36
+_REAPERS: list[subprocess.Popen] = []
 
 
 class LibvirtdError(RuntimeError):
@@ -102,9 +103,11 @@ def _start_under_reaper(binary: str) -> subprocess.Popen:
     detached from us (its own session, no inherited stdio)."""
     LIBVIRTD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with LIBVIRTD_LOG.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "orchestrator.libvirtd", "--reap", binary],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                cwd="/", close_fds=True)
+        reaper = subprocess.Popen([sys.executable, "-m", "orchestrator.libvirtd", "--reap", binary],
+                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                  cwd="/", close_fds=True)
+    _REAPERS.append(reaper)  # it outlives us: never collected (and warned about) while we run
+    return reaper
 
 
 def _log_tail(path: Path) -> str:
