@@ -117,12 +117,9 @@ class SavedGuest:
         return self.console.read_text(errors="replace") + CONSOLE_SEAM.format(name=self.state.name)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: Path | str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def copy_sparse(source: Path, target: Path) -> None:

@@ -10,7 +10,6 @@ plus cloud-init is 60-100 s): those run with the full image's other tests
 in `make test-full-image` (MCE_TEST_FULL_IMAGE=1); the two that need no full
 image run in `make test`.
 """
-import hashlib
 import json
 import os
 import signal
@@ -20,6 +19,8 @@ import time
 
 import pytest
 
+from orchestrator.snapshot import file_sha256
+
 from .conftest import REPO, full_image_disk, orchestrator, process_alive
 
 needs_full_image = pytest.mark.skipif(os.environ.get("MCE_TEST_FULL_IMAGE") != "1",
@@ -28,18 +29,12 @@ needs_full_image = pytest.mark.skipif(os.environ.get("MCE_TEST_FULL_IMAGE") != "
 BASE = ["srao-anon-late-kill", "srao-anon-early-kill", "srar-anon-access"]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
 def disk():
     path = full_image_disk()
-    return path, sha256(path)
+    return path, file_sha256(path)
 
 
 def run_on_disk(tmp_path, *args, timeout=1800):
@@ -169,4 +164,4 @@ def test_snapshot_saves_a_users_disk_image_once_and_restores_it(disk, tmp_path):
 def test_the_users_image_was_never_written(disk):
     """Last in this file: after the runs above, the passed, failed and interrupted ones."""
     path, before = disk
-    assert sha256(path) == before
+    assert file_sha256(path) == before

@@ -7,12 +7,13 @@ per guest configuration, saved with its disks, instead of a 30-80 s boot per
 scenario under TCG). `make test-full-image` runs this file and the user's
 disk image tests (tests/integration/test_disk_image.py).
 """
-import hashlib
 import json
 import subprocess
 import sys
 
 import pytest
+
+from orchestrator.snapshot import file_sha256
 
 from .conftest import REPO, orchestrator
 
@@ -24,12 +25,6 @@ RAS = [str(FULL / "ras-record-srao.yaml")]
 NEGATIVE = [str(FULL / "neg-ras-record-absent.yaml")]
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +42,12 @@ def full_image():
 def full_run(full_image, tmp_path_factory):
     directory, manifest = full_image
     disk = f"{directory}/{manifest['disk']}"
-    before = sha256(disk)
+    before = file_sha256(disk)
     results = tmp_path_factory.mktemp("results")
     proc = orchestrator("run", "--snapshot", "--image", IMAGE, *SCENARIOS, *RAS, *NEGATIVE, results=results,
                         timeout=7200)
     report = json.loads((results / "latest" / "report.json").read_text())
-    return proc, results / "latest", {s["name"]: s for s in report["scenarios"]}, before, sha256(disk)
+    return proc, results / "latest", {s["name"]: s for s in report["scenarios"]}, before, file_sha256(disk)
 
 
 def test_image_is_a_qcow2_disk_with_the_debian_6_1_kernel(full_image):
