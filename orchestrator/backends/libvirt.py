@@ -90,6 +90,9 @@ def start_event_loop() -> None:
         _loop_started = True
 
 
+KEEPALIVE_S = 5
+KEEPALIVE_COUNT = 6
+
 _TCG_WARNING = re.compile(r"\S+ qemu-system-\S+: warning: TCG doesn't support requested feature: \S+ \[bit \d+\]\s*")
 
 
@@ -106,9 +109,16 @@ def open_connection(uri: str):
     libvirt, _ = _libvirt()
     start_event_loop()
     try:
-        return libvirt.open(uri)
+        conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
         raise InputError(f"--connect {uri}: cannot connect to libvirt: {_message(exc)}") from None
+    # libvirt calls have no timeout of their own: a daemon that stops answering (drowned
+    # by a guest's event storm, stopped, its host gone) would hang the run. With keepalive
+    # the connection is closed after KEEPALIVE_S * KEEPALIVE_COUNT s of silence, and every
+    # call waiting on it fails, so the run ends as ERROR instead.
+    with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive (test:///)
+        conn.setKeepAlive(KEEPALIVE_S, KEEPALIVE_COUNT)
+    return conn
 
 
 def _host_tag() -> str:
