@@ -473,7 +473,7 @@ def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: floa
             ev.unavailable[part.name] = failed
             if "kept printing" in exc.message:
                 ev.add_cause(f"SSH output flood: {exc.message}: cost the {part.name}")
-            if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S):
+            if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S, ssh.host, ssh.via):
                 unreachable = (f"{exc.message}, and sshd gave no banner within {BANNER_LOOK_S:g} s: "
                                f"sshd stalled or the guest's network is down (no panic or reset seen; "
                                f"QEMU still running)")

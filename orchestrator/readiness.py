@@ -32,7 +32,7 @@ def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = F
     cloud_init = CloudInitWatch(guest) if getattr(guest.image, "seed", None) is not None else None
     try:
         init_ready = InitReady(guest, since)
-        wait_for_banner(guest.ssh_port, deadline, host=guest.ssh_host,
+        wait_for_banner(guest.ssh_port, deadline, host=guest.ssh_host, via=guest.ssh_via,
                         still_running=(lambda: guest.died() or cloud_init.no_sshd()) if cloud_init else guest.died,
                         sshd_started=lambda: restored or not guest.boots or init_ready(),
                         patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)

@@ -345,7 +345,7 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
             guest.launch(deadline)
             wait_sshd(guest, deadline, since=time.monotonic())
             phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
-                                    f"ssh on {guest.ssh_host}:{guest.ssh_port}")
+                                    f"ssh on {guest.ssh_host}:{guest.ssh_port}{_through(guest)}")
     try:
         return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore)
     except HarnessError as exc:
@@ -353,6 +353,11 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
         if gone and "QEMU" not in exc.message:
             raise HarnessError(exc.phase, f"QEMU {gone}: {exc.message}") from None
         raise
+
+
+def _through(guest: Guest) -> str:
+    """How the guest's SSH port is reached when not directly (a remote libvirt host)."""
+    return f" through {guest.ssh_via.description}" if guest.ssh_via is not None else ""
 
 
 def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, phases: Phases,
@@ -404,7 +409,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
     t = scenario.timeouts
     injection = None
     ssh = SshSession(guest.ssh_port, *guest.ssh_keys(guest_image), log_file=guest.artifacts / "ssh.log",
-                     host=guest.ssh_host, user=guest.ssh_user)
+                     host=guest.ssh_host, user=guest.ssh_user, via=guest.ssh_via)
     phases.context.ssh = ssh
     try:
         with phases("ssh"):

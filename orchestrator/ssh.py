@@ -24,8 +24,16 @@ BANNER_POLL_S = 0.25
 OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
 
 
+def open_socket(host: str, port: int, timeout: float, via=None):
+    """A connection to host:port: direct, or `via` a hypervisor tunnel (a remote libvirt
+    host, orchestrator.hypervisor_ssh) as that host sees host:port."""
+    if via is not None:
+        return via.open(host, port, timeout)
+    return socket.create_connection((host, port), timeout=timeout)
+
+
 def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True,
-                    host: str = GUEST_HOST, patience: float = BANNER_POLL_S) -> float:
+                    host: str = GUEST_HOST, patience: float = BANNER_POLL_S, via=None) -> float:
     """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes.
 
     `sshd_started` (e.g. a look at the console for the init's READY line) is a
@@ -45,7 +53,7 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
             deadline.sleep(0.01)
             continue
         try:
-            with socket.create_connection((host, port), timeout=max(min(1.0, deadline.remaining()), 0.01)) as s:
+            with open_socket(host, port, max(min(1.0, deadline.remaining()), 0.01), via) as s:
                 # Short by default (after the READY line): a connection made before the
                 # guest listens hangs in slirp's SYN retries (seconds); a fresh one gets
                 # through as soon as it listens.
@@ -53,16 +61,18 @@ def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, s
                 if s.recv(4).startswith(b"SSH-"):
                     return time.monotonic() - start
                 last = "connection closed without a banner"
-        except OSError as exc:
-            last = exc.strerror or type(exc).__name__
+        except (OSError, paramiko.SSHException) as exc:
+            # A tunnel's errors carry their text in the message, not in strerror.
+            last = getattr(exc, "strerror", None) or (str(exc) if via is not None else "") or type(exc).__name__
         deadline.sleep(0.05)
-    raise HarnessError("boot", f"no SSH banner on {host}:{port} within {deadline.seconds:g} s ({last})")
+    through = f" through {via.description}" if via is not None else ""
+    raise HarnessError("boot", f"no SSH banner on {host}:{port}{through} within {deadline.seconds:g} s ({last})")
 
 
-def banner_answers(port: int, seconds: float) -> bool:
+def banner_answers(port: int, seconds: float, host: str = GUEST_HOST, via=None) -> bool:
     """Does sshd greet a new connection within `seconds`?"""
     try:
-        wait_for_banner(port, Deadline(seconds, "banner"))
+        wait_for_banner(port, Deadline(seconds, "banner"), host=host, via=via)
         return True
     except HarnessError:
         return False
@@ -77,9 +87,10 @@ def pinned_host_keys(host_key_line: str, port: int, host: str = GUEST_HOST) -> p
 
 class SshSession:
     def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None,
-                 host: str = GUEST_HOST, user: str = "root"):
+                 host: str = GUEST_HOST, user: str = "root", via=None):
         self.port = port
         self.host = host  # our own guests: the loopback forward; an attached domain: its configured address
+        self.via = via    # a remote libvirt host: its tunnel (host:port are as that host sees them)
         self.user = user
         self._log_handler = None
         # paramiko's own account of the connection, for when it drops: a logger
@@ -105,8 +116,12 @@ class SshSession:
             client._host_keys = self._host_keys  # the pinned key only: no known_hosts of the user
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
             client.set_log_channel(self._log_channel)
+            sock = None
             try:
-                client.connect(self.host, self.port, username=self.user, pkey=self._key,
+                if self.via is not None:
+                    sock = self.via.open(self.host, self.port, max(deadline.remaining(), 0.1))
+                    logging.getLogger(self._log_channel).info("through the hypervisor %s", self.via.description)
+                client.connect(self.host, self.port, username=self.user, pkey=self._key, sock=sock,
                                timeout=max(deadline.remaining(), 0.1), banner_timeout=max(deadline.remaining(), 0.1),
                                auth_timeout=max(deadline.remaining(), 0.1),
                                allow_agent=False, look_for_keys=False)
@@ -117,9 +132,12 @@ class SshSession:
                 raise HarnessError("ssh", f"guest host key does not match the pinned one: {exc}") from None
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 client.close()
+                if sock is not None:
+                    sock.close()
                 last = str(exc) or type(exc).__name__
                 deadline.sleep(0.2)
-        raise HarnessError("ssh", f"cannot log in to {self.host}:{self.port} within {deadline.seconds:g} s ({last})")
+        through = f" through {self.via.description}" if self.via is not None else ""
+        raise HarnessError("ssh", f"cannot log in to {self.host}:{self.port}{through} within {deadline.seconds:g} s ({last})")
 
     @property
     def client(self) -> paramiko.SSHClient:

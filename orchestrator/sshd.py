@@ -31,8 +31,8 @@ class SshdError(RuntimeError):
     pass
 
 
-def sshd_config(port: int, folder: Path) -> str:
-    """The server's whole configuration. Pure."""
+def sshd_config(port: int, folder: Path, extra: tuple[str, ...] = ()) -> str:
+    """The server's whole configuration (`extra` lines last, e.g. for tests). Pure."""
     return "\n".join([
         f"Port {port}",
         "ListenAddress 127.0.0.1",
@@ -45,6 +45,7 @@ def sshd_config(port: int, folder: Path) -> str:
         "UsePAM no",
         "StrictModes no",
         f"PidFile {folder / 'sshd.pid'}",
+        *extra,
         "",
     ])
 
@@ -88,8 +89,9 @@ class LocalSshd:
     waits for its banner; stop() ends it and every session it forked, as a
     host that goes away would: its connections drop."""
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, extra_config: tuple[str, ...] = ()):
         self.folder = Path(folder)
+        self.extra_config = extra_config
         self.port = port or 0
         self.process: subprocess.Popen | None = None
         self.client_key = self.folder / "client_ed25519"
@@ -121,7 +123,7 @@ class LocalSshd:
         self.wrapper.write_text(ssh_wrapper(self.known_hosts))
         self.wrapper.chmod(0o700)
         config = self.folder / "sshd_config"
-        config.write_text(sshd_config(self.port, self.folder))
+        config.write_text(sshd_config(self.port, self.folder, self.extra_config))
         log = (self.folder / "sshd.log").open("ab")
         # -D: stays in the foreground, so its pid is ours to stop; a new session
         # (process group) so that stop() reaches the per-connection children too.

@@ -77,6 +77,7 @@ class Guest(abc.ABC):
     kernel_release: str | None = None  # an attached guest's own (uname -r), read once SSH is up
     ssh_host: str = "127.0.0.1"
     ssh_user: str = "root"
+    ssh_via = None                # a remote libvirt host: the tunnel (hypervisor_ssh) ssh_host:ssh_port is reached through
     ram_ranges: memory_map.Ranges = ()  # read from the guest's own QEMU by read_limits()
     vcpus_present: int = 0
 

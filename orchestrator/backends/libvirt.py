@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator import libvirt_volumes, libvirt_xml, mce, qemu_args
+from orchestrator import hypervisor_ssh, libvirt_volumes, libvirt_xml, mce, qemu_args
 from orchestrator.backends.base import Guest, HypervisorUnavailable
 from orchestrator.backends.monitor import BoundedEvents, MonitorError, MonitorLogs
 from orchestrator.backends.qemu import file_digest, free_loopback_port, qemu_build
@@ -277,6 +277,8 @@ class LibvirtGuest(Guest):
         self.uri = connect or DEFAULT_URI
         self.remote = libvirt_volumes.is_remote(self.uri)
         self.can_snapshot = not self.remote
+        # The SSH forward listens on that host's loopback: a qemu+ssh host is reached through its sshd.
+        self.ssh_via = hypervisor_ssh.HypervisorTunnel.for_uri(self.uri)
         self._placed: dict[str, Path] = {}  # on a remote host: where its volumes hold our files
         self._run_volumes: list[str] = []
         self._volumes: libvirt_volumes.VolumeStore | None = None
@@ -497,6 +499,8 @@ class LibvirtGuest(Guest):
         monitor, self.monitor = self.monitor, None
         console, self._console = self._console, None
         volumes, self._volumes = self._volumes, None
+        if self.ssh_via is not None:
+            self.ssh_via.close()
         if conn is None:
             return
         libvirt, _ = _libvirt()
@@ -694,6 +698,7 @@ class AttachedGuest(LibvirtGuest):
         self.name = domain
         self.attach = attach
         self.ssh_host, self.ssh_port, self.ssh_user = attach.ssh_host, attach.ssh_port, attach.ssh_user
+        self.ssh_via = None  # its SSH address is the one given, as seen from here
         self.accel = "attached"
         self._console: ConsoleRecorder | None = None
 

@@ -17,6 +17,8 @@ class FakeSsh:
     """Answers commands from a table; a value that is an exception is raised instead."""
 
     port = 1  # nobody listens: no banner
+    host = "127.0.0.1"
+    via = None
 
     def __init__(self, answers: dict, connected=True):
         self.answers = answers
@@ -61,7 +63,7 @@ def test_every_part_is_its_own_command():
 
 
 def test_a_part_that_times_out_costs_only_that_part(monkeypatch):
-    monkeypatch.setattr("orchestrator.observe.banner_answers", lambda port, seconds: True)  # sshd still greets
+    monkeypatch.setattr("orchestrator.observe.banner_answers", lambda port, seconds, host, via: True)  # sshd still greets
     ssh = FakeSsh(answers(dmesg=HarnessError("observe", "'dmesg' did not finish within 5 s")))
     ev = gathered(ssh)
     assert ev.kernel_log is None and "did not finish" in ev.unavailable["kernel log"]
