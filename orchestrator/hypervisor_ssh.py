@@ -15,6 +15,7 @@ connect directly, as before.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import subprocess
 import threading
@@ -28,6 +29,11 @@ from orchestrator.outcome import HarnessError
 SSH_TRANSPORTS = ("ssh", "libssh", "libssh2")
 SSH_G_TIMEOUT_S = 10
 OPEN_PROHIBITED = 1  # SSH_OPEN_ADMINISTRATIVELY_PROHIBITED: the server forbids forwarding
+# paramiko's own account of the tunnel's connection: kept off the terminal (what
+# fails reaches the user as one HarnessError line instead).
+LOG_CHANNEL = "paramiko.mce-hypervisor"
+logging.getLogger(LOG_CHANNEL).addHandler(logging.NullHandler())
+logging.getLogger(LOG_CHANNEL).propagate = False
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,7 @@ class HypervisorTunnel:
             if os.path.isfile(path):
                 client.load_system_host_keys(path)  # read only: nothing is ever written back
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        client.set_log_channel(LOG_CHANNEL)
         keys = [path for path in found.identity_files if os.path.isfile(path)]
         try:
             client.connect(found.hostname, found.port, username=found.user, key_filename=keys or None,

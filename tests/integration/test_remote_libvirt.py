@@ -6,6 +6,7 @@ upload streams, the console through a libvirt stream.
 import json
 import xml.etree.ElementTree as ET
 import os
+import re
 import subprocess
 
 import pytest
@@ -28,7 +29,8 @@ def endpoint(tmp_path_factory):
         ensure_running()
     except LibvirtdError as exc:
         pytest.fail(f"libvirtd is needed for these tests: {exc}")
-    with LocalSshd(tmp_path_factory.mktemp("sshd")) as server:
+    # DEBUG1: sshd logs each direct-tcpip channel it opens (the guest SSH's tunnel).
+    with LocalSshd(tmp_path_factory.mktemp("sshd"), extra_config=("LogLevel DEBUG1",)) as server:
         yield server
 
 
@@ -74,6 +76,37 @@ def test_scenarios_pass_through_volumes_on_a_remote_endpoint(remote_run):
         assert "MCEORCH-READY" in (latest / name / "console.log").read_text(errors="replace")
         assert "migrate-incoming" not in (latest / name / "monitor-commands.log").read_text()
     assert f"{volumes.POOL_PATH}/mce-orch-" in (latest / "file-dirty-ext4" / "domain.xml").read_text()
+
+
+def test_the_guests_ssh_goes_through_the_hypervisors_sshd(endpoint, remote_run):
+    """The guest's forward listens on the hypervisor's loopback: every connection to it
+    (banner polls, the session) is a channel of an SSH connection to that host."""
+    proc, _, latest, _ = remote_run
+    through = f"through root@127.0.0.1:{endpoint.port}"
+    ports = [int(p) for p in re.findall(rf"ssh on 127\.0\.0\.1:(\d+) {re.escape(through)}", proc.stderr)]
+    assert len(ports) == len(SCENARIOS), proc.stderr[-3000:]
+    hypervisor_log = (endpoint.folder / "sshd.log").read_text(errors="replace")
+    for name, port in zip(SCENARIOS, ports):
+        assert f"through the hypervisor root@127.0.0.1:{endpoint.port}" in (latest / name / "ssh.log").read_text()
+        # That sshd opened the channels to the guest's forwarded port.
+        assert f"target 127.0.0.1 port {port}" in hypervisor_log, (port, hypervisor_log[-2000:])
+
+
+def test_a_hypervisor_that_does_not_forward_is_one_error_line(endpoint, tmp_path):  # endpoint: libvirtd runs
+    """Negative control: libvirt works over this sshd but it refuses TCP forwarding, so
+    the guest's SSH (which only the tunnel reaches) fails at once, as an ERROR, and
+    the domain goes."""
+    with LocalSshd(tmp_path / "sshd", extra_config=("AllowTcpForwarding no",)) as server:
+        proc = orchestrator("run", "srao-anon-late-kill", "--backend", "libvirt", "--connect", server.uri,
+                            results=tmp_path / "results")
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    (scenario,) = json.loads((tmp_path / "results" / "latest" / "report.json").read_text())["scenarios"]
+    assert scenario["outcome"] == "ERROR"
+    error = scenario["error"]["message"]
+    assert "\n" not in error and f"root@127.0.0.1:{server.port} refuses to forward to 127.0.0.1:" in error, error
+    assert "Secsh channel" not in proc.stdout + proc.stderr  # paramiko's own log stays off the terminal
+    ran = ET.parse(tmp_path / "results" / "latest" / "srao-anon-late-kill" / "domain.xml").getroot().findtext("name")
+    assert ran not in our_domains()  # the domain had started: it is gone
 
 
 def test_nothing_of_the_run_is_left_on_the_host_but_cached_files(remote_run):
