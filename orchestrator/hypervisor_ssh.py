@@ -135,6 +135,7 @@ class HypervisorTunnel:
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
         self.channels_opened = 0
+        self.dropped = False  # a connection it had went down (the host's sshd, or the host, may be gone)
 
     @classmethod
     def for_uri(cls, uri: str) -> "HypervisorTunnel | None":
@@ -152,6 +153,7 @@ class HypervisorTunnel:
         transport = self._client.get_transport() if self._client is not None else None
         if transport is not None and transport.is_active():
             return transport
+        self.dropped = self.dropped or transport is not None
         self.close()
         if self._resolved is None:
             self._resolved = resolve(self.endpoint)

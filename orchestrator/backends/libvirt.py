@@ -329,7 +329,13 @@ class LibvirtGuest(Guest):
     def _conn_alive(self) -> bool:
         libvirt, _ = _libvirt()
         try:
-            return self._conn.isAlive() == 1
+            if self._conn.isAlive() != 1:
+                return False
+            if self.ssh_via is not None and self.ssh_via.dropped:
+                # The guest's tunnel through the same sshd went down, perhaps before
+                # libvirt's event loop saw its own EOF: a call sees it now.
+                self._conn.getLibVersion()
+            return True
         except libvirt.libvirtError:
             return False
 

@@ -91,12 +91,13 @@ def test_an_endpoint_that_dies_mid_run_errors_its_unfinished_cases_only(ssh_endp
     command, junit = fan_out([LOCAL, ssh_endpoint.uri], scenarios, tmp_path)
     run = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        # Each scenario on the ssh endpoint opens one connection: when the second
-        # one is accepted, that scenario is starting its domain; kill the endpoint
-        # (sshd and every session: the connection drops) while it boots.
+        # Each scenario on the ssh endpoint opens two connections: libvirt's, then
+        # the guest SSH's tunnel once its domain runs. When the third one is
+        # accepted, the second scenario is starting its domain; kill the endpoint
+        # (sshd and every session: the connections drop) while it boots.
         log = ssh_endpoint.folder / "sshd.log"
         end = time.monotonic() + 300
-        while log.read_text(errors="replace").count("Accepted publickey") < 2:
+        while log.read_text(errors="replace").count("Accepted publickey") < 3:
             assert run.poll() is None and time.monotonic() < end, "the ssh endpoint never got a second scenario"
             time.sleep(0.1)
         time.sleep(2)
