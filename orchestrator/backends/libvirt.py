@@ -317,21 +317,27 @@ class LibvirtGuest(Guest):
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
                    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed (QEMU exited or was killed)"}
+        lost = f"gone: lost the connection to {self.uri} ({{}}; autodestroyed there)"
         if self._lost or (self._conn is not None and not self._conn_alive()):
-            return f"gone: lost the connection to {self.uri} ({self._lost or 'closed'}; autodestroyed there)"
+            return lost.format(self._lost or "closed")
         for event, detail in list(self._lifecycle):
             if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
                 return details.get(detail, f"stopped (detail {detail})")
         if self._dom is not None and not self.is_running():
+            # The failed call may be the first to see the connection end (before
+            # libvirt's event loop and its close callback do).
+            if self._lost or (self._conn is not None and not self._conn_alive(ask=True)):
+                return lost.format(self._lost or "closed")
             return "not running"
         return None
 
-    def _conn_alive(self) -> bool:
+    def _conn_alive(self, ask: bool = False) -> bool:
+        """Is the connection up? `ask`: make a call to find out, not only look at its state."""
         libvirt, _ = _libvirt()
         try:
             if self._conn.isAlive() != 1:
                 return False
-            if self.ssh_via is not None and self.ssh_via.dropped:
+            if ask or (self.ssh_via is not None and self.ssh_via.dropped):
                 # The guest's tunnel through the same sshd went down, perhaps before
                 # libvirt's event loop saw its own EOF: a call sees it now.
                 self._conn.getLibVersion()
