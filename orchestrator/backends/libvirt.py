@@ -25,6 +25,8 @@ libvirt-python only.
   (orchestrator.libvirt_volumes), the console is a pty read through a libvirt
   stream, and --snapshot boots cold (QEMU's state file is handed over as an
   fd, which only a local connection can carry).
+  The guest's SSH forward listens on that host's loopback: on an SSH URI it
+  is reached through that host's sshd (orchestrator.hypervisor_ssh).
 """
 from __future__ import annotations
 

@@ -86,3 +86,42 @@ def test_a_handful_of_libvirt_events_is_no_storm_and_all_kept(tmp_path):
     assert mon.summary() == "2 RESUME, 1 MEMORY_FAILURE, 1 STOP, 1 SHUTDOWN"
     mon.close()
     assert len((tmp_path / "events.jsonl").read_text().splitlines()) == 5
+
+
+class _DeadConnection:
+    """A remote connection whose end libvirt's event loop has not seen yet: isAlive()
+    still says 1, a call fails (or, `calls_work`, a live one whose domain stopped)."""
+
+    def __init__(self, calls_work: bool):
+        self.calls_work = calls_work
+
+    def isAlive(self):
+        return 1
+
+    def getLibVersion(self):
+        import libvirt
+        if not self.calls_work:
+            raise libvirt.libvirtError("End of file while reading data")
+        return 9000000
+
+
+class _Domain:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def isActive(self):
+        import libvirt
+        if not self.conn.calls_work:
+            raise libvirt.libvirtError("End of file while reading data")
+        return 0
+
+
+@pytest.mark.parametrize("calls_work, said", [(False, "gone: lost the connection to qemu+ssh://hv/system (closed;"),
+                                              (True, "not running")])
+def test_a_domain_call_that_sees_the_connection_end_names_it(calls_work, said):
+    from orchestrator.backends.libvirt import LibvirtGuest
+    guest = LibvirtGuest.__new__(LibvirtGuest)
+    guest.uri, guest._lost, guest._lifecycle, guest.ssh_via = "qemu+ssh://hv/system", None, [], None
+    guest._conn = _DeadConnection(calls_work)
+    guest._dom = _Domain(guest._conn)
+    assert guest._stopped_reason().startswith(said)
