@@ -184,6 +184,13 @@ class HypervisorTunnel:
         self._client = client
         return client.get_transport()
 
+    def check(self, timeout: float) -> None:
+        """Log in to the hypervisor and let go: HarnessError (host key, login) or OSError
+        (unreachable) says why an SSH connection to it fails."""
+        with self._lock:
+            self._connect(timeout)
+        self.close()
+
     def open(self, host: str, port: int, timeout: float) -> paramiko.Channel:
         """A channel to host:port as the hypervisor sees it. OSError when it may work
         later; HarnessError when it cannot (host key, login, forwarding refused)."""

@@ -113,7 +113,7 @@ def open_connection(uri: str):
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise InputError(f"--connect {uri}: cannot connect to libvirt: {_message(exc)}") from None
+        raise InputError(f"--connect {uri}: cannot connect to libvirt: {_why_not(uri, exc)}") from None
     # libvirt calls have no timeout of their own: a daemon that stops answering (drowned
     # by a guest's event storm, stopped, its host gone) would hang the run. With keepalive
     # the connection is closed after KEEPALIVE_S * KEEPALIVE_COUNT s of silence, and every
@@ -121,6 +121,19 @@ def open_connection(uri: str):
     with contextlib.suppress(libvirt.libvirtError):  # drivers without keepalive (test:///)
         conn.setKeepAlive(KEEPALIVE_S, KEEPALIVE_COUNT)
     return conn
+
+
+def _why_not(uri: str, exc) -> str:
+    """Why libvirt could not connect. Over SSH, libvirt reads ssh's complaint from a pipe and
+    does not always get it (a refused host key came out as "Cannot recv data: Value too large
+    for defined data type" under load): ask the host's sshd ourselves, with the same pinning."""
+    tunnel = hypervisor_ssh.HypervisorTunnel.for_uri(uri)
+    if tunnel is not None:
+        try:
+            tunnel.check(timeout=10)
+        except (HarnessError, OSError) as ssh_exc:
+            return getattr(ssh_exc, "message", None) or str(ssh_exc)
+    return _message(exc)
 
 
 def _host_tag() -> str:
