@@ -34,7 +34,6 @@ LOCK = Path("/run/lock/mce-orchestrator-libvirtd.lock")  # test workers may all 
 SOCKETS = {"virtlogd": RUN / "virtlogd-sock", "libvirtd": RUN / "libvirt-sock"}
 LIBVIRTD_LOG = Path("/var/log/libvirt/libvirtd-stderr.log")  # what the foreground libvirtd prints
 _PR_SET_CHILD_SUBREAPER = 36
-_REAPERS: list[subprocess.Popen] = []
 
 
 class LibvirtdError(RuntimeError):
@@ -80,7 +79,7 @@ def _start_missing(timeout: float) -> list[str]:
         binary = shutil.which(daemon) or f"/usr/sbin/{daemon}"
         if not Path(binary).exists():
             raise LibvirtdError(f"{daemon} is not installed (Debian: libvirt-daemon-system)")
-        reaper = None
+        reaper: int | None = None
         if daemon == "libvirtd":
             reaper = _start_under_reaper(binary)
         else:
@@ -89,7 +88,7 @@ def _start_missing(timeout: float) -> list[str]:
                 raise LibvirtdError(f"{daemon} -d failed: {(done.stderr or done.stdout).strip()}")
         end = time.monotonic() + timeout
         while not _answers(sock):
-            if reaper is not None and reaper.poll() is not None:
+            if reaper is not None and not _running(reaper):
                 raise LibvirtdError(f"{daemon} exited at start: {_log_tail(LIBVIRTD_LOG)}")
             if time.monotonic() > end:
                 raise LibvirtdError(f"{daemon} started but {sock} does not answer within {timeout:g} s")
@@ -98,16 +97,28 @@ def _start_missing(timeout: float) -> list[str]:
     return started
 
 
-def _start_under_reaper(binary: str) -> subprocess.Popen:
+def _start_under_reaper(binary: str) -> int:
     """libvirtd in the foreground, a child of `python -m orchestrator.libvirtd --reap`,
-    detached from us (its own session, no inherited stdio)."""
+    detached from us: that process forks once more and its first half exits at once,
+    so the reaper is nobody's child here (a test's "no child process left" check, a
+    Ctrl-C to our process group) and has its own session and no inherited stdio.
+    Returns the reaper's pid."""
     LIBVIRTD_LOG.parent.mkdir(parents=True, exist_ok=True)
     with LIBVIRTD_LOG.open("ab") as log:
-        reaper = subprocess.Popen([sys.executable, "-m", "orchestrator.libvirtd", "--reap", binary],
-                                  stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                  cwd="/", close_fds=True)
-    _REAPERS.append(reaper)  # it outlives us: never collected (and warned about) while we run
-    return reaper
+        done = subprocess.run([sys.executable, "-m", "orchestrator.libvirtd", "--detach", "--reap", binary],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
+                              start_new_session=True, cwd="/", close_fds=True, timeout=30)
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise LibvirtdError(f"libvirtd's reaper did not start: {_log_tail(LIBVIRTD_LOG)}")
+    return int(done.stdout.strip())
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _log_tail(path: Path) -> str:
@@ -138,6 +149,16 @@ def reap(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--detach"]:
+        child = os.fork()
+        if child > 0:
+            print(child, flush=True)  # the caller waits for this half only, and learns the reaper's pid
+            return 0
+        # The reaper's stdout is the caller's pipe: let it go (libvirtd's output goes to stderr, the log).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+        argv = argv[1:]
     if argv[:1] == ["--reap"]:
         return reap(argv[1:])
     try:
