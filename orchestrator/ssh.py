@@ -199,6 +199,7 @@ class SshSession:
                 channel.close()
                 raise TimeoutError
             status = channel.recv_exit_status()
+            _await_remote_close(channel, deadline)
             channel.close()
             return status, output.value().decode(errors="replace")
         except (socket.timeout, TimeoutError):
@@ -355,6 +356,16 @@ class RemoteProcess:
 
     def close(self) -> None:
         self._channel.close()
+
+
+def _await_remote_close(channel: paramiko.Channel, deadline: Deadline, most_s: float = 1.0) -> None:
+    """Wait (briefly) for the server's own close of a finished command's channel, as
+    RemoteProcess.wait_exit does for the probe's: dropbear 2022.83 aborts the whole
+    connection, and the probe's channel with it, when the next channel opens while
+    this one is still closing (seen once with a guest under an event storm)."""
+    end = Deadline(min(most_s, max(deadline.remaining(), 0.0)), "channel close")
+    while not channel.closed and not end.expired():
+        end.sleep(0.002)
 
 
 def quote(value) -> str:
