@@ -244,12 +244,6 @@ class LibvirtMonitor(MonitorLogs, BoundedEvents):
             raise MonitorError(f"QMP {command}: {reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
-    def hmp(self, line: str, timeout: float = 10) -> str:
-        reply = self.hmp_query(line, timeout)
-        if reply.strip():
-            raise MonitorError(f"HMP '{line}' failed: {reply.strip()}")
-        return reply
-
     def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
         if cpu is not None:
             # libvirt's HMP mode has no vCPU argument; QMP's human-monitor-command has.
@@ -447,6 +441,10 @@ class LibvirtGuest(Guest):
             # if this connection never comes back.
             for name in self._run_volumes:
                 self._volumes.delete(name)
+        self._watch(libvirt)
+
+    def _watch(self, libvirt) -> None:
+        """Lifecycle events, QEMU's pid and the monitor of the domain in self._dom."""
         self._lifecycle_id = self._conn.domainEventRegisterAny(
             self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             self._on_lifecycle, None)
@@ -743,13 +741,7 @@ class AttachedGuest(LibvirtGuest):
             if not self._dom.isActive():
                 raise HarnessError("boot", f"domain {self.name} is not running")
             self.accel = "kvm" if 'type="kvm"' in self._dom.XMLDesc(0).split(">", 1)[0].replace("'", '"') else "tcg"
-            self._lifecycle_id = self._conn.domainEventRegisterAny(
-                self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                self._on_lifecycle, None)
-            self.launched_pid = _domain_pid(self.name)
-            self.monitor = LibvirtMonitor(self._conn, self._dom, self.artifacts / "qmp-events.jsonl",
-                                          self.artifacts / "monitor-commands.log")
-            self.monitor.register()
+            self._watch(libvirt)
             self._console = ConsoleRecorder(self._conn, self._dom, self.console_log)
             self.read_limits()  # asked of the running QEMU: it is the user's, we do not pause it
         except libvirt.libvirtError as exc:

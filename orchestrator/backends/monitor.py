@@ -63,11 +63,23 @@ class _QMPClient(QMPClient):
 
 
 class MonitorLogs:
-    """The command log every monitor keeps (the QMP one here, libvirt's passthrough);
-    a full artifacts disk must not cost the run or the events themselves (kept in memory)."""
+    """What every monitor (the QMP one here, libvirt's passthrough) shares: its command
+    log -- a full artifacts disk must not cost the run or the events themselves (kept in
+    memory) -- and hmp() on top of its own hmp_query()."""
     _command_log: object
     _t0: float
     log_error: str | None
+
+    def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
+        raise NotImplementedError
+
+    def hmp(self, line: str, timeout: float = 10) -> str:
+        """Run an HMP command whose success is an empty reply."""
+        reply = self.hmp_query(line, timeout)
+        if reply.strip():
+            # HMP reports errors as text, never as a QMP error.
+            raise MonitorError(f"HMP '{line}' failed: {reply.strip()}")
+        return reply
 
     def _log_command(self, text: str) -> None:
         self._write(self._command_log, f"{time.monotonic() - self._t0:9.3f} {text}\n")
@@ -239,14 +251,6 @@ class Monitor(MonitorLogs, BoundedEvents):
         except (QMPError, OSError, EOFError, asyncio.CancelledError) as exc:
             # A dropped connection (QEMU died) surfaces here too.
             raise MonitorError(f"QMP {command}: {exc or type(exc).__name__}") from exc
-
-    def hmp(self, line: str, timeout: float = 10) -> str:
-        """Run an HMP command whose success is an empty reply."""
-        reply = self.hmp_query(line, timeout)
-        if reply.strip():
-            # HMP reports errors as text, never as a QMP error.
-            raise MonitorError(f"HMP '{line}' failed: {reply.strip()}")
-        return reply
 
     def hmp_query(self, line: str, timeout: float = 10, cpu: int | None = None) -> str:
         if self._hmp is not None:
