@@ -87,6 +87,7 @@
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -619,6 +620,7 @@ enum { FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4, FUS
        FUSE_OPENDIR = 27, FUSE_READDIR = 28, FUSE_RELEASEDIR = 29, FUSE_ACCESS = 34, FUSE_INTERRUPT = 36,
        FUSE_DESTROY = 38, FUSE_BATCH_FORGET = 42 };
 #define FOPEN_KEEP_CACHE 2
+#define FOPEN_NOFLUSH 32
 #define FUSE_WRITE_CACHE 1
 struct fz_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t extlen, pad; };
 struct fz_out_header { uint32_t len; int32_t error; uint64_t unique; };
@@ -673,14 +675,15 @@ static void fuse_attr_of(uint64_t node, struct fz_attr *a)
 }
 
 /* The daemon (a child): serves the file (its content in `data`) and follows the
- * parent's commands: 'E' fail the next write at the target page with EIO, 'H'
- * hold the next one (answer 'h' when it is here), 'R' answer the held one ('r'). */
+ * parent's commands: 'E' fail the next write() at the target page with EIO, 'H'
+ * hold the next one (answer 'h' when it is here), 'F' hold the next read of
+ * the target page ('f'), 'R' answer the held request ('r'). */
 static void fuse_serve(int dev, unsigned char *data)
 {
     size_t bufsize = (1 << 17) + 4096;
     unsigned char *buf = malloc(bufsize);
-    char policy = 0;
-    uint64_t held = 0;
+    char policy = 0, held_kind = 0;
+    uint64_t held = 0, held_offset = 0;
     uint32_t held_size = 0;
     for (;;) {
         struct pollfd fds[2] = {{dev, POLLIN, 0}, {fuse_ctl, POLLIN, 0}};
@@ -692,7 +695,11 @@ static void fuse_serve(int dev, unsigned char *data)
                 _exit(0);  /* the probe is gone */
             if (c == 'R' && held) {
                 struct fz_write_out out = {held_size, 0};
-                fuse_reply(dev, held, 0, &out, sizeof(out));
+                size_t off = held_offset < mem_size ? held_offset : mem_size;
+                if (held_kind == 'F')
+                    fuse_reply(dev, held, 0, data + off, held_size < mem_size - off ? held_size : mem_size - off);
+                else
+                    fuse_reply(dev, held, 0, &out, sizeof(out));
                 held = 0;
                 (void)!write(fuse_evt, "r", 1);
             } else {
@@ -739,11 +746,20 @@ static void fuse_serve(int dev, unsigned char *data)
         case FUSE_OPEN:
         case FUSE_OPENDIR:
             out.open.fh = 1;
-            out.open.open_flags = FOPEN_KEEP_CACHE;  /* no invalidation of the cache on open */
+            /* No invalidation of the cache on open; no writeback on close (a
+             * child's exit would otherwise queue for the page lock). */
+            out.open.open_flags = FOPEN_KEEP_CACHE | FOPEN_NOFLUSH;
             fuse_reply(dev, in->unique, 0, &out, sizeof(out.open));
             break;
         case FUSE_READ: {
             struct fz_rw_in *rd = arg;
+            if (policy == 'F' && rd->offset <= (uint64_t)target * page_size
+                && rd->offset + rd->size > (uint64_t)target * page_size) {
+                policy = 0;
+                held = in->unique, held_kind = 'F', held_offset = rd->offset, held_size = rd->size;
+                (void)!write(fuse_evt, "f", 1);
+                break;
+            }
             size_t off = rd->offset < mem_size ? rd->offset : mem_size;
             size_t len = rd->size < mem_size - off ? rd->size : mem_size - off;
             fuse_reply(dev, in->unique, 0, data + off, len);
@@ -758,8 +774,7 @@ static void fuse_serve(int dev, unsigned char *data)
                 fuse_reply(dev, in->unique, EIO, NULL, 0);
             } else if (at_target && policy == 'H') {
                 policy = 0;
-                held = in->unique;
-                held_size = wr->size;
+                held = in->unique, held_kind = 'H', held_size = wr->size;
                 (void)!write(fuse_evt, "h", 1);
             } else {
                 if (wr->offset < mem_size && wr->size <= mem_size - wr->offset)
@@ -870,6 +885,36 @@ static pid_t find_lock_waiter(const char *function, char *stack, size_t size)
     return found;
 }
 
+/* Every task waiting for a page lock: "tid:stack;..." into out. */
+static void page_lock_waiters(char *out, size_t size)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *p;
+    size_t len = 0;
+    out[0] = 0;
+    while (proc && (p = readdir(proc))) {
+        if (p->d_name[0] < '0' || p->d_name[0] > '9')
+            continue;
+        char path[64], stack[512];
+        snprintf(path, sizeof(path), "/proc/%d/task", atoi(p->d_name));
+        DIR *tasks = opendir(path);
+        struct dirent *t;
+        while (tasks && (t = readdir(tasks))) {
+            if (t->d_name[0] < '0' || t->d_name[0] > '9')
+                continue;
+            snprintf(path, sizeof(path), "/proc/%d/task/%d/stack", atoi(p->d_name), atoi(t->d_name));
+            if (kernel_stack(path, stack, sizeof(stack)) && waits_for_page_lock(stack) && len + 8 < size) {
+                int n = snprintf(out + len, size - len, "%s%d:%s", len ? ";" : "", atoi(t->d_name), stack);
+                len = n > 0 && len + n < size ? len + n : size - 1;
+            }
+        }
+        if (tasks)
+            closedir(tasks);
+    }
+    if (proc)
+        closedir(proc);
+}
+
 static unsigned long long target_flags(uint64_t pfn)
 {
     unsigned long long flags = 0;
@@ -903,8 +948,11 @@ static unsigned char *map_fuse_mlock(void)
     if (pipe(ctl) || pipe(evt))
         fail("pipe");
     unsigned char *data = malloc(mem_size);
+    /* What the pages will hold (dirty: rewritten with the same): a read of a
+     * page brings back what the mapping saw. */
+    int dirty = !strcmp(memory, "fuse-mlock-dirty");
     for (int i = 0; i < pages; i++)
-        fill(data + i * page_size, i + ON_DISK);
+        fill(data + i * page_size, i + (dirty ? UNSYNCED : ON_DISK));
     fflush(stdout);
     fuse_daemon = fork();
     if (fuse_daemon < 0)
@@ -915,6 +963,7 @@ static unsigned char *map_fuse_mlock(void)
         fuse_ctl = ctl[0];
         fuse_evt = evt[1];
         signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         fuse_serve(dev, data);
     }
     close(dev);
@@ -942,7 +991,7 @@ static unsigned char *map_fuse_mlock(void)
         fail("mmap " FUSE_FILE);
     for (int i = 0; i < pages; i++)
         (void)*(volatile unsigned char *)(p + i * page_size);
-    if (!strcmp(memory, "fuse-mlock-dirty")) {
+    if (dirty) {
         for (int i = 0; i < pages; i++)
             fill(p + i * page_size, i + UNSYNCED);
         generation = UNSYNCED;
@@ -952,33 +1001,113 @@ static unsigned char *map_fuse_mlock(void)
     return p;
 }
 
+/* A writer: write()s RACE_WRITE bytes of what the target holds at its offset;
+ * exits 0 when the write completed. */
+static pid_t start_writer(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork a writer");
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        ssize_t n = pwrite(file_fd, race_bytes, sizeof(race_bytes), (off_t)target * page_size);
+        _exit(n == (ssize_t)sizeof(race_bytes) ? 0 : 1);
+    }
+    return pid;
+}
+
+/* The "fn+0x../0x.." frame of `function` in /proc/TID/stack: which call site waits. */
+static void stack_frame(pid_t tid, const char *function, char *out, size_t size)
+{
+    char path[64], raw[4096];
+    snprintf(path, sizeof(path), "/proc/%d/stack", (int)tid);
+    out[0] = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, raw, sizeof(raw) - 1);
+    close(fd);
+    raw[n > 0 ? n : 0] = 0;
+    char *at = strstr(raw, function);
+    if (at) {
+        size_t len = strcspn(at, " \n");
+        snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), at);
+    }
+}
+
+/* How many times memory_failure() takes the page lock before it reads the page
+ * flags: 6.1 once (mm/memory-failure.c: lock_page(p), then page_flags); 6.12
+ * twice (folio_lock() around hwpoison_filter(), unlocked, shake_folio(), then
+ * folio_lock() again before page_flags = folio->flags). Other kernels: not
+ * verified, 0. */
+static int memory_failure_page_locks(void)
+{
+    struct utsname u;
+    int major = 0, minor = 0;
+    if (uname(&u) || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+        return 0;
+    return major == 6 && minor == 1 ? 1 : major == 6 && minor == 12 ? 2 : 0;
+}
+
+/* A reader: maps the file (a mapping of its own) and reads the target page:
+ * filemap_fault() takes the page lock (__folio_lock_killable, no inode lock)
+ * and, the page not uptodate, reads it in (fuse_read_folio: a FUSE_READ) with
+ * the lock held. Exits 0 when the read completed. */
+static pid_t start_reader(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork a reader");
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        unsigned char *p = mmap(NULL, mem_size, PROT_READ, MAP_SHARED, file_fd, 0);
+        if (p == MAP_FAILED)
+            _exit(2);
+        _exit(*(volatile unsigned char *)(p + target * page_size) == race_bytes[0] ? 0 : 1);
+    }
+    return pid;
+}
+
+static int task_waits_for_lock(pid_t pid, const char *function, char *stack, size_t size)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stack", (int)pid);
+    return kernel_stack(path, stack, size) && strstr(stack, function) && waits_for_page_lock(stack);
+}
+
 /* Setup, before "ready": the target page not uptodate (a failed write), then
  * locked by a held write. */
 static void lock_target(unsigned char *target_va, uint64_t target_pfn)
 {
+    /* With vm.page_lock_unfairness 0 an unlock hands the lock to the first
+     * waiter (WQ_FLAG_CUSTOM from its first wait); otherwise it only wakes it,
+     * and whoever runs first may take the lock. */
+    char fair[16] = "";
+    int sysctl = open("/proc/sys/vm/page_lock_unfairness", O_RDONLY);
+    if (sysctl < 0 || read(sysctl, fair, sizeof(fair) - 1) <= 0 || atoi(fair) != 0)
+        fail("needs vm.page_lock_unfairness 0 (page locks handed over in order)");
+    close(sysctl);
+    if (!memory_failure_page_locks())
+        fail("this kernel: how often memory_failure() takes the page lock is not known (6.1 and 6.12 are)");
     note_flags("mapped", target_flags(target_pfn));
     memcpy(race_bytes, target_va, sizeof(race_bytes));  /* writes of what it holds: data unchanged */
-    off_t at = (off_t)target * page_size;
     fuse_command('E');
     errno = 0;
-    if (pwrite(file_fd, race_bytes, sizeof(race_bytes), at) != -1 || errno != EIO)
+    if (pwrite(file_fd, race_bytes, sizeof(race_bytes), (off_t)target * page_size) != -1 || errno != EIO)
         fail("the failed write (EIO expected)");
     unsigned long long f = target_flags(target_pfn);
     if (f >> KPF_UPTODATE & 1)
         fail("the failed write left the target uptodate");
     note_flags("failed_write", f);
     fuse_command('H');
-    fflush(stdout);
-    race_writer = fork();
-    if (race_writer < 0)
-        fail("fork the writer");
-    if (race_writer == 0) {
-        signal(SIGALRM, SIG_DFL);
-        _exit(pwrite(file_fd, race_bytes, sizeof(race_bytes), at) == (ssize_t)sizeof(race_bytes) ? 0 : 1);
-    }
+    race_writer = start_writer();
     if (fuse_wait_event(10) != 'h')
         fail("the writer's FUSE_WRITE did not reach the daemon");
-    char path[64], stack[512];
+    char path[64], stack[512] = "";
     for (int i = 0; i < 500; i++) {  /* the writer reaches its wait a moment after sending */
         snprintf(path, sizeof(path), "/proc/%d/stack", (int)race_writer);
         f = target_flags(target_pfn);
@@ -998,23 +1127,105 @@ static void lock_target(unsigned char *target_va, uint64_t target_pfn)
         fail(generation == UNSYNCED ? "the target is not dirty when locked" : "the target is dirty when locked");
 }
 
+/* waitpid() for at most `seconds`: the status, or -1. */
+static int wait_child(pid_t pid, int seconds)
+{
+    int status;
+    for (int i = 0; i < seconds * 100; i++) {
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        if (got == pid)
+            return status;
+        if (got < 0)
+            return -1;
+        usleep(10000);
+    }
+    return -1;
+}
+
+/* Answer the held request; the task that made it must end (a writer: its write
+ * completed; a reader may take the SIGBUS of the page memory_failure() has
+ * poisoned meanwhile). NULL, or what went wrong. */
+static const char *release_writer(const char *step, const char *who)
+{
+    static char whys[2][200];
+    static int which;
+    char *why = whys[which++ & 1];  /* the first error stays readable after a second */
+    fuse_command('R');
+    if (fuse_wait_event(10) != 'r') {
+        snprintf(why, sizeof(whys[0]), "%s: the daemon did not answer the held request", step);
+        return why;
+    }
+    int status = wait_child(race_writer, 10);
+    race_note(",\"%s_end\":\"%s %d\"", who, status == -1 ? "running" : WIFEXITED(status) ? "exit" : "signal",
+              status == -1 ? 0 : WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    if (status == -1 || (strcmp(who, "reader") && (!WIFEXITED(status) || WEXITSTATUS(status)))) {
+        snprintf(why, sizeof(whys[0]), "%s: the %s whose request was held did not complete", step, who);
+        return why;
+    }
+    race_writer = -1;
+    return NULL;
+}
+
+static pid_t wait_memory_failure(char *stack, size_t size, int seconds)
+{
+    pid_t mf = 0;
+    for (int i = 0; i < seconds * 50 && !(mf = find_lock_waiter("memory_failure", stack, size)); i++)
+        usleep(20000);
+    return mf;
+}
+
 /* After "ready": the observed interleaving (see above). */
 static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
 {
-    char stack[512];
+    char stack[512], frame[96];
     const char *error = NULL;
-    pid_t mf = 0, mover = -1;
-    int back[2] = {-1, -1};
+    pid_t mf, mover = -1;
+    int back[2] = {-1, -1}, locks = memory_failure_page_locks();
+    const char *holder = "writer";
     double t0 = now_ms();
-    for (int i = 0; i < (timeout > 20 ? timeout - 15 : 5) * 50 && !(mf = find_lock_waiter("memory_failure", stack,
-                                                                                           sizeof(stack))); i++)
-        usleep(20000);
-    if (!mf) {
+    if (!(mf = wait_memory_failure(stack, sizeof(stack), timeout > 20 ? timeout - 15 : 5))) {
         error = "1: memory_failure() was not seen waiting for the page lock";
         goto release;
     }
-    race_note(",\"memory_failure\":{\"tid\":%d,\"stack\":\"%s\",\"after_ms\":%.0f}", (int)mf, stack, now_ms() - t0);
+    stack_frame(mf, "memory_failure", frame, sizeof(frame));
+    race_note(",\"memory_failure\":{\"tid\":%d,\"stack\":\"%s\",\"at\":\"%s\",\"after_ms\":%.0f}", (int)mf, stack,
+              frame, now_ms() - t0);
     note_flags("before_move", target_flags(target_pfn));
+    if (locks == 2) {
+        /* 6.12: the first wait is hwpoison_filter()'s lock. A reader (a second
+         * writer would wait for the inode lock the first one holds) queues
+         * behind memory_failure(), takes the lock when memory_failure() lets
+         * it go and holds it (its FUSE_READ held) while memory_failure() waits
+         * for its second lock. */
+        fuse_command('F');
+        pid_t reader = start_reader();
+        int queued = 0;
+        for (int i = 0; i < 500 && !(queued = task_waits_for_lock(reader, "filemap_fault", stack, sizeof(stack))); i++)
+            usleep(10000);
+        race_note(",\"reader\":{\"pid\":%d,\"stack\":\"%s\"}", (int)reader, stack);
+        if (!queued) {
+            error = "1b: the reader was not seen waiting for the page lock";
+            goto release;
+        }
+        if ((error = release_writer("1b", "writer")))
+            goto release;
+        race_writer = reader, holder = "reader";
+        if (fuse_wait_event(10) != 'f') {
+            error = "1b: the reader's FUSE_READ did not reach the daemon";
+            goto release;
+        }
+        char again[96] = "";
+        if (!(mf = wait_memory_failure(stack, sizeof(stack), 10))) {
+            error = "1b: memory_failure() was not seen waiting for the page lock a second time";
+            goto release;
+        }
+        stack_frame(mf, "memory_failure", again, sizeof(again));
+        race_note(",\"memory_failure_again\":{\"tid\":%d,\"at\":\"%s\"}", (int)mf, again);
+        if (!strcmp(again, frame)) {
+            error = "1b: memory_failure() waits at the same place as before";
+            goto release;
+        }
+    }
     if (pipe(back))
         fail("pipe");
     pid_t owner = getpid();
@@ -1024,6 +1235,7 @@ static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
         fail("fork the mover");
     if (mover == 0) {
         signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         void *addr = target_va;
         int node = 1, status = -9999;
         long rc = syscall(SYS_move_pages, owner, 1UL, &addr, &node, &status, MPOL_MF_MOVE_FLAG);
@@ -1042,36 +1254,35 @@ static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
         if (!seen)
             usleep(10000);
     }
-    if (!seen) {
-        error = "2: the mover was not seen with the page isolated (off the LRU) and waiting for its lock";
-        race_note(",\"mover\":{\"pid\":%d,\"stack\":\"%s\"}", (int)mover, stack);
-        note_flags("isolated", f);
-        goto release;
-    }
     race_note(",\"mover\":{\"pid\":%d,\"stack\":\"%s\"}", (int)mover, stack);
     note_flags("isolated", f);
-    /* Still waiting, behind the held lock: it must get it first. */
+    if (!seen) {
+        error = "2: the mover was not seen with the page isolated (off the LRU) and waiting for its lock";
+        goto release;
+    }
+    /* Still waiting, ahead of the mover (it queued first): it gets the lock next. */
     if (find_lock_waiter("memory_failure", stack, sizeof(stack)) != mf) {
         error = "2: memory_failure() no longer waits for the page lock";
         goto release;
     }
 release:
-    fuse_command('R');
-    if (fuse_wait_event(10) != 'r' && !error)
-        error = "3: the daemon did not answer the held write";
-    int status;
-    if (waitpid(race_writer, &status, 0) != race_writer || !WIFEXITED(status) || WEXITSTATUS(status)) {
-        if (!error)
-            error = "3: the held write did not complete";
+    {
+        static char waiters[1536];
+        page_lock_waiters(waiters, sizeof(waiters));
+        race_note(",\"lock_waiters\":\"%s\"", waiters);
     }
-    race_writer = -1;
+    {
+        const char *released = race_writer > 0 ? release_writer("3", holder) : NULL;
+        if (!error)
+            error = released;
+    }
     if (mover > 0) {
         int answer[3] = {0, 0, 0};
         struct pollfd fd = {back[0], POLLIN, 0};
         if (poll(&fd, 1, 20000) == 1 && read(back[0], answer, sizeof(answer)) == sizeof(answer)) {
             race_note(",\"move_pages\":{\"rc\":%d,\"errno\":\"%s\",\"status\":%d}", answer[0],
                       errno_name(answer[1]), answer[2]);
-            waitpid(mover, &status, 0);
+            wait_child(mover, 10);
         } else if (!error) {
             error = "4: move_pages() did not return within 20 s of the release";
         }
