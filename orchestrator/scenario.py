@@ -397,6 +397,9 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     if probe.memory == "file" and guest.disk_mib is None and guest.pmem_mib is None:
         fail(("probe", "memory"), "memory: file needs guest.disk or guest.pmem (the file lives on the "
                                   "guest's ext4 file system at /mnt)")
+    if probe.memory.startswith("fuse-mlock") and guest.numa_nodes < 2:
+        fail(("probe", "memory"), f"memory: {probe.memory} needs guest.numa_nodes: 2 (move_pages() moves the "
+                                  f"target to node 1)")
     if guest.pmem_mib is not None and guest.disk_mib is not None:
         fail(("guest", "pmem"), "not together with guest.disk: both are mounted at /mnt")
     if guest.numa_nodes > 1 and guest.memory_mib < NUMA_NODE_MIN_MIB * guest.numa_nodes:
