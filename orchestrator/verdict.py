@@ -157,8 +157,11 @@ def _check_lock_race(ev: Evidence) -> Check:
                                           f"waited: {shown(isolated)}")
     where = race.get("memory_failure_again", race.get("memory_failure", {}))
     at = where.get("at") if isinstance(where, dict) else None
+    moved = race.get("move_pages")
+    left = moved.get("rc") if isinstance(moved, dict) else None
     return _ok(name, f"memory_failure() waited for the page lock ({shown(at)}) while the page was mlocked and "
-                     f"isolated by move_pages(), which waited behind it")
+                     f"isolated by move_pages(), which waited behind it (and then left {shown(left)} page(s) "
+                     f"unmoved)")
 
 
 def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:
