@@ -9,7 +9,8 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring]
+ *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring|
+ *                   fuse-mlock|fuse-mlock-dirty]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -62,6 +63,9 @@
  * which keeps a reference, then punched out of the file; the mapping gets a
  * fresh page with the same data, and "ready" reports the old PFN: an LRU page
  * no file owns any more).
+ * fuse-mlock, fuse-mlock-dirty (a MAP_SHARED, mlocked page of a file on a FUSE
+ * file system the probe serves; after "ready" the probe itself makes and
+ * watches the lock-ordered interleaving described at map_fuse_mlock's section).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
  * written after the fork) and reports its own result; --find-free adds
  * "free_pfn" to the ready report: the highest PFN that /proc/kpageflags shows
