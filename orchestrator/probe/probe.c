@@ -642,7 +642,7 @@ struct fz_write_out { uint32_t size, padding; };
 struct fz_statfs_out { uint64_t blocks, bfree, bavail, files, ffree; uint32_t bsize, namelen, frsize, padding, spare[6]; };
 
 static int fuse_ctl = -1, fuse_evt = -1;   /* the daemon's command pipe, and its answers */
-static pid_t fuse_daemon = -1, race_writer = -1;
+static pid_t fuse_daemon = -1, race_holder = -1;  /* race_holder: the task whose request holds the page lock */
 static unsigned char race_bytes[RACE_WRITE];
 static char race_json[3072];               /* the race's observations, for report() */
 static size_t race_len;
@@ -1108,12 +1108,12 @@ static void lock_target(unsigned char *target_va, uint64_t target_pfn)
         fail("the failed write left the target uptodate");
     note_flags("failed_write", f);
     fuse_command('H');
-    race_writer = start_writer();
+    race_holder = start_writer();
     if (fuse_wait_event(10) != 'h')
         fail("the writer's FUSE_WRITE did not reach the daemon");
     char path[64], stack[512] = "";
     for (int i = 0; i < 500; i++) {  /* the writer reaches its wait a moment after sending */
-        snprintf(path, sizeof(path), "/proc/%d/stack", (int)race_writer);
+        snprintf(path, sizeof(path), "/proc/%d/stack", (int)race_holder);
         f = target_flags(target_pfn);
         if (kernel_stack(path, stack, sizeof(stack)) && strstr(stack, "fuse_simple_request") && (f >> KPF_LOCKED & 1))
             break;
@@ -1125,7 +1125,7 @@ static void lock_target(unsigned char *target_va, uint64_t target_pfn)
                  "the writer in %s)", (int)(f >> KPF_LOCKED & 1), stack);
         fail(why);
     }
-    race_note(",\"writer\":{\"pid\":%d,\"stack\":\"%s\"}", (int)race_writer, stack);
+    race_note(",\"writer\":{\"pid\":%d,\"stack\":\"%s\"}", (int)race_holder, stack);
     note_flags("locked", f);
     if ((int)(f >> KPF_DIRTY & 1) != (generation == UNSYNCED))
         fail(generation == UNSYNCED ? "the target is not dirty when locked" : "the target is dirty when locked");
@@ -1149,7 +1149,7 @@ static int wait_child(pid_t pid, int seconds)
 /* Answer the held request; the task that made it must end (a writer: its write
  * completed; a reader may take the SIGBUS of the page memory_failure() has
  * poisoned meanwhile). NULL, or what went wrong. */
-static const char *release_writer(const char *step, const char *who)
+static const char *release_holder(const char *step, const char *who)
 {
     static char whys[2][200];
     static int which;
@@ -1159,14 +1159,14 @@ static const char *release_writer(const char *step, const char *who)
         snprintf(why, sizeof(whys[0]), "%s: the daemon did not answer the held request", step);
         return why;
     }
-    int status = wait_child(race_writer, 10);
+    int status = wait_child(race_holder, 10);
     race_note(",\"%s_end\":\"%s %d\"", who, status == -1 ? "running" : WIFEXITED(status) ? "exit" : "signal",
               status == -1 ? 0 : WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
     if (status == -1 || (strcmp(who, "reader") && (!WIFEXITED(status) || WEXITSTATUS(status)))) {
         snprintf(why, sizeof(whys[0]), "%s: the %s whose request was held did not complete", step, who);
         return why;
     }
-    race_writer = -1;
+    race_holder = -1;
     return NULL;
 }
 
@@ -1214,9 +1214,9 @@ static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
             error = "1b: the reader was not seen waiting for the page lock";
             goto release;
         }
-        if ((error = release_writer("1b", "writer")))
+        if ((error = release_holder("1b", "writer")))
             goto release;
-        race_writer = reader, holder = "reader";
+        race_holder = reader, holder = "reader";
         if (fuse_wait_event(10) != 'f') {
             error = "1b: the reader's FUSE_READ did not reach the daemon";
             goto release;
@@ -1279,7 +1279,7 @@ release:
         race_note(",\"lock_waiters\":\"%s\"", waiters);
     }
     {
-        const char *released = race_writer > 0 ? release_writer("3", holder) : NULL;
+        const char *released = race_holder > 0 ? release_holder("3", holder) : NULL;
         if (!error)
             error = released;
     }
