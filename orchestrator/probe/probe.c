@@ -1170,10 +1170,12 @@ static const char *release_holder(const char *step, const char *who)
     return NULL;
 }
 
+/* By the clock: one look through every task's stack takes a while under TCG. */
 static pid_t wait_memory_failure(char *stack, size_t size, int seconds)
 {
     pid_t mf = 0;
-    for (int i = 0; i < seconds * 50 && !(mf = find_lock_waiter("memory_failure", stack, size)); i++)
+    for (double end = now_ms() + seconds * 1e3; !(mf = find_lock_waiter("memory_failure", stack, size))
+         && now_ms() < end;)
         usleep(20000);
     return mf;
 }
