@@ -86,19 +86,6 @@ REASONS = {
     "dax page": "needs a page of ZONE_DEVICE memory mapped with DAX: dax-page makes one with guest.pmem "
                 "(memmap= legacy pmem, nd_e820/nd_pmem, ext4 -o dax); a kernel without those options "
                 "skips it",
-    "clean mlocked LRU page": "identify_page_state() reads the current flags first and the saved page_flags only "
-                              "when they match nothing; hwpoison_user_mappings() unmaps with TTU_IGNORE_MLOCK, and "
-                              "try_to_unmap_one() munlocks on every VM_LOCKED unmap and drains the per-CPU mlock "
-                              "batch at once (mlock_page_drain_local(); 6.12: mlock_drain_local(), and shake_folio() "
-                              "again), so the page is evictable again and matches \"LRU page\" (mlock-page). "
-                              "mlock_count counts each VM_LOCKED mapping and try_to_unmap() removes them all (tried "
-                              "with madvise(MADV_HWPOISON) on 6.1 and 6.12: mlocked in two processes, in two shmem "
-                              "mappings, mlock2(MLOCK_ONFAULT), mlockall(MCL_FUTURE), a clean memfd page: an LRU "
-                              "page each time). The other way, an mlocked page off the LRU when memory_failure() checks "
-                              "(identified without unmapping), needs an isolation that outlasts shake_page()'s "
-                              "lru_add_drain_all(): only transient ones (migration, compaction) exist: a race",
-    "dirty mlocked LRU page": "as the clean one: an mlocked page is munlocked by the unmap before "
-                              "identify_page_state() and reports as \"dirty LRU page\" (mlock-page)",
 }
 
 

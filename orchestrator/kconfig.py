@@ -40,6 +40,8 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "soft-offline": ("MEMORY_HOTPLUG",),                # soft-offline step
     "panic": ("PVPANIC", "PVPANIC_PCI"),                # expect guest: panic (QMP GUEST_PANICKED)
     "smp": ("SMP",),                                    # guest.vcpus > 1
+    # probe memory: fuse-mlock*: the probe's own FUSE file system, move_pages() to node 1.
+    "fuse-mlock": ("FUSE_FS", "NUMA", "MIGRATION"),
 }
 
 # Options that are modules in Debian's kernels, and the module /init must load for them.
@@ -52,6 +54,7 @@ MODULE_OF = {
     "PVPANIC_PCI": "pvpanic_pci",
     "X86_PMEM_LEGACY": "nd_e820",
     "BLK_DEV_PMEM": "nd_pmem",
+    "FUSE_FS": "fuse",
 }
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
@@ -83,6 +86,8 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["io-uring"] = f"probe memory: {memory}"
     if memory == "perf-ring":
         used["perf"] = f"probe memory: {memory}"
+    if memory.startswith("fuse-mlock"):
+        used["fuse-mlock"] = f"probe memory: {memory}"
     steps = [s for s in scenario.probe.after_inject if s in ("soft-poison", "unpoison")]
     if steps:
         used["hwpoison-inject"] = f"probe step: {steps[0]}"

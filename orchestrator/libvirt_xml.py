@@ -20,7 +20,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator import pmem
+from orchestrator import pmem, qemu_args
 from orchestrator.qemu_args import KERNEL_CMDLINE
 
 # The libvirt name of the Skylake-Client variant without TSX, with IBRS: an
@@ -41,6 +41,7 @@ class DomainConfig:
     console_log: Path
     memory_mib: int = 512
     vcpus: int = 1
+    numa_nodes: int = 1           # guest.numa_nodes: <cpu><numa> cells, as the QEMU backend's -numa nodes
     machine: str = "pc"
     accel: str = "tcg"
     emulator: str = "/usr/bin/qemu-system-x86_64"
@@ -78,10 +79,16 @@ def build_domain_xml(c: DomainConfig) -> str:
     features = _sub(domain, "features")
     _sub(features, "acpi")  # without it libvirt passes -no-acpi; the QEMU backend has ACPI
     if c.accel == "kvm":
-        _sub(domain, "cpu", mode="host-passthrough", check="none")
+        cpu = _sub(domain, "cpu", mode="host-passthrough", check="none")
     else:
         cpu = _sub(domain, "cpu", mode="custom", match="exact", check="none")
         _sub(cpu, "model", LIBVIRT_TCG_CPU_MODEL, fallback="forbid")
+    if c.numa_nodes > 1:
+        numa = _sub(cpu, "numa")
+        for node, size in enumerate(qemu_args.numa_node_sizes(c.memory_mib, c.numa_nodes)):
+            # Every vCPU on node 0, as in the QEMU backend; libvirt wants a cpus= on each cell.
+            _sub(numa, "cell", id=str(node), memory=str(size), unit="MiB",
+                 **({"cpus": f"0-{c.vcpus - 1}"} if node == 0 else {}))
     _sub(domain, "clock", offset="utc")
     # A reset is a failure we want to see (QEMU backend: -no-reboot); a crashed
     # (panicked) guest stays paused for whoever looks (-action panic=pause).

@@ -24,6 +24,7 @@ class QemuConfig:
     ssh_port: int
     memory_mib: int = 512
     vcpus: int = 1
+    numa_nodes: int = 1       # guest.numa_nodes: RAM split evenly into that many nodes
     machine: str = "pc"
     accel: str = "tcg"        # "kvm" or "tcg"
     qemu_binary: str = "qemu-system-x86_64"
@@ -59,6 +60,26 @@ def kernel_cmdline(c: QemuConfig) -> str:
     return " ".join(part for part in (KERNEL_CMDLINE, c.root_cmdline, pmem_arg, c.extra_cmdline) if part)
 
 
+def numa_node_sizes(memory_mib: int, nodes: int) -> list[int]:
+    """Guest RAM split into `nodes` NUMA nodes, MiB each: equal parts, the first
+    node takes the remainder (every vCPU is on node 0). Pure."""
+    share = memory_mib // nodes
+    return [memory_mib - share * (nodes - 1)] + [share] * (nodes - 1)
+
+
+def numa_argv(c: QemuConfig) -> list[str]:
+    """One RAM backend per node (a node's memory is its own backend object) and the
+    nodes, every vCPU on node 0; nothing for one node (QEMU's plain -m). Pure."""
+    if c.numa_nodes <= 1:
+        return []
+    argv: list[str] = []
+    for node, size in enumerate(numa_node_sizes(c.memory_mib, c.numa_nodes)):
+        argv += ["-object", f"memory-backend-ram,id=ram-node{node},size={size}M",
+                 "-numa", f"node,nodeid={node},memdev=ram-node{node}"
+                 + (f",cpus=0-{c.vcpus - 1}" if node == 0 else "")]
+    return argv
+
+
 def build_argv(c: QemuConfig) -> list[str]:
     argv = [
         c.qemu_binary,
@@ -67,6 +88,7 @@ def build_argv(c: QemuConfig) -> list[str]:
         "-cpu", cpu_model(c.accel),
         "-m", str(c.memory_mib),
         "-smp", str(c.vcpus),
+        *numa_argv(c),
         "-nodefaults", "-no-user-config", "-display", "none",
         # A reset is a failure we want to see, not a silent reboot.
         "-no-reboot",

@@ -42,11 +42,16 @@ class ScenarioError(InputError):
         super().__init__(" ".join(f"{where}: {key + ': ' if key else ''}{message}".split()))
 
 
+# A NUMA node smaller than this leaves the guest kernel little to boot with on node 0.
+NUMA_NODE_MIN_MIB = 128
+
+
 @dataclass(frozen=True)
 class GuestSpec:
     image: str = "debian-6.1"
     memory_mib: int = 512
     vcpus: int = 1
+    numa_nodes: int = 1            # guest RAM split into this many NUMA nodes (vCPUs on node 0)
     machine: str = "pc"
     sysctl: tuple[tuple[str, int], ...] = ()
     disk_mib: int | None = None    # an ext4 disk mounted at /mnt
@@ -373,6 +378,7 @@ def parse_scenario(text: str, path: Path) -> Scenario:
         image=guest_data.get("image", GuestSpec.image),
         memory_mib=guest_data.get("memory_mib", GuestSpec.memory_mib),
         vcpus=guest_data.get("vcpus", GuestSpec.vcpus),
+        numa_nodes=guest_data.get("numa_nodes", GuestSpec.numa_nodes),
         machine=guest_data.get("machine", GuestSpec.machine),
         sysctl=tuple(sorted(guest_data.get("sysctl", {}).items())),
         disk_mib=guest_data.get("disk", {}).get("size_mib"),
@@ -391,8 +397,16 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     if probe.memory == "file" and guest.disk_mib is None and guest.pmem_mib is None:
         fail(("probe", "memory"), "memory: file needs guest.disk or guest.pmem (the file lives on the "
                                   "guest's ext4 file system at /mnt)")
+    if probe.memory.startswith("fuse-mlock") and guest.numa_nodes < 2:
+        fail(("probe", "memory"), f"memory: {probe.memory} needs guest.numa_nodes: 2 (move_pages() moves the "
+                                  f"target to node 1)")
     if guest.pmem_mib is not None and guest.disk_mib is not None:
         fail(("guest", "pmem"), "not together with guest.disk: both are mounted at /mnt")
+    if guest.numa_nodes > 1 and guest.memory_mib < NUMA_NODE_MIN_MIB * guest.numa_nodes:
+        fail(("guest", "numa_nodes"), f"{guest.numa_nodes} nodes need memory_mib of at least "
+             f"{NUMA_NODE_MIN_MIB * guest.numa_nodes} ({NUMA_NODE_MIN_MIB} MiB each), not {guest.memory_mib}")
+    if guest.numa_nodes > 1 and guest.pmem_mib is not None:
+        fail(("guest", "numa_nodes"), "not together with guest.pmem: its memmap= range would cut across the nodes")
     if guest.pmem_mib is not None and guest.memory_mib < guest.pmem_mib + PMEM_MIN_RAM_MIB:
         fail(("guest", "pmem", "size_mib"), f"{guest.pmem_mib} MiB of pmem needs memory_mib of at least "
              f"{guest.pmem_mib + PMEM_MIN_RAM_MIB} (the guest keeps {PMEM_MIN_RAM_MIB} MiB of RAM), "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from orchestrator import crashes, logmatch
 from orchestrator.bounded import TRUNCATED
-from orchestrator.guest_data import Unreadable, bool_field, hex_field, int_field, int_list_field
+from orchestrator.guest_data import Unreadable, bool_field, hex_field, int_field, int_list_field, shown
 from orchestrator.logmatch import LineExpectation
 from orchestrator.outcome import Outcome, worst
 from orchestrator.scenario import NONE, Expectations, Scenario
@@ -109,6 +109,8 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         if ev.ready and ev.ready.get("processes", 1) > 1:
             add("sigbus (child)", _check_children, expect, ev)
     add("steps", _check_steps, expect, ev)
+    if ev.ready and str(ev.ready.get("memory", "")).startswith(LOCK_RACE_KINDS):
+        add("lock race", _check_lock_race, ev)
     if expect.other_pages_intact is not None:
         add("other pages intact", _check_intact, expect.other_pages_intact, ev)
     if expect.page_poisoned is not None:
@@ -127,6 +129,39 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         # After the health check: an oops that killed ksmd is the first reason given.
         add("ksm remerge", _check_ksm_remerge, expect.ksm_remerge, ev)
     return Verdict(worst(c.outcome for c in checks), tuple(checks))
+
+
+# Probe memory kinds whose setup is an observed interleaving (probe.c: run_lock_race).
+LOCK_RACE_KINDS = ("fuse-mlock",)
+# What the page must have been when the mover waited behind memory_failure() for its lock.
+_ISOLATED = {"lru": 0, "mlocked": 1, "locked": 1, "hwpoison": 1}
+
+
+def _check_lock_race(ev: Evidence) -> Check:
+    """The fuse-mlock kinds: the interleaving the scenario is about happened, step by
+    step as the probe saw it, or the run is an ERROR naming the step that was not seen
+    (the harness could not set the kernel up, which says nothing about the kernel)."""
+    name = "lock race"
+    if ev.probe_result is None:
+        return _missing(name, ev, "probe result")
+    race = ev.probe_result.get("lock_race")
+    if not isinstance(race, dict):
+        return Check(name, Outcome.ERROR, "the probe reported no lock race")
+    if "error" not in race:
+        return Check(name, Outcome.ERROR, "the lock race did not finish (the probe was interrupted)")
+    if race["error"] is not None:
+        return Check(name, Outcome.ERROR, f"step {shown(race['error'])}")
+    isolated = race.get("isolated")
+    if not isinstance(isolated, dict) or any(isolated.get(k) != v for k, v in _ISOLATED.items()):
+        return Check(name, Outcome.ERROR, f"the page was not isolated, mlocked, locked and poisoned while both "
+                                          f"waited: {shown(isolated)}")
+    where = race.get("memory_failure_again", race.get("memory_failure", {}))
+    at = where.get("at") if isinstance(where, dict) else None
+    moved = race.get("move_pages")
+    left = moved.get("rc") if isinstance(moved, dict) else None
+    return _ok(name, f"memory_failure() waited for the page lock ({shown(at)}) while the page was mlocked and "
+                     f"isolated by move_pages(), which waited behind it (and then left {shown(left)} page(s) "
+                     f"unmoved)")
 
 
 def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:

@@ -423,8 +423,8 @@ class LibvirtGuest(Guest):
         return libvirt_xml.DomainConfig(
             name=self.name, kernel=self._placed.get("kernel", self.image.kernel),
             initrd=self._placed.get("initrd", self.image.initrd), console_log=self.console_log,
-            memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
-            emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
+            memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, numa_nodes=self.spec.numa_nodes,
+            machine=self.spec.machine, accel=self.accel, emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
             pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None,
             disk=self._placed.get("disk", self.disk), console_pty=self.remote,
             incoming=self.incoming is not None,

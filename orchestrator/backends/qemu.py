@@ -188,7 +188,7 @@ class QemuGuest(Guest):
         return qemu_args.QemuConfig(
             kernel=self.image.kernel, initrd=self.image.initrd, console_log=self.console_log,
             qmp_fd=qmp_fd, ssh_port=ssh_port, hmp_fd=hmp_fd, console_fd=console_fd, memory_mib=self.spec.memory_mib,
-            vcpus=self.spec.vcpus, machine=self.spec.machine, accel=self.accel,
+            vcpus=self.spec.vcpus, numa_nodes=self.spec.numa_nodes, machine=self.spec.machine, accel=self.accel,
             qemu_binary=self.qemu_binary, extra_cmdline=self.extra_cmdline, pmem_mib=self.spec.pmem_mib,
             disk=self.disk, incoming=self.incoming,
             # A restored guest's console.log already holds the saving boot's console.

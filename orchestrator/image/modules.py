@@ -18,7 +18,8 @@ from orchestrator.image.errors import ImageError, run
 # dependency of ext4 (it asks the crypto API for "crc32c" at mount time), so it is
 # listed explicitly. nd_e820 and nd_pmem turn a memmap=SIZE!OFFSET range of guest RAM
 # into /dev/pmem0, a DAX-capable device (the dax-page scenario); without such a range
-# they load and find nothing. Modules missing from a kernel, or built in, are skipped.
+# they load and find nothing. fuse: the probe serves a FUSE file system of its own (the
+# fuse-mlock kinds; built in on 6.12). Modules missing from a kernel, or built in, are skipped.
 DEFAULT_MODULES = (
     "virtio_pci",
     "virtio_net",
@@ -29,6 +30,7 @@ DEFAULT_MODULES = (
     "hwpoison_inject",
     "nd_e820",
     "nd_pmem",
+    "fuse",
 )
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.gz", ".ko.zst")
 

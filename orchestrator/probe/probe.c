@@ -9,7 +9,8 @@
  *
  *   probe [--pages N] [--target K] [--mode wait|busy] [--cpu N] [--timeout S]
  *         [--memory anon|mlock|shmem|ksm|hugetlb|thp|thp-eligible|file|swapcache|swapcache-dirty|truncated|thp-pinned|shm-locked|
- *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring]
+ *                   shm-locked-clean|hugetlb-file|zero-page|swapcache-pinned|perf-ring|
+ *                   fuse-mlock|fuse-mlock-dirty]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
@@ -62,6 +63,9 @@
  * which keeps a reference, then punched out of the file; the mapping gets a
  * fresh page with the same data, and "ready" reports the old PFN: an LRU page
  * no file owns any more).
+ * fuse-mlock, fuse-mlock-dirty (a MAP_SHARED, mlocked page of a file on a FUSE
+ * file system the probe serves; after "ready" the probe itself makes and
+ * watches the lock-ordered interleaving described at map_fuse_mlock's section).
  * --processes 2 forks a child that shares the pages (copy-on-write, none
  * written after the fork) and reports its own result; --find-free adds
  * "free_pfn" to the ready report: the highest PFN that /proc/kpageflags shows
@@ -74,6 +78,7 @@
 #include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,8 +87,11 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -572,6 +580,727 @@ static unsigned char *map_perf_ring(void)
     return ring + page_size;
 }
 
+/* ---- fuse-mlock / fuse-mlock-dirty: an mlocked FUSE file page identified off the LRU ----
+ *
+ * memory_failure() takes its reference while the page is on the (unevictable)
+ * LRU, then waits for the page lock; identify_page_state() without
+ * hwpoison_user_mappings() needs the page off the LRU when it gets the lock.
+ * The probe serves a FUSE file system itself (raw /dev/fuse protocol) and
+ * makes that interleaving in lock order, observing each step:
+ *  setup: the target page is mapped MAP_SHARED and mlocked; a write() to it
+ *    that the daemon fails (EIO) leaves it not uptodate (fuse_send_write_pages
+ *    clears PG_uptodate), so the next partial write() keeps it LOCKED while its
+ *    FUSE_WRITE is out (fuse_fill_write_pages: page_locked); the daemon holds
+ *    that one unanswered. Checked: PG_locked in /proc/kpageflags, the writer in
+ *    fuse_simple_request.
+ *  after "ready" (the injection): 1. memory_failure() is seen waiting for the
+ *    page lock (a kernel stack with memory_failure and __folio_lock);
+ *    2. a mover move_pages()es the page to node 1: the migration isolates it
+ *    (PG_lru clear in kpageflags) and waits for its lock too (its stack);
+ *    3. the daemon answers the held write: the lock goes to memory_failure()
+ *    first (waiters in order), then to the migration; 4. the mover returns.
+ * A step not seen in time ends the race with "error" naming it (the harness:
+ * ERROR). */
+#include <poll.h>
+#include <sys/mount.h>
+
+#define FUSE_MNT "/tmp/mce-fuse"
+#define FUSE_FILE FUSE_MNT "/file"
+#define FUSE_ROOT_MODE 040755
+#define FUSE_FILE_MODE 0100600
+#define KPF_LOCKED 0
+#define KPF_UPTODATE 3
+#define KPF_DIRTY 4
+#define KPF_LRU 5
+#define KPF_UNEVICTABLE 18
+#define KPF_HWPOISON 19
+#define KPF_MLOCKED 33
+#define MPOL_MF_MOVE_FLAG (1 << 1)
+#define RACE_WRITE 64      /* bytes of the held write: partial, so the page stays not uptodate */
+
+/* include/uapi/linux/fuse.h, protocol 7.31 (musl has no kernel headers) */
+enum { FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4, FUSE_OPEN = 14, FUSE_READ = 15,
+       FUSE_WRITE = 16, FUSE_STATFS = 17, FUSE_RELEASE = 18, FUSE_FSYNC = 20, FUSE_FLUSH = 25, FUSE_INIT = 26,
+       FUSE_OPENDIR = 27, FUSE_READDIR = 28, FUSE_RELEASEDIR = 29, FUSE_ACCESS = 34, FUSE_INTERRUPT = 36,
+       FUSE_DESTROY = 38, FUSE_BATCH_FORGET = 42 };
+#define FOPEN_KEEP_CACHE 2
+#define FOPEN_NOFLUSH 32
+#define FUSE_WRITE_CACHE 1
+struct fz_in_header { uint32_t len, opcode; uint64_t unique, nodeid; uint32_t uid, gid, pid; uint16_t extlen, pad; };
+struct fz_out_header { uint32_t len; int32_t error; uint64_t unique; };
+struct fz_attr { uint64_t ino, size, blocks, atime, mtime, ctime;
+                 uint32_t atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags; };
+struct fz_entry_out { uint64_t nodeid, generation, entry_valid, attr_valid;
+                      uint32_t entry_valid_nsec, attr_valid_nsec; struct fz_attr attr; };
+struct fz_attr_out { uint64_t attr_valid; uint32_t attr_valid_nsec, dummy; struct fz_attr attr; };
+struct fz_init_in { uint32_t major, minor, max_readahead, flags; };
+struct fz_init_out { uint32_t major, minor, max_readahead, flags; uint16_t max_background, congestion_threshold;
+                     uint32_t max_write, time_gran; uint16_t max_pages, map_alignment; uint32_t flags2, unused[7]; };
+struct fz_open_out { uint64_t fh; uint32_t open_flags, padding; };
+struct fz_rw_in { uint64_t fh, offset; uint32_t size, rw_flags; uint64_t lock_owner; uint32_t flags, padding; };
+struct fz_write_out { uint32_t size, padding; };
+struct fz_statfs_out { uint64_t blocks, bfree, bavail, files, ffree; uint32_t bsize, namelen, frsize, padding, spare[6]; };
+
+static int fuse_ctl = -1, fuse_evt = -1;   /* the daemon's command pipe, and its answers */
+static pid_t fuse_daemon = -1, race_holder = -1;  /* race_holder: the task whose request holds the page lock */
+static unsigned char race_bytes[RACE_WRITE];
+static char race_json[3072];               /* the race's observations, for report() */
+static size_t race_len;
+
+static void race_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void race_note(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(race_json + race_len, sizeof(race_json) - race_len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        race_len = race_len + n < sizeof(race_json) ? race_len + n : sizeof(race_json) - 1;
+}
+
+static void fuse_reply(int fd, uint64_t unique, int error, const void *body, size_t size)
+{
+    if (error)
+        size = 0;
+    struct fz_out_header h = {(uint32_t)(sizeof(h) + size), -error, unique};
+    struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)body, size}};
+    (void)!writev(fd, iov, size ? 2 : 1);
+}
+
+static void fuse_attr_of(uint64_t node, struct fz_attr *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->ino = node;
+    a->mode = node == 1 ? FUSE_ROOT_MODE : FUSE_FILE_MODE;
+    a->nlink = node == 1 ? 2 : 1;
+    a->size = node == 1 ? 0 : mem_size;
+    a->blocks = a->size / 512;
+    a->blksize = page_size;
+}
+
+/* The daemon (a child): serves the file (its content in `data`) and follows the
+ * parent's commands: 'E' fail the next write() at the target page with EIO, 'H'
+ * hold the next one (answer 'h' when it is here), 'F' hold the next read of
+ * the target page ('f'), 'R' answer the held request ('r'). */
+static void fuse_serve(int dev, unsigned char *data)
+{
+    size_t bufsize = (1 << 17) + 4096;
+    unsigned char *buf = malloc(bufsize);
+    char policy = 0, held_kind = 0;
+    uint64_t held = 0, held_offset = 0;
+    uint32_t held_size = 0;
+    for (;;) {
+        struct pollfd fds[2] = {{dev, POLLIN, 0}, {fuse_ctl, POLLIN, 0}};
+        if (poll(fds, 2, -1) < 0 && errno != EINTR)
+            _exit(1);
+        if (fds[1].revents) {
+            char c;
+            if (read(fuse_ctl, &c, 1) != 1)
+                _exit(0);  /* the probe is gone */
+            if (c == 'R' && held) {
+                struct fz_write_out out = {held_size, 0};
+                size_t off = held_offset < mem_size ? held_offset : mem_size;
+                if (held_kind == 'F')
+                    fuse_reply(dev, held, 0, data + off, held_size < mem_size - off ? held_size : mem_size - off);
+                else
+                    fuse_reply(dev, held, 0, &out, sizeof(out));
+                held = 0;
+                (void)!write(fuse_evt, "r", 1);
+            } else {
+                policy = c;
+            }
+        }
+        if (!fds[0].revents)
+            continue;
+        ssize_t n = read(dev, buf, bufsize);
+        if (n < 0 && (errno == EINTR || errno == ENOENT || errno == EAGAIN))
+            continue;
+        if (n < (ssize_t)sizeof(struct fz_in_header))
+            _exit(0);  /* unmounted (ENODEV) */
+        struct fz_in_header *in = (void *)buf;
+        void *arg = buf + sizeof(*in);
+        union { struct fz_entry_out entry; struct fz_attr_out attr; struct fz_init_out init;
+                struct fz_open_out open; struct fz_write_out write; struct fz_statfs_out statfs; } out;
+        memset(&out, 0, sizeof(out));
+        switch (in->opcode) {
+        case FUSE_INIT: {
+            struct fz_init_in *init = arg;
+            out.init = (struct fz_init_out){.major = 7, .minor = 31, .max_readahead = init->max_readahead,
+                                            .max_background = 16, .congestion_threshold = 12,
+                                            .max_write = 1 << 17, .time_gran = 1};
+            fuse_reply(dev, in->unique, 0, &out, sizeof(out.init));
+            break;
+        }
+        case FUSE_LOOKUP:
+            if (in->nodeid != 1 || strcmp(arg, "file")) {
+                fuse_reply(dev, in->unique, ENOENT, NULL, 0);
+                break;
+            }
+            out.entry.nodeid = 2;
+            out.entry.entry_valid = out.entry.attr_valid = 86400;
+            fuse_attr_of(2, &out.entry.attr);
+            fuse_reply(dev, in->unique, 0, &out, sizeof(out.entry));
+            break;
+        case FUSE_GETATTR:
+        case FUSE_SETATTR:
+            out.attr.attr_valid = 86400;
+            fuse_attr_of(in->nodeid, &out.attr.attr);
+            fuse_reply(dev, in->unique, 0, &out, sizeof(out.attr));
+            break;
+        case FUSE_OPEN:
+        case FUSE_OPENDIR:
+            out.open.fh = 1;
+            /* No invalidation of the cache on open; no writeback on close (a
+             * child's exit would otherwise queue for the page lock). */
+            out.open.open_flags = FOPEN_KEEP_CACHE | FOPEN_NOFLUSH;
+            fuse_reply(dev, in->unique, 0, &out, sizeof(out.open));
+            break;
+        case FUSE_READ: {
+            struct fz_rw_in *rd = arg;
+            if (policy == 'F' && rd->offset <= (uint64_t)target * page_size
+                && rd->offset + rd->size > (uint64_t)target * page_size) {
+                policy = 0;
+                held = in->unique, held_kind = 'F', held_offset = rd->offset, held_size = rd->size;
+                (void)!write(fuse_evt, "f", 1);
+                break;
+            }
+            size_t off = rd->offset < mem_size ? rd->offset : mem_size;
+            size_t len = rd->size < mem_size - off ? rd->size : mem_size - off;
+            fuse_reply(dev, in->unique, 0, data + off, len);
+            break;
+        }
+        case FUSE_WRITE: {
+            struct fz_rw_in *wr = arg;
+            /* Only write()'s requests, never writeback's (FUSE_WRITE_CACHE). */
+            int at_target = wr->offset / page_size == (uint64_t)target && !(wr->rw_flags & FUSE_WRITE_CACHE);
+            if (at_target && policy == 'E') {
+                policy = 0;
+                fuse_reply(dev, in->unique, EIO, NULL, 0);
+            } else if (at_target && policy == 'H') {
+                policy = 0;
+                held = in->unique, held_kind = 'H', held_size = wr->size;
+                (void)!write(fuse_evt, "h", 1);
+            } else {
+                if (wr->offset < mem_size && wr->size <= mem_size - wr->offset)
+                    memcpy(data + wr->offset, (unsigned char *)arg + sizeof(*wr), wr->size);
+                out.write.size = wr->size;
+                fuse_reply(dev, in->unique, 0, &out, sizeof(out.write));
+            }
+            break;
+        }
+        case FUSE_STATFS:
+            out.statfs.bsize = out.statfs.frsize = page_size;
+            out.statfs.namelen = 255;
+            fuse_reply(dev, in->unique, 0, &out, sizeof(out.statfs));
+            break;
+        case FUSE_READDIR:
+            fuse_reply(dev, in->unique, 0, NULL, 0);  /* empty: nobody lists it */
+            break;
+        case FUSE_RELEASE: case FUSE_RELEASEDIR: case FUSE_FLUSH: case FUSE_FSYNC: case FUSE_ACCESS:
+            fuse_reply(dev, in->unique, 0, NULL, 0);
+            break;
+        case FUSE_FORGET: case FUSE_BATCH_FORGET: case FUSE_INTERRUPT:
+            break;  /* no answer */
+        case FUSE_DESTROY:
+            fuse_reply(dev, in->unique, 0, NULL, 0);
+            _exit(0);
+        default:
+            fuse_reply(dev, in->unique, ENOSYS, NULL, 0);
+        }
+    }
+}
+
+static char fuse_wait_event(int seconds)
+{
+    struct pollfd fd = {fuse_evt, POLLIN, 0};
+    char c = 0;
+    if (poll(&fd, 1, seconds * 1000) == 1 && read(fuse_evt, &c, 1) == 1)
+        return c;
+    return 0;
+}
+
+static void fuse_command(char c)
+{
+    if (write(fuse_ctl, &c, 1) != 1)
+        fail("write to the FUSE daemon");
+}
+
+/* /proc/PID/task/TID/stack, function names only ("a,b,c"), at most `size` bytes. */
+static int kernel_stack(const char *path, char *out, size_t size)
+{
+    char raw[4096];
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, raw, sizeof(raw) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    raw[n] = 0;
+    size_t len = 0;
+    out[0] = 0;
+    for (char *line = strtok(raw, "\n"); line; line = strtok(NULL, "\n")) {
+        char *fn = strchr(line, ']');
+        fn = fn ? fn + 1 : line;
+        while (*fn == ' ')
+            fn++;
+        size_t fl = strcspn(fn, "+ ");
+        if (len + fl + 2 >= size)
+            break;
+        if (len)
+            out[len++] = ',';
+        memcpy(out + len, fn, fl);
+        len += fl;
+        out[len] = 0;
+    }
+    return 1;
+}
+
+static int waits_for_page_lock(const char *stack)
+{
+    return strstr(stack, "__folio_lock") || strstr(stack, "folio_wait_bit_common") || strstr(stack, "__lock_page");
+}
+
+/* Any task whose kernel stack holds `function` and a page-lock wait: its pid, stack. */
+static pid_t find_lock_waiter(const char *function, char *stack, size_t size)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *p;
+    pid_t found = 0;
+    while (proc && !found && (p = readdir(proc))) {
+        if (p->d_name[0] < '0' || p->d_name[0] > '9')
+            continue;
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%d/task", atoi(p->d_name));
+        DIR *tasks = opendir(path);
+        struct dirent *t;
+        while (tasks && !found && (t = readdir(tasks))) {
+            if (t->d_name[0] < '0' || t->d_name[0] > '9')
+                continue;
+            snprintf(path, sizeof(path), "/proc/%d/task/%d/stack", atoi(p->d_name), atoi(t->d_name));
+            if (kernel_stack(path, stack, size) && strstr(stack, function) && waits_for_page_lock(stack))
+                found = atoi(t->d_name);
+        }
+        if (tasks)
+            closedir(tasks);
+    }
+    if (proc)
+        closedir(proc);
+    return found;
+}
+
+/* Every task waiting for a page lock: "tid:stack;..." into out. */
+static void page_lock_waiters(char *out, size_t size)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *p;
+    size_t len = 0;
+    out[0] = 0;
+    while (proc && (p = readdir(proc))) {
+        if (p->d_name[0] < '0' || p->d_name[0] > '9')
+            continue;
+        char path[64], stack[512];
+        snprintf(path, sizeof(path), "/proc/%d/task", atoi(p->d_name));
+        DIR *tasks = opendir(path);
+        struct dirent *t;
+        while (tasks && (t = readdir(tasks))) {
+            if (t->d_name[0] < '0' || t->d_name[0] > '9')
+                continue;
+            snprintf(path, sizeof(path), "/proc/%d/task/%d/stack", atoi(p->d_name), atoi(t->d_name));
+            if (kernel_stack(path, stack, sizeof(stack)) && waits_for_page_lock(stack) && len + 8 < size) {
+                int n = snprintf(out + len, size - len, "%s%d:%s", len ? ";" : "", atoi(t->d_name), stack);
+                len = n > 0 && len + n < size ? len + n : size - 1;
+            }
+        }
+        if (tasks)
+            closedir(tasks);
+    }
+    if (proc)
+        closedir(proc);
+}
+
+static unsigned long long target_flags(uint64_t pfn)
+{
+    unsigned long long flags = 0;
+    if (!kpageflags_of(pfn, &flags))
+        fail("read /proc/kpageflags");
+    return flags;
+}
+
+static void note_flags(const char *key, unsigned long long f)
+{
+    race_note("%s\"%s\":{\"locked\":%d,\"uptodate\":%d,\"dirty\":%d,\"lru\":%d,\"unevictable\":%d,"
+              "\"mlocked\":%d,\"hwpoison\":%d}", race_len ? "," : "", key, (int)(f >> KPF_LOCKED & 1), (int)(f >> KPF_UPTODATE & 1),
+              (int)(f >> KPF_DIRTY & 1), (int)(f >> KPF_LRU & 1), (int)(f >> KPF_UNEVICTABLE & 1),
+              (int)(f >> KPF_MLOCKED & 1), (int)(f >> KPF_HWPOISON & 1));
+}
+
+/* Mount the FUSE file system served by a forked daemon, map its file MAP_SHARED
+ * (not inherited by the writer and mover: one mapping, mapcount 1), fault every
+ * page in (read; dirty: rewritten through the mapping), mlock. */
+static unsigned char *map_fuse_mlock(void)
+{
+    int dev = open("/dev/fuse", O_RDWR);
+    if (dev < 0)
+        fail("open /dev/fuse (fuse not loaded?)");
+    mkdir(FUSE_MNT, 0700);
+    char opts[128];
+    snprintf(opts, sizeof(opts), "fd=%d,rootmode=40000,user_id=0,group_id=0", dev);
+    if (mount("mce-probe", FUSE_MNT, "fuse", MS_NOSUID | MS_NODEV, opts))
+        fail("mount fuse");
+    int ctl[2], evt[2];
+    if (pipe(ctl) || pipe(evt))
+        fail("pipe");
+    unsigned char *data = malloc(mem_size);
+    /* What the pages will hold (dirty: rewritten with the same): a read of a
+     * page brings back what the mapping saw. */
+    int dirty = !strcmp(memory, "fuse-mlock-dirty");
+    for (int i = 0; i < pages; i++)
+        fill(data + i * page_size, i + (dirty ? UNSYNCED : ON_DISK));
+    fflush(stdout);
+    fuse_daemon = fork();
+    if (fuse_daemon < 0)
+        fail("fork the FUSE daemon");
+    if (fuse_daemon == 0) {
+        close(ctl[1]);
+        close(evt[0]);
+        fuse_ctl = ctl[0];
+        fuse_evt = evt[1];
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        fuse_serve(dev, data);
+    }
+    close(dev);
+    close(ctl[0]);
+    close(evt[1]);
+    fuse_ctl = ctl[1];
+    fuse_evt = evt[0];
+    /* FUSE's bdi is a strictlimit one with no writeout history: its dirty limit
+     * is ~0 and the flusher writes back (cleans) a dirty page at once. Its
+     * min_ratio (at most its max_ratio, 1) keeps a few pages dirty. */
+    struct stat st;
+    char bdi[96];
+    if (stat(FUSE_MNT, &st))
+        fail("stat " FUSE_MNT);
+    snprintf(bdi, sizeof(bdi), "/sys/class/bdi/%u:%u/min_ratio", major(st.st_dev), minor(st.st_dev));
+    int ratio = open(bdi, O_WRONLY);
+    if (ratio < 0 || write(ratio, "1", 1) != 1)
+        fail("set the FUSE bdi's min_ratio");
+    close(ratio);
+    file_fd = open(FUSE_FILE, O_RDWR);
+    if (file_fd < 0)
+        fail("open " FUSE_FILE);
+    unsigned char *p = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_SHARED, file_fd, 0);
+    if (p == MAP_FAILED || madvise(p, mem_size, MADV_DONTFORK))
+        fail("mmap " FUSE_FILE);
+    for (int i = 0; i < pages; i++)
+        (void)*(volatile unsigned char *)(p + i * page_size);
+    if (dirty) {
+        for (int i = 0; i < pages; i++)
+            fill(p + i * page_size, i + UNSYNCED);
+        generation = UNSYNCED;
+    }
+    if (mlock(p, mem_size))
+        fail("mlock");
+    return p;
+}
+
+/* A writer: write()s RACE_WRITE bytes of what the target holds at its offset;
+ * exits 0 when the write completed. */
+static pid_t start_writer(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork a writer");
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        ssize_t n = pwrite(file_fd, race_bytes, sizeof(race_bytes), (off_t)target * page_size);
+        _exit(n == (ssize_t)sizeof(race_bytes) ? 0 : 1);
+    }
+    return pid;
+}
+
+/* The "fn+0x../0x.." frame of `function` in /proc/TID/stack: which call site waits. */
+static void stack_frame(pid_t tid, const char *function, char *out, size_t size)
+{
+    char path[64], raw[4096];
+    snprintf(path, sizeof(path), "/proc/%d/stack", (int)tid);
+    out[0] = 0;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, raw, sizeof(raw) - 1);
+    close(fd);
+    raw[n > 0 ? n : 0] = 0;
+    char *at = strstr(raw, function);
+    if (at) {
+        size_t len = strcspn(at, " \n");
+        snprintf(out, size, "%.*s", (int)(len < size ? len : size - 1), at);
+    }
+}
+
+/* How many times memory_failure() takes the page lock before it reads the page
+ * flags: 6.1 once (mm/memory-failure.c: lock_page(p), then page_flags); 6.12
+ * twice (folio_lock() around hwpoison_filter(), unlocked, shake_folio(), then
+ * folio_lock() again before page_flags = folio->flags). Other kernels: not
+ * verified, 0. */
+static int memory_failure_page_locks(void)
+{
+    struct utsname u;
+    int major = 0, minor = 0;
+    if (uname(&u) || sscanf(u.release, "%d.%d", &major, &minor) != 2)
+        return 0;
+    return major == 6 && minor == 1 ? 1 : major == 6 && minor == 12 ? 2 : 0;
+}
+
+/* A reader: maps the file (a mapping of its own) and reads the target page:
+ * filemap_fault() takes the page lock (__folio_lock_killable, no inode lock)
+ * and, the page not uptodate, reads it in (fuse_read_folio: a FUSE_READ) with
+ * the lock held. Exits 0 when the read completed. */
+static pid_t start_reader(void)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail("fork a reader");
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        unsigned char *p = mmap(NULL, mem_size, PROT_READ, MAP_SHARED, file_fd, 0);
+        if (p == MAP_FAILED)
+            _exit(2);
+        _exit(*(volatile unsigned char *)(p + target * page_size) == race_bytes[0] ? 0 : 1);
+    }
+    return pid;
+}
+
+static int task_waits_for_lock(pid_t pid, const char *function, char *stack, size_t size)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stack", (int)pid);
+    return kernel_stack(path, stack, size) && strstr(stack, function) && waits_for_page_lock(stack);
+}
+
+/* Setup, before "ready": the target page not uptodate (a failed write), then
+ * locked by a held write. */
+static void lock_target(unsigned char *target_va, uint64_t target_pfn)
+{
+    /* With vm.page_lock_unfairness 0 an unlock hands the lock to the first
+     * waiter (WQ_FLAG_CUSTOM from its first wait); otherwise it only wakes it,
+     * and whoever runs first may take the lock. */
+    char fair[16] = "";
+    int sysctl = open("/proc/sys/vm/page_lock_unfairness", O_RDONLY);
+    if (sysctl < 0 || read(sysctl, fair, sizeof(fair) - 1) <= 0 || atoi(fair) != 0)
+        fail("needs vm.page_lock_unfairness 0 (page locks handed over in order)");
+    close(sysctl);
+    if (!memory_failure_page_locks())
+        fail("this kernel: how often memory_failure() takes the page lock is not known (6.1 and 6.12 are)");
+    note_flags("mapped", target_flags(target_pfn));
+    memcpy(race_bytes, target_va, sizeof(race_bytes));  /* writes of what it holds: data unchanged */
+    fuse_command('E');
+    errno = 0;
+    if (pwrite(file_fd, race_bytes, sizeof(race_bytes), (off_t)target * page_size) != -1 || errno != EIO)
+        fail("the failed write (EIO expected)");
+    unsigned long long f = target_flags(target_pfn);
+    if (f >> KPF_UPTODATE & 1)
+        fail("the failed write left the target uptodate");
+    note_flags("failed_write", f);
+    fuse_command('H');
+    race_holder = start_writer();
+    if (fuse_wait_event(10) != 'h')
+        fail("the writer's FUSE_WRITE did not reach the daemon");
+    char path[64], stack[512] = "";
+    for (int i = 0; i < 500; i++) {  /* the writer reaches its wait a moment after sending */
+        snprintf(path, sizeof(path), "/proc/%d/stack", (int)race_holder);
+        f = target_flags(target_pfn);
+        if (kernel_stack(path, stack, sizeof(stack)) && strstr(stack, "fuse_simple_request") && (f >> KPF_LOCKED & 1))
+            break;
+        usleep(10000);
+    }
+    if (!strstr(stack, "fuse_simple_request") || !(f >> KPF_LOCKED & 1)) {
+        static char why[700];
+        snprintf(why, sizeof(why), "the held write does not hold the target page locked (PG_locked %d, "
+                 "the writer in %s)", (int)(f >> KPF_LOCKED & 1), stack);
+        fail(why);
+    }
+    race_note(",\"writer\":{\"pid\":%d,\"stack\":\"%s\"}", (int)race_holder, stack);
+    note_flags("locked", f);
+    if ((int)(f >> KPF_DIRTY & 1) != (generation == UNSYNCED))
+        fail(generation == UNSYNCED ? "the target is not dirty when locked" : "the target is dirty when locked");
+}
+
+/* waitpid() for at most `seconds`: the status, or -1. */
+static int wait_child(pid_t pid, int seconds)
+{
+    int status;
+    for (int i = 0; i < seconds * 100; i++) {
+        pid_t got = waitpid(pid, &status, WNOHANG);
+        if (got == pid)
+            return status;
+        if (got < 0)
+            return -1;
+        usleep(10000);
+    }
+    return -1;
+}
+
+/* Answer the held request; the task that made it must end (a writer: its write
+ * completed; a reader may take the SIGBUS of the page memory_failure() has
+ * poisoned meanwhile). NULL, or what went wrong. */
+static const char *release_holder(const char *step, const char *who)
+{
+    static char whys[2][200];
+    static int which;
+    char *why = whys[which++ & 1];  /* the first error stays readable after a second */
+    fuse_command('R');
+    if (fuse_wait_event(10) != 'r') {
+        snprintf(why, sizeof(whys[0]), "%s: the daemon did not answer the held request", step);
+        return why;
+    }
+    int status = wait_child(race_holder, 10);
+    race_note(",\"%s_end\":\"%s %d\"", who, status == -1 ? "running" : WIFEXITED(status) ? "exit" : "signal",
+              status == -1 ? 0 : WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    if (status == -1 || (strcmp(who, "reader") && (!WIFEXITED(status) || WEXITSTATUS(status)))) {
+        snprintf(why, sizeof(whys[0]), "%s: the %s whose request was held did not complete", step, who);
+        return why;
+    }
+    race_holder = -1;
+    return NULL;
+}
+
+/* By the clock: one look through every task's stack takes a while under TCG. */
+static pid_t wait_memory_failure(char *stack, size_t size, int seconds)
+{
+    pid_t mf = 0;
+    for (double end = now_ms() + seconds * 1e3; !(mf = find_lock_waiter("memory_failure", stack, size))
+         && now_ms() < end;)
+        usleep(20000);
+    return mf;
+}
+
+/* After "ready": the observed interleaving (see above). */
+static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
+{
+    char stack[512], frame[96];
+    const char *error = NULL;
+    pid_t mf, mover = -1;
+    int back[2] = {-1, -1}, locks = memory_failure_page_locks();
+    const char *holder = "writer";
+    double t0 = now_ms();
+    /* memory_failure() runs within milliseconds of the injection (seen: 11-48 ms
+     * after "ready"); 15 s also covers a slow injection, and leaves the rest of
+     * the probe's time to the steps. */
+    if (!(mf = wait_memory_failure(stack, sizeof(stack), 15))) {
+        error = "1: memory_failure() was not seen waiting for the page lock";
+        goto release;
+    }
+    stack_frame(mf, "memory_failure", frame, sizeof(frame));
+    race_note(",\"memory_failure\":{\"tid\":%d,\"stack\":\"%s\",\"at\":\"%s\",\"after_ms\":%.0f}", (int)mf, stack,
+              frame, now_ms() - t0);
+    note_flags("before_move", target_flags(target_pfn));
+    if (locks == 2) {
+        /* 6.12: the first wait is hwpoison_filter()'s lock. A reader (a second
+         * writer would wait for the inode lock the first one holds) queues
+         * behind memory_failure(), takes the lock when memory_failure() lets
+         * it go and holds it (its FUSE_READ held) while memory_failure() waits
+         * for its second lock. */
+        fuse_command('F');
+        pid_t reader = start_reader();
+        int queued = 0;
+        for (int i = 0; i < 500 && !(queued = task_waits_for_lock(reader, "filemap_fault", stack, sizeof(stack))); i++)
+            usleep(10000);
+        race_note(",\"reader\":{\"pid\":%d,\"stack\":\"%s\"}", (int)reader, stack);
+        if (!queued) {
+            error = "1b: the reader was not seen waiting for the page lock";
+            goto release;
+        }
+        if ((error = release_holder("1b", "writer")))
+            goto release;
+        race_holder = reader, holder = "reader";
+        if (fuse_wait_event(10) != 'f') {
+            error = "1b: the reader's FUSE_READ did not reach the daemon";
+            goto release;
+        }
+        char again[96] = "";
+        if (!(mf = wait_memory_failure(stack, sizeof(stack), 10))) {
+            error = "1b: memory_failure() was not seen waiting for the page lock a second time";
+            goto release;
+        }
+        stack_frame(mf, "memory_failure", again, sizeof(again));
+        race_note(",\"memory_failure_again\":{\"tid\":%d,\"at\":\"%s\"}", (int)mf, again);
+        if (!strcmp(again, frame)) {
+            error = "1b: memory_failure() waits at the same place as before";
+            goto release;
+        }
+    }
+    if (pipe(back))
+        fail("pipe");
+    pid_t owner = getpid();
+    fflush(stdout);
+    mover = fork();
+    if (mover < 0)
+        fail("fork the mover");
+    if (mover == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
+        void *addr = target_va;
+        int node = 1, status = -9999;
+        long rc = syscall(SYS_move_pages, owner, 1UL, &addr, &node, &status, MPOL_MF_MOVE_FLAG);
+        int answer[3] = {(int)rc, rc < 0 ? errno : 0, status};
+        _exit(write(back[1], answer, sizeof(answer)) == sizeof(answer) ? 0 : 1);
+    }
+    close(back[1]);
+    unsigned long long f = 0;
+    int seen = 0;
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stack", (int)mover);
+    for (int i = 0; i < 1000 && !seen; i++) {
+        f = target_flags(target_pfn);
+        seen = kernel_stack(path, stack, sizeof(stack)) && strstr(stack, "migrate_pages") && waits_for_page_lock(stack)
+               && !(f >> KPF_LRU & 1) && (f >> KPF_LOCKED & 1);
+        if (!seen)
+            usleep(10000);
+    }
+    race_note(",\"mover\":{\"pid\":%d,\"stack\":\"%s\"}", (int)mover, stack);
+    note_flags("isolated", f);
+    if (!seen) {
+        error = "2: the mover was not seen with the page isolated (off the LRU) and waiting for its lock";
+        goto release;
+    }
+    /* Still waiting, ahead of the mover (it queued first): it gets the lock next. */
+    if (find_lock_waiter("memory_failure", stack, sizeof(stack)) != mf) {
+        error = "2: memory_failure() no longer waits for the page lock";
+        goto release;
+    }
+release:
+    {
+        static char waiters[1536];
+        page_lock_waiters(waiters, sizeof(waiters));
+        race_note(",\"lock_waiters\":\"%s\"", waiters);
+    }
+    {
+        const char *released = race_holder > 0 ? release_holder("3", holder) : NULL;
+        if (!error)
+            error = released;
+    }
+    if (mover > 0) {
+        int answer[3] = {0, 0, 0};
+        struct pollfd fd = {back[0], POLLIN, 0};
+        if (poll(&fd, 1, 20000) == 1 && read(back[0], answer, sizeof(answer)) == sizeof(answer)) {
+            race_note(",\"move_pages\":{\"rc\":%d,\"errno\":\"%s\",\"status\":%d}", answer[0],
+                      errno_name(answer[1]), answer[2]);
+            wait_child(mover, 10);
+        } else if (!error) {
+            error = "4: move_pages() did not return within 20 s of the release";
+        }
+        close(back[0]);
+    }
+    note_flags("after", target_flags(target_pfn));
+    race_note(",\"error\":%s%s%s", error ? "\"" : "", error ? error : "null", error ? "\"" : "");
+}
+
 static unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strncmp(memory, "hugetlb", 7) || !strncmp(memory, "thp", 3);
@@ -618,6 +1347,8 @@ static unsigned char *map_memory(void)
             fail("madvise");
     } else if (!strcmp(memory, "perf-ring")) {
         p = map_perf_ring();
+    } else if (!strcmp(memory, "fuse-mlock") || !strcmp(memory, "fuse-mlock-dirty")) {
+        return map_fuse_mlock();
     } else if (!strcmp(memory, "file")) {
         if (!file_path) {
             fprintf(stderr, "probe: --memory file needs --file PATH\n");
@@ -783,6 +1514,8 @@ static void report(double start, int children_ok)
     printf("}");
     if (!is_child)
         printf(",\"children_reported\":%d", children_ok);
+    if (race_len)
+        printf(",\"lock_race\":{%s}", race_json);
     printf("}\n");
 }
 
@@ -973,7 +1706,7 @@ int main(int argc, char **argv)
 
     mem = map_memory();
     same_content = !strcmp(memory, "ksm");  /* identical pages, for KSM to merge */
-    if (strcmp(memory, "file")) {
+    if (strcmp(memory, "file") && strncmp(memory, "fuse-mlock", 10)) {  /* those filled as they were mapped */
         for (int p = 0; p < pages; p++)
             if (!left_clean(p))
                 fill(mem + p * page_size, same_content ? 0 : p);
@@ -1010,6 +1743,9 @@ int main(int argc, char **argv)
         truncate_target(target_va, target_pfn);
     if (!strcmp(memory, "thp-pinned"))
         pin_target(target_va, target_pfn);
+    int lock_race = !strncmp(memory, "fuse-mlock", 10);
+    if (lock_race)
+        lock_target(target_va, target_pfn);
 
     double start = now_ms();
     int to_child = -1;
@@ -1041,6 +1777,8 @@ int main(int argc, char **argv)
         announce_ready(target_va, target_pfn, pagemap);
         output_end();
         alarm(timeout);
+        if (lock_race)
+            run_lock_race(target_va, target_pfn);
         if (busy) {
             busy_read(target_va);
         } else {

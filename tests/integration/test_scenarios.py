@@ -36,7 +36,8 @@ def negative_run(tmp_path_factory):
                                   "neg-swapcache-dirty-wrong-type", "neg-thp-unsplittable-wrong-type",
                                   "neg-shm-locked-wrong-type", "neg-dax-page-wrong-type",
                                   "neg-zero-page-wrong-type", "neg-swapcache-pinned-wrong-type",
-                                  "neg-perf-ring-wrong-type") + ISSUE_12_CONTROLS),
+                                  "neg-perf-ring-wrong-type", "neg-mlocked-off-lru-wrong-dirtiness")
+                                 + ISSUE_12_CONTROLS),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
     return proc, {s["name"]: s for s in report["scenarios"]}
@@ -158,6 +159,7 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     ("neg-zero-page-wrong-type", "unknown page: Ignored"),
     ("neg-swapcache-pinned-wrong-type", "dirty swapcache page: Delayed"),
     ("neg-perf-ring-wrong-type", "reserved kernel page: Ignored"),
+    ("neg-mlocked-off-lru-wrong-dirtiness", "clean mlocked LRU page: Failed"),
 ])
 def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run, name, expected_line):
     s = negative_run[1][name]
@@ -165,6 +167,27 @@ def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run,
     failed = failed_checks(s)
     [check] = failed   # the kernel-log check alone
     assert check.startswith("kernel log has 'Memory failure: 0x") and check.endswith(f"{expected_line}'")
+
+
+@pytest.fixture(scope="module")
+def lock_race_control_run(tmp_path_factory):
+    # A run of its own: an ERROR makes the exit status 2, the other controls' run expects 1 (FAIL).
+    results = tmp_path_factory.mktemp("results")
+    proc = orchestrator("run", "--snapshot", str(NEGATIVE / "neg-mlocked-off-lru-no-race.yaml"), results=results)
+    report = json.loads((results / "latest" / "report.json").read_text())
+    return proc, {s["name"]: s for s in report["scenarios"]}
+
+
+def test_negative_control_lock_race_not_seen_is_an_error(lock_race_control_run):
+    # The fuse-mlock setup without its interleaving (the error on another page): ERROR naming step 1.
+    proc, scenarios = lock_race_control_run
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    s = scenarios["neg-mlocked-off-lru-no-race"]
+    assert s["outcome"] == "ERROR"
+    assert [c["name"] for c in s["checks"] if c["outcome"] != "PASS"] == ["lock race"]
+    [race] = [c for c in s["checks"] if c["name"] == "lock race"]
+    assert race["outcome"] == "ERROR"
+    assert race["detail"].startswith("step '1: memory_failure() was not seen waiting for the page lock")
 
 
 # Issue 12: each class of verdict bug has a control that FAILs on exactly the check that class is about.

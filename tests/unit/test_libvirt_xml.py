@@ -91,3 +91,19 @@ def test_console_on_a_pty_for_a_remote_host():
     serial = root.find("devices/serial")
     assert serial.get("type") == "pty" and serial.find("source") is None  # no path of ours on that host
     assert serial.find("target").get("port") == "0"
+
+
+def test_numa_cells_as_the_qemu_backend_nodes():
+    xml = libvirt_xml.build_domain_xml(libvirt_xml.DomainConfig(
+        name="n", kernel=Path("/k"), initrd=Path("/i"), console_log=Path("/c"), memory_mib=512, vcpus=2,
+        numa_nodes=2))
+    cells = ET.fromstring(xml).findall("./cpu/numa/cell")
+    assert [c.attrib for c in cells] == [{"id": "0", "memory": "256", "unit": "MiB", "cpus": "0-1"},
+                                        {"id": "1", "memory": "256", "unit": "MiB"}]
+    assert ET.fromstring(xml).find("memory").text == "512"
+
+
+def test_no_numa_element_for_one_node():
+    xml = libvirt_xml.build_domain_xml(libvirt_xml.DomainConfig(
+        name="n", kernel=Path("/k"), initrd=Path("/i"), console_log=Path("/c")))
+    assert ET.fromstring(xml).find("./cpu/numa") is None

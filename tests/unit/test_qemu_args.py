@@ -95,3 +95,27 @@ def test_pmem_is_a_memmap_range_of_guest_ram_on_the_kernel_command_line():
     assert argv[argv.index("-m") + 1] == "512"  # QEMU's RAM is unchanged: the guest kernel carves the range
     # It shapes the saved guest: a guest without it is another configuration.
     assert qemu_args.state_argv(config(pmem_mib=128)) != qemu_args.state_argv(config())
+
+
+def test_numa_nodes_split_ram_into_backends_and_nodes():
+    argv = qemu_args.build_argv(config(numa_nodes=2, vcpus=2, memory_mib=512))
+    at = argv.index("-object")
+    assert argv[at:at + 8] == [
+        "-object", "memory-backend-ram,id=ram-node0,size=256M", "-numa", "node,nodeid=0,memdev=ram-node0,cpus=0-1",
+        "-object", "memory-backend-ram,id=ram-node1,size=256M", "-numa", "node,nodeid=1,memdev=ram-node1"]
+    assert argv[argv.index("-m") + 1] == "512"
+
+
+def test_one_numa_node_is_plain_memory():
+    assert "-numa" not in qemu_args.build_argv(config()) and "-object" not in qemu_args.build_argv(config())
+
+
+def test_numa_node_sizes_sum_to_the_guest_ram():
+    assert qemu_args.numa_node_sizes(512, 2) == [256, 256]
+    assert qemu_args.numa_node_sizes(500, 3) == [168, 166, 166]
+    assert qemu_args.numa_node_sizes(384, 1) == [384]
+
+
+def test_numa_nodes_shape_the_saved_guest():
+    # The snapshot key is made from state_argv(): a 2-node guest never restores a 1-node one's state.
+    assert qemu_args.state_argv(config(numa_nodes=2)) != qemu_args.state_argv(config())

@@ -284,3 +284,18 @@ def test_page_poisoned_no_page_is_the_only_word_besides_true_and_false():
     assert parse(MINIMAL + "  page_poisoned: no-page\n").expect.page_poisoned == "no-page"
     with pytest.raises(ScenarioError, match="expect.page_poisoned"):
         parse(MINIMAL + "  page_poisoned: hidden\n")
+
+
+def test_fuse_mlock_needs_a_second_numa_node_and_nodes_need_ram():
+    s = parse(MINIMAL + "guest:\n  numa_nodes: 2\nprobe:\n  memory: fuse-mlock-dirty\n")
+    assert (s.guest.numa_nodes, s.probe.memory) == (2, "fuse-mlock-dirty")
+    assert parse(MINIMAL).guest.numa_nodes == 1
+    with pytest.raises(ScenarioError, match=r"probe.memory: memory: fuse-mlock needs guest.numa_nodes: 2"):
+        parse(MINIMAL + "probe:\n  memory: fuse-mlock\n")
+    with pytest.raises(ScenarioError, match=r"guest.numa_nodes: 4 nodes need memory_mib of at least 512 "
+                                            r"\(128 MiB each\), not 384"):
+        parse(MINIMAL + "guest:\n  numa_nodes: 4\n  memory_mib: 384\n")
+    with pytest.raises(ScenarioError, match="guest.numa_nodes: not together with guest.pmem"):
+        parse(MINIMAL + "guest:\n  numa_nodes: 2\n  memory_mib: 768\n  pmem: {size_mib: 128}\n")
+    with pytest.raises(ScenarioError, match="numa_nodes"):
+        parse(MINIMAL + "guest:\n  numa_nodes: 5\n")

@@ -343,3 +343,43 @@ def test_page_poisoned_no_page_wants_kpageflags_to_show_nothing_but_nopage():
     for flags in (KPF_HWPOISON_SET, 1 << 5, 0):
         failed = failing(judge(scenario, good_evidence(kpageflags=flags)))
         assert list(failed) == ["page poisoned"] and "expected NOPAGE only" in failed["page poisoned"]
+
+
+ISOLATED = {"locked": 1, "uptodate": 0, "dirty": 0, "lru": 0, "unevictable": 1, "mlocked": 1, "hwpoison": 1}
+
+
+def lock_race_evidence(race):
+    ev = good_evidence(kernel_log=f"[ 3.7] Memory failure: {PFN:#x}: Failed to invalidate\n"
+                                  f"[ 3.7] Memory failure: {PFN:#x}: clean mlocked LRU page still referenced by 3 users\n"
+                                  f"[ 3.7] Memory failure: {PFN:#x}: recovery action for clean mlocked LRU page: Failed\n")
+    ev.ready = dict(ev.ready, memory="fuse-mlock")
+    ev.probe_result = dict(ev.probe_result, **({"lock_race": race} if race is not None else {}))
+    return ev
+
+
+def test_lock_race_seen_step_by_step_passes():
+    race = {"memory_failure": {"tid": 17, "at": "memory_failure+0x6f0/0x1070"}, "isolated": ISOLATED, "error": None}
+    verdict = judge(load_scenario(SCENARIOS / "mlocked-clean-off-lru.yaml"), lock_race_evidence(race))
+    assert verdict.outcome == Outcome.PASS, verdict.reasons
+    [check] = [c for c in verdict.checks if c.name == "lock race"]
+    assert "'memory_failure+0x6f0/0x1070'" in check.detail
+
+
+@pytest.mark.parametrize("race, words", [
+    ({"error": "2: the mover was not seen with the page isolated (off the LRU) and waiting for its lock"},
+     "step '2: the mover was not seen"),
+    ({"memory_failure": {"tid": 17}}, "the lock race did not finish"),
+    (None, "the probe reported no lock race"),
+    ({"isolated": dict(ISOLATED, lru=1), "error": None}, "the page was not isolated, mlocked, locked and poisoned"),
+    ({"isolated": dict(ISOLATED, mlocked=0), "error": None}, "the page was not isolated"),
+])
+def test_lock_race_not_seen_is_an_error_not_a_pass(race, words):
+    # The kernel log says what the scenario expects: still ERROR, the interleaving was not shown.
+    verdict = judge(load_scenario(SCENARIOS / "mlocked-clean-off-lru.yaml"), lock_race_evidence(race))
+    assert verdict.outcome == Outcome.ERROR
+    assert failing(verdict) == {"lock race": failing(verdict)["lock race"]}
+    assert words in failing(verdict)["lock race"]
+
+
+def test_lock_race_judged_only_for_the_fuse_mlock_kinds():
+    assert "lock race" not in {c.name for c in judge(late_kill(), good_evidence()).checks}
