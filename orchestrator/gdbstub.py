@@ -43,26 +43,20 @@ def escape(payload: bytes) -> bytes:
 
 
 def unescape(data: bytes) -> bytes:
-    out = bytearray()
-    it = iter(data)
-    for b in it:
-        if b == 0x7D:
-            out.append(next(it) ^ 0x20)
-        else:
-            out.append(b)
-    return bytes(out)
-
-
-def expand_rle(data: bytes) -> bytes:
-    """Run-length encoding in replies: 'X*n' repeats X (ord(n) - 29) more times."""
+    """Undo escapes and run-length encoding in one pass, as gdb does: '}' X is X ^ 0x20,
+    and '*' N repeats the last byte (ord(N) - 29) more times (a '*' in data is escaped)."""
     out = bytearray()
     i = 0
     while i < len(data):
-        if data[i] == 0x2A and out:  # '*'
+        b = data[i]
+        if b == 0x7D and i + 1 < len(data):
+            out.append(data[i + 1] ^ 0x20)
+            i += 2
+        elif b == 0x2A and out and i + 1 < len(data):
             out += bytes((out[-1],)) * (data[i + 1] - 29)
             i += 2
         else:
-            out.append(data[i])
+            out.append(b)
             i += 1
     return bytes(out)
 
@@ -84,7 +78,7 @@ def decode_packet(frame: bytes) -> bytes:
         raise GdbError(f"unreadable checksum in {frame[:60]!r}") from None
     if checksum(raw) != expected:
         raise GdbError(f"bad checksum {cs.decode(errors='replace')} in {frame[:60]!r}")
-    return expand_rle(unescape(raw))
+    return unescape(raw)
 
 
 def split_frame(buffer: bytes) -> tuple[bytes | None, bytes]:
