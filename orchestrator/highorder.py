@@ -89,11 +89,12 @@ def parse_xp_words(text: str) -> list[int]:
     return [int(word, 16) for word in re.findall(r"\b0x([0-9a-fA-F]{16})\b", text)]
 
 
-def mailbox_state(words: list[int]) -> tuple[int, int]:
-    """(state, chunks) from the mailbox's first three words; ValueError when it is not the probe's."""
-    if len(words) < 3 or words[0] != MAILBOX_MAGIC:
-        raise ValueError(f"not the probe's mailbox: {[hex(w) for w in words[:3]]}")
-    return words[1], words[2]
+def mailbox_state(words: list[int]) -> tuple[int, int, int]:
+    """(state, chunks, steps past the gate) from the mailbox's first four words; ValueError
+    when it is not the probe's."""
+    if len(words) < 4 or words[0] != MAILBOX_MAGIC:
+        raise ValueError(f"not the probe's mailbox: {[hex(w) for w in words[:4]]}")
+    return words[1], words[2], words[3]
 
 
 def taker_cpu(inject_cpu: int, vcpus: int) -> int:
@@ -232,34 +233,40 @@ class TakeFreeBlock:
             # The process has not reached its gate yet: let it, then hold it there no more.
             target.send_resume(vcont_packet("c", (taker,)))
             stop = target.wait_stop(HOLD_S)
-            if stop.thread != taker:
+            rip = target.registers(stop.thread)["rip"]
+            if stop.thread != taker or rip != gate:
                 raise HarnessError("inject", f"could not force the interleaving: vCPU {stop.thread - 1} stopped "
-                                             f"while the process went to its gate")
+                                             f"at {rip:#x} while the process went to its gate")
             target.set_breakpoint(gate, insert=False)
         target.send_resume(vcont_packet("c", (taker,)))
-        state, chunks = self._wait_taken(monitor, held_since)
+        state, chunks, steps = self._wait_taken(monitor, held_since)
         self.notes.append(f"vCPU {held - 1} held in memory_failure() for {time.monotonic() - held_since:.2f} s "
                           f"while vCPU {self.cpu} took the block of PFN {self.pfn:#x} "
                           f"({chunks} chunk(s) of 2 MiB); {hits.describe()}")
         if state != TAKEN:
+            where = ""
+            if state < TAKEN:  # still at it: where its vCPU is, for whoever looks into why
+                target.interrupt(5)
+                where = f"; vCPU {self.cpu} at RIP {target.registers(taker)['rip']:#x}"
             raise HarnessError("inject", f"could not force the interleaving: the guest process on vCPU {self.cpu}: "
                                          f"{MAILBOX_STATES.get(state, f'state {state}')} after {chunks} chunk(s) of "
-                                         f"2 MiB ({hits.describe()})")
+                                         f"2 MiB, {steps} step(s) past its gate{where} ({hits.describe()})")
         return injected
 
-    def _wait_taken(self, monitor: GuestMonitor, since: float) -> tuple[int, int]:
-        """Read the mailbox (HMP xp, guest-physical) until the process says taken or gives up."""
-        state, chunks = 0, 0
+    def _wait_taken(self, monitor: GuestMonitor, since: float) -> tuple[int, int, int]:
+        """Read the mailbox (HMP xp, guest-physical) until the process says taken or gives up:
+        (state, chunks, steps past the gate)."""
+        state, chunks, steps = 0, 0, 0
         while time.monotonic() - since < HOLD_S:
-            words = parse_xp_words(monitor.hmp_query(f"xp /3gx {self.mailbox_gpa:#x}"))
+            words = parse_xp_words(monitor.hmp_query(f"xp /4gx {self.mailbox_gpa:#x}"))
             try:
-                state, chunks = mailbox_state(words)
+                state, chunks, steps = mailbox_state(words)
             except ValueError as exc:
                 raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
             if state >= TAKEN:
                 break
             time.sleep(0.02)
-        return state, chunks
+        return state, chunks, steps
 
 
 def _release_all(target: RemoteTarget) -> None:

@@ -92,6 +92,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -1668,17 +1669,14 @@ static int maybe_free(uint64_t pfn)
     return !!(flags & (1ULL << KPF_BUDDY));
 }
 
+/* MemFree, by a plain system call: no malloc or fopen, whose free() may munmap,
+ * which would flush TLBs with an IPI to every CPU of the mm, the held one too. */
 static unsigned long free_bytes(void)
 {
-    FILE *f = fopen("/proc/meminfo", "r");
-    char line[128];
-    unsigned long kb = 0;
-    while (f && fgets(line, sizeof(line), f))
-        if (sscanf(line, "MemFree: %lu kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return kb << 10;
+    struct sysinfo info;
+    if (sysinfo(&info))
+        fail("sysinfo");
+    return info.freeram * (unsigned long)info.mem_unit;
 }
 
 static unsigned char *map_thp_chunk(void)
@@ -1700,6 +1698,18 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
     CPU_SET(on, &set);
     if (sched_setaffinity(0, sizeof(set), &set))
         fail("sched_setaffinity");
+    /* The work is done by a child forked here: its address space has only ever been
+     * on this CPU. This process may have started on the held CPU, which can keep its
+     * mm loaded (lazy TLB) and would then be sent (and waited for) TLB flushes. */
+    pid_t worker = fork();
+    if (worker < 0)
+        fail("fork");
+    if (worker > 0) {
+        int status;
+        while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
+            ;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
     page_size = sysconf(_SC_PAGESIZE);
     int pagemap = open("/proc/self/pagemap", O_RDONLY);
     if (pagemap < 0)
@@ -1746,6 +1756,7 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
      * report (the poison flag is set before it looks at all). */
     errno = 0;
     (void)syscall(SYS_getpriority, 0 /* PRIO_PROCESS */, 0);
+    mailbox[3] = 1;  /* past the gate: word 3 counts steps, word 2 chunks, for the host's report */
     unsigned long chunks = 0, thp_chunks = 0;
     int taken = 0;
     while (!(taken = !maybe_free(victim))) {
@@ -1754,7 +1765,9 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
             mailbox[1] = TAKER_NO_MEMORY;
             break;
         }
+        mailbox[3]++;
         unsigned char *chunk = map_thp_chunk();
+        mailbox[3]++;
         for (size_t off = 0; off < TAKER_CHUNK; off += page_size) {
             chunk[off] = 1;
             if (off == 0 && kpageflags_of(pfn_of(pagemap, chunk), &flags) && (flags & (1ULL << KPF_THP))) {
@@ -1762,7 +1775,8 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
                 break;  /* one fault took the whole 2 MiB block */
             }
         }
-        chunks++;
+        mailbox[2] = ++chunks;
+        mailbox[3]++;
     }
     double took = now_ms();
     if (taken) {

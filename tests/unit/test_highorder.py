@@ -34,12 +34,15 @@ def test_kallsyms_command_names_every_symbol():
 
 
 def test_xp_words_and_mailbox():
-    text = "0000000002b9e000: 0x4d43454f52434831 0x0000000000000003\r\n0000000002b9e010: 0x0000000000000005\r\n"
+    text = ("0000000002b9e000: 0x4d43454f52434831 0x0000000000000003\r\n"
+            "0000000002b9e010: 0x0000000000000005 0x0000000000000011\r\n")
     words = parse_xp_words(text)
-    assert words == [MAILBOX_MAGIC, 3, 5]
-    assert mailbox_state(words) == (3, 5)
+    assert words == [MAILBOX_MAGIC, 3, 5, 17]
+    assert mailbox_state(words) == (3, 5, 17)
     with pytest.raises(ValueError, match="not the probe's mailbox"):
-        mailbox_state([0, 3, 5])
+        mailbox_state([0, 3, 5, 17])
+    with pytest.raises(ValueError, match="not the probe's mailbox"):
+        mailbox_state([MAILBOX_MAGIC, 3, 5])
 
 
 def test_taker_runs_on_another_vcpu():
@@ -111,7 +114,8 @@ class FakeMonitor:
             return f"Waiting for gdb connection on device '{line.split()[1]}'\r\n"
         if line.startswith("xp "):
             state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
-            return f"0000000002b9e000: {MAILBOX_MAGIC:#018x} {state:#018x}\r\n0000000002b9e010: 0x0000000000000002\r\n"
+            return (f"0000000002b9e000: {MAILBOX_MAGIC:#018x} {state:#018x}\r\n"
+                    "0000000002b9e010: 0x0000000000000002 0x0000000000000007\r\n")
         return ""
 
 
@@ -154,7 +158,8 @@ def test_a_process_that_cannot_take_the_block_is_an_error(monkeypatch, tmp_path)
     stops = [(2, GATE, 0, 0)] + [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)] * 2 + [(1, AT_PAGE, PAGE, IN_MF)]
     taker, target, monitor, sent, run = race(monkeypatch, stops, [2, 4], tmp_path)
     with pytest.raises(HarnessError, match="could not force the interleaving: the guest process on vCPU 1: "
-                                           "out of memory above its MemFree margin"):
+                                           "out of memory above its MemFree margin after 2 chunk\\(s\\) of 2 MiB, "
+                                           "7 step\\(s\\) past its gate"):
         run()
     assert target.detached and monitor.lines[-1] == "gdbserver none"
 
@@ -171,6 +176,16 @@ def test_no_third_look_in_time_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setattr(highorder, "HIT_S", 0.01)
     _, target, _, _, run = race(monkeypatch, [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)], [3], tmp_path)
     with pytest.raises(HarnessError, match="did not look at the page 3 times .*1 look\\(s\\)"):
+        run()
+    assert target.detached
+
+
+def test_a_process_still_at_it_when_the_hold_ends_is_an_error_saying_where_it_is(monkeypatch, tmp_path):
+    monkeypatch.setattr(highorder, "HOLD_S", 0.05)
+    stops = [(2, GATE, 0, 0)] + [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)] * 2 + [(1, AT_PAGE, PAGE, IN_MF)]
+    _, target, _, _, run = race(monkeypatch, stops, [2], tmp_path)
+    target.interrupt = lambda timeout=5: setattr(target, "current", (2, 0xFFFFFFFF81001234, 0, 0))
+    with pytest.raises(HarnessError, match="allocating after 2 chunk.*vCPU 1 at RIP 0xffffffff81001234"):
         run()
     assert target.detached
 
