@@ -106,12 +106,12 @@ class Hits:
     """What the breakpoints saw, for the decision and for the report."""
     on_page: list[int] = field(default_factory=list)   # return addresses of the injected vCPU's looks at the page
     others: int = 0                                     # any other call (other pages, the process's own looks)
-    gate_seen: bool = False
+    gate_seen: bool = False                             # the process reached its gate before the third look
 
     def describe(self) -> str:
         return (f"{len(self.on_page)} look(s) at the page on the injected vCPU (returning to "
                 f"{', '.join(hex(r) for r in self.on_page) or 'none'}), {self.others} other call(s), "
-                f"gate {'passed' if self.gate_seen else 'not reached'}")
+                f"the process {'reached' if self.gate_seen else 'had not reached'} its gate by then")
 
 
 def third_look_ok(hits: Hits, symbols: dict[str, int]) -> str | None:
