@@ -65,7 +65,8 @@ REASONS = {
                               "false when it looks again (allocated in between); a tail page of a high-order kernel "
                               "allocation is not HWPoisonHandlable (unhandlable page: unknown page / get hwpoison "
                               "page), and madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) never calls "
-                              "get_hwpoison_page()",
+                              "get_hwpoison_page(); high-order-kernel-page forces it (inject.race: a vCPU held "
+                              "with QEMU's gdbstub)",
     "kernel slab page": "6.1 has no path to it: from a machine check get_hwpoison_page() refuses a slab page (not "
                         "HWPoisonHandlable, \"unhandlable page\", reported as unknown page, see kernel-code-page); "
                         "madvise(MADV_HWPOISON) only reaches pages a user mapping holds, and no interface maps a slab "
