@@ -43,6 +43,7 @@ from pathlib import Path
 
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import GuestMonitor
+from orchestrator.backends.monitor import MonitorError
 from orchestrator.deadline import Deadline
 from orchestrator.gdbstub import GdbError, RemoteTarget, vcont_packet
 from orchestrator.outcome import HarnessError
@@ -162,7 +163,10 @@ class TakeFreeBlock:
             raise HarnessError("inject", "inject.race needs QEMU's gdbstub on this host: not with a remote "
                                          "libvirt URI")
         port = _free_port()
-        reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
+        try:
+            reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
+        except MonitorError as exc:
+            raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
         if "Waiting for gdb connection" not in reply:
             raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
         target: RemoteTarget | None = None
@@ -173,6 +177,8 @@ class TakeFreeBlock:
             return self._race(target, monitor, send_mce, page, inject_cpu + 1, self.cpu + 1)
         except GdbError as exc:
             raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
+        except MonitorError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
         except OSError as exc:
             raise HarnessError("inject", f"could not force the interleaving: gdbstub on port {port}: "
                                          f"{exc.strerror or exc}") from None
@@ -181,7 +187,10 @@ class TakeFreeBlock:
                 _release_all(target)
                 (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
                 target.close()
-            monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
+            try:
+                monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
+            except MonitorError:
+                pass  # QEMU gone: what went wrong before says more
 
     def _race(self, target: RemoteTarget, monitor: GuestMonitor, send_mce, page: int, held: int, taker: int):
         at_page, gate = self.symbols["is_free_buddy_page"], self.symbols["__x64_sys_getpriority"]
