@@ -65,7 +65,8 @@ REASONS = {
                               "false when it looks again (allocated in between); a tail page of a high-order kernel "
                               "allocation is not HWPoisonHandlable (unhandlable page: unknown page / get hwpoison "
                               "page), and madvise(MADV_HWPOISON) (MF_COUNT_INCREASED) never calls "
-                              "get_hwpoison_page()",
+                              "get_hwpoison_page(); high-order-kernel-page forces it (inject.race: a vCPU held "
+                              "with QEMU's gdbstub)",
     "kernel slab page": "6.1 has no path to it: from a machine check get_hwpoison_page() refuses a slab page (not "
                         "HWPoisonHandlable, \"unhandlable page\", reported as unknown page, see kernel-code-page); "
                         "madvise(MADV_HWPOISON) only reaches pages a user mapping holds, and no interface maps a slab "
@@ -239,12 +240,17 @@ def software_only_outcomes(outcomes: tuple[Outcome, ...], log_text: str) -> set[
     return by_software - otherwise
 
 
+# Written by orchestrator.highorder in a scenario's artifacts when it held vCPUs.
+FORCED_MARK = "gdbstub-transcript.txt"
+
+
 @dataclass(frozen=True)
 class RunScenario:
     name: str
     release: str
     outcome: str
     logs: str          # the guest kernel log and console text
+    forced: bool = False  # the harness forced an interleaving by holding vCPUs (inject.race, QEMU's gdbstub)
 
 
 def load_runs(run_dirs: list[Path]) -> list[RunScenario]:
@@ -255,7 +261,8 @@ def load_runs(run_dirs: list[Path]) -> list[RunScenario]:
             artifacts = Path(s.get("artifacts") or run_dir / s["name"])
             logs = "\n".join(p.read_text(errors="replace") for p in (artifacts / "guest-kernel.log",
                                                                       artifacts / "console.log") if p.is_file())
-            found.append(RunScenario(s["name"], s.get("kernel_release") or "?", s["outcome"], logs))
+            found.append(RunScenario(s["name"], s.get("kernel_release") or "?", s["outcome"], logs,
+                                     forced=(artifacts / FORCED_MARK).is_file()))
     return found
 
 
@@ -265,6 +272,8 @@ class Coverage:
     reached_by: dict[str, tuple[str, ...]]   # outcome -> passing scenarios that reached it
     # outcome -> those of its scenarios that reached it only by software injection
     by_software: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # outcome -> those of its scenarios that reached it with an interleaving the harness forced
+    forced: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def share(self, page_types: bool = True) -> tuple[int, int]:
         """(reached, all) among the page types, or among every outcome."""
@@ -292,16 +301,20 @@ def coverage(kernel: KernelOutcomes, scenarios: list[RunScenario]) -> Coverage:
     """Which passing scenarios of this kernel reached each outcome."""
     reached: dict[str, list[str]] = {o.name: [] for o in kernel.outcomes}
     software: dict[str, set[str]] = {}
+    forced: dict[str, set[str]] = {}
     for s in scenarios:
         if s.release != kernel.release or s.outcome != "PASS":
             continue
         for name in reached_outcomes(kernel.outcomes, s.logs):
             if s.name not in reached[name]:
                 reached[name].append(s.name)
+            if s.forced:
+                forced.setdefault(name, set()).add(s.name)
         for name in software_only_outcomes(kernel.outcomes, s.logs):
             software.setdefault(name, set()).add(s.name)
     return Coverage(kernel, {k: tuple(sorted(v)) for k, v in reached.items()},
-                    {k: tuple(sorted(v)) for k, v in software.items()})
+                    {k: tuple(sorted(v)) for k, v in software.items()},
+                    {k: tuple(sorted(v)) for k, v in forced.items()})
 
 
 def markdown(covs: list[Coverage], sources: list[str]) -> str:
@@ -322,8 +335,10 @@ def markdown(covs: list[Coverage], sources: list[str]) -> str:
             if name not in c.reached_by:
                 cells.append("not in this kernel")
             elif c.reached_by[name]:
-                soft = c.by_software.get(name, ())
-                cells.append(", ".join(f"{n} (software injection)" if n in soft else n for n in c.reached_by[name]))
+                soft, forced = c.by_software.get(name, ()), c.forced.get(name, ())
+                cells.append(", ".join(n + (" (software injection)" if n in soft else "")
+                                       + (" (forced interleaving)" if n in forced else "")
+                                       for n in c.reached_by[name]))
             else:
                 cells.append("**not reached**" + (f": {REASONS[name]}" if name in REASONS else ""))
         label = f"`{name}`" if page_type else f"({name})"
@@ -334,7 +349,10 @@ def markdown(covs: list[Coverage], sources: list[str]) -> str:
         for c in covs) + " |")
     return ("\n".join(lines) + "\n\n\"(software injection)\": that scenario reached the outcome through the "
             "kernel's own software injection (madvise(MADV_HWPOISON) or hwpoison-inject's corrupt-pfn, "
-            "memory_failure() called directly, \"Injecting memory failure\" in its log), not a machine check.\n\n"
+            "memory_failure() called directly, \"Injecting memory failure\" in its log), not a machine check. "
+            "\"(forced interleaving)\": a machine check, but the harness held the handling vCPU with QEMU's "
+            "gdbstub at a chosen point of memory_failure() while a guest process ran on another "
+            "(inject.race).\n\n"
             "Generated by `python -m orchestrator.coverage` from runs "
             + ", ".join(f"`{s}`" for s in sources) + ".\n")
 

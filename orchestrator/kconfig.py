@@ -42,6 +42,9 @@ FRAGMENTS: dict[str, tuple[str, ...]] = {
     "smp": ("SMP",),                                    # guest.vcpus > 1
     # probe memory: fuse-mlock*: the probe's own FUSE file system, move_pages() to node 1.
     "fuse-mlock": ("FUSE_FS", "NUMA", "MIGRATION"),
+    # inject.race: take-free-block reads is_free_buddy_page, memory_failure and the
+    # vmemmap_base variable from /proc/kallsyms (variables only with KALLSYMS_ALL).
+    "kallsyms": ("KALLSYMS", "KALLSYMS_ALL"),
 }
 
 # Options that are modules in Debian's kernels, and the module /init must load for them.
@@ -103,6 +106,10 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["panic"] = "expect guest: panic"
     if scenario.guest.vcpus > 1:
         used["smp"] = f"guest.vcpus: {scenario.guest.vcpus}"
+    if scenario.inject.race == "take-free-block":
+        # The guest process takes the block with THP faults (MADV_HUGEPAGE).
+        for feature in ("thp", "madvise", "kallsyms"):
+            used.setdefault(feature, "inject.race: take-free-block")
     return used
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import image as images
-from orchestrator import mce, pmem
+from orchestrator import highorder, mce, pmem
 from orchestrator import kconfig
 from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
@@ -473,7 +473,13 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                     raise HarnessError("locate", f"the probe's file page at GPA {ev.ready['gpa']} is not in "
                                                  f"the pmem range {start:#x}-{end - 1:#x}: not a DAX mapping")
             region = scenario.inject.region
-            if region == "kernel-code":
+            race = None
+            if scenario.inject.race == "take-free-block":
+                race = highorder.TakeFreeBlock.start(ssh, scenario.inject.cpu, scenario.guest.vcpus,
+                                                     Deadline(t.locate, "locate"),
+                                                     hold_s=t.observe + t.inject + 5)
+                address = race.pfn * ev.ready["page_size"]
+            elif region == "kernel-code":
                 address = _kernel_code_page(ssh, Deadline(t.locate, "locate"))
             elif region == "free-page":
                 if not ev.ready["free_pfn"]:
@@ -503,16 +509,27 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 elif n:
                     # The next one only once the kernel has logged the one before.
                     wait_failure_logged(guest, address >> 12, deadline, occurrences=n, ssh=ssh)
-                injection = inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
-                                   address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
-                                   deadline=deadline,
-                                   user_loop=loop if scenario.inject.gate == "user-mode" else None,
-                                   kernel_mode=scenario.inject.gate == "kernel-mode",
-                                   down=lambda: guest_down(guest),
-                                   outside_ram=scenario.inject.region == "outside-ram")
+                def send_mce() -> Injection:
+                    return inject(guest.monitor, scenario.inject.fields, cpu=scenario.inject.cpu,
+                                  address=address, broadcast=scenario.inject.broadcast, limits=guest.limits,
+                                  deadline=deadline,
+                                  user_loop=loop if scenario.inject.gate == "user-mode" else None,
+                                  kernel_mode=scenario.inject.gate == "kernel-mode",
+                                  down=lambda: guest_down(guest),
+                                  outside_ram=scenario.inject.region == "outside-ram")
+                if race is None:
+                    injection = send_mce()
+                else:
+                    injection = race.force(guest.monitor, send_mce, inject_cpu=scenario.inject.cpu,
+                                           artifacts=guest.artifacts, remote=getattr(guest, "remote", False))
+                    # The process keeps the block until memory_failure() has reported the page.
+                    wait_failure_logged(guest, address >> 12, deadline, ssh=ssh)
+                    race.release()
             if injection is not None:
                 phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"
                                                               if injection.attempts > 1 else "")
+                if race is not None:
+                    phases.notes["inject"] += "; " + "; ".join(race.notes)
 
         try:
             with phases("observe"):

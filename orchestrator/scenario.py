@@ -86,6 +86,7 @@ class InjectSpec:
     each_vcpu: bool = False   # run once per vCPU (see expand)
     region: Literal["probe", "kernel-code", "free-page", "free-huge-page", "outside-ram"] = "probe"
     interval_s: float | None = None
+    race: Literal["take-free-block"] | None = None  # an interleaving forced through QEMU's gdbstub (highorder.py)
 
 
 @dataclass(frozen=True)
@@ -490,7 +491,7 @@ def _check_repeats(inject: InjectSpec, timeouts: Timeouts, fail) -> None:
 
 def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
     if d.get("preset") == "none":
-        for key in ("count", "interval_s", "address", "page_offset", "region", "gate", "broadcast"):
+        for key in ("count", "interval_s", "address", "page_offset", "region", "gate", "broadcast", "race"):
             if key in d:
                 fail(("inject", key), "preset: none injects nothing")
         return InjectSpec(fields=None, preset="none", cpu=0)
@@ -523,9 +524,29 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
     if d.get("page_offset", 0) and d.get("region", "probe") != "probe":
         fail(("inject", "page_offset"), f"counts pages of the probe's mapping; region {d['region']} is not the probe's")
     gate = d.get("gate", "user-mode" if mce.action_required(fields) else "none")
+    race = d.get("race")
+    if race is not None:
+        _check_race(d, guest, fields, each_vcpu, gate, fail)
     return InjectSpec(fields=fields, preset=d.get("preset"), cpu=cpu, broadcast=d.get("broadcast", False),
                       page_offset=d.get("page_offset", 0), address=address, gate=gate, count=d.get("count", 1),
-                      region=d.get("region", "probe"), interval_s=d.get("interval_s"), each_vcpu=each_vcpu)
+                      region=d.get("region", "probe"), interval_s=d.get("interval_s"), each_vcpu=each_vcpu,
+                      race=race)
+
+
+def _check_race(d: dict, guest: GuestSpec, fields: mce.MceFields, each_vcpu: bool, gate: str, fail) -> None:
+    """inject.race: take-free-block picks its own page and holds the injected vCPU while a
+    guest process on another vCPU allocates; what that rules out, said in one line each."""
+    for key in ("address", "page_offset", "region"):
+        if key in d:
+            fail(("inject", key), "contradicts inject.race (the race's guest process picks the page)")
+    if guest.vcpus < 2:
+        fail(("inject", "race"), f"needs guest.vcpus >= 2 (the guest has {guest.vcpus}): a process on another "
+                                 f"vCPU takes the page's block while the injected vCPU is held")
+    if each_vcpu or d.get("count", 1) != 1:
+        fail(("inject", "race"), "forces one interleaving: one machine check on one vCPU (no cpu: each, no count)")
+    if mce.action_required(fields) or gate != "none":
+        fail(("inject", "race"), "needs an action-optional error (srao) without a gate: memory_failure() then "
+                                 "runs from a work item on the injected vCPU, where it is held")
 
 
 def _check_log_expectations(data: dict, fail) -> None:

@@ -21,6 +21,8 @@
  *         (after a restore: mixes SEED into the random pool and reseeds the
  *         CRNG, sets the clock to EPOCH_NS, writes MARKER to the kernel log)
  *   probe --find-page free-huge   (prints the highest PFN in that state)
+ *   probe --take-free-block CPU TIMEOUT
+ *         (the guest half of the high-order race, see take_free_block)
  *
  * Modes:
  *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
@@ -90,6 +92,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/uio.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -1638,12 +1641,170 @@ static int ksm_remerge(int n)
     return 0;
 }
 
+/* --take-free-block CPU TIMEOUT: the guest half of the high-order race
+ * (orchestrator/highorder.py). Pinned to CPU, it picks the target: a page in
+ * the middle of a 2 MiB block it got as a transparent huge page and freed at
+ * once (that block is then free, first in line for the next order-9
+ * allocation). It reports the target and a mailbox page (mlocked; its GPA is
+ * read by the host with the monitor's xp, so the state is seen while other
+ * vCPUs are held), waits until the target shows HWPOISON (memory_failure()
+ * sets it before get_hwpoison_page()), passes the gate (a getpriority() call,
+ * where the host holds it until the kernel is where it must be), then faults
+ * THPs and 4 KiB chunks until
+ * no free block can hold the target any more, never below a MemFree margin,
+ * and holds that memory until a line (or EOF) on stdin or the timeout. */
+#define KPF_HWPOISON 19
+#define TAKER_MAGIC 0x4d43454f52434831ULL  /* "1HCROECM": the mailbox is ours */
+#define TAKER_MARGIN (48UL << 20)
+#define TAKER_CHUNK (2UL << 20)
+enum { TAKER_WAITING = 1, TAKER_TAKING, TAKER_TAKEN, TAKER_NO_MEMORY, TAKER_NO_POISON };
+
+/* Is pfn in a free buddy block? /proc/kpageflags answers with the kernel's
+ * own is_free_buddy_page() for a page with no references (fs/proc/page.c). */
+static int maybe_free(uint64_t pfn)
+{
+    unsigned long long flags;
+    if (!kpageflags_of(pfn, &flags))
+        fail("read /proc/kpageflags");
+    return !!(flags & (1ULL << KPF_BUDDY));
+}
+
+/* MemFree, by a plain system call: no malloc or fopen, whose free() may munmap,
+ * which would flush TLBs with an IPI to every CPU of the mm, the held one too. */
+static unsigned long free_bytes(void)
+{
+    struct sysinfo info;
+    if (sysinfo(&info))
+        fail("sysinfo");
+    return info.freeram * (unsigned long)info.mem_unit;
+}
+
+static unsigned char *map_thp_chunk(void)
+{
+    unsigned char *raw = mmap(NULL, 2 * TAKER_CHUNK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED)
+        fail("mmap");
+    unsigned char *chunk = (unsigned char *)(((uintptr_t)raw + TAKER_CHUNK - 1) & ~(TAKER_CHUNK - 1));
+    if (madvise(chunk, TAKER_CHUNK, MADV_HUGEPAGE))
+        fail("madvise(MADV_HUGEPAGE)");
+    return chunk;
+}
+
+static int take_free_block(const char *cpu_arg, const char *timeout_arg)
+{
+    int on = atoi(cpu_arg), seconds = atoi(timeout_arg);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(on, &set);
+    if (sched_setaffinity(0, sizeof(set), &set))
+        fail("sched_setaffinity");
+    /* The work is done by a child forked here: its address space has only ever been
+     * on this CPU. This process may have started on the held CPU, which can keep its
+     * mm loaded (lazy TLB) and would then be sent (and waited for) TLB flushes. */
+    pid_t worker = fork();
+    if (worker < 0)
+        fail("fork");
+    if (worker > 0) {
+        int status;
+        while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
+            ;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    page_size = sysconf(_SC_PAGESIZE);
+    int pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (pagemap < 0)
+        fail("open /proc/self/pagemap");
+    volatile uint64_t *mailbox = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mailbox == MAP_FAILED || mlock((void *)mailbox, page_size))
+        fail("mailbox");
+    mailbox[0] = TAKER_MAGIC;
+    mailbox[1] = TAKER_WAITING;
+    uint64_t mailbox_pfn = pfn_of(pagemap, (void *)mailbox);
+
+    unsigned char *first = map_thp_chunk();
+    first[0] = 1;
+    uint64_t head = pfn_of(pagemap, first);
+    unsigned long long flags = 0;
+    if (!head || !kpageflags_of(head, &flags) || !(flags & (1ULL << KPF_THP))) {
+        printf("{\"event\":\"taker\",\"error\":\"no transparent huge page (THP enabled=always|madvise?)\"}\n");
+        fflush(stdout);
+        return 3;
+    }
+    uint64_t victim = head + (TAKER_CHUNK / page_size) / 2;
+    munmap(first, TAKER_CHUNK);
+    printf("{\"event\":\"taker\",\"pfn\":%llu,\"block_pfn\":%llu,\"mailbox_gpa\":\"%#llx\",\"cpu\":%d}\n",
+           (unsigned long long)victim, (unsigned long long)head,
+           (unsigned long long)(mailbox_pfn * page_size), on);
+    fflush(stdout);
+
+    double start = now_ms(), deadline = start + seconds * 1e3;
+    /* Each look at the target's flags calls is_free_buddy_page() on it, where
+     * the host has a breakpoint during the race: look every 2 ms, not faster. */
+    struct timespec pause = {0, 2000000};
+    while (!(kpageflags_of(victim, &flags) && (flags & (1ULL << KPF_HWPOISON)))) {
+        if (now_ms() > deadline) {
+            mailbox[1] = TAKER_NO_POISON;
+            printf("{\"event\":\"taker-result\",\"state\":\"no-poison\"}\n");
+            return 0;
+        }
+        nanosleep(&pause, NULL);
+    }
+    double poisoned = now_ms();
+    mailbox[1] = TAKER_TAKING;
+    /* The gate: the host holds this vCPU at getpriority()'s entry until
+     * memory_failure() has looked at the page for the last time before its
+     * report (the poison flag is set before it looks at all). */
+    errno = 0;
+    (void)syscall(SYS_getpriority, 0 /* PRIO_PROCESS */, 0);
+    mailbox[3] = 1;  /* past the gate: word 3 counts steps, word 2 chunks, for the host's report */
+    unsigned long chunks = 0, thp_chunks = 0;
+    int taken = 0;
+    while (!(taken = !maybe_free(victim))) {
+        if (free_bytes() < TAKER_MARGIN + TAKER_CHUNK) {
+            mailbox[2] = chunks;
+            mailbox[1] = TAKER_NO_MEMORY;
+            break;
+        }
+        mailbox[3]++;
+        unsigned char *chunk = map_thp_chunk();
+        mailbox[3]++;
+        for (size_t off = 0; off < TAKER_CHUNK; off += page_size) {
+            chunk[off] = 1;
+            if (off == 0 && kpageflags_of(pfn_of(pagemap, chunk), &flags) && (flags & (1ULL << KPF_THP))) {
+                thp_chunks++;
+                break;  /* one fault took the whole 2 MiB block */
+            }
+        }
+        mailbox[2] = ++chunks;
+        mailbox[3]++;
+    }
+    double took = now_ms();
+    if (taken) {
+        mailbox[2] = chunks;
+        mailbox[1] = TAKER_TAKEN;
+    }
+    kpageflags_of(victim, &flags);
+    printf("{\"event\":\"taker-result\",\"state\":\"%s\",\"chunks\":%lu,\"thp_chunks\":%lu,"
+           "\"victim_flags\":%llu,\"poison_seen_ms\":%.1f,\"take_ms\":%.1f,\"mem_free_kb\":%lu}\n",
+           taken ? "taken" : "no-memory", chunks, thp_chunks, flags, poisoned - start, took - poisoned,
+           free_bytes() >> 10);
+    fflush(stdout);
+    /* Hold the memory until the host has let memory_failure() look again. */
+    signal(SIGALRM, SIG_DFL);
+    alarm(seconds);
+    char line[16];
+    (void)!read(0, line, sizeof(line));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
         return print_kpageflags(argv[2]);
     if (argc == 3 && !strcmp(argv[1], "--find-page"))
         return print_found_page(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "--take-free-block"))
+        return take_free_block(argv[2], argv[3]);
     int remerge = 0;
     if (argc == 5 && !strcmp(argv[1], "--fresh-identity"))
         return fresh_identity(argv[2], argv[3], argv[4]);

@@ -226,3 +226,23 @@ def test_the_cached_kernels_themselves():
         return
     names = [o.name for o in kernel_outcomes(vmlinux, "6.12.117+deb12-amd64").outcomes if o.page_type]
     assert names == [n for n in NAMES_6_12 if n]
+
+
+HIGH_ORDER_LOG = "[   37.6] Memory failure: 0x6900: recovery action for high-order kernel page: Ignored\n"
+
+
+def test_a_forced_interleaving_is_marked_as_such(tmp_path):
+    for name, forced in (("high-order-kernel-page", True), ("free-page", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "guest-kernel.log").write_text(HIGH_ORDER_LOG if forced else LOG)
+        if forced:
+            (tmp_path / name / "gdbstub-transcript.txt").write_text("-> ?\n")
+    (tmp_path / "report.json").write_text(json.dumps({"scenarios": [
+        {"name": n, "kernel_release": "6.1.0-56-amd64", "outcome": "PASS", "artifacts": str(tmp_path / n)}
+        for n in ("high-order-kernel-page", "free-page")]}))
+    runs = load_runs([tmp_path])
+    assert [r.forced for r in runs] == [True, False]
+    k = kernel_6_1()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in markdown([coverage(k, runs)], ["run"]).splitlines()}
+    assert rows["`high-order kernel page`"] == "| `high-order kernel page` | high-order-kernel-page (forced interleaving) |"
+    assert rows["`free buddy page`"] == "| `free buddy page` | free-page |"

@@ -53,6 +53,9 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("perf-ring-madvise-hwpoison", "PERF_EVENTS", "probe memory: perf-ring"),
     ("soft-offline-sysfs", "MEMORY_HOTPLUG", "probe step: soft-offline"),
     ("srao-anon-late-kill", "MEMORY_FAILURE", "every scenario"),
+    ("high-order-kernel-page", "TRANSPARENT_HUGEPAGE", "inject.race: take-free-block"),
+    ("high-order-kernel-page", "KALLSYMS_ALL", "inject.race: take-free-block"),
+    ("high-order-kernel-page", "SMP", "guest.vcpus: 2"),
 ])
 def test_a_missing_option_is_one_line_naming_option_and_scenario(name, option, why):
     config = kconfig.parse(DEBIAN_LIKE)

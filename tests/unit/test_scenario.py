@@ -299,3 +299,35 @@ def test_fuse_mlock_needs_a_second_numa_node_and_nodes_need_ram():
         parse(MINIMAL + "guest:\n  numa_nodes: 2\n  memory_mib: 768\n  pmem: {size_mib: 128}\n")
     with pytest.raises(ScenarioError, match="numa_nodes"):
         parse(MINIMAL + "guest:\n  numa_nodes: 5\n")
+
+
+RACE = """\
+description: test
+guest:
+  vcpus: 2
+inject:
+  preset: srao
+  broadcast: true
+  race: take-free-block
+expect:
+  sigbus: none
+"""
+
+
+def test_race_is_read():
+    assert parse(RACE).inject.race == "take-free-block"
+    assert parse(MINIMAL).inject.race is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (("  vcpus: 2\n", "  vcpus: 1\n"), "inject.race: needs guest.vcpus >= 2 \\(the guest has 1\\)"),
+    (("  race: take-free-block\n", "  race: take-free-block\n  region: free-page\n"),
+     "inject.region: contradicts inject.race"),
+    (("  race: take-free-block\n", "  race: take-free-block\n  count: 2\n"), "inject.race: forces one interleaving"),
+    (("preset: srao", "preset: srar"), "inject.race: needs an action-optional error"),
+    (("preset: srao\n  broadcast: true", "preset: none"), "inject.race: preset: none injects nothing"),
+    (("race: take-free-block", "race: hold-on"), "inject.race"),
+])
+def test_race_mistakes_are_one_line(change, message):
+    with pytest.raises(ScenarioError, match=message):
+        parse(RACE.replace(*change))

@@ -1,0 +1,72 @@
+import pytest
+
+from orchestrator.gdbstub import (GdbError, StopReply, breakpoint_packet, checksum, decode_packet, encode_packet,
+                                  escape, parse_memory, parse_registers, parse_stop_reply,
+                                  read_memory_packet, split_frame, unescape, vcont_packet)
+
+
+def test_encode_packet_has_the_checksum_of_its_payload():
+    assert encode_packet("?") == b"$?#3f"
+    assert encode_packet("vCont;c:2") == b"$vCont;c:2#" + f"{checksum(b'vCont;c:2'):02x}".encode()
+
+
+def test_escaping_round_trips_the_special_bytes():
+    raw = b"a#b$c}d*e"
+    assert escape(raw) == b"a}\x03b}\x04c}]d}\x0ae"
+    assert unescape(escape(raw)) == raw
+    assert decode_packet(encode_packet(raw)) == raw
+
+
+def test_run_length_encoding_in_replies_is_expanded():
+    # '0* ' : '0' then ' ' (32) - 29 = 3 more
+    assert unescape(b"0* 1") == b"00001"
+    assert decode_packet(b"$0* 1#" + f"{checksum(b'0* 1'):02x}".encode()) == b"00001"
+
+
+def test_decode_refuses_a_bad_checksum_and_a_non_packet():
+    with pytest.raises(GdbError, match="bad checksum"):
+        decode_packet(b"$OK#00")
+    with pytest.raises(GdbError, match="not a packet"):
+        decode_packet(b"OK")
+
+
+def test_split_frame_drops_acks_and_waits_for_the_checksum():
+    assert split_frame(b"+$OK#9a$T05") == (b"$OK#9a", b"$T05")
+    assert split_frame(b"$OK#9") == (None, b"$OK#9")
+    assert split_frame(b"+++") == (None, b"")
+
+
+def test_stop_replies_name_the_vcpu_thread():
+    assert parse_stop_reply("T05thread:02;") == StopReply(5, 2)
+    assert parse_stop_reply("T02thread:p1.0a;") == StopReply(2, 10)
+    assert parse_stop_reply("S05") == StopReply(5, None)
+    with pytest.raises(GdbError, match="not a stop reply"):
+        parse_stop_reply("OK")
+
+
+def test_registers_are_little_endian_in_gdb_order():
+    values = list(range(1, 18))
+    payload = "".join(v.to_bytes(8, "little").hex() for v in values) + "46020000"  # + eflags
+    regs = parse_registers(payload)
+    assert regs["rax"] == 1 and regs["rdi"] == 6 and regs["rsp"] == 8 and regs["rip"] == 17
+    with pytest.raises(GdbError, match="short"):
+        parse_registers("00" * 10)
+
+
+def test_memory_replies_are_checked_for_length_and_errors():
+    assert parse_memory("0000000000eaffff", 8) == bytes.fromhex("0000000000eaffff")
+    with pytest.raises(GdbError, match="refused"):
+        parse_memory("E14", 8)
+    with pytest.raises(GdbError, match="4 bytes"):
+        parse_memory("00000000", 8)
+
+
+def test_packets_for_breakpoints_reads_and_partial_continue():
+    assert breakpoint_packet(0xFFFFFFFF813B91F0, True) == "Z0,ffffffff813b91f0,1"
+    assert breakpoint_packet(0x10, False) == "z0,10,1"
+    assert read_memory_packet(0xFFFFFFFF825D8598, 8) == "mffffffff825d8598,8"
+    assert vcont_packet("c") == "vCont;c"
+    assert vcont_packet("c", (2,)) == "vCont;c:2"
+    assert vcont_packet("s", (1, 11)) == "vCont;s:1;s:b"
+    with pytest.raises(ValueError):
+        vcont_packet("r")

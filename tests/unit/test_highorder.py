@@ -1,0 +1,202 @@
+import pytest
+
+from orchestrator import highorder
+from orchestrator.gdbstub import GdbError, StopReply
+from orchestrator.highorder import (MAILBOX_MAGIC, Hits, TakeFreeBlock, mailbox_state, parse_symbols,
+                                    parse_xp_words, taker_cpu, third_look_ok)
+from orchestrator.outcome import HarnessError
+
+SYMBOLS_TEXT = """__x64_sys_getpriority ffffffff810e9690
+is_free_buddy_page ffffffff813b91f0
+memory_failure ffffffff81433270
+memory_failure_end ffffffff81433ff0
+vmemmap_base ffffffff825d8598
+"""
+SYMBOLS = parse_symbols(SYMBOLS_TEXT)
+AT_PAGE, GATE = SYMBOLS["is_free_buddy_page"], SYMBOLS["__x64_sys_getpriority"]
+VMEMMAP = 0xFFFFEA0000000000
+PFN = 0x6900
+PAGE = VMEMMAP + PFN * 64
+IN_GET_HWPOISON, IN_MF = 0xFFFFFFFF81431FEC, 0xFFFFFFFF81433425
+
+
+def test_symbols_are_read_and_all_required():
+    assert SYMBOLS["memory_failure"] == 0xFFFFFFFF81433270 and SYMBOLS["memory_failure_end"] == 0xFFFFFFFF81433FF0
+    with pytest.raises(ValueError, match="no vmemmap_base"):
+        parse_symbols(SYMBOLS_TEXT.replace("vmemmap_base", "other"))
+    with pytest.raises(ValueError, match="only zeros"):
+        parse_symbols(SYMBOLS_TEXT.replace("ffffffff813b91f0", "0000000000000000"))
+
+
+def test_kallsyms_command_names_every_symbol():
+    command = highorder.kallsyms_command()
+    assert all(name in command for name in highorder.SYMBOLS) and "memory_failure_end" in command
+
+
+def test_xp_words_and_mailbox():
+    text = ("0000000002b9e000: 0x4d43454f52434831 0x0000000000000003\r\n"
+            "0000000002b9e010: 0x0000000000000005 0x0000000000000011\r\n")
+    words = parse_xp_words(text)
+    assert words == [MAILBOX_MAGIC, 3, 5, 17]
+    assert mailbox_state(words) == (3, 5, 17)
+    with pytest.raises(ValueError, match="not the probe's mailbox"):
+        mailbox_state([0, 3, 5, 17])
+    with pytest.raises(ValueError, match="not the probe's mailbox"):
+        mailbox_state([MAILBOX_MAGIC, 3, 5])
+
+
+def test_taker_runs_on_another_vcpu():
+    assert taker_cpu(0, 2) == 1 and taker_cpu(1, 2) == 0 and taker_cpu(3, 4) == 0
+
+
+def test_third_look_must_return_into_memory_failure():
+    assert third_look_ok(Hits(on_page=[IN_GET_HWPOISON, IN_GET_HWPOISON, IN_MF]), SYMBOLS) is None
+    problem = third_look_ok(Hits(on_page=[IN_GET_HWPOISON] * 3, others=2), SYMBOLS)
+    assert "look 3 at the page returned to 0xffffffff81431fec, outside memory_failure()" in problem
+    assert "2 other call(s)" in problem
+
+
+class FakeTarget:
+    """The gdbstub as RemoteTarget's methods see it: a script of stops (thread, rip, rdi, return address)."""
+
+    def __init__(self, stops):
+        self.stops = list(stops)
+        self.sent, self.breakpoints, self.transcript, self.running = [], set(), [], False
+        self.current = None
+        self.detached = False
+
+    def wait_stop(self, timeout):
+        if self.sent and self.sent[-1].startswith("vCont;s"):
+            self.running = False
+            return StopReply(5, int(self.sent[-1].rsplit(":", 1)[1], 16))
+        if not self.stops:
+            raise GdbError(f"no reply from the gdbstub within {timeout:g} s")
+        self.current = self.stops.pop(0)
+        self.running = False
+        return StopReply(5 if self.current else 2, self.current[0] if self.current else 1)
+
+    def read_u64(self, address):
+        if address == SYMBOLS["vmemmap_base"]:
+            return VMEMMAP
+        assert address == 0x1000  # the rsp given below
+        return self.current[3]
+
+    def registers(self, thread):
+        assert thread == self.current[0]
+        return {"rip": self.current[1], "rdi": self.current[2], "rsp": 0x1000}
+
+    def set_breakpoint(self, address, insert=True):
+        (self.breakpoints.add if insert else self.breakpoints.discard)(address)
+
+    def send_resume(self, payload):
+        self.sent.append(payload)
+        self.running = True
+
+    def interrupt(self, timeout=5):
+        self.running = False
+        return StopReply(2, 1)
+
+    def detach(self):
+        self.detached = True
+
+    def close(self):
+        pass
+
+
+class FakeMonitor:
+    def __init__(self, mailbox_states):
+        self.states = list(mailbox_states)
+        self.lines = []
+
+    def hmp_query(self, line, timeout=10, cpu=None):
+        self.lines.append(line)
+        if line.startswith("gdbserver tcp:"):
+            return f"Waiting for gdb connection on device '{line.split()[1]}'\r\n"
+        if line.startswith("xp "):
+            state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+            return (f"0000000002b9e000: {MAILBOX_MAGIC:#018x} {state:#018x}\r\n"
+                    "0000000002b9e010: 0x0000000000000002 0x0000000000000007\r\n")
+        return ""
+
+
+def race(monkeypatch, stops, states, tmp_path):
+    target = FakeTarget([None] + stops)  # the stop QEMU reports when the debugger connects
+    monkeypatch.setattr(highorder, "RemoteTarget", lambda host, port: target)
+    monitor = FakeMonitor(states)
+    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=PFN - 0x100, mailbox_gpa=0x2B9E000, cpu=1,
+                          symbols=SYMBOLS)
+    sent = []
+    run = lambda: taker.force(monitor, lambda: sent.append("mce") or "injected", inject_cpu=0, artifacts=tmp_path)
+    return taker, target, monitor, sent, run
+
+
+def test_the_injected_vcpu_is_held_at_its_third_look_while_the_process_takes_the_block(monkeypatch, tmp_path):
+    stops = [(2, GATE, 0, 0),                        # the process reached its gate: held from now on
+             (1, AT_PAGE, PAGE, IN_GET_HWPOISON),    # HWPoisonHandlable()
+             (1, AT_PAGE, PAGE + 64, IN_MF),         # another page: not counted
+             (1, AT_PAGE, PAGE, IN_GET_HWPOISON),    # get_any_page()
+             (1, AT_PAGE, PAGE, IN_MF)]              # memory_failure(): hold here
+    taker, target, monitor, sent, run = race(monkeypatch, stops, [2, 2, 3], tmp_path)
+    assert run() == "injected" and sent == ["mce"]
+    assert target.sent[0] == "vCont;c"                      # all run until the gate
+    assert "vCont;c:1" in target.sent and target.sent[-1] == "vCont;c:2"  # then the held vCPU alone; then the process's
+    assert target.detached and not target.breakpoints
+    assert monitor.lines[-1] == "gdbserver none"
+    assert "vCPU 0 held in memory_failure()" in taker.notes[0] and "1 other call(s)" in taker.notes[0]
+    assert (tmp_path / "gdbstub-transcript.txt").exists()
+
+
+def test_a_process_that_reaches_its_gate_late_is_let_through_it(monkeypatch, tmp_path):
+    stops = [(1, AT_PAGE, PAGE, IN_GET_HWPOISON), (1, AT_PAGE, PAGE, IN_GET_HWPOISON), (1, AT_PAGE, PAGE, IN_MF),
+             (2, GATE, 0, 0)]
+    taker, target, monitor, sent, run = race(monkeypatch, stops, [3], tmp_path)
+    assert run() == "injected"
+    assert target.sent[-2:] == ["vCont;c:2", "vCont;c:2"] and GATE not in target.breakpoints
+
+
+def test_a_process_that_cannot_take_the_block_is_an_error(monkeypatch, tmp_path):
+    stops = [(2, GATE, 0, 0)] + [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)] * 2 + [(1, AT_PAGE, PAGE, IN_MF)]
+    taker, target, monitor, sent, run = race(monkeypatch, stops, [2, 4], tmp_path)
+    with pytest.raises(HarnessError, match="could not force the interleaving: the guest process on vCPU 1: "
+                                           "out of memory above its MemFree margin after 2 chunk\\(s\\) of 2 MiB, "
+                                           "7 step\\(s\\) past its gate"):
+        run()
+    assert target.detached and monitor.lines[-1] == "gdbserver none"
+
+
+def test_a_third_look_elsewhere_is_an_error_naming_what_was_seen(monkeypatch, tmp_path):
+    stops = [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)] * 3
+    _, target, _, _, run = race(monkeypatch, stops, [3], tmp_path)
+    with pytest.raises(HarnessError, match="look 3 at the page returned to 0xffffffff81431fec, outside memory_failure"):
+        run()
+    assert target.detached
+
+
+def test_no_third_look_in_time_is_an_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(highorder, "HIT_S", 0.01)
+    _, target, _, _, run = race(monkeypatch, [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)], [3], tmp_path)
+    with pytest.raises(HarnessError, match="did not look at the page 3 times .*1 look\\(s\\)"):
+        run()
+    assert target.detached
+
+
+def test_a_process_still_at_it_when_the_hold_ends_is_an_error_saying_where_it_is(monkeypatch, tmp_path):
+    monkeypatch.setattr(highorder, "HOLD_S", 0.05)
+    stops = [(2, GATE, 0, 0)] + [(1, AT_PAGE, PAGE, IN_GET_HWPOISON)] * 2 + [(1, AT_PAGE, PAGE, IN_MF)]
+    _, target, _, _, run = race(monkeypatch, stops, [2], tmp_path)
+    target.interrupt = lambda timeout=5: setattr(target, "current", (2, 0xFFFFFFFF81001234, 0, 0))
+    with pytest.raises(HarnessError, match="allocating after 2 chunk.*vCPU 1 at RIP 0xffffffff81001234"):
+        run()
+    assert target.detached
+
+
+def test_the_gate_on_another_vcpu_is_an_error(monkeypatch, tmp_path):
+    _, _, _, _, run = race(monkeypatch, [(1, GATE, 0, 0)], [3], tmp_path)
+    with pytest.raises(HarnessError, match="getpriority\\(\\) called on vCPU 0, not the process's vCPU 1"):
+        run()
+
+
+def test_a_remote_libvirt_host_is_refused_in_one_line(tmp_path):
+    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=0, mailbox_gpa=0, cpu=1, symbols=SYMBOLS)
+    with pytest.raises(HarnessError, match="needs QEMU's gdbstub on this host: not with a remote libvirt URI"):
+        taker.force(FakeMonitor([3]), lambda: None, inject_cpu=0, artifacts=tmp_path, remote=True)
