@@ -73,10 +73,14 @@ REASONS = {
                         "page (vm_insert_page()'s validate_page_before_insert() refuses PageSlab, remap_pfn_range() "
                         "mappings are VM_PFNMAP, which GUP refuses); 6.12 dropped it from action_page_types[]",
     "different compound page after locking": "a race (6.1 only): the page must turn compound between "
-                                             "compound_head() and lock_page() in memory_failure(), twice (the "
-                                             "first time it retries); a page that is compound when looked at is "
-                                             "split first (PageTransHuge(): any compound head) or reported as "
-                                             "unsplit thp",
+                                             "compound_head() and get_hwpoison_page() in memory_failure(), "
+                                             "twice (the first time it retries); a page that is compound when "
+                                             "looked at is split first (PageTransHuge(): any compound head) or "
+                                             "reported as unsplit thp, and a page with a reference cannot turn "
+                                             "compound: only a free block handed out again without "
+                                             "check_new_pages() (6.1's per-CPU lists) can; "
+                                             "different-compound-page forces it (inject.race: a vCPU held with "
+                                             "QEMU's gdbstub)",
     "unmapping failed page": "try_to_unmap() must leave the page mapped: a KSM page on 6.1 (ksm-merged-page, "
                              "\"can't handle KSM pages\"; 6.12 unmaps KSM pages), or on both kernels a DMA-pinned "
                              "swap-cache page, which try_to_unmap_one() cannot make shared (swapcache-pinned-page)",

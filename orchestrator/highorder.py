@@ -61,25 +61,25 @@ HOLD_S = 4.0                   # the injected vCPU held at most this long
 MF_HITS = 3                    # is_free_buddy_page() calls on the page, the last in memory_failure()
 
 
-def kallsyms_command() -> str:
-    """A shell command printing 'name address' for SYMBOLS and 'memory_failure_end' (the next
+def kallsyms_command(symbols: tuple[str, ...] = SYMBOLS) -> str:
+    """A shell command printing 'name address' for symbols and 'memory_failure_end' (the next
     higher address after memory_failure: the kernel's own symbols are listed in address
     order; fixed-width hex compares as text). One pass: the file is long and TCG slow."""
-    return ("awk -v want='" + " ".join(SYMBOLS) + "' "
+    return ("awk -v want='" + " ".join(symbols) + "' "
             "'BEGIN{n=split(want,w,\" \"); for(i=1;i<=n;i++) q[w[i]]=1} "
             "f && $1\"\">m {print \"memory_failure_end\", $1; f=0} "
             "q[$3] && !($3 in seen) {seen[$3]=$1; print $3, $1} "
             "$3==\"memory_failure\" && m==\"\" {m=$1; f=1}' /proc/kallsyms")
 
 
-def parse_symbols(text: str) -> dict[str, int]:
+def parse_symbols(text: str, needed: tuple[str, ...] = SYMBOLS) -> dict[str, int]:
     """{name: address} from kallsyms_command()'s output; every symbol needed must be there."""
     found: dict[str, int] = {}
     for line in text.splitlines():
         parts = line.split()
         if len(parts) == 2 and re.fullmatch(r"[0-9a-fA-F]{1,16}", parts[1]):
             found[parts[0]] = int(parts[1], 16)
-    missing = [name for name in (*SYMBOLS, "memory_failure_end") if not found.get(name)]
+    missing = [name for name in (*needed, "memory_failure_end") if not found.get(name)]
     if missing:
         raise ValueError(f"no {', '.join(missing)} in the guest's /proc/kallsyms (or only zeros: not root?)")
     return found
@@ -159,38 +159,10 @@ class TakeFreeBlock:
         """Send the machine check (send_mce()) with the breakpoints in place and hold the
         injected vCPU at memory_failure()'s last look until the process has taken the block.
         Returns what send_mce() returned; HarnessError("inject", ...) when it could not."""
-        if remote:
-            raise HarnessError("inject", "inject.race needs QEMU's gdbstub on this host: not with a remote "
-                                         "libvirt URI")
-        port = _free_port()
-        try:
-            reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
-        except MonitorError as exc:
-            raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
-        if "Waiting for gdb connection" not in reply:
-            raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
-        target: RemoteTarget | None = None
-        try:
-            target = RemoteTarget("127.0.0.1", port)
-            target.wait_stop(5)  # QEMU stops the VM when a debugger connects
+        def race(target: RemoteTarget):
             page = target.read_u64(self.symbols["vmemmap_base"]) + self.pfn * STRUCT_PAGE_SIZE
             return self._race(target, monitor, send_mce, page, inject_cpu + 1, self.cpu + 1)
-        except GdbError as exc:
-            raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
-        except MonitorError as exc:
-            raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
-        except OSError as exc:
-            raise HarnessError("inject", f"could not force the interleaving: gdbstub on port {port}: "
-                                         f"{exc.strerror or exc}") from None
-        finally:
-            if target is not None:
-                _release_all(target)
-                (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
-                target.close()
-            try:
-                monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
-            except MonitorError:
-                pass  # QEMU gone: what went wrong before says more
+        return with_gdbstub(monitor, artifacts, remote, race)
 
     def _race(self, target: RemoteTarget, monitor: GuestMonitor, send_mce, page: int, held: int, taker: int):
         at_page, gate = self.symbols["is_free_buddy_page"], self.symbols["__x64_sys_getpriority"]
@@ -276,6 +248,43 @@ class TakeFreeBlock:
                 break
             time.sleep(0.02)
         return state, chunks, steps
+
+
+def with_gdbstub(monitor: GuestMonitor, artifacts: Path, remote: bool, race):
+    """Start QEMU's gdbstub, connect (QEMU stops the VM), run race(target) and return what it
+    returns; whatever happens, detach (every vCPU runs again), keep the transcript and stop
+    the stub. Problems are HarnessError("inject", ...): the interleaving was not forced."""
+    if remote:
+        raise HarnessError("inject", "inject.race needs QEMU's gdbstub on this host: not with a remote "
+                                     "libvirt URI")
+    port = _free_port()
+    try:
+        reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
+    except MonitorError as exc:
+        raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
+    if "Waiting for gdb connection" not in reply:
+        raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
+    target: RemoteTarget | None = None
+    try:
+        target = RemoteTarget("127.0.0.1", port)
+        target.wait_stop(5)  # QEMU stops the VM when a debugger connects
+        return race(target)
+    except GdbError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
+    except MonitorError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
+    except OSError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: gdbstub on port {port}: "
+                                     f"{exc.strerror or exc}") from None
+    finally:
+        if target is not None:
+            _release_all(target)
+            (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
+            target.close()
+        try:
+            monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
+        except MonitorError:
+            pass  # QEMU gone: what went wrong before says more
 
 
 def _release_all(target: RemoteTarget) -> None:

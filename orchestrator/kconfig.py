@@ -106,10 +106,10 @@ def features(scenario: Scenario) -> dict[str, str]:
         used["panic"] = "expect guest: panic"
     if scenario.guest.vcpus > 1:
         used["smp"] = f"guest.vcpus: {scenario.guest.vcpus}"
-    if scenario.inject.race == "take-free-block":
+    if scenario.inject.race:
         # The guest process takes the block with THP faults (MADV_HUGEPAGE).
         for feature in ("thp", "madvise", "kallsyms"):
-            used.setdefault(feature, "inject.race: take-free-block")
+            used.setdefault(feature, f"inject.race: {scenario.inject.race}")
     return used
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import image as images
-from orchestrator import highorder, mce, pmem
+from orchestrator import highorder, mce, pmem, recompound
 from orchestrator import kconfig
 from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
@@ -474,10 +474,11 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                                                  f"the pmem range {start:#x}-{end - 1:#x}: not a DAX mapping")
             region = scenario.inject.region
             race = None
-            if scenario.inject.race == "take-free-block":
-                race = highorder.TakeFreeBlock.start(ssh, scenario.inject.cpu, scenario.guest.vcpus,
-                                                     Deadline(t.locate, "locate"),
-                                                     hold_s=t.observe + t.inject + 5)
+            if scenario.inject.race:
+                kind = {"take-free-block": highorder.TakeFreeBlock,
+                        "retake-thp-block": recompound.RetakeThpBlock}[scenario.inject.race]
+                race = kind.start(ssh, scenario.inject.cpu, scenario.guest.vcpus, Deadline(t.locate, "locate"),
+                                  hold_s=t.observe + t.inject + 5)
                 address = race.pfn * ev.ready["page_size"]
             elif region == "kernel-code":
                 address = _kernel_code_page(ssh, Deadline(t.locate, "locate"))

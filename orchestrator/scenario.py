@@ -86,7 +86,8 @@ class InjectSpec:
     each_vcpu: bool = False   # run once per vCPU (see expand)
     region: Literal["probe", "kernel-code", "free-page", "free-huge-page", "outside-ram"] = "probe"
     interval_s: float | None = None
-    race: Literal["take-free-block"] | None = None  # an interleaving forced through QEMU's gdbstub (highorder.py)
+    # an interleaving forced through QEMU's gdbstub (highorder.py, recompound.py)
+    race: Literal["take-free-block", "retake-thp-block"] | None = None
 
 
 @dataclass(frozen=True)
@@ -534,7 +535,7 @@ def _inject_spec(d: dict, guest: GuestSpec, fail) -> InjectSpec:
 
 
 def _check_race(d: dict, guest: GuestSpec, fields: mce.MceFields, each_vcpu: bool, gate: str, fail) -> None:
-    """inject.race: take-free-block picks its own page and holds the injected vCPU while a
+    """inject.race (take-free-block, retake-thp-block) picks its own page and holds the injected vCPU while a
     guest process on another vCPU allocates; what that rules out, said in one line each."""
     for key in ("address", "page_offset", "region"):
         if key in d:

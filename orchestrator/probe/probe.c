@@ -23,6 +23,8 @@
  *   probe --find-page free-huge   (prints the highest PFN in that state)
  *   probe --take-free-block CPU TIMEOUT
  *         (the guest half of the high-order race, see take_free_block)
+ *   probe --retake-thp-block CPU TIMEOUT
+ *         (the guest half of the different-compound race, see retake_thp_block)
  *
  * Modes:
  *   wait  report "ready", then obey stdin (below). A SIGBUS that arrives while
@@ -1797,6 +1799,148 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
     return 0;
 }
 
+/* --retake-thp-block CPU TIMEOUT: the guest half of the "different compound
+ * page after locking" race (orchestrator/recompound.py). Pinned to CPU (a
+ * forked child, as --take-free-block), it faults a transparent huge page and
+ * frees it: the block goes to this CPU's per-CPU list of order-9 pages (with
+ * vm.percpu_pagelist_high_fraction raised it stays there). The target is a
+ * page in its middle. Then, each step ending at the gate (getpriority(), where
+ * the host holds this vCPU until the injected one is where it must be):
+ *   1. wait for the poison flag (memory_failure() set it), gate;
+ *   2. fault a THP again: the same block, off the per-CPU list (LIFO), unless
+ *      the allocator refuses it; gate;
+ *   3. wait until the flag is clear (memory_failure() saw the page compound
+ *      after locking and starts again), gate;
+ *   4. free the THP (back on the per-CPU list), gate;
+ *   5. fault a THP again (the injected vCPU set the flag and is held before
+ *      get_hwpoison_page() takes its reference), gate.
+ * Mailbox: magic, state, the PFN the last fault got, the step. The THP is kept
+ * until a line (or EOF) on stdin or the timeout. */
+enum { RETAKE_WAITING = 1, RETAKE_TAKEN, RETAKE_CLEARED, RETAKE_FREED, RETAKE_TAKEN_AGAIN,
+       RETAKE_OTHER_BLOCK, RETAKE_LEFT_PCP, RETAKE_TIMEOUT };
+
+static int wait_poison(uint64_t pfn, int want, double deadline)
+{
+    struct timespec pause = {0, 2000000};
+    unsigned long long flags;
+    for (;;) {
+        if (kpageflags_of(pfn, &flags) && !!(flags & (1ULL << KPF_HWPOISON)) == want)
+            return 1;
+        if (now_ms() > deadline)
+            return 0;
+        nanosleep(&pause, NULL);
+    }
+}
+
+static void retake_gate(volatile uint64_t *mailbox, uint64_t state)
+{
+    mailbox[1] = state;
+    mailbox[3]++;
+    (void)syscall(SYS_getpriority, 0 /* PRIO_PROCESS */, 0);
+}
+
+/* Fault a THP where the block should be; 0 when the block had left the per-CPU
+ * list (it shows as free buddy: the kernel's is_free_buddy_page()) -- nothing
+ * the kernel refused, the harness lost the block. */
+static unsigned char *retake(volatile uint64_t *mailbox, int pagemap, uint64_t victim, uint64_t head)
+{
+    if (maybe_free(victim)) {
+        retake_gate(mailbox, RETAKE_LEFT_PCP);
+        return NULL;
+    }
+    unsigned char *chunk = map_thp_chunk();
+    chunk[0] = 1;
+    uint64_t got = pfn_of(pagemap, chunk);
+    mailbox[2] = got;
+    if (got != head) {
+        retake_gate(mailbox, RETAKE_OTHER_BLOCK);
+        return NULL;
+    }
+    return chunk;
+}
+
+static int retake_thp_block(const char *cpu_arg, const char *timeout_arg)
+{
+    int on = atoi(cpu_arg), seconds = atoi(timeout_arg);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(on, &set);
+    if (sched_setaffinity(0, sizeof(set), &set))
+        fail("sched_setaffinity");
+    pid_t worker = fork();  /* an address space only ever on this CPU (see take_free_block) */
+    if (worker < 0)
+        fail("fork");
+    if (worker > 0) {
+        int status;
+        while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
+            ;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    page_size = sysconf(_SC_PAGESIZE);
+    int pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (pagemap < 0)
+        fail("open /proc/self/pagemap");
+    volatile uint64_t *mailbox = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mailbox == MAP_FAILED || mlock((void *)mailbox, page_size))
+        fail("mailbox");
+    mailbox[0] = TAKER_MAGIC;
+    mailbox[1] = RETAKE_WAITING;
+    uint64_t mailbox_pfn = pfn_of(pagemap, (void *)mailbox);
+
+    unsigned char *chunk = map_thp_chunk();
+    chunk[0] = 1;
+    uint64_t head = pfn_of(pagemap, chunk);
+    unsigned long long flags = 0;
+    if (!head || !kpageflags_of(head, &flags) || !(flags & (1ULL << KPF_THP))) {
+        printf("{\"event\":\"taker\",\"error\":\"no transparent huge page (THP enabled=always|madvise?)\"}\n");
+        fflush(stdout);
+        return 3;
+    }
+    uint64_t victim = head + (TAKER_CHUNK / page_size) / 2;
+    munmap(chunk, TAKER_CHUNK);
+    mailbox[2] = head;
+    printf("{\"event\":\"taker\",\"pfn\":%llu,\"block_pfn\":%llu,\"mailbox_gpa\":\"%#llx\",\"cpu\":%d}\n",
+           (unsigned long long)victim, (unsigned long long)head,
+           (unsigned long long)(mailbox_pfn * page_size), on);
+    fflush(stdout);
+
+    double deadline = now_ms() + seconds * 1e3;
+    const char *end = "taken-again";
+    if (!wait_poison(victim, 1, deadline)) {
+        mailbox[1] = RETAKE_TIMEOUT;
+        end = "no-poison";
+    } else {
+        retake_gate(mailbox, RETAKE_WAITING);
+        if (!(chunk = retake(mailbox, pagemap, victim, head)))
+            end = "not-retaken";
+        else {
+            retake_gate(mailbox, RETAKE_TAKEN);
+            if (!wait_poison(victim, 0, deadline)) {
+                mailbox[1] = RETAKE_TIMEOUT;
+                end = "no-retry";
+            } else {
+                retake_gate(mailbox, RETAKE_CLEARED);
+                munmap(chunk, TAKER_CHUNK);
+                retake_gate(mailbox, RETAKE_FREED);
+                if (!(chunk = retake(mailbox, pagemap, victim, head)))
+                    end = "not-retaken-again";
+                else
+                    retake_gate(mailbox, RETAKE_TAKEN_AGAIN);
+            }
+        }
+    }
+    kpageflags_of(victim, &flags);
+    printf("{\"event\":\"taker-result\",\"state\":\"%s\",\"last_pfn\":%llu,\"victim_flags\":%llu}\n",
+           end, (unsigned long long)mailbox[2], flags);
+    fflush(stdout);
+    /* Keep the THP (its tail poisoned) until memory_failure() has reported it. */
+    signal(SIGALRM, SIG_DFL);
+    alarm(seconds);
+    char line[16];
+    (void)!read(0, line, sizeof(line));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 3 && !strcmp(argv[1], "--kpageflags"))
@@ -1805,6 +1949,8 @@ int main(int argc, char **argv)
         return print_found_page(argv[2]);
     if (argc == 4 && !strcmp(argv[1], "--take-free-block"))
         return take_free_block(argv[2], argv[3]);
+    if (argc == 4 && !strcmp(argv[1], "--retake-thp-block"))
+        return retake_thp_block(argv[2], argv[3]);
     int remerge = 0;
     if (argc == 5 && !strcmp(argv[1], "--fresh-identity"))
         return fresh_identity(argv[2], argv[3], argv[4]);

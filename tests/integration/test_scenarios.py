@@ -37,7 +37,7 @@ def negative_run(tmp_path_factory):
                                   "neg-shm-locked-wrong-type", "neg-dax-page-wrong-type",
                                   "neg-zero-page-wrong-type", "neg-swapcache-pinned-wrong-type",
                                   "neg-perf-ring-wrong-type", "neg-mlocked-off-lru-wrong-dirtiness",
-                                  "neg-high-order-wrong-type")
+                                  "neg-high-order-wrong-type", "neg-different-compound-wrong-type")
                                  + ISSUE_12_CONTROLS),
                         results=results)
     report = json.loads((results / "latest" / "report.json").read_text())
@@ -162,6 +162,7 @@ def test_negative_control_wrong_result_line_fails(negative_run):
     ("neg-perf-ring-wrong-type", "reserved kernel page: Ignored"),
     ("neg-mlocked-off-lru-wrong-dirtiness", "clean mlocked LRU page: Failed"),
     ("neg-high-order-wrong-type", "free buddy page: Recovered"),
+    ("neg-different-compound-wrong-type", "dirty LRU page: Recovered"),
 ])
 def test_negative_control_wrong_page_type_fails_on_the_result_line(negative_run, name, expected_line):
     s = negative_run[1][name]

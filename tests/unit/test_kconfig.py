@@ -56,6 +56,8 @@ def test_each_feature_is_asked_for_by_a_catalog_scenario():
     ("high-order-kernel-page", "TRANSPARENT_HUGEPAGE", "inject.race: take-free-block"),
     ("high-order-kernel-page", "KALLSYMS_ALL", "inject.race: take-free-block"),
     ("high-order-kernel-page", "SMP", "guest.vcpus: 2"),
+    ("different-compound-page", "TRANSPARENT_HUGEPAGE", "inject.race: retake-thp-block"),
+    ("different-compound-page", "KALLSYMS_ALL", "inject.race: retake-thp-block"),
 ])
 def test_a_missing_option_is_one_line_naming_option_and_scenario(name, option, why):
     config = kconfig.parse(DEBIAN_LIKE)

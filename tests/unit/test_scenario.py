@@ -316,7 +316,13 @@ expect:
 
 def test_race_is_read():
     assert parse(RACE).inject.race == "take-free-block"
+    assert parse(RACE.replace("take-free-block", "retake-thp-block")).inject.race == "retake-thp-block"
     assert parse(MINIMAL).inject.race is None
+
+
+def test_retake_race_has_the_same_rules():
+    with pytest.raises(ScenarioError, match="inject.race: needs guest.vcpus >= 2"):
+        parse(RACE.replace("take-free-block", "retake-thp-block").replace("  vcpus: 2\n", "  vcpus: 1\n"))
 
 
 @pytest.mark.parametrize("change, message", [
