@@ -71,7 +71,10 @@ REASONS = {
                         "HWPoisonHandlable, \"unhandlable page\", reported as unknown page, see kernel-code-page); "
                         "madvise(MADV_HWPOISON) only reaches pages a user mapping holds, and no interface maps a slab "
                         "page (vm_insert_page()'s validate_page_before_insert() refuses PageSlab, remap_pfn_range() "
-                        "mappings are VM_PFNMAP, which GUP refuses); 6.12 dropped it from action_page_types[]",
+                        "mappings are VM_PFNMAP, which GUP refuses). No forced interleaving helps either: the page "
+                        "memory_failure() holds a reference to cannot be freed and become a slab page, and a page "
+                        "free at get_hwpoison_page() never reaches identify_page_state(); 6.12 dropped it from "
+                        "action_page_types[]",
     "different compound page after locking": "a race (6.1 only): the page must turn compound between "
                                              "compound_head() and get_hwpoison_page() in memory_failure(), "
                                              "twice (the first time it retries); a page that is compound when "
