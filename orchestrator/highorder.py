@@ -124,6 +124,24 @@ def third_look_ok(hits: Hits, symbols: dict[str, int]) -> str | None:
             f"({symbols['memory_failure']:#x}-{symbols['memory_failure_end']:#x}): {hits.describe()}")
 
 
+def start_race_process(ssh: SshSession, option: str, *, inject_cpu: int, vcpus: int, deadline: Deadline,
+                       hold_s: float, symbols: tuple[str, ...] = SYMBOLS, needed: tuple[str, ...] = SYMBOLS
+                       ) -> tuple[RemoteProcess, dict, int, dict[str, int]]:
+    """The kernel symbols a race needs and its guest process (the probe's OPTION, pinned to the
+    vCPU after the injected one): (process, its "taker" report, its vCPU, {symbol: address})."""
+    text = ssh.check(kallsyms_command(symbols), deadline, "locate")
+    try:
+        found = parse_symbols(text, needed)
+    except ValueError as exc:
+        raise HarnessError("locate", f"inject.race: {exc}") from None
+    cpu = taker_cpu(inject_cpu, vcpus)
+    process = ssh.start(f"{probe_build.REMOTE_PATH} {option} {cpu} {int(hold_s)}")
+    reply = process.read_event({"taker"}, deadline, "locate")
+    if "error" in reply:
+        raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
+    return process, reply, cpu, found
+
+
 @dataclass
 class TakeFreeBlock:
     """The guest process and what it reported, from locate to release."""
@@ -138,16 +156,8 @@ class TakeFreeBlock:
     @classmethod
     def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline,
               hold_s: float) -> "TakeFreeBlock":
-        symbols_text = ssh.check(kallsyms_command(), deadline, "locate")
-        try:
-            symbols = parse_symbols(symbols_text)
-        except ValueError as exc:
-            raise HarnessError("locate", f"inject.race: {exc}") from None
-        cpu = taker_cpu(inject_cpu, vcpus)
-        process = ssh.start(f"{probe_build.REMOTE_PATH} --take-free-block {cpu} {int(hold_s)}")
-        reply = process.read_event({"taker"}, deadline, "locate")
-        if "error" in reply:
-            raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
+        process, reply, cpu, symbols = start_race_process(ssh, "--take-free-block", inject_cpu=inject_cpu,
+                                                         vcpus=vcpus, deadline=deadline, hold_s=hold_s)
         return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, symbols)
 
     def release(self) -> None:

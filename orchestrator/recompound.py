@@ -51,12 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import probe as probe_build
 from orchestrator.backends.base import GuestMonitor
 from orchestrator.deadline import Deadline
 from orchestrator.gdbstub import GdbError, RemoteTarget, vcont_packet
-from orchestrator.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, kallsyms_command, parse_symbols,
-                                    parse_xp_words, taker_cpu, with_gdbstub)
+from orchestrator.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, parse_xp_words, start_race_process,
+                                    with_gdbstub)
 from orchestrator.outcome import HarnessError
 from orchestrator.ssh import RemoteProcess, SshSession
 
@@ -106,16 +105,9 @@ class RetakeThpBlock:
     @classmethod
     def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline,
               hold_s: float) -> "RetakeThpBlock":
-        text = ssh.check(kallsyms_command((*SYMBOLS, ROUND_START)), deadline, "locate")
-        try:
-            symbols = parse_symbols(text, SYMBOLS)
-        except ValueError as exc:
-            raise HarnessError("locate", f"inject.race: {exc}") from None
-        cpu = taker_cpu(inject_cpu, vcpus)
-        process = ssh.start(f"{probe_build.REMOTE_PATH} --retake-thp-block {cpu} {int(hold_s)}")
-        reply = process.read_event({"taker"}, deadline, "locate")
-        if "error" in reply:
-            raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
+        process, reply, cpu, symbols = start_race_process(ssh, "--retake-thp-block", inject_cpu=inject_cpu,
+                                                         vcpus=vcpus, deadline=deadline, hold_s=hold_s,
+                                                         symbols=(*SYMBOLS, ROUND_START), needed=SYMBOLS)
         return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
 
     def release(self) -> None:

@@ -1692,48 +1692,81 @@ static unsigned char *map_thp_chunk(void)
     return chunk;
 }
 
-static int take_free_block(const char *cpu_arg, const char *timeout_arg)
+/* What the guest process of both races (--take-free-block, --retake-thp-block) sets up alike. */
+struct race_process {
+    int pagemap;
+    volatile uint64_t *mailbox;  /* a locked page the host reads with the monitor's xp */
+    uint64_t mailbox_pfn;
+    uint64_t head, victim;       /* the THP block it had and freed, and the page in its middle */
+};
+
+/* Pins this process to `on` and forks. Nonzero: return that, *status: in the parent, which
+ * only waits, the child's exit status; in the child, 3 when it got no THP (reported). Zero:
+ * the child, with *rp set up. The work is done by a child forked here: its address space has
+ * only ever been on this CPU. This process may have started on the held CPU, which can keep
+ * its mm loaded (lazy TLB) and would then be sent (and waited for) TLB flushes. */
+static int race_process_start(int on, uint64_t first_state, struct race_process *rp, int *status)
 {
-    int on = atoi(cpu_arg), seconds = atoi(timeout_arg);
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(on, &set);
     if (sched_setaffinity(0, sizeof(set), &set))
         fail("sched_setaffinity");
-    /* The work is done by a child forked here: its address space has only ever been
-     * on this CPU. This process may have started on the held CPU, which can keep its
-     * mm loaded (lazy TLB) and would then be sent (and waited for) TLB flushes. */
     pid_t worker = fork();
     if (worker < 0)
         fail("fork");
     if (worker > 0) {
-        int status;
-        while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
+        while (waitpid(worker, status, 0) < 0 && errno == EINTR)
             ;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        *status = WIFEXITED(*status) ? WEXITSTATUS(*status) : 128 + WTERMSIG(*status);
+        return 1;
     }
     page_size = sysconf(_SC_PAGESIZE);
-    int pagemap = open("/proc/self/pagemap", O_RDONLY);
-    if (pagemap < 0)
+    rp->pagemap = open("/proc/self/pagemap", O_RDONLY);
+    if (rp->pagemap < 0)
         fail("open /proc/self/pagemap");
-    volatile uint64_t *mailbox = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mailbox == MAP_FAILED || mlock((void *)mailbox, page_size))
+    rp->mailbox = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (rp->mailbox == MAP_FAILED || mlock((void *)rp->mailbox, page_size))
         fail("mailbox");
-    mailbox[0] = TAKER_MAGIC;
-    mailbox[1] = TAKER_WAITING;
-    uint64_t mailbox_pfn = pfn_of(pagemap, (void *)mailbox);
+    rp->mailbox[0] = TAKER_MAGIC;
+    rp->mailbox[1] = first_state;
+    rp->mailbox_pfn = pfn_of(rp->pagemap, (void *)rp->mailbox);
 
     unsigned char *first = map_thp_chunk();
     first[0] = 1;
-    uint64_t head = pfn_of(pagemap, first);
+    rp->head = pfn_of(rp->pagemap, first);
     unsigned long long flags = 0;
-    if (!head || !kpageflags_of(head, &flags) || !(flags & (1ULL << KPF_THP))) {
+    if (!rp->head || !kpageflags_of(rp->head, &flags) || !(flags & (1ULL << KPF_THP))) {
         printf("{\"event\":\"taker\",\"error\":\"no transparent huge page (THP enabled=always|madvise?)\"}\n");
         fflush(stdout);
-        return 3;
+        *status = 3;
+        return 1;
     }
-    uint64_t victim = head + (TAKER_CHUNK / page_size) / 2;
+    rp->victim = rp->head + (TAKER_CHUNK / page_size) / 2;
     munmap(first, TAKER_CHUNK);
+    return 0;
+}
+
+/* Keeps what the process holds until the host says "release" on stdin (or `seconds` pass). */
+static int wait_release(int seconds)
+{
+    signal(SIGALRM, SIG_DFL);
+    alarm(seconds);
+    char line[16];
+    (void)!read(0, line, sizeof(line));
+    return 0;
+}
+
+static int take_free_block(const char *cpu_arg, const char *timeout_arg)
+{
+    int on = atoi(cpu_arg), seconds = atoi(timeout_arg), status;
+    struct race_process rp;
+    if (race_process_start(on, TAKER_WAITING, &rp, &status))
+        return status;
+    int pagemap = rp.pagemap;
+    volatile uint64_t *mailbox = rp.mailbox;
+    uint64_t victim = rp.victim, head = rp.head, mailbox_pfn = rp.mailbox_pfn;
+    unsigned long long flags = 0;
     printf("{\"event\":\"taker\",\"pfn\":%llu,\"block_pfn\":%llu,\"mailbox_gpa\":\"%#llx\",\"cpu\":%d}\n",
            (unsigned long long)victim, (unsigned long long)head,
            (unsigned long long)(mailbox_pfn * page_size), on);
@@ -1792,11 +1825,7 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
            free_bytes() >> 10);
     fflush(stdout);
     /* Hold the memory until the host has let memory_failure() look again. */
-    signal(SIGALRM, SIG_DFL);
-    alarm(seconds);
-    char line[16];
-    (void)!read(0, line, sizeof(line));
-    return 0;
+    return wait_release(seconds);
 }
 
 /* --retake-thp-block CPU TIMEOUT: the guest half of the "different compound
@@ -1861,43 +1890,15 @@ static unsigned char *retake(volatile uint64_t *mailbox, int pagemap, uint64_t v
 
 static int retake_thp_block(const char *cpu_arg, const char *timeout_arg)
 {
-    int on = atoi(cpu_arg), seconds = atoi(timeout_arg);
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(on, &set);
-    if (sched_setaffinity(0, sizeof(set), &set))
-        fail("sched_setaffinity");
-    pid_t worker = fork();  /* an address space only ever on this CPU (see take_free_block) */
-    if (worker < 0)
-        fail("fork");
-    if (worker > 0) {
-        int status;
-        while (waitpid(worker, &status, 0) < 0 && errno == EINTR)
-            ;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    }
-    page_size = sysconf(_SC_PAGESIZE);
-    int pagemap = open("/proc/self/pagemap", O_RDONLY);
-    if (pagemap < 0)
-        fail("open /proc/self/pagemap");
-    volatile uint64_t *mailbox = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (mailbox == MAP_FAILED || mlock((void *)mailbox, page_size))
-        fail("mailbox");
-    mailbox[0] = TAKER_MAGIC;
-    mailbox[1] = RETAKE_WAITING;
-    uint64_t mailbox_pfn = pfn_of(pagemap, (void *)mailbox);
-
-    unsigned char *chunk = map_thp_chunk();
-    chunk[0] = 1;
-    uint64_t head = pfn_of(pagemap, chunk);
+    int on = atoi(cpu_arg), seconds = atoi(timeout_arg), status;
+    struct race_process rp;
+    if (race_process_start(on, RETAKE_WAITING, &rp, &status))
+        return status;
+    int pagemap = rp.pagemap;
+    volatile uint64_t *mailbox = rp.mailbox;
+    uint64_t victim = rp.victim, head = rp.head, mailbox_pfn = rp.mailbox_pfn;
     unsigned long long flags = 0;
-    if (!head || !kpageflags_of(head, &flags) || !(flags & (1ULL << KPF_THP))) {
-        printf("{\"event\":\"taker\",\"error\":\"no transparent huge page (THP enabled=always|madvise?)\"}\n");
-        fflush(stdout);
-        return 3;
-    }
-    uint64_t victim = head + (TAKER_CHUNK / page_size) / 2;
-    munmap(chunk, TAKER_CHUNK);
+    unsigned char *chunk;
     mailbox[2] = head;
     printf("{\"event\":\"taker\",\"pfn\":%llu,\"block_pfn\":%llu,\"mailbox_gpa\":\"%#llx\",\"cpu\":%d}\n",
            (unsigned long long)victim, (unsigned long long)head,
@@ -1934,11 +1935,7 @@ static int retake_thp_block(const char *cpu_arg, const char *timeout_arg)
            end, (unsigned long long)mailbox[2], flags);
     fflush(stdout);
     /* Keep the THP (its tail poisoned) until memory_failure() has reported it. */
-    signal(SIGALRM, SIG_DFL);
-    alarm(seconds);
-    char line[16];
-    (void)!read(0, line, sizeof(line));
-    return 0;
+    return wait_release(seconds);
 }
 
 int main(int argc, char **argv)
