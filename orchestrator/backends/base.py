@@ -73,6 +73,7 @@ class Guest(abc.ABC):
     launched_pid: int | None      # QEMU's pid, kept after shutdown so callers can check it is gone
 
     boots: bool = True            # False: a guest someone else started (attached); it is up already
+    remote: bool = False          # its QEMU runs on another host (a remote libvirt URI): no local gdbstub
     can_snapshot: bool = True     # False: --snapshot boots it cold (a remote libvirt host: no fd to hand over)
     kernel_release: str | None = None  # an attached guest's own (uname -r), read once SSH is up
     ssh_host: str = "127.0.0.1"
