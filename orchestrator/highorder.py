@@ -40,6 +40,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from orchestrator import probe as probe_build
 from orchestrator.backends.base import GuestMonitor
@@ -124,45 +125,47 @@ def third_look_ok(hits: Hits, symbols: dict[str, int]) -> str | None:
             f"({symbols['memory_failure']:#x}-{symbols['memory_failure_end']:#x}): {hits.describe()}")
 
 
-def start_race_process(ssh: SshSession, option: str, *, inject_cpu: int, vcpus: int, deadline: Deadline,
-                       hold_s: float, symbols: tuple[str, ...] = SYMBOLS, needed: tuple[str, ...] = SYMBOLS
-                       ) -> tuple[RemoteProcess, dict, int, dict[str, int]]:
-    """The kernel symbols a race needs and its guest process (the probe's OPTION, pinned to the
-    vCPU after the injected one): (process, its "taker" report, its vCPU, {symbol: address})."""
-    text = ssh.check(kallsyms_command(symbols), deadline, "locate")
-    try:
-        found = parse_symbols(text, needed)
-    except ValueError as exc:
-        raise HarnessError("locate", f"inject.race: {exc}") from None
-    cpu = taker_cpu(inject_cpu, vcpus)
-    process = ssh.start(f"{probe_build.REMOTE_PATH} {option} {cpu} {int(hold_s)}")
-    reply = process.read_event({"taker"}, deadline, "locate")
-    if "error" in reply:
-        raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
-    return process, reply, cpu, found
-
-
 @dataclass
-class TakeFreeBlock:
-    """The guest process and what it reported, from locate to release."""
+class RaceProcess:
+    """An inject.race's guest process (the probe's OPTION, pinned to the vCPU after the injected
+    one) and what it reported, from locate to release. A subclass names its OPTION and the
+    kernel symbols it reads (LOOKED_UP) and cannot do without (NEEDED)."""
+    OPTION: ClassVar[str]
+    LOOKED_UP: ClassVar[tuple[str, ...]]
+    NEEDED: ClassVar[tuple[str, ...]]
+
     process: RemoteProcess
     pfn: int
     block_pfn: int
     mailbox_gpa: int
     cpu: int
+    vcpus: int
     symbols: dict[str, int]
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline,
-              hold_s: float) -> "TakeFreeBlock":
-        process, reply, cpu, symbols = start_race_process(ssh, "--take-free-block", inject_cpu=inject_cpu,
-                                                         vcpus=vcpus, deadline=deadline, hold_s=hold_s)
-        return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, symbols)
+    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline, hold_s: float):
+        text = ssh.check(kallsyms_command(cls.LOOKED_UP), deadline, "locate")
+        try:
+            symbols = parse_symbols(text, cls.NEEDED)
+        except ValueError as exc:
+            raise HarnessError("locate", f"inject.race: {exc}") from None
+        cpu = taker_cpu(inject_cpu, vcpus)
+        process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}")
+        reply = process.read_event({"taker"}, deadline, "locate")
+        if "error" in reply:
+            raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
+        return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
 
     def release(self) -> None:
-        """The process may free its memory now (memory_failure() has looked again)."""
+        """The process may free what it holds now (memory_failure() has reported the page)."""
         self.process.send("release")
+
+
+class TakeFreeBlock(RaceProcess):
+    """take-free-block: the process takes the free page's block while memory_failure() is held."""
+    OPTION = "--take-free-block"
+    LOOKED_UP = NEEDED = SYMBOLS
 
     def force(self, monitor: GuestMonitor, send_mce, *, inject_cpu: int, artifacts: Path,
               remote: bool = False):

@@ -47,17 +47,14 @@ kernel's doing: the race ends there and the kernel reports what it reports.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from orchestrator.backends.base import GuestMonitor
-from orchestrator.deadline import Deadline
 from orchestrator.gdbstub import GdbError, RemoteTarget, vcont_packet
-from orchestrator.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, parse_xp_words, start_race_process,
+from orchestrator.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, RaceProcess, parse_xp_words,
                                     with_gdbstub)
 from orchestrator.outcome import HarnessError
-from orchestrator.ssh import RemoteProcess, SshSession
 
 SYMBOLS = ("zone_pcp_disable", "memory_failure", "__x64_sys_getpriority", "vmemmap_base")
 ROUND_START = "PageHeadHuge"   # 6.1 only; needed once the first round retried
@@ -90,29 +87,11 @@ def check_step(state: int, want: int, got_pfn: int, block_pfn: int, step: str) -
             f"\"{STATES[want]}\" (last fault PFN {got_pfn:#x}, block {block_pfn:#x})")
 
 
-@dataclass
-class RetakeThpBlock:
-    """The guest process and what it reported, from locate to release."""
-    process: RemoteProcess
-    pfn: int
-    block_pfn: int
-    mailbox_gpa: int
-    cpu: int
-    vcpus: int
-    symbols: dict[str, int]
-    notes: list[str] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline,
-              hold_s: float) -> "RetakeThpBlock":
-        process, reply, cpu, symbols = start_race_process(ssh, "--retake-thp-block", inject_cpu=inject_cpu,
-                                                         vcpus=vcpus, deadline=deadline, hold_s=hold_s,
-                                                         symbols=(*SYMBOLS, ROUND_START), needed=SYMBOLS)
-        return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
-
-    def release(self) -> None:
-        """The process may free its THP now (memory_failure() has reported the page)."""
-        self.process.send("release")
+class RetakeThpBlock(RaceProcess):
+    """retake-thp-block: the process frees and takes back its THP's block in both rounds."""
+    OPTION = "--retake-thp-block"
+    LOOKED_UP = (*SYMBOLS, ROUND_START)
+    NEEDED = SYMBOLS
 
     def force(self, monitor: GuestMonitor, send_mce, *, inject_cpu: int, artifacts: Path,
               remote: bool = False):

@@ -123,7 +123,7 @@ def race(monkeypatch, stops, states, tmp_path):
     target = FakeTarget([None] + stops)  # the stop QEMU reports when the debugger connects
     monkeypatch.setattr(highorder, "RemoteTarget", lambda host, port: target)
     monitor = FakeMonitor(states)
-    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=PFN - 0x100, mailbox_gpa=0x2B9E000, cpu=1,
+    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=PFN - 0x100, mailbox_gpa=0x2B9E000, cpu=1, vcpus=2,
                           symbols=SYMBOLS)
     sent = []
     run = lambda: taker.force(monitor, lambda: sent.append("mce") or "injected", inject_cpu=0, artifacts=tmp_path)
@@ -197,6 +197,6 @@ def test_the_gate_on_another_vcpu_is_an_error(monkeypatch, tmp_path):
 
 
 def test_a_remote_libvirt_host_is_refused_in_one_line(tmp_path):
-    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=0, mailbox_gpa=0, cpu=1, symbols=SYMBOLS)
+    taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=0, mailbox_gpa=0, cpu=1, vcpus=2, symbols=SYMBOLS)
     with pytest.raises(HarnessError, match="needs QEMU's gdbstub on this host: not with a remote libvirt URI"):
         taker.force(FakeMonitor([3]), lambda: None, inject_cpu=0, artifacts=tmp_path, remote=True)
