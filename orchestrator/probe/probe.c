@@ -924,6 +924,21 @@ static void page_lock_waiters(char *out, size_t size)
         closedir(proc);
 }
 
+/* fork() for one of the lock race's processes (fail()s with `what`); the child gets
+ * the default SIGALRM and SIGBUS: not the parent's handlers, no report from a child. */
+static pid_t fork_race_child(const char *what)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        fail(what);
+    if (pid == 0) {
+        signal(SIGALRM, SIG_DFL);
+        signal(SIGBUS, SIG_DFL);
+    }
+    return pid;
+}
+
 static unsigned long long target_flags(uint64_t pfn)
 {
     unsigned long long flags = 0;
@@ -962,17 +977,12 @@ static unsigned char *map_fuse_mlock(void)
     int dirty = !strcmp(memory, "fuse-mlock-dirty");
     for (int i = 0; i < pages; i++)
         fill(data + i * page_size, i + (dirty ? UNSYNCED : ON_DISK));
-    fflush(stdout);
-    fuse_daemon = fork();
-    if (fuse_daemon < 0)
-        fail("fork the FUSE daemon");
+    fuse_daemon = fork_race_child("fork the FUSE daemon");
     if (fuse_daemon == 0) {
         close(ctl[1]);
         close(evt[0]);
         fuse_ctl = ctl[0];
         fuse_evt = evt[1];
-        signal(SIGALRM, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         fuse_serve(dev, data);
     }
     close(dev);
@@ -1014,13 +1024,8 @@ static unsigned char *map_fuse_mlock(void)
  * exits 0 when the write completed. */
 static pid_t start_writer(void)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0)
-        fail("fork a writer");
+    pid_t pid = fork_race_child("fork a writer");
     if (pid == 0) {
-        signal(SIGALRM, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         ssize_t n = pwrite(file_fd, race_bytes, sizeof(race_bytes), (off_t)target * page_size);
         _exit(n == (ssize_t)sizeof(race_bytes) ? 0 : 1);
     }
@@ -1066,13 +1071,8 @@ static int memory_failure_page_locks(void)
  * the lock held. Exits 0 when the read completed. */
 static pid_t start_reader(void)
 {
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0)
-        fail("fork a reader");
+    pid_t pid = fork_race_child("fork a reader");
     if (pid == 0) {
-        signal(SIGALRM, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         unsigned char *p = mmap(NULL, mem_size, PROT_READ, MAP_SHARED, file_fd, 0);
         if (p == MAP_FAILED)
             _exit(2);
@@ -1243,13 +1243,8 @@ static void run_lock_race(unsigned char *target_va, uint64_t target_pfn)
     if (pipe(back))
         fail("pipe");
     pid_t owner = getpid();
-    fflush(stdout);
-    mover = fork();
-    if (mover < 0)
-        fail("fork the mover");
+    mover = fork_race_child("fork the mover");
     if (mover == 0) {
-        signal(SIGALRM, SIG_DFL);
-        signal(SIGBUS, SIG_DFL);  /* not the parent's handler: no report from a child */
         void *addr = target_va;
         int node = 1, status = -9999;
         long rc = syscall(SYS_move_pages, owner, 1UL, &addr, &node, &status, MPOL_MF_MOVE_FLAG);
@@ -1665,10 +1660,7 @@ enum { TAKER_WAITING = 1, TAKER_TAKING, TAKER_TAKEN, TAKER_NO_MEMORY, TAKER_NO_P
  * own is_free_buddy_page() for a page with no references (fs/proc/page.c). */
 static int maybe_free(uint64_t pfn)
 {
-    unsigned long long flags;
-    if (!kpageflags_of(pfn, &flags))
-        fail("read /proc/kpageflags");
-    return !!(flags & (1ULL << KPF_BUDDY));
+    return !!(target_flags(pfn) & (1ULL << KPF_BUDDY));
 }
 
 /* MemFree, by a plain system call: no malloc or fopen, whose free() may munmap,
@@ -1690,6 +1682,23 @@ static unsigned char *map_thp_chunk(void)
     if (madvise(chunk, TAKER_CHUNK, MADV_HUGEPAGE))
         fail("madvise(MADV_HUGEPAGE)");
     return chunk;
+}
+
+/* Waits until pfn's poison flag is `want` (1: memory_failure() has begun with it; 0: it
+ * cleared it to start again) or the deadline passes. Each look at the flags calls
+ * is_free_buddy_page() on the page, where the host may have a breakpoint during a race:
+ * look every 2 ms, not faster. */
+static int wait_poison(uint64_t pfn, int want, double deadline)
+{
+    struct timespec pause = {0, 2000000};
+    unsigned long long flags;
+    for (;;) {
+        if (kpageflags_of(pfn, &flags) && !!(flags & (1ULL << KPF_HWPOISON)) == want)
+            return 1;
+        if (now_ms() > deadline)
+            return 0;
+        nanosleep(&pause, NULL);
+    }
 }
 
 /* What the guest process of both races (--take-free-block, --retake-thp-block) sets up alike. */
@@ -1773,16 +1782,10 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
     fflush(stdout);
 
     double start = now_ms(), deadline = start + seconds * 1e3;
-    /* Each look at the target's flags calls is_free_buddy_page() on it, where
-     * the host has a breakpoint during the race: look every 2 ms, not faster. */
-    struct timespec pause = {0, 2000000};
-    while (!(kpageflags_of(victim, &flags) && (flags & (1ULL << KPF_HWPOISON)))) {
-        if (now_ms() > deadline) {
-            mailbox[1] = TAKER_NO_POISON;
-            printf("{\"event\":\"taker-result\",\"state\":\"no-poison\"}\n");
-            return 0;
-        }
-        nanosleep(&pause, NULL);
+    if (!wait_poison(victim, 1, deadline)) {
+        mailbox[1] = TAKER_NO_POISON;
+        printf("{\"event\":\"taker-result\",\"state\":\"no-poison\"}\n");
+        return 0;
     }
     double poisoned = now_ms();
     mailbox[1] = TAKER_TAKING;
@@ -1847,19 +1850,6 @@ static int take_free_block(const char *cpu_arg, const char *timeout_arg)
  * until a line (or EOF) on stdin or the timeout. */
 enum { RETAKE_WAITING = 1, RETAKE_TAKEN, RETAKE_CLEARED, RETAKE_FREED, RETAKE_TAKEN_AGAIN,
        RETAKE_OTHER_BLOCK, RETAKE_LEFT_PCP, RETAKE_TIMEOUT };
-
-static int wait_poison(uint64_t pfn, int want, double deadline)
-{
-    struct timespec pause = {0, 2000000};
-    unsigned long long flags;
-    for (;;) {
-        if (kpageflags_of(pfn, &flags) && !!(flags & (1ULL << KPF_HWPOISON)) == want)
-            return 1;
-        if (now_ms() > deadline)
-            return 0;
-        nanosleep(&pause, NULL);
-    }
-}
 
 static void retake_gate(volatile uint64_t *mailbox, uint64_t state)
 {
