@@ -179,8 +179,16 @@ class QemuGuest(Guest):
                 self.monitor.execute("cont")
         except (MonitorError, OSError, EOFError) as exc:
             hmp_ours.close()
+            # A QEMU that exits at start-up (a saved state it cannot load) may fail the QMP
+            # greeting before or after we see it exit, as load decides: give it a moment, so
+            # that what we report never depends on which came first.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(2)
+            why = self._launch_failure(str(exc))
+            if self.incoming is not None and self.exit_summary() is not None:
+                why = f"restoring the guest failed: {why}"
             self.shutdown()
-            raise HarnessError("boot", self._launch_failure(str(exc))) from None
+            raise HarnessError("boot", why) from None
 
     def config(self, qmp_fd: int = -1, ssh_port: int = 0, hmp_fd: int | None = None,
                console_fd: int | None = None) -> qemu_args.QemuConfig:
@@ -200,8 +208,8 @@ class QemuGuest(Guest):
             firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
 
     def _launch_failure(self, why: str) -> str:
-        code = self._process.poll() if self._process else None
-        state = f"QEMU exited with code {code}" if code is not None else f"QEMU did not start ({why})"
+        gone = self.exit_summary()
+        state = f"QEMU {gone}" if gone is not None else f"QEMU did not start ({why})"
         log = tail(self._qemu_log, 3).replace("\n", " | ")
         return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
 

@@ -11,9 +11,7 @@ import yaml
 from orchestrator.image import bzimage
 
 from .conftest import REPO
-from .test_own_kernel import debian_deb
-
-RELEASES = {"6.1": "6.1.0-56-amd64", "6.12": "6.12.117+deb12-amd64"}
+from .test_own_kernel import debian_kernel
 
 
 def unbootable_vmlinux(bzimage_file: Path, out: Path) -> Path:
@@ -36,12 +34,16 @@ def git(repo: Path, *args: str) -> str:
                           env=env).stdout.strip()
 
 
-def test_git_bisect_run_finds_the_regression_and_skips_the_unbootable_kernel(tmp_path):
-    installs = {}
-    for version, release in RELEASES.items():
+def test_git_bisect_run_finds_the_regression_and_skips_the_unbootable_kernel(tmp_path, record_property):
+    # Whatever 6.1 and 6.12 the archive serves today: the releases the default images were built from.
+    installs, releases = {}, {}
+    for version in ("6.1", "6.12"):
+        releases[version], deb = debian_kernel(f"debian-{version}")
         installs[version] = tmp_path / f"linux-{version}"
-        subprocess.run(["dpkg-deb", "-x", str(debian_deb(release)), str(installs[version])], check=True)
-    broken = unbootable_vmlinux(installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", tmp_path / "vmlinux-nopvh")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(installs[version])], check=True)
+        record_property(f"kernel_{version}", releases[version])
+    print(f"bisecting between Debian's {releases['6.1']} (good) and {releases['6.12']} (bad)")
+    broken = unbootable_vmlinux(installs["6.1"] / f"boot/vmlinuz-{releases['6.1']}", tmp_path / "vmlinux-nopvh")
 
     # The "regression": unpoison-after-mce's 6.1 wording of the unpoison refusal, without the
     # 6.12 variant. 6.12 words it differently, so from the commit that moves to 6.12 it FAILs.
@@ -53,11 +55,11 @@ def test_git_bisect_run_finds_the_regression_and_skips_the_unbootable_kernel(tmp
     git(repo, "init", "-q")
     (repo / "unpoison-regression.yaml").write_text(yaml.safe_dump(scenario))
     kernel_of = {
-        "c1 good": (installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", installs["6.1"]),
-        "c2 good": (installs["6.1"] / f"boot/vmlinuz-{RELEASES['6.1']}", installs["6.1"]),
+        "c1 good": (installs["6.1"] / f"boot/vmlinuz-{releases['6.1']}", installs["6.1"]),
+        "c2 good": (installs["6.1"] / f"boot/vmlinuz-{releases['6.1']}", installs["6.1"]),
         "c3 cannot boot": (broken, installs["6.1"]),
-        "c4 regression": (installs["6.12"] / f"boot/vmlinuz-{RELEASES['6.12']}", installs["6.12"]),
-        "c5 still bad": (installs["6.12"] / f"boot/vmlinuz-{RELEASES['6.12']}", installs["6.12"]),
+        "c4 regression": (installs["6.12"] / f"boot/vmlinuz-{releases['6.12']}", installs["6.12"]),
+        "c5 still bad": (installs["6.12"] / f"boot/vmlinuz-{releases['6.12']}", installs["6.12"]),
     }
     commits = {}
     for subject, (kernel, modules) in kernel_of.items():

@@ -13,37 +13,42 @@ from pathlib import Path
 import pytest
 
 from orchestrator.image import ensure_image
+from orchestrator.image.apt import _cached_deb
 
 from .conftest import REPO, orchestrator
 
-RELEASE_612 = "6.12.117+deb12-amd64"
 
-
-def debian_deb(release: str) -> Path:
+def debian_kernel(image_name: str) -> tuple[str, Path]:
+    """(release, .deb) of the kernel the named image was actually built from: whatever the
+    archive serves today (a security update moves it), read from the image's manifest."""
     # The default cache's .debs (ensure_image fetches them with apt when missing).
-    image = ensure_image("debian-6.12" if release.startswith("6.12") else "debian-6.1", repo_root=REPO)
+    image = ensure_image(image_name, repo_root=REPO)
     debs = image.directory.parents[2] / "debs"
-    found = sorted(debs.glob(f"linux-image-{release.replace('+', '[+]')}_*.deb"))
-    if not found:
-        pytest.fail(f"no linux-image-{release} .deb in {debs}")
-    return found[0]
+    deb = _cached_deb(debs, image.kernel_package, image.kernel_package_version)
+    if deb is None:
+        pytest.fail(f"image {image_name} was built from {image.kernel_package} {image.kernel_package_version}, "
+                    f"but its .deb is not in {debs}")
+    return image.kernel_release, deb
 
 
 @pytest.fixture(scope="module")
 def stand_in_tree(tmp_path_factory):
-    """(build tree, INSTALL_MOD_PATH) made from Debian's 6.12 package."""
+    """(build tree, INSTALL_MOD_PATH, release) made from the 6.12 package debian-6.12 is built from."""
+    release, deb = debian_kernel("debian-6.12")
     base = tmp_path_factory.mktemp("kernel")
     install = base / "install"
-    subprocess.run(["dpkg-deb", "-x", str(debian_deb(RELEASE_612)), str(install)], check=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(install)], check=True)
     tree = base / "linux"
     (tree / "arch/x86/boot").mkdir(parents=True)
-    shutil.copyfile(install / f"boot/vmlinuz-{RELEASE_612}", tree / "arch/x86/boot/bzImage")
-    shutil.copyfile(install / f"boot/config-{RELEASE_612}", tree / ".config")
-    return tree, install
+    shutil.copyfile(install / f"boot/vmlinuz-{release}", tree / "arch/x86/boot/bzImage")
+    shutil.copyfile(install / f"boot/config-{release}", tree / ".config")
+    return tree, install, release
 
 
-def test_a_build_tree_with_installed_modules_runs_the_catalog(stand_in_tree, tmp_path):
-    tree, install = stand_in_tree
+def test_a_build_tree_with_installed_modules_runs_the_catalog(stand_in_tree, tmp_path, record_property):
+    tree, install, release = stand_in_tree
+    record_property("kernel_release", release)
+    print(f"stand-in build tree: Debian's {release}")
     # unpoison-after-mce has a >=6.12 kernel variant: it passes only if the version came
     # from the kernel itself (the tree has no package name to guess from).
     proc = orchestrator("run", "--kernel", str(tree), "--modules", str(install), "--snapshot",
@@ -51,11 +56,11 @@ def test_a_build_tree_with_installed_modules_runs_the_catalog(stand_in_tree, tmp
     report = json.loads((tmp_path / "latest" / "report.json").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(s["outcome"], s["image"], s["kernel_release"]) for s in report["scenarios"]] == \
-        [("PASS", "local", RELEASE_612)] * 2
+        [("PASS", "local", release)] * 2
     assert "expectations for kernel >=6.12" in proc.stderr
     # The guest really ran that kernel, with modules from the install folder.
     kernel_log = (tmp_path / "latest" / "srao-anon-late-kill" / "guest-kernel.log").read_text()
-    assert f"Linux version {RELEASE_612} (debian-kernel@lists.debian.org)" in kernel_log
+    assert f"Linux version {release} (debian-kernel@lists.debian.org)" in kernel_log
     # Saved guests are keyed on the kernel's content: the second scenario restored the first's.
     assert proc.stderr.count("restored from local-") == 2
 
@@ -77,7 +82,7 @@ def without(config: str, *options: str) -> str:
 
 
 def test_a_kernel_without_what_a_scenario_needs_skips_it_before_booting(stand_in_tree, tmp_path):
-    tree, install = stand_in_tree
+    tree, install, _ = stand_in_tree
     lean = tmp_path / "lean"
     shutil.copytree(tree, lean)
     (lean / ".config").write_text(without((tree / ".config").read_text(), "TRANSPARENT_HUGEPAGE", "HUGETLBFS"))
