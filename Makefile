@@ -73,7 +73,7 @@ suite: setup
 	  $(ORCH) run --image $$kernel $(ARGS) scenarios/*.yaml || status=1; \
 	  runs="$$runs $$(readlink -f results/latest)"; \
 	done; \
-	$(PY) -m orchestrator.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
+	$(PY) -m orchestrator.report.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
 	cat results/verdict-table.md; exit $$status
 
 # Which of memory_failure()'s outcomes (the page types each kernel's vmlinux
@@ -89,7 +89,7 @@ coverage: setup
 	    runs="$$runs $$(readlink -f results/latest)"; \
 	  done; \
 	fi; \
-	$(PY) -m orchestrator.coverage $$runs --update README.md > results/coverage-table.md || status=2; \
+	$(PY) -m orchestrator.report.coverage $$runs --update README.md > results/coverage-table.md || status=2; \
 	cat results/coverage-table.md; exit $$status
 
 # The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
@@ -102,7 +102,7 @@ nightly: setup
 # KERNEL names any image: the initramfs ones (images.yaml) or a full
 # distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
 image: setup
-	$(if $(strip $(KERNEL_ARGS)),$(PY) -m orchestrator.image $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.distro_image $(if $(KERNEL),$(KERNEL),debian-6.1))
+	$(if $(strip $(KERNEL_ARGS)),$(PY) -m orchestrator.guest.images $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.guest.images.distro $(if $(KERNEL),$(KERNEL),debian-6.1))
 
 # TEST_JOBS guests at once (pytest-xdist; --dist loadfile keeps the tests of
 # one file on one worker, so a module fixture's orchestrator run happens
@@ -130,12 +130,12 @@ unit: setup
 
 # virtlogd and libvirtd without systemd, /dev/kvm as udev would set it; idempotent.
 libvirtd: setup
-	$(PY) -m orchestrator.libvirtd
+	$(PY) -m orchestrator.guest.libvirt.daemons
 
 # A private sshd on 127.0.0.1 (own config, keys, pinned host key) in front of this
 # host's libvirtd: prints its qemu+ssh URI for --connect or a --hosts file.
 ssh-endpoint: libvirtd
-	$(PY) -m orchestrator.sshd $(CURDIR)/results/ssh-endpoint
+	$(PY) -m orchestrator.guest.libvirt.sshd $(CURDIR)/results/ssh-endpoint
 
 bench: libvirtd
 	$(PY) -m orchestrator.bench $(ARGS)

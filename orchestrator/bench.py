@@ -39,13 +39,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrator import image as images
-from orchestrator import mce
 from orchestrator import probe as probe_build
-from orchestrator.backends.qemu import QemuGuest
-from orchestrator.deadline import Deadline
+from orchestrator.guest import images
+from orchestrator.guest.qemu import QemuGuest
 from orchestrator.inject import inject
-from orchestrator.outcome import InputError, Outcome
+from orchestrator.inject import mce
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter, new_run_dir
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
 from orchestrator.scenario import GuestSpec, load_scenario
@@ -128,8 +128,8 @@ def fanout_run(hosts: list[str], workdir: Path, label: str) -> float:
 
 def fanout_bench(runs: int, run_dir: Path) -> None:
     """One endpoint against two, alternated; medians and their ratio."""
-    from orchestrator.libvirtd import ensure_running
-    from orchestrator.sshd import LocalSshd
+    from orchestrator.guest.libvirt.daemons import ensure_running
+    from orchestrator.guest.libvirt.sshd import LocalSshd
     ensure_running()
     one, two = [], []
     with LocalSshd(run_dir / "sshd") as sshd:
@@ -150,7 +150,7 @@ def fanout_bench(runs: int, run_dir: Path) -> None:
 def _libvirt_unavailable(uri: str | None) -> str | None:
     """Why the libvirt backend cannot be measured here, or None."""
     try:
-        from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
+        from orchestrator.guest.libvirt import DEFAULT_URI, open_connection
         open_connection(uri or DEFAULT_URI).close()
     except InputError as exc:
         return f"{exc}; make libvirtd starts it"
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 def _full_image(args, scenario, run_dir: Path, initramfs_boot: float, initramfs_cold: float,
                 initramfs_restored: float, timed) -> None:
     """The full image beside the initramfs one: build, size, boot to SSH, per-scenario time."""
-    from orchestrator.distro_image import ensure_guest_image
+    from orchestrator.guest.images.distro import ensure_guest_image
 
     start = time.monotonic()
     image = ensure_guest_image(args.full_image, repo_root=REPO_ROOT, cache_root=REPO_ROOT / "guest-images" / ".cache",

@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator import __version__, mce, memory_map, qemu_args
-from orchestrator import keep as keeping
-from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
-from orchestrator.decode import decode
-from orchestrator.keep import KEEP_CHOICES
-from orchestrator.outcome import HarnessError, InputError, Outcome, worst
+from orchestrator import __version__
+from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
+from orchestrator.guest import keep as keeping
+from orchestrator.guest import memory_map
+from orchestrator.guest.keep import KEEP_CHOICES
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.inject import mce
+from orchestrator.inject.decode import decode
+from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
 from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load_scenario, resolve
@@ -138,7 +141,7 @@ def _check_backend(args, scenarios) -> None:
     if args.domain:
         if not args.guest_config:
             raise InputError(f"--domain {args.domain}: needs --guest-config FILE (how to reach the guest over SSH)")
-        from orchestrator.backends.libvirt import DEFAULT_URI, check_attachable, load_attach_config
+        from orchestrator.guest.libvirt import DEFAULT_URI, check_attachable, load_attach_config
         args.backend = "libvirt"
         attach = load_attach_config(args.guest_config)
         check_attachable(args.connect or DEFAULT_URI, args.domain, attach, scenarios, args.snapshot)
@@ -148,7 +151,7 @@ def _check_backend(args, scenarios) -> None:
     if args.backend == "libvirt" and (args.disk_image or any(s.guest.disk_image for s in scenarios)):
         raise InputError("a disk image (--disk-image, guest.disk_image) runs on the QEMU backend only")
     if args.backend == "libvirt":
-        from orchestrator.backends.libvirt import DEFAULT_URI, open_connection
+        from orchestrator.guest.libvirt import DEFAULT_URI, open_connection
         open_connection(args.connect or DEFAULT_URI).close()
 
 

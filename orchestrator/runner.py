@@ -19,29 +19,31 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from orchestrator import image as images
-from orchestrator import highorder, mce, pmem, recompound
-from orchestrator import kconfig
-from orchestrator import keep as keeping
 from orchestrator import probe as probe_build
-from orchestrator import repro
-from orchestrator.backends import DEFAULT_BACKEND, new_guest
-from orchestrator.backends.base import Guest, HypervisorUnavailable
-from orchestrator.backends.qemu import tail
-from orchestrator.deadline import Deadline
-from orchestrator.guest_data import Unreadable, check_ready
-from orchestrator.distro_image import DiskGuestImage, ensure_guest_image
-from orchestrator.disk_image import SeededDiskImage, prepare_disk_image, private_workdir
+from orchestrator.guest import DEFAULT_BACKEND, new_guest
+from orchestrator.guest import images
+from orchestrator.guest import keep as keeping
+from orchestrator.guest.base import Guest, HypervisorUnavailable
+from orchestrator.guest.images import pmem
+from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
+from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
+from orchestrator.guest.qemu import tail
+from orchestrator.guest.readiness import wait_sshd
+from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
+from orchestrator.guest.ssh import RemoteProcess, SshSession, quote
 from orchestrator.inject import Injection, inject
-from orchestrator.known_failures import apply_known_failure
+from orchestrator.inject import mce
+from orchestrator.inject.races import highorder, recompound
+from orchestrator.judge.known_failures import apply_known_failure
+from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
-from orchestrator.outcome import HarnessError, InputError, Outcome
-from orchestrator.readiness import wait_sshd
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.guest_data import Unreadable, check_ready
+from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
 from orchestrator.report import ConsoleReporter, ScenarioResult
+from orchestrator.report import repro
+from orchestrator.scenario import kconfig
 from orchestrator.scenario import Scenario
-from orchestrator.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.ssh import RemoteProcess, SshSession, quote
-from orchestrator.verdict import Check, Evidence, Verdict, judge
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUEST_MOUNT = "/mnt"
@@ -131,7 +133,7 @@ class RunOptions:
     image: str | None = None             # override every scenario's guest.image
     extra_cmdline: str = ""              # appended to the guest kernel's command line
     snapshot: bool = False               # restore a saved booted guest instead of a cold boot
-    backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.backends)
+    backend: str = DEFAULT_BACKEND       # which kind of guest (orchestrator.guest)
     snapshot_dir: Path | None = None     # where saved guests live; default <cache_root>/snapshots
     connect: str | None = None           # libvirt URI for the libvirt backend (default qemu:///system)
     attach: tuple | None = None          # (domain, AttachConfig): run in a domain the user already has

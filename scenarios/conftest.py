@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.backends import BACKENDS, DEFAULT_BACKEND
-from orchestrator.outcome import InputError, Outcome
+from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
+from orchestrator.plumbing.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
 from orchestrator.scenario import expand, load_scenario

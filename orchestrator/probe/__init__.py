@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.outcome import HarnessError
+from orchestrator.plumbing.outcome import HarnessError
 
 SOURCE = Path(__file__).with_name("probe.c")
 # -s: the symbols are not needed (addresses are printed at run time).

@@ -24,7 +24,7 @@ def orchestrator(*args, results: Path, timeout: float = 900, env: dict | None = 
 
 def full_image_disk() -> Path:
     """debian-12-full's qcow2, built (or reused) as `make image KERNEL=debian-12-full` does."""
-    built = subprocess.run([sys.executable, "-m", "orchestrator.distro_image", "debian-12-full"], cwd=REPO,
+    built = subprocess.run([sys.executable, "-m", "orchestrator.guest.images.distro", "debian-12-full"], cwd=REPO,
                            capture_output=True, text=True, timeout=1800)
     assert built.returncode == 0, built.stderr[-2000:]
     directory = Path(built.stdout.strip().splitlines()[-1].split(": ", 1)[1])  # "NAME: /abs/dir"

@@ -9,12 +9,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from orchestrator import libvirt_xml, qemu_args
-from orchestrator.backends.qemu import free_loopback_port
-from orchestrator.deadline import Deadline
-from orchestrator.image import ensure_image
-from orchestrator.libvirtd import ensure_running
-from orchestrator.ssh import wait_for_banner
+from orchestrator.guest.images import ensure_image
+from orchestrator.guest.libvirt import xml as libvirt_xml
+from orchestrator.guest.libvirt.daemons import ensure_running
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.guest.qemu import free_loopback_port
+from orchestrator.guest.ssh import wait_for_banner
+from orchestrator.plumbing.deadline import Deadline
 
 from .conftest import REPO, orchestrator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.image import bzimage
+from orchestrator.guest.images import bzimage
 
 from .conftest import REPO
 from .test_own_kernel import debian_kernel

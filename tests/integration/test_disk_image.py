@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from orchestrator.snapshot import file_sha256
+from orchestrator.guest.snapshot import file_sha256
 
 from .conftest import REPO, full_image_disk, orchestrator, process_alive
 

@@ -2,7 +2,7 @@
 file, each test case naming the endpoint that ran it.
 
 Both endpoints are this machine's libvirtd (no second hypervisor here), one
-of them remote-style: qemu+ssh through a private sshd (orchestrator.sshd), so
+of them remote-style: qemu+ssh through a private sshd (orchestrator.guest.libvirt.sshd), so
 everything the domain needs goes there as uploaded volumes. The second test
 kills that sshd with its sessions while the endpoint runs a scenario.
 """
@@ -13,9 +13,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from orchestrator import libvirt_volumes as volumes
-from orchestrator.libvirtd import LibvirtdError, ensure_running
-from orchestrator.sshd import LocalSshd
+from orchestrator.guest.libvirt import volumes
+from orchestrator.guest.libvirt.daemons import LibvirtdError, ensure_running
+from orchestrator.guest.libvirt.sshd import LocalSshd
 
 from .conftest import REPO
 from .test_libvirt import our_domains

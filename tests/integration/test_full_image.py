@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from orchestrator.snapshot import file_sha256
+from orchestrator.guest.snapshot import file_sha256
 
 from .conftest import REPO, orchestrator
 
@@ -30,7 +30,7 @@ NEGATIVE = [str(FULL / "neg-ras-record-absent.yaml")]
 @pytest.fixture(scope="module")
 def full_image():
     """Built (or reused) as `make image KERNEL=debian-12-full` does."""
-    built = subprocess.run([sys.executable, "-m", "orchestrator.distro_image", IMAGE], cwd=REPO,
+    built = subprocess.run([sys.executable, "-m", "orchestrator.guest.images.distro", IMAGE], cwd=REPO,
                            capture_output=True, text=True, timeout=1800)
     assert built.returncode == 0, built.stderr[-2000:]
     directory = built.stdout.strip().splitlines()[-1].split(": ", 1)[1]  # "NAME: /abs/dir"

@@ -1,15 +1,15 @@
 """The tunnel to a port on a remote libvirt host's loopback, against a real sshd
-(orchestrator.sshd on 127.0.0.1): no guest, a listener that greets like sshd."""
+(orchestrator.guest.libvirt.sshd on 127.0.0.1): no guest, a listener that greets like sshd."""
 import socket
 import threading
 
 import pytest
 
-from orchestrator.deadline import Deadline
-from orchestrator.hypervisor_ssh import HypervisorTunnel
-from orchestrator.outcome import HarnessError
-from orchestrator.ssh import wait_for_banner
-from orchestrator.sshd import LocalSshd
+from orchestrator.guest.libvirt.sshd import LocalSshd
+from orchestrator.guest.libvirt.tunnel import HypervisorTunnel
+from orchestrator.guest.ssh import wait_for_banner
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import HarnessError
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from orchestrator import libvirt_xml
-from orchestrator.deadline import Deadline
-from orchestrator.libvirtd import LibvirtdError, ensure_running
-from orchestrator.outcome import Outcome
+from orchestrator.guest.libvirt import xml as libvirt_xml
+from orchestrator.guest.libvirt.daemons import LibvirtdError, ensure_running
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.scenario import load_scenario
 
 from .conftest import REPO, orchestrator, process_alive
@@ -35,7 +35,7 @@ def leftover_domains(before: set[str]) -> set[str]:
     """Domains made since `before` whose orchestrator process has ended, in two listings a
     second apart. The other pytest-xdist worker runs libvirt guests of its own meanwhile:
     their processes are alive, and a domain of a run that just ended may take a moment to go."""
-    from orchestrator.backends.libvirt import _host_tag, orphaned
+    from orchestrator.guest.libvirt import _host_tag, orphaned
     first = set(orphaned(set(our_domains()) - before, _host_tag(), process_alive))
     time.sleep(1.0)
     return first & set(our_domains())

@@ -4,11 +4,13 @@ of pc and q35 and the legacy ROM windows below 1 MiB.
 Each guest is only launched (QEMU paused, its map read, then quit): no boot."""
 import pytest
 
-from orchestrator import mce, memory_map, qemu_args
-from orchestrator.backends import new_guest
-from orchestrator.deadline import Deadline
-from orchestrator.image import ensure_image
-from orchestrator.libvirtd import ensure_running
+from orchestrator.guest import memory_map
+from orchestrator.guest import new_guest
+from orchestrator.guest.images import ensure_image
+from orchestrator.guest.libvirt.daemons import ensure_running
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.inject import mce
+from orchestrator.plumbing.deadline import Deadline
 from orchestrator.scenario import GuestSpec
 
 from .conftest import REPO, orchestrator

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.deadline import Deadline
-from orchestrator.outcome import Outcome
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.probe import REMOTE_PATH
 from orchestrator.scenario import Timeouts, load_scenario
 
@@ -237,7 +237,7 @@ def test_a_console_flood_is_capped_and_named(tmp_path, monkeypatch):
     a 'truncated' marker and the latest part; the kernel's lines are found in dmesg; the
     scenario still passes and the flood is named."""
     limit = 64 << 10  # the serial port takes some 80 KiB/s under TCG here
-    monkeypatch.setattr("orchestrator.backends.qemu.CONSOLE_LIMIT", limit)
+    monkeypatch.setattr("orchestrator.guest.qemu.CONSOLE_LIMIT", limit)
 
     def flood_console(phase, ctx):
         if phase == "inject":

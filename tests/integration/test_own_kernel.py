@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.image import ensure_image
-from orchestrator.image.apt import _cached_deb
+from orchestrator.guest.images import ensure_image
+from orchestrator.guest.images.apt import _cached_deb
 
 from .conftest import REPO, orchestrator
 

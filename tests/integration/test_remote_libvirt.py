@@ -11,11 +11,11 @@ import subprocess
 
 import pytest
 
-from orchestrator import image as images
-from orchestrator import libvirt_volumes as volumes
-from orchestrator.libvirtd import LibvirtdError, ensure_running
+from orchestrator.guest import images
+from orchestrator.guest.libvirt import volumes
+from orchestrator.guest.libvirt.daemons import LibvirtdError, ensure_running
+from orchestrator.guest.libvirt.sshd import LocalSshd
 from orchestrator.runner import REPO_ROOT
-from orchestrator.sshd import LocalSshd
 
 from .conftest import orchestrator
 from .test_libvirt import our_domains

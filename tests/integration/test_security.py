@@ -4,8 +4,8 @@ import os
 import stat
 from pathlib import Path
 
-from orchestrator.image import ensure_image
-from orchestrator.outcome import Outcome
+from orchestrator.guest.images import ensure_image
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import RunOptions, run_scenario
 from orchestrator.scenario import load_scenario

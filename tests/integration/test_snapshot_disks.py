@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from orchestrator.deadline import Deadline
-from orchestrator.outcome import Outcome
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import RunOptions, run_scenario
 from orchestrator.scenario import load_scenario

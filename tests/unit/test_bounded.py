@@ -1,6 +1,6 @@
 """Bounded keeping: the first and last parts, a marker for what was cut."""
-from orchestrator.bounded import HeadTail, cap_file
 from orchestrator.observe import ConsoleFollower
+from orchestrator.plumbing.bounded import HeadTail, cap_file
 
 
 def test_head_tail_keeps_everything_within_the_limit():
@@ -44,7 +44,7 @@ def test_console_follower_reads_only_what_is_new(tmp_path):
 
 
 def test_line_log_keeps_first_and_last_lines():
-    from orchestrator.bounded import LineLog
+    from orchestrator.plumbing.bounded import LineLog
     log = LineLog(head=3, tail=2)
     for n in range(100):
         log.append(str(n))

@@ -1,13 +1,13 @@
-"""orchestrator.coverage on strings and kernel log lines taken from the real kernels and runs."""
+"""orchestrator.report.coverage on strings and kernel log lines taken from the real kernels and runs."""
 import json
 from pathlib import Path
 
 import pytest
 
-from orchestrator.coverage import (START, END, RunScenario, coverage, cstrings, find_vmlinux, kernel_outcomes,
+from orchestrator.report.coverage import (START, END, RunScenario, coverage, cstrings, find_vmlinux, kernel_outcomes,
                                    load_runs, markdown, page_type_array, parse_outcomes, reached_outcomes,
                                    software_only_outcomes)
-from orchestrator.table import update
+from orchestrator.report.table import update
 
 # The ras:memory_failure_event print formats as Debian's 6.1.0-56 and 6.12.117 vmlinux hold them
 # (strings(1) of .data), and printk formats from their .rodata (KERN_ERR prefix \x01 3).

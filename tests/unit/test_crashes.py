@@ -6,7 +6,7 @@ their timestamps; they are data, kept verbatim apart from shortening.
 """
 import pytest
 
-from orchestrator import crashes
+from orchestrator.judge import crashes
 
 SAMPLES = {
     "kernel BUG": [

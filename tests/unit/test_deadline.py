@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from orchestrator.deadline import Deadline, DeadlineExceeded
+from orchestrator.plumbing.deadline import Deadline, DeadlineExceeded
 
 
 def test_sleep_never_passes_the_deadline():

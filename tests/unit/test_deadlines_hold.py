@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.deadline import Deadline
-from orchestrator.outcome import HarnessError
-from orchestrator.ssh import SshSession, wait_for_banner
+from orchestrator.guest.ssh import SshSession, wait_for_banner
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import HarnessError
 
 
 @pytest.fixture

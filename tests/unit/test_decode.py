@@ -1,8 +1,8 @@
 """decode: MCi_STATUS / MCG_STATUS bit by bit, MCACOD meanings as mcelog gives them."""
 import pytest
 
-from orchestrator import mce
-from orchestrator.decode import decode, error_class, mcacod
+from orchestrator.inject import mce
+from orchestrator.inject.decode import decode, error_class, mcacod
 
 
 def test_srar_preset_decodes_as_a_data_load_in_the_l0_cache():

@@ -7,9 +7,9 @@ import pycdlib
 import pytest
 import yaml
 
-from orchestrator import disk_image as di
-from orchestrator import image as images
-from orchestrator import qemu_args
+from orchestrator.guest import images
+from orchestrator.guest.images import disk as di
+from orchestrator.guest.qemu import argv as qemu_args
 from orchestrator.scenario import ScenarioError, parse_scenario
 
 BASE = Path(__file__).resolve().parents[2] / "scenarios" / "srao-anon-late-kill.yaml"
@@ -162,7 +162,7 @@ def test_cli_disk_image_refuses_image_and_missing_files(tmp_path, capsys):
 
 
 def test_repro_names_the_disk_image_by_its_absolute_path_instead_of_an_image(tmp_path):
-    from orchestrator import repro
+    from orchestrator.report import repro
     argv = repro.run_argv(scenario_file="s.yaml", image="debian-6.1", kernel=None, modules=None, append="",
                           accel=None, snapshot=False, disk_image=tmp_path / "d.qcow2")
     assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2")]
@@ -214,7 +214,7 @@ def test_keys_are_per_run_and_kept_with_the_disk_for_snapshot(tmp_path):
 
 def test_cloud_init_watch_says_no_sshd_only_once_cloud_init_finished_long_enough_ago(tmp_path, monkeypatch):
     from types import SimpleNamespace
-    from orchestrator import readiness
+    from orchestrator.guest import readiness
     console = tmp_path / "console.log"
     console.write_text("[   40.6] cloud-init[305]: Cloud-init v. 22.4.2 running 'init-local' at Thu. Up 40.03 seconds.\n")
     guest = SimpleNamespace(console_log=console, image=SimpleNamespace(source=Path("/x/my.qcow2"),

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import distro_image
-from orchestrator.image import ImageError
+from orchestrator.guest.images import distro as distro_image
+from orchestrator.guest.images import ImageError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFINITION = {"suite": "bookworm", "kernel": "linux-image-6.1.0-*-amd64", "packages": ["systemd-sysv"]}
@@ -79,7 +79,7 @@ def test_masked_units_never_include_what_the_scenarios_need():
 
 
 def test_overlay_never_names_the_base_as_output():
-    from orchestrator.overlay import overlay_argv
+    from orchestrator.guest.images.overlay import overlay_argv
     argv = overlay_argv(Path("/cache/disk.qcow2"), "qcow2", Path("/tmp/o/root.qcow2"))
     assert argv == ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", "/cache/disk.qcow2",
                     "/tmp/o/root.qcow2"]

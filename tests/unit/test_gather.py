@@ -3,10 +3,10 @@ import time
 
 import pytest
 
-from orchestrator.guest_data import parse_kpageflags
+from orchestrator.judge.verdict import Evidence
 from orchestrator.observe import PARTS, gather_parts
-from orchestrator.outcome import HarnessError
-from orchestrator.verdict import Evidence
+from orchestrator.plumbing.guest_data import parse_kpageflags
+from orchestrator.plumbing.outcome import HarnessError
 
 PFN = 0x671E
 MEMINFO = "MemTotal:  500000 kB\nHardwareCorrupted:     4 kB\n"

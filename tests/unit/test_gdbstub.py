@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.gdbstub import (GdbError, StopReply, breakpoint_packet, checksum, decode_packet, encode_packet,
+from orchestrator.inject.races.gdbstub import (GdbError, StopReply, breakpoint_packet, checksum, decode_packet, encode_packet,
                                   escape, parse_memory, parse_registers, parse_stop_reply,
                                   read_memory_packet, split_frame, unescape, vcont_packet)
 

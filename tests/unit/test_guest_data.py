@@ -6,11 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.deadline import Deadline
-from orchestrator.guest_data import MAX_LINE, Unreadable, check_ready, json_message
-from orchestrator.outcome import HarnessError, Outcome
-from orchestrator.ssh import RemoteProcess
-from orchestrator.verdict import judge
+from orchestrator.guest.ssh import RemoteProcess
+from orchestrator.judge.verdict import judge
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.guest_data import MAX_LINE, Unreadable, check_ready, json_message
+from orchestrator.plumbing.outcome import HarnessError, Outcome
 
 from .test_verdict import good_evidence, late_kill
 

@@ -1,10 +1,10 @@
 import pytest
 
-from orchestrator import highorder
-from orchestrator.gdbstub import GdbError, StopReply
-from orchestrator.highorder import (MAILBOX_MAGIC, Hits, TakeFreeBlock, mailbox_state, parse_symbols,
+from orchestrator.inject.races import highorder
+from orchestrator.inject.races.gdbstub import GdbError, StopReply
+from orchestrator.inject.races.highorder import (MAILBOX_MAGIC, Hits, TakeFreeBlock, mailbox_state, parse_symbols,
                                     parse_xp_words, taker_cpu, third_look_ok)
-from orchestrator.outcome import HarnessError
+from orchestrator.plumbing.outcome import HarnessError
 
 SYMBOLS_TEXT = """__x64_sys_getpriority ffffffff810e9690
 is_free_buddy_page ffffffff813b91f0

@@ -1,7 +1,7 @@
 """The SSH endpoint of a libvirt URI and the configuration ssh reports for it (pure)."""
 import pytest
 
-from orchestrator.hypervisor_ssh import (SshEndpoint, libssh_config, parse_ssh_config, ssh_config_argv,
+from orchestrator.guest.libvirt.tunnel import (SshEndpoint, libssh_config, parse_ssh_config, ssh_config_argv,
                                          ssh_endpoint)
 
 URI = ("qemu+ssh://root@127.0.0.1:2222/system?keyfile=/k/client_ed25519"

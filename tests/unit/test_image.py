@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import image
-from orchestrator.image import ImageError, apt, bzimage, cpio, elf, modules
+from orchestrator.guest import images as image
+from orchestrator.guest.images import ImageError, apt, bzimage, cpio, elf, modules
 
 REPO = Path(__file__).resolve().parents[2]
 

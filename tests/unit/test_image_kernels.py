@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.image import ImageError, bzimage, elf, image_inputs_digest
-from orchestrator.image.kernels import LocalKernel
+from orchestrator.guest.images import ImageError, bzimage, elf, image_inputs_digest
+from orchestrator.guest.images.kernels import LocalKernel
 
 from .test_image import fake_vmlinux
 

@@ -1,9 +1,9 @@
 import pytest
 
-from orchestrator import mce
-from orchestrator.deadline import Deadline
 from orchestrator.inject import inject, parse_registers
-from orchestrator.outcome import HarnessError
+from orchestrator.inject import mce
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import HarnessError
 
 REGS_USER = """RAX=0000000000000000 RBX=00007f0000001000
 RSI=0 RDI=0 RBP=0 RSP=00007ffd8a0c1e50

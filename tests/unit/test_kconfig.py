@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import kconfig
-from orchestrator.image.modules import DEFAULT_MODULES
+from orchestrator.guest.images.modules import DEFAULT_MODULES
 from orchestrator.scenario import catalog, expand, load_scenario
+from orchestrator.scenario import kconfig
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 

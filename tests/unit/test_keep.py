@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import qemu_args
-from orchestrator.keep import KeptGuest, executable_ranges, pagemap_pfn, ssh_argv, translate_command
-from orchestrator.outcome import InputError
+from orchestrator.guest.keep import KeptGuest, executable_ranges, pagemap_pfn, ssh_argv, translate_command
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.plumbing.outcome import InputError
 
 
 def test_a_kept_guest_gets_a_second_qmp_monitor_on_its_private_socket():

@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator import cli
-from orchestrator.known_failures import apply_known_failure
-from orchestrator.outcome import HarnessError, Outcome, worst
+from orchestrator.judge.known_failures import apply_known_failure
+from orchestrator.judge.verdict import Check
+from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
 from orchestrator.report import ConsoleReporter, ScenarioResult, write_json, write_junit
 from orchestrator.scenario import KnownFailure, ScenarioError, parse_scenario
-from orchestrator.verdict import Check
 
 OOPS = "BUG: unable to handle page fault for address"
 KNOWN = KnownFailure(">=6.12", "ksmd oopses on the poisoned KSM page", OOPS)
@@ -202,7 +202,7 @@ def test_command_line_exit_codes(tmp_path, monkeypatch, outcomes, code):
 
 # --- the checks the KSM rescan scenario relies on -------------------------------------
 
-from orchestrator.verdict import Evidence, judge  # noqa: E402
+from orchestrator.judge.verdict import Evidence, judge  # noqa: E402
 
 OOPS_LOG = """\
 [    6.781500] Memory failure: 0x2bab: recovery action for dirty LRU page: Recovered
@@ -278,7 +278,7 @@ def test_ksmd_rescan_check(answer, outcome, detail):
 
 
 def test_verdict_table_shows_known_failures_and_unexpected_passes(tmp_path):
-    from orchestrator.table import markdown
+    from orchestrator.report.table import markdown
     runs = []
     for kernel, outcomes in (("6.1.0-56-amd64", ["PASS", "PASS"]), ("6.12.117+deb12-amd64", ["KNOWN-FAIL", "XPASS"])):
         run = tmp_path / kernel

@@ -1,5 +1,5 @@
 """Pure parts of the libvirt backend (no libvirtd needed)."""
-from orchestrator.backends import libvirt as backend
+from orchestrator.guest import libvirt as backend
 
 
 def test_domain_names_are_recognisable_and_unique():
@@ -18,7 +18,7 @@ def test_orphaned_domains_are_ours_on_this_host_with_a_dead_orchestrator():
 
 import pytest  # noqa: E402
 
-from orchestrator.outcome import InputError  # noqa: E402
+from orchestrator.plumbing.outcome import InputError  # noqa: E402
 
 GOOD = "ssh_host: 10.0.0.5\nssh_port: 22\nssh_key: keys/id\nssh_host_key: 'ssh-ed25519 AAAAC3Nz'\n"
 
@@ -48,7 +48,7 @@ def test_attach_config_mistakes_are_one_line(tmp_path, text, message):
 
 import json  # noqa: E402
 
-from orchestrator.backends import monitor as qmp  # noqa: E402
+from orchestrator.guest import monitor as qmp  # noqa: E402
 
 
 def libvirt_event(mon, name, data=None):
@@ -119,7 +119,7 @@ class _Domain:
 @pytest.mark.parametrize("calls_work, said", [(False, "gone: lost the connection to qemu+ssh://hv/system (closed;"),
                                               (True, "not running")])
 def test_a_domain_call_that_sees_the_connection_end_names_it(calls_work, said):
-    from orchestrator.backends.libvirt import LibvirtGuest
+    from orchestrator.guest.libvirt import LibvirtGuest
     guest = LibvirtGuest.__new__(LibvirtGuest)
     guest.uri, guest._lost, guest._lifecycle, guest.ssh_via = "qemu+ssh://hv/system", None, [], None
     guest._conn = _DeadConnection(calls_work)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import libvirt_volumes as volumes
-from orchestrator.image import GuestImage
+from orchestrator.guest.images import GuestImage
+from orchestrator.guest.libvirt import volumes
 from orchestrator.scenario import GuestSpec
 
 DIGEST = "ab" * 32
@@ -78,7 +78,7 @@ def test_content_digest_is_sha256_and_follows_changes(tmp_path):
 
 def _guest(uri, tmp_path):
     pytest.importorskip("libvirt")
-    from orchestrator.backends.libvirt import LibvirtGuest
+    from orchestrator.guest.libvirt import LibvirtGuest
     image = GuestImage(name="debian-6.1", directory=tmp_path, kernel=tmp_path / "vmlinux",
                        initrd=tmp_path / "initrd.img", kernel_release="6.1", kernel_package="p",
                        kernel_package_version="1", client_key=tmp_path / "key", host_key_line="ssh-ed25519 AAAA")

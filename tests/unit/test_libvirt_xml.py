@@ -1,7 +1,7 @@
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from orchestrator import libvirt_xml
+from orchestrator.guest.libvirt import xml as libvirt_xml
 
 GOLDEN_TCG = """<domain xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0" type="qemu">
   <name>mce-orch-h-1-1</name>

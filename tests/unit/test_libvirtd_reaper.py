@@ -26,12 +26,12 @@ ORPHAN_CHECK = textwrap.dedent("""
 
 
 def test_orphans_are_adopted_and_reaped_at_once():
-    done = subprocess.run([sys.executable, "-m", "orchestrator.libvirtd", "--reap", sys.executable, "-c", ORPHAN_CHECK],
+    done = subprocess.run([sys.executable, "-m", "orchestrator.guest.libvirt.daemons", "--reap", sys.executable, "-c", ORPHAN_CHECK],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
 
 
 def test_the_reaper_exits_with_its_childs_status():
-    done = subprocess.run([sys.executable, "-m", "orchestrator.libvirtd", "--reap", "/bin/sh", "-c", "exit 3"],
+    done = subprocess.run([sys.executable, "-m", "orchestrator.guest.libvirt.daemons", "--reap", "/bin/sh", "-c", "exit 3"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 3

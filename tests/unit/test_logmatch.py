@@ -1,8 +1,8 @@
 """Kernel-log expectations match whole messages; placeholders end at a token boundary."""
 import pytest
 
-from orchestrator import logmatch
-from orchestrator.logmatch import ExpectationError, LineExpectation
+from orchestrator.judge import logmatch
+from orchestrator.judge.logmatch import ExpectationError, LineExpectation
 
 # Real 6.1 output (srao-recovery-disabled-panic, srar-anon-access runs).
 LOG = ("[    3.197897] Kernel panic - not syncing: Memory failure on page 421b5\n"

@@ -14,11 +14,11 @@ def dry_run(*args: str) -> str:
 
 
 @pytest.mark.parametrize("args, want", [
-    (("image",), "-m orchestrator.distro_image debian-6.1"),
-    (("image", "KERNEL=debian-12-full"), "-m orchestrator.distro_image debian-12-full"),
-    (("image", "KERNEL=debian-6.12"), "-m orchestrator.distro_image debian-6.12"),
-    (("image", "KERNEL_PATH=/src/linux"), "-m orchestrator.image debian-6.1 --kernel /src/linux"),
-    (("image", "KERNEL_PATH=/src/linux", "MODULES=/m"), "-m orchestrator.image debian-6.1 --kernel /src/linux --modules /m"),
+    (("image",), "-m orchestrator.guest.images.distro debian-6.1"),
+    (("image", "KERNEL=debian-12-full"), "-m orchestrator.guest.images.distro debian-12-full"),
+    (("image", "KERNEL=debian-6.12"), "-m orchestrator.guest.images.distro debian-6.12"),
+    (("image", "KERNEL_PATH=/src/linux"), "-m orchestrator.guest.images debian-6.1 --kernel /src/linux"),
+    (("image", "KERNEL_PATH=/src/linux", "MODULES=/m"), "-m orchestrator.guest.images debian-6.1 --kernel /src/linux --modules /m"),
 ])
 def test_make_image_builds_the_named_image_and_a_kernel_only_when_given(args, want):
     assert dry_run(*args).strip().endswith(want)

@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator import mce
+from orchestrator.inject import mce
 
 # A 512 MiB pc guest as its QEMU reports it (memory_map): the legacy hole at 0xa0000-0xfffff.
 LIMITS = mce.MceLimits(vcpus=2, banks=10, ram_ranges=((0, 0xA0000), (0x100000, 512 << 20)))

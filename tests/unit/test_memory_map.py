@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator import memory_map
+from orchestrator.guest import memory_map
 
 # QEMU 7.2, `info mtree -f` of a paused `-machine pc -m 3584 -nodefaults`: the flat
 # view for "memory" is not the first one, an SMM view repeats it, and the

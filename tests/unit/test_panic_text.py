@@ -3,8 +3,8 @@ import threading
 import time
 from types import SimpleNamespace
 
-from orchestrator.deadline import Deadline
 from orchestrator.observe import PANIC_QUIET_S, _wait_console_settled
+from orchestrator.plumbing.deadline import Deadline
 
 
 def test_waits_for_the_rest_of_a_panic_line_cut_in_the_middle(tmp_path):

@@ -1,6 +1,6 @@
 import subprocess
 
-from orchestrator import pmem
+from orchestrator.guest.images import pmem
 from orchestrator.runner import mount_pmem
 
 

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from orchestrator import qemu_args
+from orchestrator.guest.qemu import argv as qemu_args
 
 
 def config(**kw):

@@ -6,10 +6,10 @@ import textwrap
 
 import pytest
 
-from orchestrator.backends.qemu import QemuGuest
-from orchestrator.deadline import Deadline
-from orchestrator.image import GuestImage
-from orchestrator.outcome import HarnessError
+from orchestrator.guest.qemu import QemuGuest
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.guest.images import GuestImage
+from orchestrator.plumbing.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
 
 # Both orders of the race: QEMU's exit seen before the QMP connect fails ("exit"), and the

@@ -1,8 +1,8 @@
 """inject.race: retake-thp-block -- the pure parts: the mailbox, each step's check, symbols."""
 import pytest
 
-from orchestrator import highorder, recompound
-from orchestrator.recompound import (CLEARED, FREED, LEFT_PCP, OTHER_BLOCK, TAKEN, TAKEN_AGAIN, TIMEOUT, WAITING,
+from orchestrator.inject.races import highorder, recompound
+from orchestrator.inject.races.recompound import (CLEARED, FREED, LEFT_PCP, OTHER_BLOCK, TAKEN, TAKEN_AGAIN, TIMEOUT, WAITING,
                                      check_step, mailbox)
 
 BLOCK = 0x10600

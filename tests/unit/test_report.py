@@ -2,9 +2,9 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from orchestrator.outcome import HarnessError, Outcome, worst
+from orchestrator.judge.verdict import Check, Evidence, Verdict
+from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
 from orchestrator.report import ScenarioResult, new_run_dir, point_latest, write_json, write_junit
-from orchestrator.verdict import Check, Evidence, Verdict
 
 
 def results(tmp_path: Path):

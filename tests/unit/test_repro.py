@@ -2,7 +2,8 @@
 import subprocess
 from pathlib import Path
 
-from orchestrator import qemu_args, repro
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.report import repro
 
 
 LOG = """\

@@ -1,5 +1,5 @@
 """monitor-commands.log -> HMP lines: every backend's log is turned into lines, never an exception."""
-from orchestrator.repro import hmp_lines
+from orchestrator.report.repro import hmp_lines
 
 
 def test_a_libvirt_backend_log_with_non_json_arguments():

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import mce
-from orchestrator.outcome import InputError
+from orchestrator.inject import mce
+from orchestrator.plumbing.outcome import InputError
 from orchestrator.scenario import NONE, ScenarioError, catalog, load_scenario, parse_scenario, resolve
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ PLUGIN = Path(__file__).resolve().parents[2] / "scenarios" / "conftest.py"
 
 CONFTEST = f"""
 import importlib.util
-from orchestrator.outcome import Outcome
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.report import ScenarioResult
 from orchestrator.scenario import KnownFailure
 

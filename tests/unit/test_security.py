@@ -28,12 +28,12 @@ def test_no_shell_anywhere_in_the_harness():
 
 
 def test_forwarded_ports_and_sockets_are_loopback_only():
-    text = (PACKAGE / "qemu_args.py").read_text() + (PACKAGE / "backends" / "qemu.py").read_text()
+    text = (PACKAGE / "guest" / "qemu" / "argv.py").read_text() + (PACKAGE / "guest" / "qemu" / "__init__.py").read_text()
     assert "hostfwd=tcp:127.0.0.1:" in text and "0.0.0.0" not in text
     # QMP is a socketpair: no socket path anyone else could open.
-    assert "socketpair()" in (PACKAGE / "backends" / "qemu.py").read_text()
+    assert "socketpair()" in (PACKAGE / "guest" / "qemu" / "__init__.py").read_text()
 
 
 def test_ssh_client_never_accepts_unknown_host_keys():
-    text = (PACKAGE / "ssh.py").read_text()
+    text = (PACKAGE / "guest" / "ssh.py").read_text()
     assert "RejectPolicy()" in text and "AutoAddPolicy" not in text and "WarningPolicy" not in text

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import qemu_args, snapshot
-from orchestrator.backends.qemu import QemuGuest, file_digest
-from orchestrator.image import GuestImage
+from orchestrator.guest import snapshot
+from orchestrator.guest.images import GuestImage
+from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.guest.qemu import QemuGuest, file_digest
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import HarnessError
 from orchestrator.scenario import GuestSpec
-from orchestrator.deadline import Deadline
-from orchestrator.outcome import HarnessError
 
 BUILDS = dict(image_build="0123abcd 6.1.0-56-amd64", probe_build="probe-aaaa", qemu="QEMU 7.2.0",
               firmware="f00d")

@@ -2,8 +2,8 @@
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.image import GuestImage
-from orchestrator.snapshot import image_build, snapshot_key
+from orchestrator.guest.images import GuestImage
+from orchestrator.guest.snapshot import image_build, snapshot_key
 
 
 def test_a_rebuild_with_new_keys_gets_a_new_saved_guest():

@@ -1,7 +1,7 @@
 """The local sshd's configuration, the pinned ssh that libvirt runs, the URI. Pure parts."""
 from pathlib import Path
 
-from orchestrator import sshd
+from orchestrator.guest.libvirt import sshd
 
 
 def test_config_is_loopback_keys_only_own_files():

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.outcome import Outcome
+from orchestrator.judge.verdict import Evidence, judge
+from orchestrator.plumbing.outcome import Outcome
 from orchestrator.scenario import NONE, load_scenario
-from orchestrator.verdict import Evidence, judge
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 PFN = 0x73E2

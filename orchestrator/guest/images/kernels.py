@@ -1,0 +1,154 @@
+"""Where an image's kernel comes from, behind one interface: a Debian kernel package, or a
+kernel the user built (a bzImage, a vmlinux, or a build tree, with modules from the tree or
+from an INSTALL_MOD_PATH install).
+
+The builder asks a source for the .debs it needs fetched, for an identity that changes
+whenever the kernel does (it goes into the image digest, and so into the snapshot key), and
+then for the unpacked files.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.guest.images import bzimage
+from orchestrator.guest.images.errors import ImageError, run
+from orchestrator.guest.images.modules import MODULE_SUFFIXES
+
+
+@dataclass(frozen=True)
+class KernelFiles:
+    """A kernel ready for the builder."""
+    image: Path             # a bzImage or an ELF vmlinux
+    release: str            # uname -r
+    modules: Path | None    # what modules.add_modules walks; None: no modules
+    config: str | None      # the kernel's .config, when known
+
+
+class KernelSource(ABC):
+    @abstractmethod
+    def debs(self) -> dict[str, str]:
+        """{package: version} the builder must fetch for this kernel."""
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """What the image digest is keyed on: changes whenever the kernel does."""
+
+    @abstractmethod
+    def unpack(self, work: Path, debs: Mapping[str, Path]) -> KernelFiles:
+        """The kernel's files, unpacked into `work` where needed."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for progress and the manifest."""
+
+
+class DebianPackageKernel(KernelSource):
+    """linux-image-RELEASE from apt: /boot/vmlinuz-RELEASE, /boot/config-RELEASE and /lib/modules/RELEASE."""
+
+    def __init__(self, package: str, version: str):
+        self.package, self.version = package, version
+        self.release = package.removeprefix("linux-image-")
+
+    def debs(self) -> dict[str, str]:
+        return {self.package: self.version}
+
+    def identity(self) -> dict:
+        return {"package": self.package, "version": self.version}
+
+    def describe(self) -> str:
+        return f"{self.package} {self.version}"
+
+    def unpack(self, work: Path, debs: Mapping[str, Path]) -> KernelFiles:
+        work.mkdir(parents=True, exist_ok=True)
+        deb = debs[self.package]
+        run(["dpkg-deb", "-x", str(deb), str(work)], step=f"dpkg-deb -x {deb.name}")
+        vmlinuz = work / "boot" / f"vmlinuz-{self.release}"
+        moddir = work / "lib/modules" / self.release
+        if not vmlinuz.is_file() or not moddir.is_dir():
+            raise ImageError(f"{self.package}: no /boot/vmlinuz-{self.release} and /lib/modules/{self.release}")
+        config = work / "boot" / f"config-{self.release}"
+        return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config.is_file() else None)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _modules_fingerprint(moddir: Path) -> str:
+    # Every module's path, size and mtime, and depmod's files: reading hundreds of MiB of
+    # .ko files on every run would cost more than the boot.
+    h = hashlib.sha256()
+    for dirpath, dirnames, names in os.walk(moddir):
+        dirnames.sort()
+        for n in sorted(names):
+            if n.endswith(MODULE_SUFFIXES) or n in ("modules.builtin", "modules.dep", "modules.order"):
+                st = os.stat(os.path.join(dirpath, n))
+                h.update(f"{os.path.relpath(os.path.join(dirpath, n), moddir)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class LocalKernel(KernelSource):
+    """A kernel the user built: PATH is a bzImage, a vmlinux (with a PVH note), or a build
+    tree (arch/x86/boot/bzImage, .config, and its .ko files unless `modules` is given).
+    `modules` is an INSTALL_MOD_PATH (holding lib/modules/RELEASE) or that folder itself."""
+
+    def __init__(self, path: Path, modules: Path | None = None):
+        self.path = Path(path).resolve()
+        self.modules_arg = Path(modules).resolve() if modules is not None else None
+        if self.path.is_dir():
+            self.tree: Path | None = self.path
+            self.kernel = self.path / "arch/x86/boot/bzImage"
+            if not self.kernel.is_file():
+                raise ImageError(f"--kernel {path}: a build tree needs arch/x86/boot/bzImage (run make first)")
+        elif self.path.is_file():
+            self.tree, self.kernel = None, self.path
+        else:
+            raise ImageError(f"--kernel {path}: no such file or folder")
+        head = self.kernel.read_bytes()
+        self.release = self._release(head)
+        self.moddir = self._moddir()
+
+    def _release(self, data: bytes) -> str:
+        if not (bzimage.is_bzimage(data) or data[:4] == b"\x7fELF"):
+            raise ImageError(f"--kernel {self.kernel}: neither a bzImage nor an ELF vmlinux")
+        found = bzimage.kernel_release(data)
+        if not found and self.tree is not None and (self.tree / "include/config/kernel.release").is_file():
+            found = (self.tree / "include/config/kernel.release").read_text().strip()
+        if not found:
+            raise ImageError(f"--kernel {self.kernel}: no version string in it (bzImage header or linux_banner)")
+        return found
+
+    def _moddir(self) -> Path | None:
+        if self.modules_arg is not None:
+            for candidate in (self.modules_arg / "lib/modules" / self.release, self.modules_arg):
+                if candidate.is_dir() and candidate.name == self.release:
+                    return candidate
+            raise ImageError(f"--modules {self.modules_arg}: no lib/modules/{self.release} in it "
+                             f"(the kernel is {self.release})")
+        return self.tree  # a build tree's modules sit beside their sources; a lone file has none
+
+    def config(self) -> str | None:
+        if self.tree is not None and (self.tree / ".config").is_file():
+            return (self.tree / ".config").read_text()
+        return bzimage.embedded_config(self.kernel.read_bytes())
+
+    def debs(self) -> dict[str, str]:
+        return {}
+
+    def identity(self) -> dict:
+        config = self.config()
+        return {"kernel_sha256": _sha256(self.kernel), "release": self.release,
+                "config_sha256": hashlib.sha256(config.encode()).hexdigest() if config else None,
+                "modules": _modules_fingerprint(self.moddir) if self.moddir else None}
+
+    def describe(self) -> str:
+        return f"{self.kernel} ({self.release})" + (f", modules from {self.moddir}" if self.moddir else "")
+
+    def unpack(self, work: Path, debs: Mapping[str, Path]) -> KernelFiles:
+        return KernelFiles(self.kernel, self.release, self.moddir, self.config())

@@ -1,0 +1,372 @@
+"""SSH to the guest: banner wait, pinned host key, commands with deadlines.
+
+QEMU's user-mode network accepts a TCP connection before the guest's sshd
+listens, so readiness is the `SSH-` banner, not a connect.
+"""
+from __future__ import annotations
+
+import base64
+import logging
+import shlex
+import socket
+import time
+from pathlib import Path
+
+import paramiko
+
+from orchestrator.plumbing.bounded import HeadTail, LineLog
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.guest_data import MAX_LINE, json_message
+from orchestrator.plumbing.outcome import HarnessError
+
+GUEST_HOST = "127.0.0.1"
+BANNER_POLL_S = 0.25
+OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
+
+
+def open_socket(host: str, port: int, timeout: float, via=None):
+    """A connection to host:port: direct, or `via` a hypervisor tunnel (a remote libvirt
+    host, orchestrator.guest.libvirt.tunnel) as that host sees host:port."""
+    if via is not None:
+        return via.open(host, port, timeout)
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def wait_for_banner(port: int, deadline: Deadline, still_running=lambda: None, sshd_started=lambda: True,
+                    host: str = GUEST_HOST, patience: float = BANNER_POLL_S, via=None) -> float:
+    """Seconds until sshd greeted us; raises HarnessError('boot') when the deadline passes.
+
+    `sshd_started` (e.g. a look at the console for the init's READY line) is a
+    cheap local check; connections only start once it says yes. `patience`: how
+    long one connection waits for the banner. A guest with no READY line is
+    polled from the start, so each connection must wait long (slirp retries its
+    SYN to the guest until sshd listens): short ones pile up by the hundred in
+    slirp and stall it.
+    """
+    start = time.monotonic()
+    last = "no answer"
+    while not deadline.expired():
+        why_dead = still_running()
+        if why_dead:
+            raise HarnessError("boot", why_dead)
+        if not sshd_started():
+            deadline.sleep(0.01)
+            continue
+        try:
+            with open_socket(host, port, max(min(1.0, deadline.remaining()), 0.01), via) as s:
+                # Short by default (after the READY line): a connection made before the
+                # guest listens hangs in slirp's SYN retries (seconds); a fresh one gets
+                # through as soon as it listens.
+                s.settimeout(max(min(patience, deadline.remaining()), 0.01))
+                if s.recv(4).startswith(b"SSH-"):
+                    return time.monotonic() - start
+                last = "connection closed without a banner"
+        except (OSError, paramiko.SSHException) as exc:
+            # A tunnel's errors carry their text in the message, not in strerror.
+            last = getattr(exc, "strerror", None) or (str(exc) if via is not None else "") or type(exc).__name__
+        deadline.sleep(0.05)
+    through = f" through {via.description}" if via is not None else ""
+    raise HarnessError("boot", f"no SSH banner on {host}:{port}{through} within {deadline.seconds:g} s ({last})")
+
+
+def banner_answers(port: int, seconds: float, host: str = GUEST_HOST, via=None) -> bool:
+    """Does sshd greet a new connection within `seconds`?"""
+    try:
+        wait_for_banner(port, Deadline(seconds, "banner"), host=host, via=via)
+        return True
+    except HarnessError:
+        return False
+
+
+def pinned_host_keys(host_key_line: str, port: int, host: str = GUEST_HOST) -> paramiko.HostKeys:
+    kind, blob = host_key_line.split()[:2]
+    keys = paramiko.HostKeys()
+    keys.add(f"[{host}]:{port}" if port != 22 else host, kind, paramiko.PKey.from_type_string(kind, base64.b64decode(blob)))
+    return keys
+
+
+class SshSession:
+    def __init__(self, port: int, client_key: Path, host_key_line: str, log_file: Path | None = None,
+                 host: str = GUEST_HOST, user: str = "root", via=None):
+        self.port = port
+        self.host = host  # our own guests: the loopback forward; an attached domain: its configured address
+        self.via = via    # a remote libvirt host: its tunnel (host:port are as that host sees them)
+        self.user = user
+        self._log_handler = None
+        # paramiko's own account of the connection, for when it drops: a logger
+        # of this session's own, kept out of the root logger (and of other
+        # sessions' files, and of pytest's captured output).
+        self._log_channel = f"paramiko.mce-{port}-{id(self):x}"
+        if log_file is not None:
+            self._log_handler = logging.FileHandler(log_file)
+            self._log_handler.setFormatter(logging.Formatter("%(relativeCreated)9.0f %(levelname)s %(name)s: %(message)s"))
+            logger = logging.getLogger(self._log_channel)
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False
+            logger.addHandler(self._log_handler)
+        self._key = paramiko.Ed25519Key.from_private_key_file(str(client_key))
+        self._host_keys = pinned_host_keys(host_key_line, port, host)
+        self._client: paramiko.SSHClient | None = None
+        self.reconnects = 0
+
+    def connect(self, deadline: Deadline) -> None:
+        last = ""
+        while not deadline.expired():
+            client = paramiko.SSHClient()
+            client._host_keys = self._host_keys  # the pinned key only: no known_hosts of the user
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            client.set_log_channel(self._log_channel)
+            sock = None
+            try:
+                if self.via is not None:
+                    sock = self.via.open(self.host, self.port, max(deadline.remaining(), 0.1))
+                    logging.getLogger(self._log_channel).info("through the hypervisor %s", self.via.description)
+                client.connect(self.host, self.port, username=self.user, pkey=self._key, sock=sock,
+                               timeout=max(deadline.remaining(), 0.1), banner_timeout=max(deadline.remaining(), 0.1),
+                               auth_timeout=max(deadline.remaining(), 0.1),
+                               allow_agent=False, look_for_keys=False)
+                self._client = client
+                return
+            except paramiko.BadHostKeyException as exc:
+                client.close()
+                raise HarnessError("ssh", f"guest host key does not match the pinned one: {exc}") from None
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                client.close()
+                if sock is not None:
+                    sock.close()
+                last = str(exc) or type(exc).__name__
+                deadline.sleep(0.2)
+        through = f" through {self.via.description}" if self.via is not None else ""
+        raise HarnessError("ssh", f"cannot log in to {self.host}:{self.port}{through} within {deadline.seconds:g} s ({last})")
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        if self._client is None:
+            raise HarnessError("ssh", "not connected")
+        return self._client
+
+    def connected(self) -> bool:
+        """Logged in, and the connection still up."""
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is not None and transport.is_active()
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("connection closed")
+        return transport
+
+    def _open_exec(self, command: str, deadline: Deadline) -> paramiko.Channel:
+        # dropbear now and then refuses or closes a new channel while another one
+        # is ending; the command has not run then, so trying again is safe.
+        while True:
+            try:
+                channel = self._transport().open_session(timeout=max(deadline.remaining(), 0.1))
+                channel.set_combine_stderr(True)
+                channel.exec_command(command)
+                return channel
+            except (paramiko.ChannelException, paramiko.SSHException, EOFError):
+                if deadline.expired():
+                    raise
+                transport = self.client.get_transport()
+                if transport is None or not transport.is_active():
+                    # dropbear 2022.83 now and then drops the whole connection when a
+                    # channel ends while another opens: log in again, and say so.
+                    self.reconnects += 1
+                    self.close_client()
+                    self.connect(deadline)
+                deadline.sleep(0.05)
+
+    def run(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
+        """Run a command; (exit status, stdout+stderr, its first and last `limit // 2` bytes when
+        longer). Raises HarnessError on timeout, also while output keeps coming, or a drop."""
+        output = None
+        try:
+            channel = self._open_exec(command, deadline)
+            channel.settimeout(max(deadline.remaining(), 0.1))
+            output = HeadTail(limit)
+            while True:
+                chunk = channel.recv(65536)
+                if not chunk:
+                    break
+                output.add(chunk)
+                if deadline.expired():  # a command that keeps printing does not extend it
+                    channel.close()
+                    raise TimeoutError
+                channel.settimeout(max(deadline.remaining(), 0.01))
+            channel.settimeout(max(deadline.remaining(), 0.01))
+            if not channel.status_event.wait(max(deadline.remaining(), 0.01)):
+                channel.close()
+                raise TimeoutError
+            status = channel.recv_exit_status()
+            _await_remote_close(channel, deadline)
+            channel.close()
+            return status, output.value().decode(errors="replace")
+        except (socket.timeout, TimeoutError):
+            streamed = f" (it kept printing: {output.total} bytes)" if output is not None and output.total > limit else ""
+            raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s{streamed}") from None
+        except (paramiko.SSHException, OSError, EOFError) as exc:
+            raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
+
+    def check(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> str:
+        status, output = self.run(command, deadline, phase, limit)
+        if status != 0:
+            raise HarnessError(phase, f"'{command}' exited with {status}: {output.strip()[-200:]}")
+        return output
+
+    def upload(self, local: Path, remote: str, mode: int, deadline: Deadline, phase: str) -> None:
+        # Opening SFTP right after boot fails now and then: retry within the deadline.
+        last = ""
+        while not deadline.expired():
+            try:
+                with self.client.open_sftp() as sftp:
+                    sftp.put(str(local), remote)
+                    sftp.chmod(remote, mode)
+                return
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = str(exc) or type(exc).__name__
+                deadline.sleep(0.2)
+        raise HarnessError(phase, f"cannot upload {local.name} over SFTP within {deadline.seconds:g} s ({last})")
+
+    def start(self, command: str) -> "RemoteProcess":
+        channel = self._transport().open_session()
+        channel.exec_command(command)
+        return RemoteProcess(channel, command)
+
+    def close_client(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def close(self) -> None:
+        self.close_client()
+        if self._log_handler is not None:
+            logging.getLogger(self._log_channel).removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+class ProbeExited(HarnessError):
+    """The probe ended without the report we waited for (it may have been killed)."""
+
+    def __init__(self, phase: str, message: str, status: int | None):
+        super().__init__(phase, message)
+        self.status = status
+
+
+class RemoteProcess:
+    """A command running in the guest that speaks JSON lines (the probe)."""
+
+    def __init__(self, channel: paramiko.Channel, command: str):
+        self._channel = channel
+        self.command = command
+        self._buffer = b""
+        self._pending: list[dict] = []
+        self.transcript = LineLog()  # bounded: a probe may print without end
+
+    def pushback(self, message: dict) -> None:
+        """Hand a message already read back to the next read_event."""
+        self._pending.append(message)
+
+    def send(self, line: str) -> bool:
+        """Send a command line; False when the probe has already gone (it exits after a SIGBUS report)."""
+        try:
+            self._channel.sendall((line + "\n").encode())
+        except (OSError, paramiko.SSHException):
+            self.transcript.append(f"> {line}   (not sent: the probe's channel is closed)")
+            return False
+        self.transcript.append(f"> {line}")
+        return True
+
+    def read_event(self, names: set[str], deadline: Deadline, phase: str, abort=lambda: None) -> dict:
+        """Next JSON line whose "event" is in names; other lines are kept in the transcript.
+
+        `abort` is asked between reads; a reason it returns (the guest panicked)
+        ends the wait at once instead of at the deadline.
+        """
+        for message in list(self._pending):
+            if message.get("event") in names:
+                self._pending.remove(message)
+                return message
+        while True:
+            if len(self._buffer) > MAX_LINE and b"\n" not in self._buffer:
+                # A line without end: keep its start in the transcript, drop the rest.
+                self.transcript.append(self._buffer[:200].decode(errors="replace")
+                                       + f"... (line cut: over {MAX_LINE} bytes without a newline)")
+                self._buffer = b""
+            while b"\n" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\n", 1)
+                if len(raw) > MAX_LINE:
+                    self.transcript.append(raw[:200].decode(errors="replace") + f"... (line cut: {len(raw)} bytes)")
+                    continue
+                line = raw.decode(errors="replace")
+                self.transcript.append(line)
+                message = json_message(line)
+                if message is None:
+                    continue  # not one of the probe's JSON objects: kept in the transcript only
+                if message.get("event") == "error":
+                    raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
+                                              f"{str(message.get('strerror'))[:200]}")
+                if message.get("event") in names:
+                    return message
+                if message.get("event") == "exit":
+                    status = message.get("status") if type(message.get("status")) is int else None
+                    raise ProbeExited(phase, f"probe exited (status {status}) "
+                                             f"without {'/'.join(sorted(names))}", status)
+            if deadline.expired():
+                raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
+            why = abort()
+            if why:
+                raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))}: {why}")
+            self._channel.settimeout(min(max(deadline.remaining(), 0.01), 0.1))
+            try:
+                chunk = self._channel.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise HarnessError(phase, f"SSH dropped while reading the probe: {exc}") from None
+            if not chunk:
+                status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+                raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
+            self._buffer += chunk
+
+    def wait_exit(self, deadline: Deadline) -> int | None:
+        """Wait until the probe's channel is closed on both sides; its exit status, or None.
+
+        dropbear 2022.83 aborts the whole connection ("Failed assertion
+        (common-channel.c:705): !channel->sent_close") when a new channel opens
+        while another is closing, so nothing new is opened before this returns.
+        """
+        status = None
+        try:
+            status = self.read_event({"exit"}, deadline, "observe").get("status")
+        except ProbeExited as exc:
+            status = exc.status
+        except HarnessError:
+            return None
+        while not self._channel.closed and not deadline.expired():
+            try:
+                self._channel.settimeout(max(deadline.remaining(), 0.01))
+                if not self._channel.recv(65536) and self._channel.exit_status_ready():
+                    self._channel.close()
+            except (socket.timeout, TimeoutError, OSError, paramiko.SSHException):
+                break
+            deadline.sleep(0.005)
+        return status
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _await_remote_close(channel: paramiko.Channel, deadline: Deadline, most_s: float = 1.0) -> None:
+    """Wait (briefly) for the server's own close of a finished command's channel, as
+    RemoteProcess.wait_exit does for the probe's: dropbear 2022.83 aborts the whole
+    connection, and the probe's channel with it, when the next channel opens while
+    this one is still closing (seen once with a guest under an event storm)."""
+    end = Deadline(min(most_s, max(deadline.remaining(), 0.0)), "channel close")
+    while not channel.closed and not end.expired():
+        end.sleep(0.002)
+
+
+def quote(value) -> str:
+    return shlex.quote(str(value))

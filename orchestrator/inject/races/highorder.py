@@ -1,0 +1,319 @@
+"""inject.race: take-free-block -- "high-order kernel page", forced with QEMU's gdbstub.
+
+mm/memory-failure.c (6.1 and 6.12), memory_failure():
+    TestSetPageHWPoison(p);                    the poison flag, first
+    res = get_hwpoison_page(p, flags);         0: a free page (no references)
+    if (!res) {
+        if (is_free_buddy_page(p)) ...         "free buddy page"
+        else action_result(pfn, MF_MSG_KERNEL_HIGH_ORDER, MF_IGNORED);
+A free page reports "high-order kernel page" when its block leaves the buddy
+allocator between get_hwpoison_page() and that last look. For a free page,
+is_free_buddy_page() runs three times on the memory_failure() path: in
+HWPoisonHandlable() (__get_hwpoison_page()), in get_any_page() once the page
+turned out to have no references, and in memory_failure() itself.
+
+The choreography (nothing in guest memory is written by the host; vCPUs are
+only held):
+1. A guest process pinned to another vCPU (the probe's --take-free-block)
+   picks the page: the middle of a 2 MiB block it just had as a THP and freed.
+   It reports that page and a mailbox page, and waits for the poison flag.
+2. The host starts QEMU's gdbstub (HMP gdbserver), breaks on
+   is_free_buddy_page() and on getpriority()'s entry (the process's gate: it
+   calls getpriority() once it has seen the poison flag, before it allocates),
+   and sends the machine check.
+3. The process's vCPU is held at the gate; the injected vCPU runs until its
+   third is_free_buddy_page() on the page, which must return into
+   memory_failure(). There that vCPU is held and only the process's vCPU runs
+   (vCont;c:N): it faults THPs until /proc/kpageflags no longer shows the
+   page as a free buddy page (the kernel's own is_free_buddy_page()), and
+   says so in its mailbox, which the host reads with the monitor's xp.
+4. The host detaches (every vCPU runs again); memory_failure() looks again and
+   reports the page. A process that could not take the block makes the run
+   an ERROR ("could not force the interleaving"), never a PASS or FAIL.
+The hold lasts well under a second here; it is bounded by HOLD_S, far below
+the RCU stall (21 s) and soft lockup (20 s) detectors.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from orchestrator import probe as probe_build
+from orchestrator.guest.base import GuestMonitor
+from orchestrator.guest.monitor import MonitorError
+from orchestrator.guest.ssh import RemoteProcess, SshSession
+from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.outcome import HarnessError
+
+# Symbols read from the guest's /proc/kallsyms (KASLR: every boot may differ).
+SYMBOLS = ("is_free_buddy_page", "memory_failure", "__x64_sys_getpriority", "vmemmap_base")
+STRUCT_PAGE_SIZE = 64          # x86_64, these configs: vmemmap_base + pfn * 64 is the page's struct page
+MAILBOX_MAGIC = 0x4D43454F52434831  # the probe's TAKER_MAGIC
+MAILBOX_STATES = {1: "waiting for the poison flag", 2: "allocating", 3: "taken",
+                  4: "out of memory above its MemFree margin", 5: "never saw the poison flag"}
+TAKEN = 3
+HIT_S = 10.0                   # from the machine check to the third look
+HOLD_S = 4.0                   # the injected vCPU held at most this long
+MF_HITS = 3                    # is_free_buddy_page() calls on the page, the last in memory_failure()
+
+
+def kallsyms_command(symbols: tuple[str, ...] = SYMBOLS) -> str:
+    """A shell command printing 'name address' for symbols and 'memory_failure_end' (the next
+    higher address after memory_failure: the kernel's own symbols are listed in address
+    order; fixed-width hex compares as text). One pass: the file is long and TCG slow."""
+    return ("awk -v want='" + " ".join(symbols) + "' "
+            "'BEGIN{n=split(want,w,\" \"); for(i=1;i<=n;i++) q[w[i]]=1} "
+            "f && $1\"\">m {print \"memory_failure_end\", $1; f=0} "
+            "q[$3] && !($3 in seen) {seen[$3]=$1; print $3, $1} "
+            "$3==\"memory_failure\" && m==\"\" {m=$1; f=1}' /proc/kallsyms")
+
+
+def parse_symbols(text: str, needed: tuple[str, ...] = SYMBOLS) -> dict[str, int]:
+    """{name: address} from kallsyms_command()'s output; every symbol needed must be there."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and re.fullmatch(r"[0-9a-fA-F]{1,16}", parts[1]):
+            found[parts[0]] = int(parts[1], 16)
+    missing = [name for name in (*needed, "memory_failure_end") if not found.get(name)]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in the guest's /proc/kallsyms (or only zeros: not root?)")
+    return found
+
+
+def parse_xp_words(text: str) -> list[int]:
+    """The 64-bit words of HMP `xp /Ngx ADDR` ('0000000002b9e000: 0x4d43... 0x0000...')."""
+    return [int(word, 16) for word in re.findall(r"\b0x([0-9a-fA-F]{16})\b", text)]
+
+
+def mailbox_state(words: list[int]) -> tuple[int, int, int]:
+    """(state, chunks, steps past the gate) from the mailbox's first four words; ValueError
+    when it is not the probe's."""
+    if len(words) < 4 or words[0] != MAILBOX_MAGIC:
+        raise ValueError(f"not the probe's mailbox: {[hex(w) for w in words[:4]]}")
+    return words[1], words[2], words[3]
+
+
+def taker_cpu(inject_cpu: int, vcpus: int) -> int:
+    return (inject_cpu + 1) % vcpus
+
+
+@dataclass
+class Hits:
+    """What the breakpoints saw, for the decision and for the report."""
+    on_page: list[int] = field(default_factory=list)   # return addresses of the injected vCPU's looks at the page
+    others: int = 0                                     # any other call (other pages, the process's own looks)
+    gate_seen: bool = False                             # the process reached its gate before the third look
+
+    def describe(self) -> str:
+        return (f"{len(self.on_page)} look(s) at the page on the injected vCPU (returning to "
+                f"{', '.join(hex(r) for r in self.on_page) or 'none'}), {self.others} other call(s), "
+                f"the process {'reached' if self.gate_seen else 'had not reached'} its gate by then")
+
+
+def third_look_ok(hits: Hits, symbols: dict[str, int]) -> str | None:
+    """None when the last recorded look is memory_failure()'s own; else what was seen instead."""
+    ret = hits.on_page[-1]
+    if symbols["memory_failure"] <= ret < symbols["memory_failure_end"]:
+        return None
+    return (f"look {len(hits.on_page)} at the page returned to {ret:#x}, outside memory_failure() "
+            f"({symbols['memory_failure']:#x}-{symbols['memory_failure_end']:#x}): {hits.describe()}")
+
+
+@dataclass
+class RaceProcess:
+    """An inject.race's guest process (the probe's OPTION, pinned to the vCPU after the injected
+    one) and what it reported, from locate to release. A subclass names its OPTION and the
+    kernel symbols it reads (LOOKED_UP) and cannot do without (NEEDED)."""
+    OPTION: ClassVar[str]
+    LOOKED_UP: ClassVar[tuple[str, ...]]
+    NEEDED: ClassVar[tuple[str, ...]]
+
+    process: RemoteProcess
+    pfn: int
+    block_pfn: int
+    mailbox_gpa: int
+    cpu: int
+    vcpus: int
+    symbols: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline, hold_s: float):
+        text = ssh.check(kallsyms_command(cls.LOOKED_UP), deadline, "locate")
+        try:
+            symbols = parse_symbols(text, cls.NEEDED)
+        except ValueError as exc:
+            raise HarnessError("locate", f"inject.race: {exc}") from None
+        cpu = taker_cpu(inject_cpu, vcpus)
+        process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}")
+        reply = process.read_event({"taker"}, deadline, "locate")
+        if "error" in reply:
+            raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
+        return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
+
+    def release(self) -> None:
+        """The process may free what it holds now (memory_failure() has reported the page)."""
+        self.process.send("release")
+
+
+class TakeFreeBlock(RaceProcess):
+    """take-free-block: the process takes the free page's block while memory_failure() is held."""
+    OPTION = "--take-free-block"
+    LOOKED_UP = NEEDED = SYMBOLS
+
+    def force(self, monitor: GuestMonitor, send_mce, *, inject_cpu: int, artifacts: Path,
+              remote: bool = False):
+        """Send the machine check (send_mce()) with the breakpoints in place and hold the
+        injected vCPU at memory_failure()'s last look until the process has taken the block.
+        Returns what send_mce() returned; HarnessError("inject", ...) when it could not."""
+        def race(target: RemoteTarget):
+            page = target.read_u64(self.symbols["vmemmap_base"]) + self.pfn * STRUCT_PAGE_SIZE
+            return self._race(target, monitor, send_mce, page, inject_cpu + 1, self.cpu + 1)
+        return with_gdbstub(monitor, artifacts, remote, race)
+
+    def _race(self, target: RemoteTarget, monitor: GuestMonitor, send_mce, page: int, held: int, taker: int):
+        at_page, gate = self.symbols["is_free_buddy_page"], self.symbols["__x64_sys_getpriority"]
+        target.set_breakpoint(at_page)
+        target.set_breakpoint(gate)
+        hits = Hits()
+
+        def resume() -> None:
+            # Once the process reached its gate it stays there; everything else runs.
+            target.send_resume(vcont_packet("c", (held,)) if hits.gate_seen else "vCont;c")
+
+        resume()
+        injected = send_mce()
+        deadline = Deadline(HIT_S, "inject")
+        while True:
+            try:
+                stop = target.wait_stop(max(deadline.remaining(), 0.1))
+            except GdbError:
+                raise HarnessError("inject", f"could not force the interleaving: memory_failure() did not look at "
+                                             f"the page {MF_HITS} times within {HIT_S:g} s ({hits.describe()})") from None
+            regs = target.registers(stop.thread)
+            if regs["rip"] == gate:
+                if stop.thread != taker:
+                    raise HarnessError("inject", f"could not force the interleaving: getpriority() called on vCPU "
+                                                 f"{stop.thread - 1}, not the process's vCPU {self.cpu}")
+                hits.gate_seen = True
+                target.set_breakpoint(gate, insert=False)
+                resume()
+                continue
+            ret = target.read_u64(regs["rsp"])
+            if stop.thread == held and regs["rdi"] == page:
+                hits.on_page.append(ret)
+                if len(hits.on_page) == MF_HITS:
+                    break
+            else:
+                hits.others += 1
+            # Step over the breakpoint (QEMU would stop at it again), then go on.
+            target.set_breakpoint(at_page, insert=False)
+            target.send_resume(vcont_packet("s", (stop.thread,)))
+            target.wait_stop(5)
+            target.set_breakpoint(at_page)
+            resume()
+        problem = third_look_ok(hits, self.symbols)
+        if problem:
+            raise HarnessError("inject", f"could not force the interleaving: {problem}")
+        target.set_breakpoint(at_page, insert=False)
+        held_since = time.monotonic()
+        if not hits.gate_seen:
+            # The process has not reached its gate yet: let it, then hold it there no more.
+            target.send_resume(vcont_packet("c", (taker,)))
+            stop = target.wait_stop(HOLD_S)
+            rip = target.registers(stop.thread)["rip"]
+            if stop.thread != taker or rip != gate:
+                raise HarnessError("inject", f"could not force the interleaving: vCPU {stop.thread - 1} stopped "
+                                             f"at {rip:#x} while the process went to its gate")
+            target.set_breakpoint(gate, insert=False)
+        target.send_resume(vcont_packet("c", (taker,)))
+        state, chunks, steps = self._wait_taken(monitor, held_since)
+        self.notes.append(f"vCPU {held - 1} held in memory_failure() for {time.monotonic() - held_since:.2f} s "
+                          f"while vCPU {self.cpu} took the block of PFN {self.pfn:#x} "
+                          f"({chunks} chunk(s) of 2 MiB); {hits.describe()}")
+        if state != TAKEN:
+            where = ""
+            if state < TAKEN:  # still at it: where its vCPU is, for whoever looks into why
+                target.interrupt(5)
+                where = f"; vCPU {self.cpu} at RIP {target.registers(taker)['rip']:#x}"
+            raise HarnessError("inject", f"could not force the interleaving: the guest process on vCPU {self.cpu}: "
+                                         f"{MAILBOX_STATES.get(state, f'state {state}')} after {chunks} chunk(s) of "
+                                         f"2 MiB, {steps} step(s) past its gate{where} ({hits.describe()})")
+        return injected
+
+    def _wait_taken(self, monitor: GuestMonitor, since: float) -> tuple[int, int, int]:
+        """Read the mailbox (HMP xp, guest-physical) until the process says taken or gives up:
+        (state, chunks, steps past the gate)."""
+        state, chunks, steps = 0, 0, 0
+        while time.monotonic() - since < HOLD_S:
+            words = parse_xp_words(monitor.hmp_query(f"xp /4gx {self.mailbox_gpa:#x}"))
+            try:
+                state, chunks, steps = mailbox_state(words)
+            except ValueError as exc:
+                raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
+            if state >= TAKEN:
+                break
+            time.sleep(0.02)
+        return state, chunks, steps
+
+
+def with_gdbstub(monitor: GuestMonitor, artifacts: Path, remote: bool, race):
+    """Start QEMU's gdbstub, connect (QEMU stops the VM), run race(target) and return what it
+    returns; whatever happens, detach (every vCPU runs again), keep the transcript and stop
+    the stub. Problems are HarnessError("inject", ...): the interleaving was not forced."""
+    if remote:
+        raise HarnessError("inject", "inject.race needs QEMU's gdbstub on this host: not with a remote "
+                                     "libvirt URI")
+    port = _free_port()
+    try:
+        reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
+    except MonitorError as exc:
+        raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
+    if "Waiting for gdb connection" not in reply:
+        raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
+    target: RemoteTarget | None = None
+    try:
+        target = RemoteTarget("127.0.0.1", port)
+        target.wait_stop(5)  # QEMU stops the VM when a debugger connects
+        return race(target)
+    except GdbError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
+    except MonitorError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
+    except OSError as exc:
+        raise HarnessError("inject", f"could not force the interleaving: gdbstub on port {port}: "
+                                     f"{exc.strerror or exc}") from None
+    finally:
+        if target is not None:
+            _release_all(target)
+            (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
+            target.close()
+        try:
+            monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
+        except MonitorError:
+            pass  # QEMU gone: what went wrong before says more
+
+
+def _release_all(target: RemoteTarget) -> None:
+    """Stop whatever still runs, then detach: QEMU removes the breakpoints and resumes every vCPU."""
+    try:
+        if target.running:
+            target.interrupt(5)
+    except (GdbError, OSError):
+        pass
+    try:
+        target.detach()
+    except (GdbError, OSError):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

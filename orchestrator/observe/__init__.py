@@ -1,0 +1,495 @@
+"""Observation: what happens after the injection, and the evidence gathered.
+
+Waits on the console and QMP (cheap, local) rather than on SSH where it can;
+runs the scenario's steps (probe commands, or writes the harness makes in the
+guest); gathers the probe's report, kpageflags, meminfo, the kernel log and
+sshd's log, each part its own SSH command with its own deadline, so one
+failure costs one part. A guest that went down (panic, reset, QEMU gone) is
+never waited for: the console stands in for the kernel log.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from orchestrator import probe as probe_build
+from orchestrator.guest.base import Guest
+from orchestrator.guest.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
+from orchestrator.inject import mce
+from orchestrator.judge import logmatch
+from orchestrator.judge.logmatch import LineExpectation
+from orchestrator.judge.verdict import Evidence
+from orchestrator.plumbing.bounded import read_head_tail
+from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
+from orchestrator.plumbing.outcome import HarnessError
+from orchestrator.scenario import Scenario
+
+GUEST_DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+GATHER_PART_S = 5.0  # each piece of evidence gathered after the steps: its own budget
+STEP_MIN_S = 5.0     # a step's own time when the phase has less left
+DMESG_LOOK_S = 0.5   # a console wait also looks in dmesg over SSH this often
+BANNER_LOOK_S = 2.0  # after a part timed out: does sshd still greet a new connection?
+KERNEL_LOG_LOOK_BYTES = 1 << 20  # what such a look reads at most
+CONSOLE_READ_BYTES = 4 << 20     # what one console poll reads at most
+SSHD_LOG_BYTES = 1 << 20         # the guest sshd's log kept (a flooded one is cut in the middle)
+KERNEL_LOG_BYTES = 8 << 20       # the console standing in for the kernel log: first and last halves
+CE_SETTLE_S = 1.5  # a corrected error shows when the guest next polls (check_interval 1 s)
+SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepaged) to act
+# Every guest expected alive is watched this long after its last step, before the
+# evidence (dmesg included) is read: a kernel that oopses just after "Recovered"
+# (a kernel thread meeting the poisoned page) must not pass.
+AFTERMATH_S = 1.0
+PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
+PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
+
+# Probe commands and the event each answers with.
+STEP_EVENTS = {"touch": "touched", "fsync": "fsync", "reread": "reread", "collapse": "collapse",
+               "madvise-hwpoison": "madvise-hwpoison"}
+
+# Steps the harness does in the guest, on the target page: (file, what to write).
+GUEST_STEPS = {
+    "soft-offline": ("/sys/devices/system/memory/soft_offline_page", lambda pfn: f"{pfn << 12:#x}"),
+    "soft-poison": ("/sys/kernel/debug/hwpoison/corrupt-pfn", lambda pfn: f"{pfn:#x}"),
+    "unpoison": ("/sys/kernel/debug/hwpoison/unpoison-pfn", lambda pfn: f"{pfn:#x}"),
+}
+
+# A step the harness runs as a second process in the guest (the probe binary in
+# another mode): fresh pages with the ksm kind's content, for ksmd to scan.
+KSM_REMERGE_PAGES = 16
+ANSWER_MARGIN_S = 5.0  # of the observe deadline, kept for the answer and the evidence gathering
+
+_ERRNO_TEXT = {"Operation not supported": "EOPNOTSUPP", "Device or resource busy": "EBUSY",
+               "Invalid argument": "EINVAL", "Operation not permitted": "EPERM", "I/O error": "EIO",
+               "Input/output error": "EIO", "No such device or address": "ENXIO"}
+
+
+def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProcess, ev: Evidence) -> None:
+    deadline = Deadline(scenario.timeouts.observe, "observe")
+    down = lambda: guest_down(guest)  # noqa: E731
+    if scenario.expect.guest == "panic":
+        sleep_watching(deadline, deadline.remaining(), down)
+    elif scenario.probe.mode == "wait":
+        if scenario.inject.fields is None:
+            pass  # nothing was injected: straight to the steps
+        elif scenario.inject.fields.status & mce.MCI_STATUS_UC:
+            # The kernel logs its result after it has signalled early-kill victims,
+            # so once the line is in its log the probe can be asked to go on.
+            wait_failure_logged(guest, ev.injected_address >> 12, deadline, occurrences=scenario.inject.count,
+                                ssh=ssh)
+        else:
+            # A corrected error is seen when the guest next polls its banks; there
+            # is no line to wait for, so give it one more interval.
+            sleep_watching(deadline, scenario.inject.interval_s or CE_SETTLE_S, down)
+        _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
+    if scenario.expect.guest != "panic":
+        sleep_watching(deadline, AFTERMATH_S, down)
+    why_down = down()
+    if why_down:
+        _let_panic_print(guest, deadline)
+        # Nothing more comes over SSH: the console is the kernel log now.
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
+        ev.guest_answered_after = False
+        ev.down = why_down
+        lost = ("probe result", "kpageflags", "meminfo")
+        for what in lost:
+            ev.unavailable[what] = why_down
+        ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in)")
+        return
+    _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down,
+            parts=PARTS + (ras_part(bool(scenario.expect.ras_record)),))
+    why_down = down()
+    if why_down:
+        ev.down = why_down
+        lost = [what for what in ("probe result", *(part.name for part in PARTS)) if what in ev.unavailable]
+        ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else ""))
+    if ev.kernel_log is None:
+        ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
+
+
+def own_time(deadline: Deadline, what: str) -> Deadline:
+    """The phase's deadline, or a fresh STEP_MIN_S when less is left: a wait that spent
+    the phase (a console line that never came) does not leave the next step no time."""
+    return deadline if deadline.remaining() >= STEP_MIN_S else Deadline(STEP_MIN_S, what)
+
+
+def sleep_watching(deadline: Deadline, seconds: float, down) -> str | None:
+    """Sleep up to `seconds` within the deadline, ending early when the guest goes down (and why)."""
+    end = Deadline(min(seconds, deadline.remaining()), "sleep")
+    while not end.expired():
+        why = down()
+        if why:
+            return why
+        end.sleep(0.05)
+    return down()
+
+
+def _guest_step(step: str, ssh: SshSession, ev: Evidence, deadline: Deadline) -> dict:
+    path, value = GUEST_STEPS[step]
+    status, output = ssh.run(f"echo {value(ev.checked_pfn)} > {path}", deadline, "observe")
+    result = "ok" if status == 0 else next((name for text, name in _ERRNO_TEXT.items() if text in output), "other")
+    return {"event": step, "result": result, "output": output.strip()}
+
+
+def _ksm_remerge_step(ssh: SshSession, deadline: Deadline) -> dict:
+    """The probe's --ksm-remerge mode waits in the guest for ksmd's full_scans to
+    advance, bounded by what is left of the observe deadline."""
+    seconds = max(1, int(deadline.remaining() - ANSWER_MARGIN_S))
+    status, output = ssh.run(f"{probe_build.REMOTE_PATH} --ksm-remerge {KSM_REMERGE_PAGES} --timeout {seconds}",
+                             deadline, "observe")
+    for line in reversed(output.splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            if isinstance(answer, dict) and answer.get("event") == "ksm-remerge":
+                return answer
+    return {"event": "ksm-remerge", "result": "error", "output": output.strip()[-500:], "status": status}
+
+
+def _run_steps(steps: tuple[str, ...], probe: RemoteProcess, ssh: SshSession, ev: Evidence,
+               deadline: Deadline, down) -> None:
+    """Each step is a probe command (or a harness write in the guest); its answer goes
+    into the evidence. A SIGBUS (or the guest going down) ends the sequence: the
+    probe has reported and gone."""
+    for step in steps:
+        if down():
+            return
+        if step == "settle":
+            sleep_watching(deadline, SETTLE_S, down)
+            continue
+        if step in GUEST_STEPS or step == "ksm-remerge":
+            try:
+                ev.steps.append(_guest_step(step, ssh, ev, own_time(deadline, step)) if step in GUEST_STEPS
+                                else _ksm_remerge_step(ssh, own_time(deadline, step)))
+            except HarnessError:
+                return
+            continue
+        if not probe.send(step):
+            return
+        try:
+            answer = probe.read_event({STEP_EVENTS[step], "result"}, own_time(deadline, step), "observe", abort=down)
+        except ProbeExited as exc:
+            ev.probe_exit_status = exc.status  # its shell's report is read only once
+            return
+        except HarnessError:
+            return  # the evidence gathering that follows says what is missing
+        if answer["event"] == "result":
+            probe.pushback(answer)
+            return
+        ev.steps.append(answer)
+
+
+def _let_panic_print(guest: Guest, deadline: Deadline) -> None:
+    """With -action panic=pause, a panic raised in machine-check context pauses
+    the guest before its text reaches the serial port: resume it briefly."""
+    if not guest.panicked() or guest.died():
+        return
+    with contextlib.suppress(Exception):
+        guest.monitor.execute("cont", timeout=2)
+    wait = Deadline(max(min(PANIC_TEXT_S, deadline.remaining()), 1.0), "panic text")
+    if wait_console(guest, logmatch.compile_expectation(PANIC_PRINTED, {}), wait, stop_when_down=False):
+        _wait_console_settled(guest, wait)
+
+
+def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
+    """Until the console ends with a whole line and has not grown for PANIC_QUIET_S.
+    "Kernel panic" alone can be read while the rest of its line is still on its way
+    through the serial port (seen on a loaded host: the message cut in the middle, a
+    false FAIL). Waiting for panic()'s own last line does not work: in machine-check
+    context it stays in the printk buffer and never reaches the console."""
+    size, since = -1, time.monotonic()
+    while not deadline.expired():
+        try:
+            now = guest.console_log.stat().st_size
+            with guest.console_log.open("rb") as console:
+                console.seek(max(now - 1, 0))
+                whole_line = console.read(1) == b"\n"
+        except OSError:
+            return
+        if now != size:
+            size, since = now, time.monotonic()
+        elif whole_line and time.monotonic() - since >= PANIC_QUIET_S:
+            return
+        deadline.sleep(0.05)
+
+
+def guest_down(guest: Guest) -> str | None:
+    """Why the guest can no longer answer, named as QEMU or the console said it
+    (panic, reboot, power-off, halt, a reset from the host, QEMU gone), or None."""
+    events = guest.monitor.events() if guest.monitor else []
+    for event in events:
+        why = _down_event(event)
+        if why:
+            return why
+    halted = _console_says_halted(guest)
+    if halted:
+        return halted
+    return guest.died()
+
+
+def _down_event(event: dict) -> str | None:
+    name, data = event.get("event"), event.get("data") or {}
+    reason = data.get("reason", "no reason given")
+    if name == "GUEST_PANICKED":
+        return "the guest panicked"
+    if name == "SHUTDOWN":
+        if reason == "guest-reset":
+            return "the guest rebooted (QEMU SHUTDOWN, reason guest-reset; -no-reboot keeps it down)"
+        if reason == "guest-shutdown":
+            return "the guest powered off (QEMU SHUTDOWN, reason guest-shutdown)"
+        if reason == "guest-panic":
+            return "the guest panicked"
+        if reason.startswith("host-") and "reset" in reason:
+            return f"the guest was reset from the host (QEMU SHUTDOWN, reason {reason}; -no-reboot keeps it down)"
+        return f"QEMU was shut down (SHUTDOWN, reason {reason})"
+    if name == "RESET":
+        if data.get("guest") is False:
+            return f"the guest was reset from the host (QEMU RESET, reason {reason})"
+        return f"the guest reset (QEMU RESET, reason {reason})"
+    return None
+
+
+HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
+_consoles: "weakref.WeakKeyDictionary[Guest, tuple[ConsoleFollower, list[str]]]" = weakref.WeakKeyDictionary()
+
+
+def _console_says_halted(guest: Guest) -> str | None:
+    """A halt stops the vCPUs without any QEMU event: only the console tells
+    (read on from where the last look stopped)."""
+    follower, found = _consoles.setdefault(guest, (ConsoleFollower(guest.console_log), []))
+    if not found:
+        for line in follower.new_lines():
+            halt = next((halt for halt in HALT_LINES if halt in line), None)
+            if halt:
+                found.append(halt)
+                break
+    return f"the guest halted (console: '{found[0]}')" if found else None
+
+
+# memory_failure()'s messages on a page: "Memory failure: 0x671e: <what it did>".
+FAILURE_LOGGED = LineExpectation("Memory failure: {pfn:#x}: .*", regex=True)
+PANIC_PRINTED = LineExpectation("Kernel panic - not syncing: .*", regex=True)
+
+
+def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences: int = 1,
+                        ssh: SshSession | None = None) -> bool:
+    """Until memory_failure() has reported on `pfn` that many times: its pr_err lines reach
+    the console, or, with a quiet console (loglevel=0), are found in dmesg over `ssh`."""
+    pattern = logmatch.compile_expectation(FAILURE_LOGGED, {"pfn": pfn})
+    prefix = f"Memory failure: {pfn:#x}:"  # what dmesg is grepped for, before the whole-message match
+    return wait_console(guest, pattern, deadline, occurrences=occurrences,
+                        kernel_log=(lambda: _kernel_log_lines(ssh, prefix, deadline)) if ssh else None)
+
+
+def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[str] | None:
+    """The guest kernel log's lines holding `text` (dmesg over SSH), or None when SSH does not answer."""
+    try:
+        status, output = ssh.run(f"dmesg | grep -F -e {quote(text)}",
+                                 Deadline(min(DMESG_LOOK_S * 4, max(deadline.remaining(), 0.5)), "dmesg"), "observe",
+                                 limit=KERNEL_LOG_LOOK_BYTES)
+    except HarnessError:
+        return None
+    return output.splitlines() if status in (0, 1) else None
+
+
+class ConsoleFollower:
+    """Reads the console log on from where it stopped, so a poll costs only what is new."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""  # the line being written
+
+    def new_lines(self) -> list[str]:
+        lines: list[str] = []
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, 2) < self.offset:
+                    # The recorder cut a flooded console under us: go on from its end
+                    # (what was cut is gone; a wait still has dmesg).
+                    self.offset, self.partial = f.tell(), b""
+                f.seek(self.offset)
+                data = f.read(CONSOLE_READ_BYTES)
+        except OSError:
+            return lines
+        self.offset += len(data)
+        *complete, self.partial = (self.partial + data).split(b"\n")
+        if len(self.partial) > MAX_LINE:  # a line without end: judged in pieces
+            complete.append(self.partial)
+            self.partial = b""
+        return [line.decode(errors="replace") for line in complete]
+
+
+def _matching(lines: list[str], pattern: re.Pattern) -> int:
+    """How many of these log lines are whole messages `pattern` matches (see logmatch)."""
+    return len(logmatch.find("".join(line + "\n" for line in lines), pattern))
+
+
+def wait_console(guest: Guest, pattern: re.Pattern, deadline: Deadline, occurrences: int = 1,
+                 stop_when_down: bool = True, kernel_log=None) -> bool:
+    """Until `occurrences` complete console messages match `pattern` whole (see logmatch;
+    the console is a local file: cheap to poll, read on from the last offset).
+    `kernel_log`, when given, is asked every DMESG_LOOK_S for candidate lines of the
+    kernel log: a line that never reaches the console is found there. Ends early when
+    the guest goes down."""
+    console = ConsoleFollower(guest.console_log)
+    seen = 0
+    next_look = time.monotonic() + DMESG_LOOK_S
+    while True:
+        seen += _matching(console.new_lines(), pattern)
+        if seen >= occurrences:
+            return True
+        if stop_when_down and guest_down(guest):
+            return False
+        if kernel_log is not None and (time.monotonic() >= next_look or deadline.expired()):
+            lines = kernel_log()
+            if lines is not None and _matching(lines, pattern) >= occurrences:
+                return True
+            next_look = time.monotonic() + DMESG_LOOK_S
+        if deadline.expired():
+            return False
+        deadline.sleep(0.02)
+
+
+def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
+            abort, parts=None) -> None:
+    try:
+        if send_report:
+            probe.send("report")
+        while True:
+            result = probe.read_event({"result"}, deadline, "observe", abort=abort)
+            if result.get("process") != "child":
+                ev.probe_result = result
+                break
+            ev.child_results.append(result)
+    except ProbeExited as exc:
+        if ev.probe_exit_status is None:
+            ev.probe_exit_status = exc.status
+        ev.unavailable["probe result"] = exc.message
+    except HarnessError as exc:
+        ev.unavailable["probe result"] = exc.message
+    else:
+        # Let the probe's channel end before opening the next one (see SshSession._open_exec);
+        # how it ended is judged too.
+        ev.probe_exit_status = probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+    gather_parts(ssh, ev, abort, PARTS if parts is None else parts)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of evidence gathered over SSH: its own command, its own deadline."""
+    name: str                                # as named in Evidence.unavailable
+    command: Callable[[Evidence], str]
+    store: Callable[[Evidence, str], None]   # parses the output; Unreadable when it is unreadable
+    limit: int = OUTPUT_LIMIT                # output kept: first and last halves
+    seconds: float | None = None             # its own budget, when GATHER_PART_S is too little
+
+
+def _store_kpageflags(ev: Evidence, output: str) -> None:
+    ev.kpageflags = parse_kpageflags(output, ev.checked_pfn)
+
+
+def _store_meminfo(ev: Evidence, output: str) -> None:
+    kb = hardware_corrupted(output)
+    if kb is None:
+        raise Unreadable(f"no HardwareCorrupted line in /proc/meminfo: {shown(output)}")
+    ev.hardware_corrupted_kb_after = kb
+
+
+NO_RAS_DAEMON = "MCEORCH-NO-RAS-DAEMON"
+# rasdaemon stores what it read from the kernel's mce_record trace event in its
+# database a moment after the kernel logged the error: ask again for a while.
+# One look, or (when a scenario expects a record) up to `tries` looks.
+def ras_command(tries: int) -> str:
+    return ("command -v ras-mc-ctl >/dev/null || { echo " + NO_RAS_DAEMON + "; exit 0; }; "
+            "i=0; while :; do out=$(ras-mc-ctl --errors 2>&1); i=$((i + 1)); "
+            f"case $out in *status=*) break;; esac; [ $i -ge {int(tries)} ] && break; sleep 0.5; done; "
+            "printf '%s\\n' \"$out\"")
+_RAS_FIELD = re.compile(r"\b(bank|status|addr)=(0x[0-9a-fA-F]+|\d+)")
+
+
+def parse_ras_errors(output: str) -> list[dict]:
+    """`ras-mc-ctl --errors` -> its machine-check records as {bank, status, addr} (absent: None)."""
+    records = []
+    for line in output.splitlines():
+        fields = {key: int(value, 0) for key, value in _RAS_FIELD.findall(line)}
+        if "status" in fields:
+            # ras-mc-ctl leaves out zero fields: bank 0 prints no bank=.
+            records.append({"bank": fields.get("bank", 0), "status": fields["status"], "addr": fields.get("addr")})
+    return records
+
+
+def _store_ras(ev: Evidence, output: str) -> None:
+    if NO_RAS_DAEMON in output:
+        ev.unavailable["ras record"] = "the guest has no RAS daemon (no ras-mc-ctl; use an image with rasdaemon)"
+        return
+    ev.ras_log = output
+    ev.ras_records = parse_ras_errors(output)
+
+
+PARTS = (
+    Part("kpageflags", lambda ev: f"{probe_build.REMOTE_PATH} --kpageflags {ev.checked_pfn}", _store_kpageflags),
+    Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
+    Part("kernel log", lambda ev: "dmesg", lambda ev, output: setattr(ev, "kernel_log", output)),
+    Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
+         lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
+)
+
+
+def ras_part(expect_record: bool) -> Part:
+    """The RAS daemon's records, in the artifacts of every run on an image that has one."""
+    if expect_record:
+        # ras-mc-ctl (perl) took 4.6 s per call under TCG on a loaded host.
+        return Part("ras record", lambda ev: ras_command(6), _store_ras, seconds=45.0)
+    return Part("ras record", lambda ev: ras_command(1), _store_ras)
+
+
+def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: float = GATHER_PART_S) -> None:
+    """Each part is its own command with a fresh budget of `part_s` seconds, whatever is
+    left of the phase's deadline (a hung probe may have spent it all), so one failure
+    costs one part. Once SSH itself is gone, or the guest went down, the parts left
+    are not tried: they would fail the same way."""
+    failed: str | None = None
+    unreachable: str | None = None  # sshd no longer greets: the parts left are not tried
+    for part in parts:
+        why_down = abort()
+        if why_down:
+            ev.unavailable[part.name] = why_down
+            ev.guest_answered_after = False
+            continue
+        if unreachable is not None or (failed is not None and not ssh.connected()):
+            ev.unavailable[part.name] = unreachable or failed
+            continue
+        try:
+            output = ssh.check(part.command(ev), Deadline(part.seconds or part_s, part.name), "observe", limit=part.limit)
+        except HarnessError as exc:
+            # No panic, no reset, QEMU running, yet no answer: a dead sshd and a hung
+            # kernel look the same from here, so this is not evidence against the kernel.
+            failed = abort() or f"{exc.message} (no panic or reset seen; QEMU still running)"
+            ev.unavailable[part.name] = failed
+            if "kept printing" in exc.message:
+                ev.add_cause(f"SSH output flood: {exc.message}: cost the {part.name}")
+            if not abort() and not banner_answers(ssh.port, BANNER_LOOK_S, ssh.host, ssh.via):
+                unreachable = (f"{exc.message}, and sshd gave no banner within {BANNER_LOOK_S:g} s: "
+                               f"sshd stalled or the guest's network is down (no panic or reset seen; "
+                               f"QEMU still running)")
+                ev.unavailable[part.name] = unreachable
+            continue
+        ev.guest_answered_after = True
+        try:
+            part.store(ev, output)
+        except Unreadable as exc:
+            ev.unavailable[part.name] = f"the guest's answer was unreadable: {exc}"
+    if ev.guest_answered_after is None and failed is not None:
+        ev.unavailable["liveness check"] = unreachable or failed
+        if abort():
+            ev.guest_answered_after = False
+    if unreachable is not None:
+        lost = [part.name for part in parts if ev.unavailable.get(part.name) == unreachable]
+        ev.add_cause(f"sshd stalled or the guest's network is down (no SSH banner within {BANNER_LOOK_S:g} s): "
+                     f"cost the {', '.join(lost)}")
