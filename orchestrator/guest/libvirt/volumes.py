@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remove", action="store_true",
                         help="delete them all (cached files are uploaded again when next needed)")
     args = parser.parse_args(argv)
-    from orchestrator.guest.libvirt import open_connection
+    from orchestrator.guest.libvirt.connection import open_connection
     from orchestrator.plumbing.outcome import InputError
     try:
         conn = open_connection(args.connect)
