@@ -131,7 +131,7 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
     return Verdict(worst(c.outcome for c in checks), tuple(checks))
 
 
-# Probe memory kinds whose setup is an observed interleaving (probe.c: run_lock_race).
+# Probe memory kinds whose setup is an observed interleaving (the probe's lock_race.c: run_lock_race).
 LOCK_RACE_KINDS = ("fuse-mlock",)
 # What the page must have been when the mover waited behind memory_failure() for its lock.
 _ISOLATED = {"lru": 0, "mlocked": 1, "locked": 1, "hwpoison": 1}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from orchestrator.plumbing.outcome import HarnessError
 
-SOURCE = Path(__file__).with_name("probe.c")
+# probe.c (the protocol and main loop), memory.c, fuse.c, lock_race.c and
+# block_races.c, all including probe.h: one binary from them all.
+SOURCE_DIR = Path(__file__).parent
 # -s: the symbols are not needed (addresses are printed at run time).
 CFLAGS = ["-static", "-s", "-O2", "-Wall", "-Wextra", "-Werror"]
 REMOTE_PATH = "/tmp/mce-probe"
@@ -22,16 +24,30 @@ def default_compiler() -> str:
     return "musl-gcc" if shutil.which("musl-gcc") else "gcc"
 
 
+def c_sources() -> list[Path]:
+    """The .c files of the probe, in a stable order."""
+    return sorted(SOURCE_DIR.glob("*.c"))
+
+
+def sources_digest_input() -> bytes:
+    """Every source of the probe, headers included, each under its name."""
+    data = b""
+    for source in sorted([*SOURCE_DIR.glob("*.c"), *SOURCE_DIR.glob("*.h")]):
+        content = source.read_bytes()
+        data += source.name.encode() + b"\0" + len(content).to_bytes(8, "little") + content
+    return data
+
+
 def build_probe(cache_dir: Path, cc: str | None = None) -> Path:
     cc = cc or default_compiler()
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(sources_digest_input() + " ".join([cc, *CFLAGS]).encode()).hexdigest()[:16]
     binary = cache_dir / f"probe-{digest}"
     if binary.is_file():
         return binary
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = binary.with_suffix(f".tmp{os.getpid()}")
     try:
-        result = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(SOURCE)],
+        result = subprocess.run([cc, *CFLAGS, "-o", str(partial), *map(str, c_sources())],
                                 capture_output=True, text=True)
     except OSError as exc:
         raise HarnessError("image", f"cannot run {cc} to build the probe: {exc.strerror}") from None
