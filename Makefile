@@ -24,19 +24,20 @@ KERNEL_PATH ?=
 MODULES     ?=
 KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
 
-.PHONY: test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
+.PHONY: docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
 	@echo "  ... KERNEL_PATH=~/linux [MODULES=DIR]    on a kernel you built (bzImage, vmlinux or build tree)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
-	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; README table"
+	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; docs/verdicts.md table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench [ARGS='--part fanout']        scenario wall time against a bare baseline; debian-12-full beside it;"
 	@echo "                                         a catalog subset on 1 vs 2 libvirt endpoints"
 	@echo "make image [KERNEL=debian-6.12|debian-12-full] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
 	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
+	@echo "make docs                                regenerate docs/scenario-reference.md, build the docs site into results/site"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
 	@echo "make ssh-endpoint                        this host's libvirtd as a remote-style qemu+ssh URI (own sshd)"
 	@echo "ARGS='--backend libvirt [--connect URI]' runs scenario/suite on libvirt (nightly: ARGS='--backend libvirt')"
@@ -64,8 +65,8 @@ scenario: setup
 	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
 
 # Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
-# the scenario x kernel table goes to results/verdict-table.md, and into the
-# README when all kernels ran.
+# the scenario x kernel table goes to results/verdict-table.md, and into
+# docs/verdicts.md when all kernels ran.
 KERNELS := debian-6.1 debian-6.12
 suite: setup
 	@status=0; runs=""; \
@@ -73,13 +74,13 @@ suite: setup
 	  $(ORCH) run --image $$kernel $(ARGS) scenarios/*.yaml || status=1; \
 	  runs="$$runs $$(readlink -f results/latest)"; \
 	done; \
-	$(PY) -m orchestrator.report.table $$runs $(if $(KERNEL),,--update README.md) > results/verdict-table.md || status=2; \
+	$(PY) -m orchestrator.report.table $$runs $(if $(KERNEL),,--update docs/verdicts.md) > results/verdict-table.md || status=2; \
 	cat results/verdict-table.md; exit $$status
 
 # Which of memory_failure()'s outcomes (the page types each kernel's vmlinux
 # names, and the paths that print none) the catalog reaches on each kernel:
 # runs the catalog on both kernels (restored guests), or reads the given
-# RUNS, prints the share per kernel and rewrites the README's coverage table.
+# RUNS, prints the share per kernel and rewrites the coverage table in docs/verdicts.md.
 RUNS ?=
 coverage: setup
 	@runs="$(RUNS)"; status=0; \
@@ -89,7 +90,7 @@ coverage: setup
 	    runs="$$runs $$(readlink -f results/latest)"; \
 	  done; \
 	fi; \
-	$(PY) -m orchestrator.report.coverage $$runs --update README.md > results/coverage-table.md || status=2; \
+	$(PY) -m orchestrator.report.coverage $$runs --update docs/verdicts.md > results/coverage-table.md || status=2; \
 	cat results/coverage-table.md; exit $$status
 
 # The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
@@ -154,6 +155,13 @@ kernel-from-source: setup
 	fi
 	nice -n 19 sh guest-images/build-kernel.sh guest-images/kernel-small.config guest-images/.cache
 	$(ORCH) run --kernel $(SMALL_KERNEL) $(ARGS) srao-anon-late-kill srar-anon-access free-page
+
+# The scenario reference from the JSON Schema (committed; the unit tests check it is
+# current), then the site, built as the unit tests build it: every warning (a
+# broken link or anchor, a page left out of the nav) fails.
+docs: setup
+	$(PY) docs/gen_reference.py
+	$(VENV)/bin/mkdocs build --strict --site-dir $(CURDIR)/results/site
 
 clean:
 	rm -rf results .pytest_cache
