@@ -113,7 +113,7 @@ def test_libvirt_connection_errors_are_one_line(libvirtd, tmp_path, uri, message
 
 # Events per second the storming guest sends here: past the storm threshold (1000/s),
 # within what libvirtd itself keeps up with. At full speed (~90,000/s under TCG) it is
-# libvirtd 9.0 that drowns (see the README), whatever its clients do.
+# libvirtd 9.0 that drowns (see docs/ci.md), whatever its clients do.
 STORM_RATE = 1500
 
 
@@ -121,7 +121,7 @@ def test_a_qemu_event_storm_through_libvirt_is_bounded_and_named(libvirtd, tmp_p
     """As test_misbehaving_guest's QMP storm, on libvirt: the guest writes its pvpanic
     register in a loop (a GUEST_CRASHLOADED event per write, delivered through libvirt's
     QEMU monitor event registration) from before the injection to past the gathering:
-    the scenario still passes, memory and artifacts stay within the README's bounds, and
+    the scenario still passes, memory and artifacts stay within the bounds of docs/reliability.md, and
     the storm is named as the first cause."""
     storm = guest_tool("pvpanic_storm", tmp_path)
 

@@ -1,6 +1,6 @@
 """A misbehaving guest never breaks the harness: garbage, floods, storms, reboots and
 panics at awkward moments each end in the right outcome naming the right cause,
-within the deadline, with memory and artifacts inside the README's bounds."""
+within the deadline, with memory and artifacts inside the bounds of docs/reliability.md."""
 import dataclasses
 import resource
 import shutil
@@ -19,7 +19,7 @@ from .conftest import REPO
 from .test_faults import LATE_KILL, assert_nothing_left, run
 
 FIVE_THOUSAND_DIGITS = "9" * 5000
-# The bounds the README states per scenario.
+# The bounds docs/reliability.md states per scenario.
 MEMORY_BOUND_MIB = 200
 ARTIFACTS_BOUND_MIB = 40
 
@@ -133,7 +133,7 @@ def artifacts_mib(result) -> float:
 def test_a_qmp_event_storm_is_bounded_and_named(tmp_path):
     """The guest writes its pvpanic register in a loop (a GUEST_CRASHLOADED event per
     write) from before the injection to past the gathering: the `mce` reply and every
-    other QMP answer still come, memory and artifacts stay within the README's bounds,
+    other QMP answer still come, memory and artifacts stay within the bounds of docs/reliability.md,
     and the report names the storm."""
     storm = guest_tool("pvpanic_storm", tmp_path)
 

@@ -1,4 +1,4 @@
-"""What the README's make commands run (make -n: printed, not run)."""
+"""What the documented make commands run (make -n: printed, not run)."""
 import subprocess
 from pathlib import Path
 
