@@ -656,13 +656,20 @@ def _write_evidence(artifacts: Path, ev: Evidence) -> None:
         {k: v for k, v in asdict(ev).items() if k not in ("kernel_log", "console_tail", "sshd_log", "ras_log")}, indent=2) + "\n")
 
 
+SCENARIO_COPY_DIR = "scenario"  # the scenario file as it was, beside repro.sh
+
+
 def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv: list[str],
                  kernel_release: str | None) -> None:
     """repro.sh (the same run through the orchestrator, from any checkout) and qemu-by-hand.sh
     with monitor-commands.hmp (the same QEMU and monitor commands without it)."""
-    # Under its own name: a scenario's name is its file's.
-    shutil.copyfile(scenario.path, artifacts / scenario.path.name)
-    run_args = repro.run_argv(scenario_file=scenario.path.name, image=options.image or scenario.guest.image,
+    # In a folder of its own, as STEM.yaml: a scenario's name is its file's stem (checked on
+    # loading), and a copy under the file's full name could take an artifact's (evidence.json,
+    # repro.sh) or hold a newline. No artifact is named by an input.
+    copy = Path(SCENARIO_COPY_DIR) / f"{scenario.path.stem}.yaml"
+    (artifacts / SCENARIO_COPY_DIR).mkdir(exist_ok=True)
+    shutil.copyfile(scenario.path, artifacts / copy)
+    run_args = repro.run_argv(scenario_file=str(copy), image=options.image or scenario.guest.image,
                               kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
                               accel=options.accel, snapshot=options.snapshot,
                               disk_image=options.disk_image or scenario.guest.disk_image)

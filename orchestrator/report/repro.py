@@ -19,6 +19,13 @@ _QMP_AS_HMP = {"stop": "stop", "cont": "cont", "quit": "quit", "query-migrate": 
                "query-status": "info status"}
 
 
+def comment_value(value: object) -> str:
+    """A value as it may stand in a `#` comment of a generated script: every character that is
+    not printable (a newline above all, which would end the comment and start a command) is
+    shown escaped, so the comment stays one line whatever the value holds."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
 def hmp_lines(command_log: str) -> list[str]:
     """monitor-commands.log (QMP, timestamped) -> the HMP lines to type at a (qemu) prompt."""
     lines = []
@@ -33,7 +40,7 @@ def hmp_lines(command_log: str) -> list[str]:
             if cpu:
                 lines.append(f"cpu {cpu.group(1)}")
                 line = line[:cpu.start()]
-            lines.append(line)
+            lines.append(_one_line(line))
             continue
         try:
             arguments = json.loads(match.group(2)) if match.group(2) else {}
@@ -47,14 +54,19 @@ def hmp_lines(command_log: str) -> list[str]:
         if command == "human-monitor-command":
             if "cpu-index" in arguments:
                 lines.append(f"cpu {arguments['cpu-index']}")
-            lines.append(arguments["command-line"])
+            lines.append(_one_line(str(arguments["command-line"])))
         elif command == "migrate":
-            lines.append(f"migrate {arguments['uri']}")
+            lines.append(_one_line(f"migrate {arguments['uri']}"))
         elif command in _QMP_AS_HMP:
             lines.append(_QMP_AS_HMP[command])
         elif command != "qmp_capabilities":
             lines.append(f"# QMP {command} {json.dumps(arguments)} (no HMP equivalent)")
     return lines
+
+
+def _one_line(line: str) -> str:
+    """A monitor line as it may be typed: one holding a line break would be two commands."""
+    return line if line.isprintable() else f"# not typed (holds a line break): {comment_value(line)}"
 
 
 def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> list[str]:
@@ -89,7 +101,7 @@ def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> l
 
 def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
     lines = ["#!/bin/sh",
-             f"# The QEMU of scenario {scenario}, without the orchestrator: the same command line, with an",
+             f"# The QEMU of scenario {comment_value(scenario)}, without the orchestrator: the same command line, with an",
              "# HMP monitor on this terminal. At the (qemu) prompt, type the lines of monitor-commands.hmp",
              "# (the injection is the 'mce ...' line; the harness sent it while the vCPU was in user mode",
              "# where the scenario gates it). The guest's console goes to console-by-hand.log here;",
@@ -150,10 +162,13 @@ def repro_script(*, scenario: str, run_args: list[str], commit: str | None, kern
         words.append(f'"${{{variable}:-{arg}}}"' if variable and _PLAIN.match(arg) else shlex.quote(arg))
         previous = arg
     quoted = " ".join(words)
+    # Values from outside (the scenario's name and file, the guest's uname -r, git) only ever
+    # appear quoted (shlex) or, in comments, with no newline left in them (comment_value).
+    scenario, kernel_release, commit = (comment_value(v) if v else v for v in (scenario, kernel_release, commit))
     return f"""#!/bin/sh
 # Runs scenario {scenario} again with the inputs of this run (kernel {kernel_release or 'unknown'}).
 # Usage: repro.sh [CHECKOUT]   CHECKOUT: a clone of mce-orchestrator (default: the current folder).
-# The scenario is the copy beside this script ({run_args[1]}), as it was when this run started.
+# The scenario is the copy beside this script ({comment_value(run_args[1])}), as it was when this run started.
 # Recorded with the orchestrator at commit {commit or 'unknown'}: `git checkout {commit or 'COMMIT'}` in
 # CHECKOUT runs the very same harness.{chr(10) + '# --kernel/--modules are paths on the machine that ran it: set MCE_KERNEL/MCE_MODULES elsewhere.' if '--kernel' in run_args else ''}
 set -eu

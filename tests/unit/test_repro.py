@@ -1,4 +1,5 @@
 """repro.sh, qemu-by-hand.sh and monitor-commands.hmp: the run again, with or without the orchestrator."""
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -87,3 +88,55 @@ def test_by_hand_argv_runs_the_guest_the_harness_starts_paused():
     # The harness starts QEMU with -S to read its RAM map first; typed by hand nobody sends cont.
     argv = repro.by_hand_argv(qemu_args.build_argv(config(paused=True)))
     assert "-S" in qemu_args.build_argv(config(paused=True)) and "-S" not in argv
+
+
+def test_a_hostile_scenario_file_name_or_kernel_release_leaves_repro_sh_inert(tmp_path):
+    # A scenario file whose name goes on after ".yaml" (its stem passes the name check), and a
+    # guest whose `uname -r` holds a newline: neither may become a line of its own.
+    marker = tmp_path / "PWNED"
+    hostile = f"x.yaml\ntouch {marker} #"  # '#': what the script puts after the value is a comment
+    args = repro.run_argv(scenario_file=hostile, image="debian-6.1", kernel=None, modules=None, append="",
+                          accel=None, snapshot=False)
+    script = repro.repro_script(scenario=f"x\ntouch {marker} #", run_args=args, commit=f"c\ntouch {marker} #",
+                                kernel_release=f"6.1\ntouch {marker} #")
+    path = tmp_path / "repro.sh"
+    path.write_text(script)
+    proc = subprocess.run(["sh", str(path), str(tmp_path / "no-checkout")], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 2 and not marker.exists(), script
+    # The exec line still names the file as it is, quoted.
+    assert f'"$here"/{shlex.quote(hostile)} ' in script
+
+
+def test_a_hostile_scenario_name_leaves_qemu_by_hand_sh_inert(tmp_path):
+    marker = tmp_path / "PWNED"
+    script = repro.by_hand_script(["true"], f"x\ntouch {marker} #", None)
+    path = tmp_path / "qemu-by-hand.sh"
+    path.write_text(script)
+    subprocess.run(["sh", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert not marker.exists(), script
+
+
+def test_a_monitor_line_holding_a_newline_is_not_typed_as_two():
+    log = ' 1.0 human-monitor-command {"command-line": "info status\\nquit"}\n'
+    assert repro.hmp_lines(log) == ["# not typed (holds a line break): info status\\nquit"]
+
+
+def test_a_scenario_file_named_like_an_artifact_leaves_the_artifacts_intact(tmp_path):
+    from orchestrator.runner import RunOptions, _write_repro
+    from orchestrator.scenario import load_scenario
+    catalog = Path(__file__).resolve().parents[2] / "scenarios"
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    for name in ("evidence.json", "repro.sh"):
+        source = tmp_path / name
+        text = (catalog / "srao-anon-late-kill.yaml").read_text()
+        source.write_text(text.replace("name: srao-anon-late-kill", f"name: {Path(name).stem}"))
+        scenario = load_scenario(source)
+        (artifacts / "evidence.json").write_text('{"kept": true}\n')
+        _write_repro(artifacts, scenario, RunOptions(), [], None)
+        assert (artifacts / "evidence.json").read_text() == '{"kept": true}\n'
+        assert (artifacts / "repro.sh").read_text().startswith("#!/bin/sh")
+        copy = artifacts / "scenario" / f"{Path(name).stem}.yaml"
+        assert copy.read_text() == source.read_text()
+        assert f'"$here"/scenario/{Path(name).stem}.yaml' in (artifacts / "repro.sh").read_text()
