@@ -524,7 +524,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                     injection = send_mce()
                 else:
                     injection = race.force(guest.monitor, send_mce, inject_cpu=scenario.inject.cpu,
-                                           artifacts=guest.artifacts, remote=guest.remote)
+                                           artifacts=guest.artifacts, remote=guest.remote, qemu_pid=guest.pid)
                     # The process keeps the block until memory_failure() has reported the page.
                     wait_failure_logged(guest, address >> 12, deadline, ssh=ssh)
                     race.release()

@@ -1,9 +1,15 @@
 """The harness on a real guest: loopback only, keys private, no key material in artifacts."""
 import io
+import json
 import os
+import socket
 import stat
+import subprocess
 from pathlib import Path
 
+import pytest
+
+from orchestrator.inject.races import highorder
 from orchestrator.guest.images import ensure_image
 from orchestrator.plumbing.outcome import Outcome
 from orchestrator.report import ConsoleReporter
@@ -56,3 +62,123 @@ def test_loopback_only_private_keys_and_clean_artifacts(tmp_path):
         content = artifact.read_bytes().decode(errors="replace")
         assert "PRIVATE KEY" not in content, artifact
         assert key_body[:40] not in content, artifact
+
+
+# What an unprivileged local user (uid 65534) does, given every socket QEMU listens on: connect,
+# speak gdb's Remote Serial Protocol and HMP, and report what came back. Runs with the system's
+# python3, as the attacker would; only the standard library.
+ATTACKER = r'''
+import json, socket, sys
+found = []
+for kind, address in json.loads(sys.argv[1]):
+    family = socket.AF_UNIX if kind == "unix" else (socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(address if kind == "unix" else tuple(address))
+    except OSError as exc:
+        found.append([kind, address, "refused", exc.strerror or str(exc)])
+        continue
+    reply = b""
+    try:
+        s.sendall(b"+$?#3f")                           # RSP: why did you stop?
+        s.sendall(b"$qRcmd,696e666f2076657273696f6e#31")  # RSP: monitor info version
+        s.sendall(b"\r\ninfo version\r\n")                # HMP
+        while len(reply) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    except OSError:
+        pass
+    found.append([kind, address, "answered", reply.decode("latin-1")])
+    s.close()
+print(json.dumps(found))
+'''
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def qemu_listeners(pid: int) -> list[tuple[str, object]]:
+    """Every socket process `pid` listens on: ("tcp", [host, port]) and ("unix", path)."""
+    inodes = _socket_inodes(pid)
+    found: list[tuple[str, object]] = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:
+                address, port = local.split(":")
+                if table == "tcp":
+                    host = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0))
+                else:
+                    raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1] for i in range(0, 32, 8))
+                    host = socket.inet_ntop(socket.AF_INET6, raw)
+                found.append(("tcp", [host, int(port, 16)]))
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        # Flags 00010000: a listening socket; the path, when it has one (abstract: "@...").
+        if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000:
+            path = fields[7]
+            found.append(("unix", "\0" + path[1:] if path.startswith("@") else path))
+    return found
+
+
+def attack(listeners) -> list:
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "/usr/bin/python3", "-I", "-c", ATTACKER, json.dumps(listeners)],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("backend", ["qemu", "libvirt"])
+@pytest.mark.parametrize("name", ["high-order-kernel-page", "different-compound-page"])
+def test_no_local_user_reaches_the_gdbstub_of_a_race(tmp_path, monkeypatch, backend, name):
+    """While a race scenario's gdbstub listens (before the harness connects, the moment an
+    attacker would take), uid 65534 tries every socket QEMU listens on: none speaks RSP or
+    HMP to it (the guest's SSH forward on 127.0.0.1 answers with its banner, key auth only);
+    and the race still passes."""
+    if backend == "libvirt":
+        from orchestrator.guest.libvirt.daemons import ensure_running
+        ensure_running()
+    seen = {}
+
+    def inspect(phase, ctx):
+        if phase == "inject":
+            seen["pid"] = ctx.guest.pid
+            seen["ssh_port"] = ctx.guest.ssh_port
+
+    real = highorder.RemoteTarget
+
+    def attacked_first(*args, **kwargs):
+        listeners = qemu_listeners(seen["pid"])
+        seen["listeners"] = listeners
+        seen["attack"] = attack(listeners)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(highorder, "RemoteTarget", attacked_first)
+    result = run_scenario(load_scenario(REPO / "scenarios" / f"{name}.yaml"), tmp_path,
+                          RunOptions(hook=inspect, backend=backend), ConsoleReporter(io.StringIO()))
+    assert "attack" in seen, "the gdbstub was never started"
+    for entry in seen["attack"]:
+        print("uid 65534 ->", *entry)  # shown when the test fails
+    ssh = ["tcp", ["127.0.0.1", seen["ssh_port"]]]
+    others = [entry for entry in seen["listeners"] if list(entry) != ssh]
+    assert others, f"QEMU listened on nothing but SSH while its gdbstub was up: {seen['listeners']}"
+    for kind, address, what, reply in seen["attack"]:
+        if [kind, address] == ssh:
+            assert what == "refused" or reply == "" or reply.startswith("SSH-"), reply
+        else:
+            assert what == "refused", f"uid 65534 reached QEMU's {kind} socket {address}: {reply[:200]!r}"
+    assert result.outcome == Outcome.PASS, result.reasons

@@ -1,3 +1,7 @@
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from orchestrator.inject.races import highorder
@@ -65,6 +69,10 @@ class FakeTarget:
         self.current = None
         self.detached = False
 
+    def connected_to(self, path):
+        self.path = path
+        return self
+
     def wait_stop(self, timeout):
         if self.sent and self.sent[-1].startswith("vCont;s"):
             self.running = False
@@ -110,7 +118,7 @@ class FakeMonitor:
 
     def hmp_query(self, line, timeout=10, cpu=None):
         self.lines.append(line)
-        if line.startswith("gdbserver tcp:"):
+        if line.startswith("gdbserver "):
             return f"Waiting for gdb connection on device '{line.split()[1]}'\r\n"
         if line.startswith("xp "):
             state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
@@ -121,7 +129,7 @@ class FakeMonitor:
 
 def race(monkeypatch, stops, states, tmp_path):
     target = FakeTarget([None] + stops)  # the stop QEMU reports when the debugger connects
-    monkeypatch.setattr(highorder, "RemoteTarget", lambda host, port: target)
+    monkeypatch.setattr(highorder, "RemoteTarget", lambda path: target.connected_to(path))
     monitor = FakeMonitor(states)
     taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=PFN - 0x100, mailbox_gpa=0x2B9E000, cpu=1, vcpus=2,
                           symbols=SYMBOLS)
@@ -142,6 +150,9 @@ def test_the_injected_vcpu_is_held_at_its_third_look_while_the_process_takes_the
     assert "vCont;c:1" in target.sent and target.sent[-1] == "vCont;c:2"  # then the held vCPU alone; then the process's
     assert target.detached and not target.breakpoints
     assert monitor.lines[-1] == "gdbserver none"
+    # The stub listened on a unix socket in a private folder, gone once the race is over.
+    assert monitor.lines[0] == f"gdbserver unix:{target.path},server=on,wait=off"
+    assert target.path.startswith("/tmp/mce-gdbstub-") and not Path(target.path).parent.exists()
     assert "vCPU 0 held in memory_failure()" in taker.notes[0] and "1 other call(s)" in taker.notes[0]
     assert (tmp_path / "gdbstub-transcript.txt").exists()
 
@@ -200,3 +211,25 @@ def test_a_remote_libvirt_host_is_refused_in_one_line(tmp_path):
     taker = TakeFreeBlock(process=None, pfn=PFN, block_pfn=0, mailbox_gpa=0, cpu=1, vcpus=2, symbols=SYMBOLS)
     with pytest.raises(HarnessError, match="needs QEMU's gdbstub on this host: not with a remote libvirt URI"):
         taker.force(FakeMonitor([3]), lambda: None, inject_cpu=0, artifacts=tmp_path, remote=True)
+
+
+def test_the_gdbstub_never_listens_on_tcp():
+    line = highorder.gdbserver_line("/tmp/mce-gdbstub-x/gdb.sock")
+    assert line == "gdbserver unix:/tmp/mce-gdbstub-x/gdb.sock,server=on,wait=off" and "tcp" not in line
+    with pytest.raises(ValueError):
+        highorder.gdbserver_line("/tmp/a,path=/elsewhere")  # a comma would be another chardev option
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (the orchestrator runs as root)")
+def test_the_socket_folder_is_qemus_alone(tmp_path):
+    folder = highorder.private_socket_folder(65534, parent=str(tmp_path))
+    tmp_path.chmod(0o755)
+    try:
+        info = folder.stat()
+        assert (info.st_uid, info.st_mode & 0o777) == (65534, 0o700)
+        # Another unprivileged user cannot even look in.
+        other = subprocess.run(["ls", str(folder)], user=65533, group=65533, extra_groups=[],
+                               capture_output=True, text=True)
+        assert other.returncode != 0 and "Permission denied" in other.stderr
+    finally:
+        folder.rmdir()

@@ -1,6 +1,9 @@
 """A small client of QEMU's gdbstub (GDB Remote Serial Protocol), to hold vCPUs.
 
-QEMU starts its gdbstub at run time on the HMP line `gdbserver tcp:HOST:PORT`.
+QEMU starts its gdbstub at run time on the HMP line `gdbserver DEVICE` (a chardev spec).
+The harness gives it a unix socket in a private folder (never a TCP port: through gdb's
+`monitor` packet the stub is a full HMP monitor, so whoever reaches it runs commands as QEMU's
+user); see highorder.with_gdbstub.
 Its breakpoints are TCG breakpoints (nothing in guest memory is written), a
 breakpoint stops every vCPU, and `vCont;c:N` resumes only the listed vCPU
 threads while the others stay stopped (QEMU's gdb_continue_partial). Thread
@@ -155,9 +158,15 @@ def vcont_packet(action: str, threads: tuple[int, ...] = ()) -> str:
 class RemoteTarget:
     """One connection to a gdbstub: send a packet, wait for its reply, with a deadline."""
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, path: str, timeout: float = 10.0):
+        """`path`: the stub's unix socket."""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except OSError:
+            self.sock.close()
+            raise
         self.buffer = b""
         self.transcript: list[str] = []
         self.running = False  # a resume was sent and its stop reply not yet read

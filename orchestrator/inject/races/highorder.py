@@ -35,8 +35,10 @@ the RCU stall (21 s) and soft lockup (20 s) detectors.
 """
 from __future__ import annotations
 
+import os
 import re
-import socket
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,14 +170,14 @@ class TakeFreeBlock(RaceProcess):
     LOOKED_UP = NEEDED = SYMBOLS
 
     def force(self, monitor: GuestMonitor, send_mce, *, inject_cpu: int, artifacts: Path,
-              remote: bool = False):
+              remote: bool = False, qemu_pid: int | None = None):
         """Send the machine check (send_mce()) with the breakpoints in place and hold the
         injected vCPU at memory_failure()'s last look until the process has taken the block.
         Returns what send_mce() returned; HarnessError("inject", ...) when it could not."""
         def race(target: RemoteTarget):
             page = target.read_u64(self.symbols["vmemmap_base"]) + self.pfn * STRUCT_PAGE_SIZE
             return self._race(target, monitor, send_mce, page, inject_cpu + 1, self.cpu + 1)
-        return with_gdbstub(monitor, artifacts, remote, race)
+        return with_gdbstub(monitor, artifacts, remote, race, qemu_pid=qemu_pid)
 
     def _race(self, target: RemoteTarget, monitor: GuestMonitor, send_mce, page: int, held: int, taker: int):
         at_page, gate = self.symbols["is_free_buddy_page"], self.symbols["__x64_sys_getpriority"]
@@ -263,41 +265,85 @@ class TakeFreeBlock(RaceProcess):
         return state, chunks, steps
 
 
-def with_gdbstub(monitor: GuestMonitor, artifacts: Path, remote: bool, race):
+def with_gdbstub(monitor: GuestMonitor, artifacts: Path, remote: bool, race, qemu_pid: int | None = None):
     """Start QEMU's gdbstub, connect (QEMU stops the VM), run race(target) and return what it
     returns; whatever happens, detach (every vCPU runs again), keep the transcript and stop
-    the stub. Problems are HarnessError("inject", ...): the interleaving was not forced."""
+    the stub. Problems are HarnessError("inject", ...): the interleaving was not forced.
+
+    The stub listens on a unix socket in a fresh 0700 folder owned by QEMU's own user
+    (`qemu_pid`'s: root for the QEMU backend, libvirt-qemu under libvirtd), so only that user
+    and root (the harness) can reach it: never a TCP port, which any local user could connect
+    to and, through gdb's `monitor` packet, run HMP commands as QEMU's user."""
     if remote:
         raise HarnessError("inject", "inject.race needs QEMU's gdbstub on this host: not with a remote "
                                      "libvirt URI")
-    port = _free_port()
     try:
-        reply = monitor.hmp_query(f"gdbserver tcp:127.0.0.1:{port}")
-    except MonitorError as exc:
-        raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
-    if "Waiting for gdb connection" not in reply:
-        raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
+        folder = private_socket_folder(process_uid(qemu_pid) if qemu_pid else os.geteuid())
+    except OSError as exc:
+        raise HarnessError("inject", f"QEMU's gdbstub: no private folder for its socket: "
+                                     f"{exc.strerror or exc}") from None
+    path = str(folder / "gdb.sock")
     target: RemoteTarget | None = None
     try:
-        target = RemoteTarget("127.0.0.1", port)
-        target.wait_stop(5)  # QEMU stops the VM when a debugger connects
-        return race(target)
-    except GdbError as exc:
-        raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
-    except MonitorError as exc:
-        raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
-    except OSError as exc:
-        raise HarnessError("inject", f"could not force the interleaving: gdbstub on port {port}: "
-                                     f"{exc.strerror or exc}") from None
-    finally:
-        if target is not None:
-            _release_all(target)
-            (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
-            target.close()
         try:
-            monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
-        except MonitorError:
-            pass  # QEMU gone: what went wrong before says more
+            reply = monitor.hmp_query(gdbserver_line(path))
+        except MonitorError as exc:
+            raise HarnessError("inject", f"QEMU's gdbstub did not start: {exc}") from None
+        if "Waiting for gdb connection" not in reply:
+            raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
+        try:
+            target = RemoteTarget(path)
+            target.wait_stop(5)  # QEMU stops the VM when a debugger connects
+            return race(target)
+        except GdbError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
+        except MonitorError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
+        except OSError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: gdbstub at {path}: "
+                                         f"{exc.strerror or exc}") from None
+        finally:
+            if target is not None:
+                _release_all(target)
+                (artifacts / "gdbstub-transcript.txt").write_text("\n".join(target.transcript) + "\n")
+                target.close()
+            try:
+                monitor.hmp_query("gdbserver none")  # else the next gdbserver in this QEMU is refused
+            except MonitorError:
+                pass  # QEMU gone: what went wrong before says more
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def gdbserver_line(path: str) -> str:
+    """The HMP line that starts the stub on a listening unix socket at `path`. QEMU 7.2's
+    gdbserver takes a chardev spec and adds server/wait/nodelay only to a tcp: one."""
+    if "," in path or not path.startswith("/"):
+        raise ValueError(f"gdbstub socket path {path!r}: absolute, no comma (chardev option syntax)")
+    return f"gdbserver unix:{path},server=on,wait=off"
+
+
+def process_uid(pid: int) -> int:
+    """The effective uid of process `pid` (from /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])
+    raise OSError(f"no Uid line in /proc/{pid}/status")
+
+
+def private_socket_folder(owner_uid: int, parent: str | None = None) -> Path:
+    """A new folder, mode 0700, owned by `owner_uid`: that user (QEMU) can create a socket in
+    it, no other unprivileged user can enter it. mkdtemp() makes it 0700 and ours at once; the
+    chown keeps the mode. Short (a unix socket path holds 107 bytes): under /tmp unless told."""
+    folder = Path(tempfile.mkdtemp(prefix="mce-gdbstub-", dir=parent or "/tmp"))
+    try:
+        if owner_uid != os.geteuid():
+            os.chown(folder, owner_uid, -1)
+        os.chmod(folder, 0o700)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
 
 
 def _release_all(target: RemoteTarget) -> None:
@@ -311,9 +357,3 @@ def _release_all(target: RemoteTarget) -> None:
         target.detach()
     except (GdbError, OSError):
         pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

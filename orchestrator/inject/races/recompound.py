@@ -94,11 +94,12 @@ class RetakeThpBlock(RaceProcess):
     NEEDED = SYMBOLS
 
     def force(self, monitor: GuestMonitor, send_mce, *, inject_cpu: int, artifacts: Path,
-              remote: bool = False):
+              remote: bool = False, qemu_pid: int | None = None):
         """Send the machine check (send_mce()) and force the two rounds; returns what
         send_mce() returned; HarnessError("inject", ...) when it could not."""
         return with_gdbstub(monitor, artifacts, remote,
-                            lambda target: _Choreography(self, target, monitor, inject_cpu + 1).run(send_mce))
+                            lambda target: _Choreography(self, target, monitor, inject_cpu + 1).run(send_mce),
+                            qemu_pid=qemu_pid)
 
 
 class _Choreography:
