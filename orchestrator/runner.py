@@ -140,6 +140,7 @@ class RunOptions:
     kernel: Path | None = None           # --kernel: a bzImage, vmlinux or build tree instead of the image's
     modules: Path | None = None          # --modules: that kernel's INSTALL_MOD_PATH
     disk_image: Path | None = None       # --disk-image: a user's cloud-init disk image for every scenario
+    allow_backing: tuple[Path, ...] = ()  # --allow-backing: backing files a disk image may use
     hook: PhaseHook | None = None
 
 
@@ -208,7 +209,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 workdir = private_workdir()
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
                 guest_image = prepare_disk_image(disk_image, cache_root=cache_root, workdir=workdir,
-                                                 saved_keys=options.snapshot, progress=reporter.note)
+                                                 saved_keys=options.snapshot, progress=reporter.note,
+                                                 allow_backing=options.allow_backing)
             else:
                 guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
                                                  cache_root=cache_root, progress=reporter.note,
@@ -672,7 +674,8 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
     run_args = repro.run_argv(scenario_file=str(copy), image=options.image or scenario.guest.image,
                               kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
                               accel=options.accel, snapshot=options.snapshot,
-                              disk_image=options.disk_image or scenario.guest.disk_image)
+                              disk_image=options.disk_image or scenario.guest.disk_image,
+                              allow_backing=options.allow_backing)
     script = artifacts / "repro.sh"
     script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
                                          commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release))

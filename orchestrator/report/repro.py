@@ -123,12 +123,15 @@ def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
 
 
 def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modules: Path | None,
-             append: str, accel: str | None, snapshot: bool, disk_image: Path | None = None) -> list[str]:
+             append: str, accel: str | None, snapshot: bool, disk_image: Path | None = None,
+             allow_backing: tuple[Path, ...] = ()) -> list[str]:
     """The `mce-orchestrator run` arguments that give the same inputs."""
     argv = ["run", scenario_file]
     if disk_image is not None:
         # Absolute: the scenario's own relative guest.disk_image does not resolve beside its copy.
         argv += ["--disk-image", str(Path(disk_image).resolve())]
+        for backing in allow_backing:
+            argv += ["--allow-backing", str(Path(backing).resolve())]
     elif image:
         argv += ["--image", image]
     if kernel is not None:

@@ -236,3 +236,61 @@ def test_cli_disk_image_is_for_the_qemu_backend_only(tmp_path, capsys):
     disk.write_bytes(b"")
     assert main(["run", "--backend", "libvirt", "--disk-image", str(disk), "srao-anon-late-kill"]) == 2
     assert "runs on the QEMU backend only" in capsys.readouterr().err
+
+
+def qemu_img(*args):
+    import subprocess
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def test_a_qcow2_with_a_backing_file_nobody_named_is_refused_in_one_line(tmp_path, capsys):
+    # The review's case: a root-only raw file as the backing file of a user's qcow2.
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(b"root's secret\n" * 4096)
+    secret.chmod(0o600)
+    disk = tmp_path / "user.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(disk))
+    with pytest.raises(images.ImageError) as caught:
+        di.disk_format(disk)
+    message = str(caught.value)
+    assert "\n" not in message and f"backing file {secret}" in message and f"--allow-backing {secret}" in message
+    with pytest.raises(images.ImageError, match="backing file"):
+        di.prepare_disk_image(disk, cache_root=tmp_path / "cache", workdir=tmp_path / "work")
+    assert not (tmp_path / "cache").exists()  # nothing was read out of it
+    # Through the command line: refused before any guest, exit 2, one line.
+    from orchestrator.cli import main
+    assert main(["run", "--disk-image", str(disk), "srao-anon-late-kill"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--allow-backing" in err
+    # Named by the user: allowed.
+    assert di.disk_format(disk, allow_backing=[secret]) == "qcow2"
+
+
+def test_every_layer_of_an_allowed_chain_is_checked(tmp_path):
+    base, middle, top = tmp_path / "base.raw", tmp_path / "middle.qcow2", tmp_path / "top.qcow2"
+    base.write_bytes(bytes(1 << 20))
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(base), str(middle))
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(middle), str(top))
+    with pytest.raises(images.ImageError, match=f"layer {middle}.*backing file {base}"):
+        di.disk_format(top, allow_backing=[middle])  # the middle one allowed, not what it stands on
+    assert di.disk_format(top, allow_backing=[middle, base]) == "qcow2"
+    # A layer of a format the harness does not read, even when named.
+    odd, over = tmp_path / "odd.vmdk", tmp_path / "over.qcow2"
+    qemu_img("create", "-q", "-f", "vmdk", str(odd), "1M")
+    qemu_img("create", "-q", "-f", "qcow2", "-F", "vmdk", "-b", str(odd), str(over))
+    with pytest.raises(images.ImageError, match=f"layer {odd}\\): format vmdk"):
+        di.disk_format(over, allow_backing=[odd])
+
+
+def test_a_qcow2_keeping_its_data_in_another_file_is_refused(tmp_path):
+    data, disk = tmp_path / "data.raw", tmp_path / "d.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", f"data_file={data}", str(disk), "1M")
+    with pytest.raises(images.ImageError, match="keeps its data in another file"):
+        di.disk_format(disk)
+
+
+def test_repro_passes_the_allowed_backing_files_on(tmp_path):
+    from orchestrator import repro
+    argv = repro.run_argv(scenario_file="s.yaml", image=None, kernel=None, modules=None, append="", accel=None,
+                          snapshot=False, disk_image=tmp_path / "d.qcow2", allow_backing=(tmp_path / "b.raw",))
+    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2"), "--allow-backing", str(tmp_path / "b.raw")]

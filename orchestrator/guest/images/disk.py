@@ -174,13 +174,53 @@ def _run(cmd: Sequence[str], what: str) -> str:
     return proc.stdout
 
 
-def disk_format(path: Path) -> str:
-    """qcow2 or raw (what qemu-img sees), else an ImageError naming it."""
-    info = json.loads(_run(["qemu-img", "info", "--output=json", str(path)], f"disk image {path}"))
+def disk_format(path: Path, allow_backing: Sequence[Path] = ()) -> str:
+    """qcow2 or raw (what qemu-img sees), else an ImageError naming it, in one line.
+
+    The harness reads the disk as root (qemu-img convert, QEMU): a qcow2 whose backing file
+    (or external data file) is some other host file would hand that file to the guest and to
+    the kernel extraction. A backing file is refused unless the user named it (--allow-backing),
+    and then every layer of the chain must be qcow2 or raw and name only allowed files too."""
+    allowed = {Path(p).resolve() for p in allow_backing}
+    top = _image_info(path, chain=False)
+    check_layer(path, top, allowed)
+    if _backing(top):
+        # Only now is the chain opened (it reads each layer's header), every file in it allowed.
+        layers = _image_info(path, chain=True)
+        for layer in layers if isinstance(layers, list) else [layers]:
+            check_layer(path, layer, allowed)
+    return top["format"]
+
+
+def _image_info(path: Path, chain: bool):
+    argv = ["qemu-img", "info", "--output=json", *(["--backing-chain"] if chain else []), str(path)]
+    try:
+        return json.loads(_run(argv, f"disk image {path}"))
+    except ValueError:
+        raise images.ImageError(f"disk image {path}: qemu-img info gave no JSON") from None
+
+
+def _backing(info: dict) -> str | None:
+    return info.get("full-backing-filename") or info.get("backing-filename")
+
+
+def check_layer(path: Path, info: dict, allowed: set[Path]) -> None:
+    """One layer of `path`'s chain, as `qemu-img info --output=json` describes it: its format
+    is qcow2 or raw, it has no external data file, and its backing file (if any) is one the
+    user allowed. Pure; an ImageError in one line otherwise."""
+    name = info.get("filename", str(path))
+    where = f"disk image {path}" + ("" if Path(name) == Path(path) else f" (layer {name})")
     fmt = info.get("format")
     if fmt not in FORMATS:
-        raise images.ImageError(f"disk image {path}: format {fmt} (qcow2 or raw are supported)")
-    return fmt
+        raise images.ImageError(f"{where}: format {fmt} (qcow2 or raw are supported)")
+    data_file = ((info.get("format-specific") or {}).get("data") or {}).get("data-file")
+    if data_file:
+        raise images.ImageError(f"{where}: refused: it keeps its data in another file ({data_file}), which "
+                                f"would be read as root")
+    backing = _backing(info)
+    if backing and Path(backing).resolve() not in allowed:
+        raise images.ImageError(f"{where}: refused: its backing file {backing} would be read as root; "
+                                f"to use it, name it: --allow-backing {backing}")
 
 
 def _debugfs(fs: str, request: str, what: str) -> str:
@@ -296,16 +336,18 @@ def _saved_seed(folder: Path) -> tuple[Path, str]:
 
 
 def prepare_disk_image(path: Path, *, cache_root: Path, workdir: Path, saved_keys: bool = False,
-                       progress: Callable[[str], None] = lambda m: None) -> SeededDiskImage:
+                       progress: Callable[[str], None] = lambda m: None,
+                       allow_backing: Sequence[Path] = ()) -> SeededDiskImage:
     """The user's disk image ready to boot: its kernel and initrd (cached), this run's
     keys and seed in `workdir` (private; the caller removes it). `saved_keys` (--snapshot):
-    the keys and seed kept with the disk's kernel instead, the same for every run."""
+    the keys and seed kept with the disk's kernel instead, the same for every run.
+    `allow_backing`: backing files the user named (--allow-backing); any other is refused."""
     path = Path(path).resolve()
     if not path.is_file():
         raise images.ImageError(f"disk image {path}: no such file")
     if not os.access(path, os.R_OK):
         raise images.ImageError(f"disk image {path}: not readable")
-    fmt = disk_format(path)
+    fmt = disk_format(path, allow_backing)
     folder, boot = boot_files(path, fmt, Path(cache_root), progress)
     if saved_keys:
         seeds, host_line = _saved_seed(folder)
