@@ -291,7 +291,9 @@ def run(scenarios, args) -> int:
         write_junit(results, run_dir / "junit.xml")
         write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),
                                                        "interrupted": interrupted})
-        point_latest(args.results, run_dir)
+        latest_note = point_latest(args.results, run_dir)
+        if latest_note:
+            print(f"mce-orchestrator: {latest_note}", file=sys.stderr)
     reporter.run_finished(results, run_dir)
     if interrupted:
         print("mce-orchestrator: interrupted", file=sys.stderr)

@@ -163,12 +163,24 @@ def new_run_dir(results_root: Path) -> Path:
     return run_dir
 
 
-def point_latest(results_root: Path, run_dir: Path) -> None:
-    """results/latest -> this run, replaced atomically (a reader never sees it missing)."""
+def point_latest(results_root: Path, run_dir: Path) -> str | None:
+    """results/latest -> this run, replaced atomically (a reader never sees it missing).
+    Only a symlink (ours, from an earlier run) or nothing is replaced: a file or folder someone
+    put there is left as it is, and the returned line says so (None when latest was set)."""
+    latest = results_root / "latest"
+    if latest.exists() or latest.is_symlink():
+        if not latest.is_symlink():
+            kind = "folder" if latest.is_dir() else "file"
+            return (f"{latest} is a {kind}, not the link this tool keeps: left as it is "
+                    f"(this run: {run_dir})")
     tmp = results_root / f".latest-{os.getpid()}"
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(run_dir.name)
-    tmp.replace(results_root / "latest")
+    try:
+        tmp.replace(latest)
+    finally:
+        tmp.unlink(missing_ok=True)  # replaced: gone already; failed: not left behind
+    return None
 
 
 def write_junit(results: list[ScenarioResult], path: Path) -> None:

@@ -1,4 +1,5 @@
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -105,3 +106,23 @@ def test_bisect_exit_codes():
     assert (exit_code(Outcome.KNOWN_FAIL, bisect=True), exit_code(Outcome.XPASS, bisect=True)) == (1, 0)
     assert all(isinstance(exit_code(o, bisect=True), int) for o in Outcome)
     assert [exit_code(o, bisect=False) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 2, 0]
+
+
+def test_a_file_or_folder_at_latest_is_left_alone_with_a_note_and_nothing_behind(tmp_path):
+    run = tmp_path / "20260101-000000-1"
+    run.mkdir()
+    latest = tmp_path / "latest"
+    latest.write_text("someone's notes\n")
+    note = point_latest(tmp_path, run)
+    assert latest.read_text() == "someone's notes\n" and not latest.is_symlink()
+    assert "is a file" in note and str(run) in note and "\n" not in note
+    latest.unlink()
+    latest.mkdir()
+    (latest / "kept").write_text("x")
+    note = point_latest(tmp_path, run)  # before: IsADirectoryError, the run exited 2
+    assert (latest / "kept").read_text() == "x" and "is a folder" in note
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name, "latest"]  # no .latest-PID left
+    # Our own link is replaced as before.
+    latest.joinpath("kept").unlink()
+    latest.rmdir()
+    assert point_latest(tmp_path, run) is None and os.readlink(latest) == run.name
