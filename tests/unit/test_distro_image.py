@@ -90,3 +90,20 @@ def test_rasdaemon_reads_single_events():
     files = distro_image.guest_files("ssh-ed25519 C", b"K", "ssh-ed25519 H")
     dropin = files["etc/systemd/system/rasdaemon.service.d/mceorch-buffer-percent.conf"][0].decode()
     assert "echo 0 > $d/buffer_percent" in dropin and "instances/rasdaemon" in dropin
+
+
+def test_the_setup_hook_copies_from_a_build_folder_with_any_name(tmp_path):
+    # A checkout path with a space, and one holding $(...): a path, never a command.
+    import subprocess
+    marker = tmp_path / "RAN"
+    setup = tmp_path / f"check out $(touch {marker}) x" / "setup"
+    (setup / "etc").mkdir(parents=True)
+    (setup / "etc" / "f").write_text("copied\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    argv = distro_image.mmdebstrap_argv("bookworm", ["p"], root, setup)
+    hook = next(a for a in argv if a.startswith("--setup-hook=")).split("=", 1)[1]
+    # As mmdebstrap runs a hook that is not a file: sh -c HOOK exec ROOT.
+    proc = subprocess.run(["sh", "-c", hook, "exec", str(root)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (root / "etc" / "f").read_text() == "copied\n" and not marker.exists()

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -181,7 +182,9 @@ def mmdebstrap_argv(suite: str, packages: Sequence[str], target: Path, setup_dir
         "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-include=/usr/share/doc/*/copyright", "--dpkgopt=path-exclude=/usr/share/locale/*",
         # Before any package is installed: the kernel's postinst builds the initrd with these.
-        f"--setup-hook=cp -a {setup_dir}/. \"$1\"/",
+        # mmdebstrap runs a hook through sh with $1 the root: the build folder's path is quoted
+        # (a checkout path with a space, or one holding $(...), is a path and nothing more).
+        f"--setup-hook=cp -a {shlex.quote(f'{setup_dir}/.')} \"$1\"/",
         suite, str(target), "-",
     ]
 
