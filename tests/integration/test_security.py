@@ -164,6 +164,7 @@ def test_no_local_user_reaches_the_gdbstub_of_a_race(tmp_path, monkeypatch, back
     def attacked_first(*args, **kwargs):
         listeners = qemu_listeners(seen["pid"])
         seen["listeners"] = listeners
+        seen["argv"] = Path(f"/proc/{seen['pid']}/cmdline").read_bytes().decode().split("\0")
         seen["attack"] = attack(listeners)
         return real(*args, **kwargs)
 
@@ -182,3 +183,6 @@ def test_no_local_user_reaches_the_gdbstub_of_a_race(tmp_path, monkeypatch, back
         else:
             assert what == "refused", f"uid 65534 reached QEMU's {kind} socket {address}: {reply[:200]!r}"
     assert result.outcome == Outcome.PASS, result.reasons
+    # Both backends' user networking is restrict=on: the guest opens no connection to the host.
+    netdevs = [a for a in seen["argv"] if a.startswith("user,") or '"type":"user"' in a]
+    assert netdevs and all("restrict=on" in a for a in netdevs), netdevs

@@ -12,7 +12,10 @@ the CPU model is the unversioned alias of the same definition
 (Skylake-Client-noTSX-IBRS), the pvpanic-pci device comes through
 <qemu:commandline> (libvirt 9.0 refuses <panic model='pvpanic'/>), and the SSH
 forward is added through the monitor after start (no <portForward> without
-passt), so user networking has no `restrict=on` here.
+passt). libvirt 9.0's <interface type='user'> cannot say `restrict=on` (the
+guest could reach the host's loopback services through it), so the user
+netdev and its virtio-net device come through <qemu:commandline> too, with
+`restrict=on` as on the QEMU backend.
 """
 from __future__ import annotations
 
@@ -29,7 +32,8 @@ from orchestrator.guest.qemu.argv import KERNEL_CMDLINE
 LIBVIRT_TCG_CPU_MODEL = "Skylake-Client-noTSX-IBRS"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 PANIC_PCI_SLOT = "0x1e"  # free on pc and q35 without USB or legacy PCI bridges
-# libvirt names the netdev of the first <interface> this; HMP hostfwd_add needs it.
+NIC_PCI_SLOT = "0x1d"    # likewise (q35 puts USB there; libvirt adds none here)
+# The user netdev's id (the name libvirt gives the first <interface>'s); HMP hostfwd_add needs it.
 USER_NETDEV = "hostnet0"
 DOMAIN_PREFIX = "mce-orch-"
 
@@ -110,8 +114,6 @@ def build_domain_xml(c: DomainConfig) -> str:
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=str(c.console_log), **({"append": "on"} if c.console_append else {}))
     _sub(serial, "target", port="0")
-    interface = _sub(devices, "interface", type="user")
-    _sub(interface, "model", type="virtio")
     if c.disk is not None:
         disk = _sub(devices, "disk", type="file", device="disk")
         # cache=unsafe: the disk is thrown away after the run; speed over durability.
@@ -127,7 +129,11 @@ def build_domain_xml(c: DomainConfig) -> str:
     # An explicit slot: QEMU reads these arguments before libvirt's own devices.
     bus = "pcie.0" if c.machine.startswith("q35") else "pci.0"
     passthrough = _sub(domain, f"{{{QEMU_NS}}}commandline")
-    args = ["-device", f"pvpanic-pci,bus={bus},addr={PANIC_PCI_SLOT}"]
+    args = ["-device", f"pvpanic-pci,bus={bus},addr={PANIC_PCI_SLOT}",
+            # User networking as the QEMU backend has it: restrict=on, the guest reaches nothing on
+            # the host; only the SSH forward (hostfwd_add on 127.0.0.1, after start) comes in.
+            "-netdev", f"user,id={USER_NETDEV},restrict=on",
+            "-device", f"virtio-net-pci,netdev={USER_NETDEV},bus={bus},addr={NIC_PCI_SLOT}"]
     if c.incoming:
         # A saved guest (QEMU's migration stream) is fed in after start through
         # an fd handed over the monitor: libvirt's seccomp sandbox forbids
