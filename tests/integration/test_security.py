@@ -2,9 +2,12 @@
 import io
 import json
 import os
+import shlex
 import socket
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +189,47 @@ def test_no_local_user_reaches_the_gdbstub_of_a_race(tmp_path, monkeypatch, back
     # Both backends' user networking is restrict=on: the guest opens no connection to the host.
     netdevs = [a for a in seen["argv"] if a.startswith("user,") or '"type":"user"' in a]
     assert netdevs and all("restrict=on" in a for a in netdevs), netdevs
+
+
+def _our_domains() -> set[str]:
+    import libvirt
+    from orchestrator import libvirt_xml
+    conn = libvirt.open("qemu:///system")
+    try:
+        return {d.name() for d in conn.listAllDomains() if d.name().startswith(libvirt_xml.DOMAIN_PREFIX)}
+    finally:
+        conn.close()
+
+
+def test_two_runs_in_other_pid_namespaces_sharing_one_libvirtd_keep_their_guests(tmp_path):
+    """Two CI containers: the same hostname, each its own PID namespace, one libvirtd. The
+    first orchestrator is not pid 1 in its namespace (its shell is), the second is: the
+    second sees the first's domain, whose pid is not alive in its namespace. Neither may
+    touch the other's guest: both PASS."""
+    from orchestrator.libvirtd import ensure_running
+    ensure_running()
+    before = _our_domains()
+    run = [sys.executable, "-m", "orchestrator", "run", "srao-anon-late-kill", "--backend", "libvirt", "--results"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    # Some 500 processes first, so the first orchestrator's pid (about 500) is surely not alive in
+    # the second's namespace; not exec: the shell stays pid 1.
+    shell = "i=0; while [ $i -lt 500 ]; do /bin/true; i=$((i+1)); done; " + \
+        " ".join(shlex.quote(a) for a in run + [str(tmp_path / "first")])
+    first = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", shell], cwd=REPO, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        end = time.monotonic() + 300
+        while not (_our_domains() - before) and first.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        assert _our_domains() - before, "the first run's domain never appeared"
+        second = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *run, str(tmp_path / "second")],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        out_first, _ = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-2000:]
+    assert first.returncode == 0, out_first[-3000:]
+    for which in ("first", "second"):
+        report = json.loads((tmp_path / which / "latest" / "report.json").read_text())
+        assert [s["outcome"] for s in report["scenarios"]] == ["PASS"], which

@@ -5,14 +5,33 @@ from orchestrator.guest import libvirt as backend
 def test_domain_names_are_recognisable_and_unique():
     a, b = backend.domain_name(), backend.domain_name()
     assert a != b and a.startswith("mce-orch-")
-    assert backend.domain_name(pid=42, n=7).endswith("-42-7")
+    assert backend.domain_name(pid=42, n=7).endswith(f"-42-{backend.RUN_ID}-7")
+
+
+def test_the_same_hostname_and_pid_in_another_pid_namespace_is_another_name():
+    # Two containers sharing one libvirtd, both orchestrators pid 1: their names still differ.
+    import subprocess
+    import sys
+    other = subprocess.run([sys.executable, "-c", "from orchestrator.backends import libvirt as b; "
+                            "print(b.domain_name(pid=1, n=1))"], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() != backend.domain_name(pid=1, n=1)
+    assert len(backend.RUN_ID) == 8 and int(backend.RUN_ID, 16) >= 0
+
+
+def test_no_run_reaps_domains_by_hostname_and_pid():
+    # Autodestroy takes a dead run's domains; a name whose pid is not alive here may be another
+    # PID namespace's live guest.
+    import inspect
+    launch = inspect.getsource(backend.LibvirtGuest.launch) + inspect.getsource(backend.LibvirtGuest._start)
+    assert "VIR_DOMAIN_START_AUTODESTROY" in launch
+    assert "reap_leftovers" not in launch and not hasattr(backend, "reap_leftovers")
 
 
 def test_orphaned_domains_are_ours_on_this_host_with_a_dead_orchestrator():
-    names = ["mce-orch-h1-100-1", "mce-orch-h1-200-3", "mce-orch-h2-100-1", "mce-orch-h1-100-x",
-             "someone-elses-vm", "mce-orch-h1-300-2"]
+    names = ["mce-orch-h1-100-0a1b2c3d-1", "mce-orch-h1-200-0a1b2c3d-3", "mce-orch-h2-100-0a1b2c3d-1",
+             "mce-orch-h1-100-x", "someone-elses-vm", "mce-orch-h1-300-ffffffff-2"]
     alive = {200}.__contains__
-    assert backend.orphaned(names, "h1", alive) == ["mce-orch-h1-100-1", "mce-orch-h1-300-2"]
+    assert backend.orphaned(names, "h1", alive) == ["mce-orch-h1-100-0a1b2c3d-1", "mce-orch-h1-300-ffffffff-2"]
     assert backend.orphaned(names, "h1", lambda pid: True) == []
 
 

@@ -39,20 +39,29 @@ def test_cached_names_carry_digest_and_size_and_say_whose():
     assert volumes.image_volume_size("someone-elses.qcow2") is None
 
 
-def test_leftovers_are_this_hosts_per_run_and_partial_volumes_of_dead_processes():
+def test_leftovers_are_per_run_and_partial_volumes_no_domain_uses_untouched_for_the_grace_period():
     final = volumes.image_volume_name(DIGEST, 10, "vmlinux")
-    names = [
-        "mce-orch-h-100-1-disk",                        # dead run's scratch disk
-        "mce-orch-h-200-3-disk",                        # live run's
-        volumes.partial_volume_name(final, "h", 100),   # dead upload
-        volumes.partial_volume_name(final, "h", 200),   # live upload
-        volumes.partial_volume_name(final, "other", 100),
-        "mce-orch-other-100-1-disk",                    # another host's runs
-        final,                                          # cached: stays
-        "users-disk.qcow2",
+    now, old, recent = 100000.0, 100000.0 - volumes.GRACE_S - 1, 100000.0 - 60
+    pool = "/var/lib/libvirt/mce-orchestrator/"
+    listed = [
+        ("mce-orch-h-1-0a1b2c3d-1-disk", pool + "a", old),          # abandoned scratch disk
+        ("mce-orch-h-1-99999999-1-disk", pool + "b", old),          # same host and pid: in use by a live domain
+        ("mce-orch-h-1-12345678-2-disk", pool + "c", recent),       # just uploaded, its domain about to start
+        (volumes.partial_volume_name(final, "0a1b2c3d"), pool + "d", old),     # dead upload
+        (volumes.partial_volume_name(final, "12345678"), pool + "e", recent),  # upload under way
+        ("mce-orch-h-1-0a1b2c3d-3-disk", pool + "f", None),         # no timestamp: nothing proves it
+        (final, pool + "g", old),                                   # cached: stays
+        ("users-disk.qcow2", pool + "h", old),
     ]
-    alive = {200}.__contains__
-    assert volumes.leftovers(names, "h", alive) == ["mce-orch-h-100-1-disk", f"{final}.part-h-100"]
+    assert volumes.leftovers(listed, {pool + "b"}, now) == [
+        "mce-orch-h-1-0a1b2c3d-1-disk", f"{final}.part-0a1b2c3d"]
+
+
+def test_volume_mtime_from_its_xml():
+    xml = ("<volume><name>v</name><target><path>/p/v</path><timestamps><atime>1.5</atime>"
+           "<mtime>1700000000.25</mtime></timestamps></target></volume>")
+    assert volumes.volume_mtime(xml) == 1700000000.25
+    assert volumes.volume_mtime("<volume><target/></volume>") is None
 
 
 def test_volume_and_pool_xml_are_root_only_raw():

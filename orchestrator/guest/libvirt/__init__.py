@@ -15,11 +15,14 @@ libvirt-python only.
   as the QMP monitor's; the domain's lifecycle (stopped, crashed) through
   libvirt's event loop. Both are dispatched by one process-wide
   virEventRunDefaultImpl thread.
-- Names are `mce-orch-<host>-<pid>-<n>`; shutdown() destroys the domain
-  whatever happened, and a later run reaps domains of this host whose
-  orchestrator process is gone (killed with SIGKILL). Domains are started with
-  libvirt's autodestroy: a connection that drops (a dead endpoint) takes its
-  domain with it.
+- Names are `mce-orch-<host>-<pid>-<run id>-<n>`, the run id random per
+  process: two orchestrators with the same hostname and pid (containers in
+  other PID namespaces sharing one libvirtd) never take each other's names.
+  shutdown() destroys the domain whatever happened, and domains are started
+  with libvirt's autodestroy: when the connection that created one closes (an
+  orchestrator killed with SIGKILL, a dead endpoint), libvirtd destroys it.
+  So no run reaps domains: a domain whose owner looks gone by hostname and pid
+  may well be another container's live guest.
 - A remote URI (qemu+ssh://...): the kernel, initramfs and scratch disk go to
   that host as storage volumes through libvirt's upload streams
   (orchestrator.guest.libvirt.volumes), the console is a pty read through a libvirt
@@ -36,8 +39,10 @@ import itertools
 import json
 import os
 import re
+import secrets
 import socket
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,47 +70,46 @@ def _host_tag() -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", socket.gethostname()).strip("-")[:40] or "host"
 
 
-def domain_name(pid: int | None = None, n: int | None = None) -> str:
-    return (f"{libvirt_xml.DOMAIN_PREFIX}{_host_tag()}-{pid or os.getpid()}-"
+# This process's run id: random, so names from another PID namespace (same hostname, same pid)
+# never collide with ours. Kept in every domain and per-run volume name.
+RUN_ID = secrets.token_hex(4)
+
+
+def domain_name(pid: int | None = None, n: int | None = None, run_id: str | None = None) -> str:
+    return (f"{libvirt_xml.DOMAIN_PREFIX}{_host_tag()}-{pid or os.getpid()}-{run_id or RUN_ID}-"
             f"{n if n is not None else next(_counter)}")
 
 
 def orphaned(names, host: str, alive) -> list[str]:
-    """Our domains on this host whose orchestrator process `alive(pid)` says is gone. Pure."""
+    """Our domains on this host whose orchestrator process `alive(pid)` says is gone. Pure.
+    Only for a look from inside one PID namespace (the tests' leftover check): the backend
+    reaps nothing by it, autodestroy takes a dead run's domains."""
     prefix = f"{libvirt_xml.DOMAIN_PREFIX}{host}-"
     found = []
     for name in names:
-        m = re.fullmatch(re.escape(prefix) + r"(\d+)-\d+", name)
+        m = re.fullmatch(re.escape(prefix) + r"(\d+)-[0-9a-f]+-\d+", name)
         if m and not alive(int(m.group(1))):
             found.append(name)
     return found
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reap_leftovers(conn) -> list[str]:
-    """Destroy what a killed run of this host left behind (transient: gone once destroyed)."""
+def _paths_in_use(conn) -> set[str]:
+    """Every file path the running domains of `conn` name (disks, kernels, initrds): a volume
+    one of them uses is not a leftover, whoever started it."""
     libvirt, _ = _libvirt()
-    reaped = []
-    try:
-        domains = {d.name(): d for d in conn.listAllDomains()}
-    except libvirt.libvirtError:
-        return reaped
-    for name in orphaned(domains, _host_tag(), _pid_alive):
+    used: set[str] = set()
+    for dom in conn.listAllDomains():
         try:
-            domains[name].destroy()
-            reaped.append(name)
-        except libvirt.libvirtError:
-            pass
-    return reaped
+            root = ET.fromstring(dom.XMLDesc(0))
+        except (libvirt.libvirtError, ET.ParseError):
+            continue
+        for element in root.iter():
+            for key in ("file", "path", "dev"):
+                if element.get(key):
+                    used.add(element.get(key))
+            if element.tag in ("kernel", "initrd") and element.text:
+                used.add(element.text.strip())
+    return used
 
 
 class LibvirtMonitor(MonitorLogs, BoundedEvents):
@@ -306,7 +310,6 @@ class LibvirtGuest(Guest):
         with contextlib.suppress(libvirt.libvirtError):  # a driver without one: died() asks isAlive()
             self._conn.registerCloseCallback(lambda conn, reason, opaque: setattr(
                 self, "_lost", reasons.get(reason, f"reason {reason}")), None)
-        reap_leftovers(self._conn)
         try:
             if self.remote:
                 self._place_files()
@@ -333,9 +336,9 @@ class LibvirtGuest(Guest):
         """The kernel and initramfs (cached by content) and the scratch disk (this
         run's) as volumes on the remote host; the domain XML points at them."""
         self._volumes = libvirt_volumes.VolumeStore(self._conn)
-        self._volumes.reap(_host_tag(), _pid_alive)
+        self._volumes.reap(_paths_in_use(self._conn))
         for what, path in (("kernel", self.image.kernel), ("initrd", self.image.initrd)):
-            self._placed[what] = Path(self._volumes.cached(path, _host_tag(), os.getpid()))
+            self._placed[what] = Path(self._volumes.cached(path, RUN_ID))
         if self.disk is not None:
             name = libvirt_volumes.run_volume_name(self.name, "disk")
             self._run_volumes.append(name)

@@ -13,11 +13,14 @@ Nothing is installed on that host beyond libvirt and QEMU: the pool
   the host: a final name always holds a whole file, even when a run is
   killed mid-upload.
 - per-run volumes (the scratch disk), named after the domain
-  (`mce-orch-<host>-<pid>-<n>-disk`): deleted after the run, whatever happens.
+  (`mce-orch-<host>-<pid>-<run id>-<n>-disk`): deleted as soon as QEMU holds
+  it open, or after the run, whatever happens.
 
-A later run from this host deletes per-run and partial volumes whose
-orchestrator process is gone (as leftover domains are reaped). Cached volumes
-stay until `--remove`.
+A later run deletes a per-run or partial volume only when it is provably
+abandoned: no running domain on that libvirtd uses it (whoever started the
+domain) and it has not been written for GRACE_S. A hostname and a pid prove
+nothing (another container sharing the libvirtd may have the same ones), and
+a random run id only keeps names apart. Cached volumes stay until `--remove`.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import argparse
 import hashlib
 import re
 import sys
+import time
 import xml.etree.ElementTree as ET
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +41,9 @@ POOL_PATH = "/var/lib/libvirt/mce-orchestrator"
 IMAGE_PREFIX = "mce-orch-img-"
 DIGEST_CHARS = 32
 CHUNK = 1 << 20
+# A per-run or partial volume untouched this long, and used by no running domain, is a leftover:
+# an upload writes it continuously, and a scratch disk is deleted moments after its domain starts.
+GRACE_S = 3600
 
 
 class VolumeError(RuntimeError):
@@ -63,23 +70,22 @@ def image_volume_size(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def partial_volume_name(final: str, host: str, pid: int) -> str:
-    return f"{final}.part-{host}-{pid}"
+def partial_volume_name(final: str, run_id: str) -> str:
+    return f"{final}.part-{run_id}"
 
 
 def run_volume_name(domain: str, what: str) -> str:
     return f"{domain}-{what}"
 
 
-def leftovers(names, host: str, alive) -> list[str]:
-    """Per-run and partial volumes made from this host by an orchestrator process
-    that `alive(pid)` says is gone. Pure."""
-    per_run = re.compile(re.escape(f"{DOMAIN_PREFIX}{host}-") + r"(\d+)-\d+-[a-z]+")
-    partial = re.compile(re.escape(IMAGE_PREFIX) + r".*\.part-" + re.escape(host) + r"-(\d+)")
+def leftovers(volumes, in_use: set[str], now: float, grace: float = GRACE_S) -> list[str]:
+    """Per-run and partial volumes that are provably abandoned. `volumes`: (name, path,
+    mtime) of each volume in the pool; `in_use`: the paths running domains name. Pure."""
     found = []
-    for name in names:
-        m = per_run.fullmatch(name) or partial.fullmatch(name)
-        if m and not alive(int(m.group(1))):
+    for name, path, mtime in volumes:
+        per_run = name.startswith(DOMAIN_PREFIX) and not name.startswith(IMAGE_PREFIX)
+        partial = name.startswith(IMAGE_PREFIX) and ".part-" in name
+        if (per_run or partial) and path not in in_use and mtime is not None and now - mtime > grace:
             found.append(name)
     return found
 
@@ -187,7 +193,7 @@ class VolumeStore:
         except self._libvirt.libvirtError:
             return None
 
-    def cached(self, path: Path, host: str, pid: int) -> str:
+    def cached(self, path: Path, run_id: str) -> str:
         """The host-side path of `path`'s content, uploaded unless a whole copy is there."""
         size = path.stat().st_size
         name = image_volume_name(content_digest(path), size, path.name)
@@ -196,7 +202,7 @@ class VolumeStore:
             return vol.path()
         if vol is not None:  # a name that promises another size: not ours to trust
             self.delete(name)
-        partial = self.upload(path, partial_volume_name(name, host, pid))
+        partial = self.upload(path, partial_volume_name(name, run_id))
         try:
             try:
                 vol = self.pool.createXMLFrom(volume_xml(name, size), partial, 0)
@@ -242,13 +248,36 @@ class VolumeStore:
         except self._libvirt.libvirtError:
             return False
 
-    def reap(self, host: str, alive) -> list[str]:
-        """Delete per-run and partial volumes of this host's dead orchestrator processes."""
+    def volumes(self) -> list[tuple[str, str, float | None]]:
+        """(name, path, last modification time) of each volume in the pool."""
+        found = []
+        for name in self.names():
+            vol = self._lookup(name)
+            if vol is None:
+                continue
+            try:
+                found.append((name, vol.path(), volume_mtime(vol.XMLDesc(0))))
+            except self._libvirt.libvirtError:
+                continue
+        return found
+
+    def reap(self, in_use: set[str], now: float | None = None) -> list[str]:
+        """Delete per-run and partial volumes no running domain uses, untouched for GRACE_S."""
         try:
-            names = self.names()
+            listed = self.volumes()
         except VolumeError:
             return []
-        return [name for name in leftovers(names, host, alive) if self.delete(name)]
+        return [name for name in leftovers(listed, in_use, time.time() if now is None else now)
+                if self.delete(name)]
+
+
+def volume_mtime(xml: str) -> float | None:
+    """A volume's <target><timestamps><mtime> (seconds, with a fraction), None if not given. Pure."""
+    try:
+        text = ET.fromstring(xml).findtext("target/timestamps/mtime")
+        return float(text) if text else None
+    except (ET.ParseError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
