@@ -193,7 +193,7 @@ def test_no_local_user_reaches_the_gdbstub_of_a_race(tmp_path, monkeypatch, back
 
 def _our_domains() -> set[str]:
     import libvirt
-    from orchestrator import libvirt_xml
+    from orchestrator.guest.libvirt import xml as libvirt_xml
     conn = libvirt.open("qemu:///system")
     try:
         return {d.name() for d in conn.listAllDomains() if d.name().startswith(libvirt_xml.DOMAIN_PREFIX)}
@@ -206,7 +206,7 @@ def test_two_runs_in_other_pid_namespaces_sharing_one_libvirtd_keep_their_guests
     first orchestrator is not pid 1 in its namespace (its shell is), the second is: the
     second sees the first's domain, whose pid is not alive in its namespace. Neither may
     touch the other's guest: both PASS."""
-    from orchestrator.libvirtd import ensure_running
+    from orchestrator.guest.libvirt.daemons import ensure_running
     ensure_running()
     before = _our_domains()
     run = [sys.executable, "-m", "orchestrator", "run", "srao-anon-late-kill", "--backend", "libvirt", "--results"]

@@ -290,7 +290,7 @@ def test_a_qcow2_keeping_its_data_in_another_file_is_refused(tmp_path):
 
 
 def test_repro_passes_the_allowed_backing_files_on(tmp_path):
-    from orchestrator import repro
+    from orchestrator.report import repro
     argv = repro.run_argv(scenario_file="s.yaml", image=None, kernel=None, modules=None, append="", accel=None,
                           snapshot=False, disk_image=tmp_path / "d.qcow2", allow_backing=(tmp_path / "b.raw",))
     assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2"), "--allow-backing", str(tmp_path / "b.raw")]

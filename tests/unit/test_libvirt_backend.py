@@ -12,7 +12,7 @@ def test_the_same_hostname_and_pid_in_another_pid_namespace_is_another_name():
     # Two containers sharing one libvirtd, both orchestrators pid 1: their names still differ.
     import subprocess
     import sys
-    other = subprocess.run([sys.executable, "-c", "from orchestrator.backends import libvirt as b; "
+    other = subprocess.run([sys.executable, "-c", "from orchestrator.guest import libvirt as b; "
                             "print(b.domain_name(pid=1, n=1))"], capture_output=True, text=True, check=True)
     assert other.stdout.strip() != backend.domain_name(pid=1, n=1)
     assert len(backend.RUN_ID) == 8 and int(backend.RUN_ID, 16) >= 0
