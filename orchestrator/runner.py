@@ -21,29 +21,53 @@ from typing import Callable
 
 from orchestrator import probe as probe_build
 from orchestrator.guest import DEFAULT_BACKEND, new_guest
+
 from orchestrator.guest import images
+
 from orchestrator.guest import keep as keeping
+
 from orchestrator.guest.base import Guest, HypervisorUnavailable
+
 from orchestrator.guest.images import pmem
+
 from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
+
 from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
+
 from orchestrator.guest.qemu import tail
+
 from orchestrator.guest.readiness import wait_sshd
+
 from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
+
 from orchestrator.guest.ssh import RemoteProcess, SshSession, quote
+
 from orchestrator.inject import Injection, inject
+
 from orchestrator.inject import mce
+
 from orchestrator.inject.races import highorder, recompound
+
 from orchestrator.judge.known_failures import apply_known_failure
+
 from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
+
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
+
 from orchestrator.plumbing.deadline import Deadline
+
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
+
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
+
 from orchestrator.report import ConsoleReporter, ScenarioResult
+
 from orchestrator.report import repro
+
 from orchestrator.scenario import kconfig
+
 from orchestrator.scenario import Scenario
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUEST_MOUNT = "/mnt"
@@ -315,7 +339,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             # Every check passed, but the harness broke afterwards: say so.
             result.outcome = Outcome.ERROR
         result.outcome, result.known_note = apply_known_failure(result.outcome, result.verdict.checks,
-                                                                result.known_failure)
+                                                                result.known_failure, ev.kernel_log)
     result.phases = phases.seconds
     reporter.scenario_finished(result)
     return result

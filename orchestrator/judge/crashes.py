@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from orchestrator.judge.logmatch import messages
 
+
 # A report's head, as a kernel developer reads it: its first line, then what the
 # fault was, which task, where (#PF, Oops, CPU, RIP ...), up to RIP or the call trace.
 HEAD_WINDOW = 16
@@ -102,6 +103,8 @@ def _head(lines: list[str], first: int) -> tuple[tuple[str, ...], int]:
     head, end = [], first
     for n, line in enumerate(lines[first:first + HEAD_WINDOW]):
         text = line.strip()
+        if n and head[0].startswith("note: ") and not text.startswith("note: "):
+            break  # a task's exit notes that start a report are all of it: what follows is another
         if n == 0 or _HEAD_KEEP.match(text):
             head.append(text)
             end = first + n

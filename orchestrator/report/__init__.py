@@ -13,8 +13,11 @@ from pathlib import Path
 from typing import TextIO
 
 from orchestrator.judge.verdict import Evidence, Verdict
+
 from orchestrator.plumbing.outcome import HarnessError, Outcome
+
 from orchestrator.scenario import KnownFailure
+
 
 # Where `make test` (and CI) follow what every orchestrator process is doing:
 # one line per scenario start, phase start and verdict, appended by each
@@ -92,7 +95,9 @@ class ScenarioResult:
             "image": self.image,
             "kernel_release": self.kernel_release,
             "known_failure": {"kernel": self.known_failure.condition, "because": self.known_failure.because,
-                              "signature": self.known_failure.signature, "note": self.known_note}
+                              "signature": self.known_failure.signature, "task": self.known_failure.task,
+                              "function": self.known_failure.function, "explains": list(self.known_failure.explains),
+                              "note": self.known_note}
             if self.known_failure else None,
         }
 

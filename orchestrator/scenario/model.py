@@ -16,11 +16,17 @@ import jsonschema
 import yaml
 
 from orchestrator.guest import memory_map
+
 from orchestrator.guest.images.pmem import MIN_RAM_MIB as PMEM_MIN_RAM_MIB
+
 from orchestrator.inject import mce
+
 from orchestrator.judge import logmatch
+
 from orchestrator.judge.logmatch import LineExpectation
+
 from orchestrator.plumbing.outcome import InputError
+
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
 MAX_SCENARIO_BYTES = 256 * 1024
@@ -153,10 +159,19 @@ class KernelVariant:
 @dataclass(frozen=True)
 class KnownFailure:
     """A guest kernel bug this scenario runs into: on matching kernels, a failure
-    whose failed checks show `signature` is KNOWN-FAIL, a pass is XPASS."""
+    whose every failed check the marked crash report explains is KNOWN-FAIL, a
+    pass is XPASS (see known_failures.py)."""
     condition: str          # e.g. ">=6.12"
     because: str
-    signature: str          # exact text in the detail of a failed check
+    signature: str          # how the crash report's first line starts
+    task: str               # the task it hit ("Comm: ksmd")
+    function: str           # the function it was in ("RIP: 0010:memcmp+0x6/0x50")
+    explains: tuple[str, ...] = ()  # checks beside "no kernel bugs" that this crash makes fail
+
+
+# The checks a known-failure mark may say its crash makes fail (beside "no kernel bugs").
+EXPLAINABLE_CHECKS = ("guest alive", "probe ended", "sigbus", "sigbus (child)", "other pages intact",
+                      "page poisoned", "HardwareCorrupted", "ksmd scanned again", "RAS daemon record")
 
 
 @dataclass(frozen=True)
@@ -444,9 +459,14 @@ def parse_scenario(text: str, path: Path) -> Scenario:
                                       "kernel_log_absent and memory_failure_event can)")
         if inject.region == "outside-ram" and e.page_poisoned is not None:
             fail(at + ("page_poisoned",), "cannot be checked outside guest RAM (no page there to poison)")
-    known = tuple(KnownFailure(k["kernel"], " ".join(k["because"].split()), k["signature"])
+    known = tuple(KnownFailure(k["kernel"], " ".join(k["because"].split()), k["signature"], k["task"],
+                               k["function"], tuple(k.get("explains", ())))
                   for k in data.get("known_failures", ()))
     for i, k in enumerate(known):
+        for j, check in enumerate(k.explains):
+            if check not in EXPLAINABLE_CHECKS:
+                fail(("known_failures", i, "explains", j), f"'{check}' is not a check a crash can be said to "
+                                                           f"explain (one of: {', '.join(EXPLAINABLE_CHECKS)})")
         if len(k.signature.splitlines()) != 1 or not k.signature.strip():
             fail(("known_failures", i, "signature"), "must be one line of text (it is looked for in the detail "
                                                      "of a failed check)")

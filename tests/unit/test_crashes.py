@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.judge import crashes
 
+
 SAMPLES = {
     "kernel BUG": [
         # 6.1: BUG_ON() prints no "Oops" word, only these two lines.
@@ -147,3 +148,13 @@ MCEORCH-READY init=2.02 modules=2.28 sshd=2.45
 
 def test_benign_lines_are_not_crashes():
     assert crashes.scan(BENIGN) == []
+
+
+def test_a_report_after_a_tasks_exit_note_is_a_report_of_its_own():
+    # The exit note ends the oops before it; a WARNING printed next is another report, not part of the note.
+    log = ("[    7.08] note: ksmd[34] exited with irqs disabled\n"
+           "[    7.09] note: ksmd[34] exited with preempt_count 1\n"
+           "[    9.10] WARNING: CPU: 0 PID: 1 at mm/memory-failure.c:2208 memory_failure+0x1/0x2\n")
+    found = crashes.scan(log)
+    assert [f.signature.name for f in found] == ["task exited in bad state", "WARNING"]
+    assert len(found[0].head) == 2

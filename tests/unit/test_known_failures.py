@@ -8,17 +8,23 @@ import pytest
 
 from orchestrator import cli
 from orchestrator.judge.known_failures import apply_known_failure
+
 from orchestrator.judge.verdict import Check
+
 from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
+
 from orchestrator.report import ConsoleReporter, ScenarioResult, write_json, write_junit
+
 from orchestrator.scenario import KnownFailure, ScenarioError, parse_scenario
 
+
 OOPS = "BUG: unable to handle page fault for address"
-KNOWN = KnownFailure(">=6.12", "ksmd oopses on the poisoned KSM page", OOPS)
+KNOWN = KnownFailure(">=6.12", "ksmd oopses on the poisoned KSM page", OOPS, "ksmd", "memcmp",
+                     ("ksmd scanned again",))
 HEALTH_FAILED = Check("no kernel bugs", Outcome.FAIL, f"the kernel reported: {OOPS}: ffff888002b78000 | RIP: memcmp")
 KSMD_FAILED = Check("ksmd scanned again", Outcome.FAIL, "ksmd-gone: full_scans 3 -> 3; expected scanned")
 SIGBUS_OK = Check("sigbus", Outcome.PASS, f"quoting {OOPS} in a passed check does not count")
-SIGBUS_FAILED = Check("sigbus", Outcome.FAIL, "expected BUS_MCEERR_AO, got no SIGBUS")
+SIGBUS_FAILED = Check("sigbus", Outcome.FAIL, "expected none, got BUS_MCEERR_AO")
 
 MARKED = """\
 description: test
@@ -28,6 +34,8 @@ known_failures:
   - kernel: ">=6.12"
     because: ksmd oopses
     signature: "BUG: unable to handle page fault for address"
+    task: ksmd
+    function: memcmp
 """
 
 
@@ -37,27 +45,60 @@ def parse(text, name="t"):
 
 # --- the outcome a mark makes of a verdict ---------------------------------------
 
-def test_failure_showing_the_signature_is_known():
-    outcome, note = apply_known_failure(Outcome.FAIL, (SIGBUS_OK, HEALTH_FAILED, KSMD_FAILED), KNOWN)
+def the_oops(comm="ksmd", rip="memcmp+0x6/0x50", first=OOPS + ": ffff888002bab000"):
+    return (f"[    7.06] {first}\n[    7.06] #PF: supervisor read access in kernel mode\n"
+            f"[    7.06] Oops: Oops: 0000 [#1] PREEMPT SMP PTI\n"
+            f"[    7.06] CPU: 0 UID: 0 PID: 34 Comm: {comm} Tainted: G   M   6.12.117+deb12-amd64 #1\n"
+            f"[    7.07] RIP: 0010:{rip}\n[    7.07] Call Trace:\n[    7.07]  ksm_scan_thread+0xccb/0x2430\n"
+            f"[    7.08] note: {comm}[34] exited with irqs disabled\n")
+
+
+def test_failure_the_marked_crash_explains_is_known():
+    outcome, note = apply_known_failure(Outcome.FAIL, (SIGBUS_OK, HEALTH_FAILED, KSMD_FAILED), KNOWN, the_oops())
     assert outcome == Outcome.KNOWN_FAIL and outcome.exit_code == 0
-    assert note.startswith(f"known failure on kernel >=6.12: '{OOPS}' in no kernel bugs;")
+    assert note.startswith(f"known failure on kernel >=6.12: '{OOPS}' in ksmd at memcmp explains "
+                           "no kernel bugs, ksmd scanned again;")
     assert "ksmd oopses on the poisoned KSM page" in note
 
 
+def test_an_unrelated_failed_check_beside_the_marked_crash_is_a_failure():
+    # Seen before the fix: a wrong sigbus beside the ksmd oops was KNOWN-FAIL, exit 0.
+    outcome, note = apply_known_failure(Outcome.FAIL, (SIGBUS_FAILED, HEALTH_FAILED, KSMD_FAILED), KNOWN, the_oops())
+    assert outcome == Outcome.FAIL
+    assert note.endswith("but the mark does not explain sigbus")
+
+
 def test_failure_another_way_is_a_failure():
-    outcome, note = apply_known_failure(Outcome.FAIL, (SIGBUS_OK, SIGBUS_FAILED, KSMD_FAILED), KNOWN)
-    assert outcome == Outcome.FAIL and "failed another way" in note
+    outcome, note = apply_known_failure(Outcome.FAIL, (SIGBUS_OK, SIGBUS_FAILED, KSMD_FAILED), KNOWN, "")
+    assert outcome == Outcome.FAIL
+    assert "does not explain sigbus, ksmd scanned again (the kernel log has no report" in note
 
 
-def test_signature_in_a_passed_check_does_not_make_a_known_failure():
-    assert apply_known_failure(Outcome.FAIL, (SIGBUS_OK, SIGBUS_FAILED), KNOWN)[0] == Outcome.FAIL
+@pytest.mark.parametrize("log, why", [
+    (the_oops(comm="kswapd0"), "has no report"),                     # another task
+    (the_oops(rip="memcpy+0x6/0x50"), "has no report"),              # another function
+    (the_oops(first="BUG: kernel NULL pointer dereference, address: 0000000000000008"), "has no report"),
+    (the_oops() + the_oops(), "has 2 reports"),                      # a second report
+    (the_oops() + "[    9.1] WARNING: CPU: 0 PID: 1 at mm/memory-failure.c:1 memory_failure+0x1/0x2\n",
+     "another report: WARNING: CPU: 0"),
+])
+def test_only_the_precisely_named_crash_is_explained(log, why):
+    outcome, note = apply_known_failure(Outcome.FAIL, (HEALTH_FAILED, KSMD_FAILED), KNOWN, log)
+    assert outcome == Outcome.FAIL and "does not explain no kernel bugs, ksmd scanned again" in note
+    assert why in note, note
+
+
+def test_a_check_the_mark_does_not_list_is_not_explained():
+    bare = KnownFailure(">=6.12", "x", OOPS, "ksmd", "memcmp")
+    outcome, note = apply_known_failure(Outcome.FAIL, (HEALTH_FAILED, KSMD_FAILED), bare, the_oops())
+    assert outcome == Outcome.FAIL and note.endswith("does not explain ksmd scanned again")
 
 
 def test_signature_is_exact_text():
-    wrong = KnownFailure(">=6.12", "x", "BUG: unable to handle kernel paging request")
-    assert apply_known_failure(Outcome.FAIL, (HEALTH_FAILED,), wrong)[0] == Outcome.FAIL
-    lower = KnownFailure(">=6.12", "x", OOPS.lower())
-    assert apply_known_failure(Outcome.FAIL, (HEALTH_FAILED,), lower)[0] == Outcome.FAIL
+    wrong = KnownFailure(">=6.12", "x", "BUG: unable to handle kernel paging request", "ksmd", "memcmp")
+    assert apply_known_failure(Outcome.FAIL, (HEALTH_FAILED,), wrong, the_oops())[0] == Outcome.FAIL
+    lower = KnownFailure(">=6.12", "x", OOPS.lower(), "ksmd", "memcmp")
+    assert apply_known_failure(Outcome.FAIL, (HEALTH_FAILED,), lower, the_oops())[0] == Outcome.FAIL
 
 
 def test_pass_on_a_marked_kernel_is_unexpected():
@@ -76,7 +117,7 @@ def test_error_stays_an_error_and_unmarked_kernels_are_untouched():
 
 def test_mark_applies_to_matching_kernels_only():
     s = parse(MARKED)
-    assert s.known_failures == (KnownFailure(">=6.12", "ksmd oopses", OOPS),)
+    assert s.known_failures == (KnownFailure(">=6.12", "ksmd oopses", OOPS, "ksmd", "memcmp"),)
     assert s.known_failure("6.12.117+deb12-amd64") == s.known_failures[0]
     assert s.known_failure("6.13.2") == s.known_failures[0]
     assert s.known_failure("6.1.0-56-amd64") is None
@@ -85,7 +126,8 @@ def test_mark_applies_to_matching_kernels_only():
 
 
 def test_last_matching_mark_wins():
-    text = MARKED + "  - kernel: '6.13'\n    because: other\n    signature: 'general protection fault'\n"
+    text = MARKED + "  - kernel: '6.13'\n    because: other\n    signature: 'general protection fault'\n" \
+                    "    task: x\n    function: y\n"
     s = parse(text)
     assert s.known_failure("6.13.1").signature == "general protection fault"
     assert s.known_failure("6.12.117").signature == OOPS
@@ -99,9 +141,15 @@ def test_last_matching_mark_wins():
      "t.yaml:7: known_failures[0].signature: must be one line of text"),
     (MARKED.replace('">=6.12"', '"newer"'), "t.yaml:5: known_failures[0].kernel: 'newer' is not an allowed name"),
     (MARKED.replace("    signature", "    checks: [x]\n    signature"),
-     "t.yaml:7: known_failures[0].checks: unknown key (expected one of: because, kernel, signature)"),
-    (MARKED + "  - kernel: '>=6.12'\n    because: again\n    signature: 'general protection fault'\n",
-     "t.yaml:8: known_failures[1].kernel: '>=6.12' is already marked by an earlier entry"),
+     "t.yaml:7: known_failures[0].checks: unknown key (expected one of: because, explains, function, kernel, "
+     "signature, task)"),
+    (MARKED.replace("    task: ksmd\n", ""), "t.yaml:5: known_failures[0]: missing key 'task'"),
+    (MARKED.replace("    function: memcmp\n", ""), "t.yaml:5: known_failures[0]: missing key 'function'"),
+    (MARKED + "    explains: [sigbus, kernel log]\n",
+     "t.yaml:10: known_failures[0].explains[1]: 'kernel log' is not a check a crash can be said to explain"),
+    (MARKED + "  - kernel: '>=6.12'\n    because: again\n    signature: 'general protection fault'\n"
+              "    task: x\n    function: y\n",
+     "t.yaml:10: known_failures[1].kernel: '>=6.12' is already marked by an earlier entry"),
     (MARKED.replace("known_failures:\n", "known_failures: []\n").split("  - kernel")[0],
      "t.yaml:4: known_failures: [] should be non-empty"),
 ])
@@ -158,6 +206,8 @@ def test_json_shows_labels_and_the_mark(tmp_path):
     scenarios = json.loads((tmp_path / "report.json").read_text())["scenarios"]
     assert [s["outcome"] for s in scenarios] == ["KNOWN-FAIL", "XPASS", "FAIL", "PASS"]
     assert scenarios[0]["known_failure"] == {"kernel": ">=6.12", "because": KNOWN.because, "signature": OOPS,
+                                             "task": "ksmd", "function": "memcmp",
+                                             "explains": ["ksmd scanned again"],
                                              "note": f"known failure on kernel >=6.12: '{OOPS}' ..."}
     assert scenarios[3]["known_failure"] is None
 
@@ -254,7 +304,7 @@ def test_oops_reason_carries_its_first_lines_through_rip():
                             "Oops: Oops: 0000 [#1] PREEMPT SMP PTI | CPU: 0 UID: 0 PID: 34 Comm: ksmd Tainted: G   M"
                             "               6.12.117+deb12-amd64 #1  Debian 6.12.117-1~deb12u1 | "
                             "RIP: 0010:memcmp+0x6/0x50")
-    assert apply_known_failure(Outcome.FAIL, (check,), KNOWN)[0] == Outcome.KNOWN_FAIL
+    assert apply_known_failure(Outcome.FAIL, (check,), KNOWN, OOPS_LOG)[0] == Outcome.KNOWN_FAIL
 
 
 SCANNED = {"event": "ksm-remerge", "result": "scanned", "pages": 16, "distinct_pfns": 1, "first_pfn": 0x2b78,
@@ -279,6 +329,7 @@ def test_ksmd_rescan_check(answer, outcome, detail):
 
 def test_verdict_table_shows_known_failures_and_unexpected_passes(tmp_path):
     from orchestrator.report.table import markdown
+
     runs = []
     for kernel, outcomes in (("6.1.0-56-amd64", ["PASS", "PASS"]), ("6.12.117+deb12-amd64", ["KNOWN-FAIL", "XPASS"])):
         run = tmp_path / kernel

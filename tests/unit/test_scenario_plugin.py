@@ -9,13 +9,17 @@ PLUGIN = Path(__file__).resolve().parents[2] / "scenarios" / "conftest.py"
 CONFTEST = f"""
 import importlib.util
 from orchestrator.plumbing.outcome import Outcome
+
 from orchestrator.report import ScenarioResult
+
 from orchestrator.scenario import KnownFailure
+
 
 spec = importlib.util.spec_from_file_location("scenario_plugin_under_test", {str(PLUGIN)!r})
 plugin = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(plugin)
-MARK = KnownFailure(">=6.12", "ksmd oopses", "BUG: unable to handle page fault for address")
+MARK = KnownFailure(">=6.12", "ksmd oopses", "BUG: unable to handle page fault for address", "ksmd",
+                    "memcmp")
 # name -> (outcome, marked for this kernel)
 PLANNED = {{"known": (Outcome.KNOWN_FAIL, True), "fixed": (Outcome.XPASS, True), "other": (Outcome.FAIL, True),
             "plain": (Outcome.PASS, False), "broken": (Outcome.FAIL, False)}}
