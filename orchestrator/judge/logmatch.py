@@ -10,6 +10,11 @@ whitespace removed. An expectation matches a message as a WHOLE:
 - {regex: "..."} is a Python regular expression that must match the whole
   message (it is anchored at both ends: write ".*" where more may follow).
 
+A kernel_log_absent entry (find_anywhere) matches ANYWHERE in a message, plain
+or regular expression alike: "Memory failure: {pfn:#x}" as an absent entry
+fails on "Memory failure: 0x29aa: recovery action for ...", so an absent
+entry can never be vacuous by being only a part of what the kernel prints.
+
 Placeholders ({pfn:#x}, {gpa:x}, ... with Python format specs) are filled from
 the run's evidence; in a regular expression the filled-in value is matched
 literally and must end at a token boundary (no letter, digit or "_" after it),
@@ -114,3 +119,8 @@ def fill(text: str, values: dict[str, int]) -> str:
 def find(log: str, pattern: re.Pattern, complete_only: bool = False) -> list[str]:
     """Every message of `log` that `pattern` matches whole."""
     return [m for m in messages(log, complete_only) if pattern.fullmatch(m)]
+
+
+def find_anywhere(log: str, pattern: re.Pattern) -> list[str]:
+    """Every message of `log` that `pattern` matches anywhere in (kernel_log_absent)."""
+    return [m for m in messages(log) if pattern.search(m)]

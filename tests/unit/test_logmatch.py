@@ -2,7 +2,9 @@
 import pytest
 
 from orchestrator.judge import logmatch
+
 from orchestrator.judge.logmatch import ExpectationError, LineExpectation
+
 
 # Real 6.1 output (srao-recovery-disabled-panic, srar-anon-access runs).
 LOG = ("[    3.197897] Kernel panic - not syncing: Memory failure on page 421b5\n"
@@ -88,6 +90,7 @@ def test_fill_shows_the_line_as_checked():
 
 def test_a_bad_regex_in_a_scenario_is_one_line_naming_file_line_and_key(tmp_path):
     from orchestrator.scenario import ScenarioError, load_scenario
+
     path = tmp_path / "bad-regex.yaml"
     path.write_text("description: x\ninject: {preset: srao}\nexpect:\n  kernel_log:\n    - 'fine'\n"
                     "    - regex: 'Memory failure: ('\n")
@@ -95,3 +98,15 @@ def test_a_bad_regex_in_a_scenario_is_one_line_naming_file_line_and_key(tmp_path
         load_scenario(path)
     assert str(exc.value).startswith(f"{path}:6: expect.kernel_log[1]: not a valid regular expression")
     assert "\n" not in str(exc.value)
+
+
+def test_an_absent_entry_matches_anywhere_in_a_message():
+    # Issue 22 item 4: "Memory failure: 0x{pfn:x}" as an absent entry passed beside
+    # "Memory failure: 0x2983: recovery action for dirty LRU page: Recovered".
+    for text, regex in (("Memory failure: 0x{pfn:x}", False), ("dirty LRU page", False),
+                        ("Sending SIGBUS", True), ("mce-probe:[0-9]+", True)):
+        pattern = logmatch.compile_expectation(LineExpectation(text, regex), {"pfn": 0x2983})
+        assert logmatch.find_anywhere(LOG, pattern), text
+    # Still at a token boundary after a value: page 0x298 is not page 0x2983.
+    pattern = logmatch.compile_expectation(LineExpectation("Memory failure: {pfn:#x}"), {"pfn": 0x298})
+    assert not logmatch.find_anywhere(LOG, pattern)

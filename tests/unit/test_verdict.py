@@ -3,9 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.judge.verdict import Evidence, judge
 from orchestrator.plumbing.outcome import Outcome
-from orchestrator.scenario import NONE, load_scenario
+
+from orchestrator.scenario import NONE, load_scenario, parse_scenario
+
+from orchestrator.judge.verdict import Evidence, judge
+
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 PFN = 0x73E2
@@ -292,6 +295,7 @@ def test_a_target_not_present_in_pagemap_is_not_moved():
 ])
 def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwise(inject, expect, pfn):
     from orchestrator.runner import _injection_address, checked_pfn
+
     scenario = late_kill()
     scenario = replace(scenario, inject=replace(scenario.inject, **inject), expect=replace(scenario.expect, **expect))
     ready = {"pfn": PFN, "gpa": hex(PFN << 12), "target": 1, "page_size": 4096,
@@ -311,12 +315,14 @@ RAS_ERRORS = (
 
 def test_ras_records_parse_bank_status_address():
     from orchestrator.observe import parse_ras_errors
+
     assert parse_ras_errors(RAS_ERRORS) == [{"bank": 9, "status": 0xBD000000000000C0, "addr": PFN << 12}]
     assert parse_ras_errors("No Memory errors.\n\nNo MCE errors.\n") == []
 
 
 def test_ras_record_matching_the_injection_passes_and_its_absence_fails():
     from orchestrator.observe import parse_ras_errors
+
     expect_record = replace(late_kill(), expect=replace(late_kill().expect, ras_record=True))
     assert judge(expect_record, good_evidence(ras_records=parse_ras_errors(RAS_ERRORS))).outcome == Outcome.PASS
     verdict = judge(expect_record, good_evidence(ras_records=[]))
@@ -383,3 +389,12 @@ def test_lock_race_not_seen_is_an_error_not_a_pass(race, words):
 
 def test_lock_race_judged_only_for_the_fuse_mlock_kinds():
     assert "lock race" not in {c.name for c in judge(late_kill(), good_evidence()).checks}
+
+
+def test_an_absent_entry_that_is_part_of_a_message_fails():
+    # Issue 22 item 4: seen PASS beside "Memory failure: 0x29aa: recovery action for dirty LRU page: Recovered".
+    scenario = parse_scenario("description: t\ninject: {preset: srao}\nexpect:\n  sigbus: none\n"
+                              "  kernel_log_absent: ['Memory failure: 0x{pfn:x}']\n", Path("scenarios/t.yaml"))
+    failed = failing(judge(scenario, good_evidence(probe_result=None)))
+    assert failed[f"kernel log lacks 'Memory failure: {PFN:#x}'"] == \
+        f"found: Memory failure: {PFN:#x}: recovery action for dirty LRU page: Recovered"

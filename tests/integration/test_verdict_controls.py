@@ -1,0 +1,37 @@
+"""Issue 22: one real-guest negative control per way a verdict could lie (debian-6.1, restored guests, one run)."""
+import json
+
+import pytest
+
+from .conftest import REPO, orchestrator
+
+NEGATIVE = REPO / "tests" / "integration" / "negative"
+CONTROLS = ("neg-log-absent-prefix",)
+
+
+@pytest.fixture(scope="module")
+def controls_run(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    proc = orchestrator("run", "--snapshot", "--image", "debian-6.1",
+                        *(str(NEGATIVE / f"{name}.yaml") for name in CONTROLS), results=results)
+    report = json.loads((results / "latest" / "report.json").read_text())
+    return proc, {s["name"]: s for s in report["scenarios"]}
+
+
+def failed_checks(scenario):
+    return {c["name"]: c["detail"] for c in scenario["checks"] if c["outcome"] != "PASS"}
+
+
+def test_every_control_fails(controls_run):
+    proc, scenarios = controls_run
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert {name: s["outcome"] for name, s in scenarios.items()} == {name: "FAIL" for name in CONTROLS}
+
+
+def test_absent_entry_matches_anywhere_in_a_message(controls_run):
+    # Item 4: the start of a message the kernel printed, as an absent entry, is found.
+    failed = failed_checks(controls_run[1]["neg-log-absent-prefix"])
+    (name, detail), = failed.items()
+    assert name.startswith("kernel log lacks 'Memory failure: 0x")
+    assert detail.startswith("found: Memory failure: 0x") and detail.endswith(
+        ": recovery action for dirty LRU page: Recovered")
