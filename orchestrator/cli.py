@@ -1,4 +1,4 @@
-"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR (with --bisect: 0, 1, 125)."""
+"""mce-orchestrator: run scenarios; exit 0 PASS, 1 FAIL, 2 ERROR, 5 every scenario SKIPPED (with --bisect: 0, 1, 125)."""
 from __future__ import annotations
 
 import argparse
@@ -10,18 +10,31 @@ from pathlib import Path
 
 from orchestrator import __version__
 from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
+
 from orchestrator.guest import keep as keeping
+
 from orchestrator.guest import memory_map
+
 from orchestrator.guest.keep import KEEP_CHOICES
+
 from orchestrator.guest.qemu import argv as qemu_args
+
 from orchestrator.inject import mce
+
 from orchestrator.inject.decode import decode
+
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, worst
+
 from orchestrator.guest.images import ImageError
+
 from orchestrator.guest.images.disk import disk_format
+
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
+
 from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load_scenario, resolve
+
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
@@ -34,6 +47,9 @@ INTERRUPTED_EXIT = 130
 BISECT_EXIT = {Outcome.PASS: 0, Outcome.XPASS: 0, Outcome.KNOWN_FAIL: 1, Outcome.FAIL: 1, Outcome.ERROR: 125,
                Outcome.SKIP: 125}
 BISECT_INPUT_ERROR = 128
+# Every scenario of the run was SKIPPED (the kernel lacks what each needs): nothing was
+# tested, which is no pass (pytest's "no tests ran" is 5 too). With --bisect: 125.
+NOTHING_TESTED_EXIT = 5
 
 
 def exit_code(outcome: Outcome, bisect: bool) -> int:
@@ -76,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--bisect", action="store_true",
-                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or skipped (skip this "
-                          "commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
+                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or every scenario skipped "
+                          "(skip this commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
     run.add_argument("--keep", choices=KEEP_CHOICES,
                      help="leave the guest running after its scenario (on failure, or always) until Ctrl-C; "
                           "then poke it with `inject` and `ssh` from another shell")
@@ -147,6 +163,7 @@ def _check_backend(args, scenarios) -> None:
         if not args.guest_config:
             raise InputError(f"--domain {args.domain}: needs --guest-config FILE (how to reach the guest over SSH)")
         from orchestrator.guest.libvirt import DEFAULT_URI, check_attachable, load_attach_config
+
         args.backend = "libvirt"
         attach = load_attach_config(args.guest_config)
         check_attachable(args.connect or DEFAULT_URI, args.domain, attach, scenarios, args.snapshot)
@@ -157,6 +174,7 @@ def _check_backend(args, scenarios) -> None:
         raise InputError("a disk image (--disk-image, guest.disk_image) runs on the QEMU backend only")
     if args.backend == "libvirt":
         from orchestrator.guest.libvirt import DEFAULT_URI, open_connection
+
         open_connection(args.connect or DEFAULT_URI).close()
 
 
@@ -298,4 +316,8 @@ def run(scenarios, args) -> int:
     if interrupted:
         print("mce-orchestrator: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    if results and all(r.outcome == Outcome.SKIP for r in results):
+        print(f"mce-orchestrator: nothing was tested: every scenario was skipped "
+              f"(exit {125 if args.bisect else NOTHING_TESTED_EXIT})", file=sys.stderr)
+        return exit_code(Outcome.SKIP, True) if args.bisect else NOTHING_TESTED_EXIT
     return exit_code(worst(r.outcome for r in results), args.bisect)

@@ -17,7 +17,8 @@ class Outcome(enum.IntEnum):
     # a separate mapping (a known failure exits 0 like a pass), monotonic in
     # that order, so the worst outcome's exit code is also the highest one.
     # SKIP (the kernel lacks an option the scenario needs: nothing was run) is
-    # below PASS and never sets the exit code.
+    # below PASS and never sets the exit code, unless every scenario of the run
+    # was skipped (cli.NOTHING_TESTED_EXIT).
     SKIP = -1
     PASS = 0
     KNOWN_FAIL = 1   # failed as a known_failures mark says this kernel does

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.guest.images import ensure_image
+
 from orchestrator.guest.images.apt import _cached_deb
+
 
 from .conftest import REPO, orchestrator
 
@@ -88,7 +90,9 @@ def test_a_kernel_without_what_a_scenario_needs_skips_it_before_booting(stand_in
     (lean / ".config").write_text(without((tree / ".config").read_text(), "TRANSPARENT_HUGEPAGE", "HUGETLBFS"))
     proc = orchestrator("run", "--kernel", str(lean), "--modules", str(install), "thp-head", "hugetlb-2m",
                         results=tmp_path / "results")
-    assert proc.returncode == 0, proc.stderr[-3000:]  # a skip never sets the exit code
+    # Every scenario skipped: nothing was tested, its own exit code (a run with a pass beside a skip is 0).
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    assert "nothing was tested: every scenario was skipped (exit 5)" in proc.stderr
     run = tmp_path / "results" / "latest"
     report = json.loads((run / "report.json").read_text())
     assert [(s["outcome"], s["skip_reasons"]) for s in report["scenarios"]] == [
@@ -105,7 +109,7 @@ def test_a_kernel_without_what_a_scenario_needs_skips_it_before_booting(stand_in
     # Without --modules, the tree's own modules are used: this one has none, and virtio-net
     # is a module in this config, so SSH could never come up: skipped, not a boot timeout.
     proc = orchestrator("run", "--kernel", str(tree), "srao-anon-late-kill", results=tmp_path / "results")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 5, proc.stderr[-3000:]
     scenario = json.loads((tmp_path / "results" / "latest" / "report.json").read_text())["scenarios"][0]
     assert scenario["outcome"] == "SKIP"
     assert ("CONFIG_VIRTIO_NET is a module the image does not load (pass --modules?): srao-anon-late-kill "

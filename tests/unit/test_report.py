@@ -3,9 +3,14 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 from orchestrator.judge.verdict import Check, Evidence, Verdict
+
 from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
+
 from orchestrator.report import ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+
 
 
 def results(tmp_path: Path):
@@ -101,6 +106,7 @@ def test_a_skipped_scenario_never_sets_the_exit_code(tmp_path):
 
 def test_bisect_exit_codes():
     from orchestrator.cli import exit_code
+
     assert [exit_code(o, bisect=True) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 125, 125]
     # A known-failure mark does not change whether this kernel is good.
     assert (exit_code(Outcome.KNOWN_FAIL, bisect=True), exit_code(Outcome.XPASS, bisect=True)) == (1, 0)
@@ -126,3 +132,30 @@ def test_a_file_or_folder_at_latest_is_left_alone_with_a_note_and_nothing_behind
     latest.joinpath("kept").unlink()
     latest.rmdir()
     assert point_latest(tmp_path, run) is None and os.readlink(latest) == run.name
+
+
+@pytest.mark.parametrize("outcomes, bisect, code", [
+    ([Outcome.SKIP, Outcome.SKIP], False, 5),    # nothing was tested: its own code, never 0
+    ([Outcome.SKIP], True, 125),                 # git bisect: cannot test this commit
+    ([Outcome.PASS, Outcome.SKIP], False, 0),    # something was tested and passed
+    ([Outcome.SKIP, Outcome.PASS], True, 0),
+    ([Outcome.SKIP, Outcome.FAIL], False, 1),
+])
+def test_a_run_where_every_scenario_was_skipped_has_its_own_exit_code(tmp_path, monkeypatch, capsys,
+                                                                      outcomes, bisect, code):
+    from orchestrator import cli
+    planned = iter(outcomes)
+
+    def fake_run(scenario, run_dir, options, reporter, label=None):
+        return ScenarioResult(label, str(scenario.path), next(planned), run_dir / label,
+                              skip_reasons=["CONFIG_X is not set: t needs it"])
+
+    monkeypatch.setattr(cli, "run_scenario", fake_run)
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text("description: one\ninject: {preset: srao}\nexpect: {sigbus: none}\n")
+    args = ["run", str(scenario), "--results", str(tmp_path / "results"), "--repeat", str(len(outcomes))]
+    assert cli.main(args + (["--bisect"] if bisect else [])) == code
+    said = "nothing was tested: every scenario was skipped" in capsys.readouterr().err
+    assert said == all(o == Outcome.SKIP for o in outcomes)
+    suite = ET.parse(tmp_path / "results" / "latest" / "junit.xml").getroot()
+    assert suite.get("skipped") == str(outcomes.count(Outcome.SKIP))
