@@ -111,8 +111,11 @@ SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 # Present when the kernel handles machine checks (CONFIG_X86_MCE, not mce=off): looked
 # at first in the set-up command, so a kernel without it fails there, by name.
 MACHINECHECK_SYSFS = "/sys/devices/system/machinecheck"
-NO_MCE_MARK = "mce-orchestrator: no machine-check support"
-NO_MCE_CHECK = f"{{ [ -d {MACHINECHECK_SYSFS} ] || {{ echo '{NO_MCE_MARK}'; exit 97; }}; }}"
+NO_MCE_CHECK = f"[ -d {MACHINECHECK_SYSFS} ]"
+# The set-up command runs its steps in order and exits with SETUP_EXIT + the index of
+# the first that failed: the step is known from the exit status, never from text in
+# the output (which quotes commands and whatever the guest printed).
+SETUP_EXIT = 100
 MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario stay well below
 
 
@@ -432,6 +435,28 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
         store.discard(saved)
 
 
+def setup_script(steps: list[str]) -> str:
+    """One shell command running `steps` in order, each in a subshell (a step's own
+    `exit` ends only that step); the first that fails ends it with SETUP_EXIT + its
+    index, after printing its own exit status."""
+    return "; ".join(f"( {step}\n) || {{ echo \" (exit status $?)\"; exit {SETUP_EXIT + i}; }}"
+                     for i, step in enumerate(steps))
+
+
+def setup_failure(steps: list[str], status: int, output: str) -> HarnessError:
+    """The set-up command's failure, naming the step that failed (from the exit status
+    alone) and the real output."""
+    index = status - SETUP_EXIT
+    if not 0 <= index < len(steps):
+        return HarnessError("ssh", f"the set-up command exited with {status} (no step reported failing): "
+                                   f"{output.strip()[-300:] or 'no output'}")
+    if steps[index] == NO_MCE_CHECK:
+        return HarnessError("ssh", f"the guest kernel has no machine-check support (no {MACHINECHECK_SYSFS}: "
+                                   "CONFIG_X86_MCE off, or mce=off on its command line)")
+    return HarnessError("ssh", f"set-up step {index + 1} of {len(steps)} failed: '{steps[index][:200]}': "
+                               f"{output.strip()[-300:] or 'no output'}")
+
+
 def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
                     phases: Phases, ev: Evidence, restored: bool = False) -> Injection | None:
     t = scenario.timeouts
@@ -463,13 +488,10 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                              f"{{ dd if=/dev/zero of={SWAP_FILE} bs=1M count={scenario.guest.swap_mib} 2>/dev/null"
                              f" && chmod 600 {SWAP_FILE} && mkswap {SWAP_FILE} >/dev/null && swapon {SWAP_FILE}; }}"
                              f" || {{ sleep 1; {swapped}; }}; }}")
-            try:
-                output = ssh.check(" && ".join([NO_MCE_CHECK] + setup + ["cat /proc/meminfo"]), deadline, "ssh")
-            except HarnessError as exc:
-                if NO_MCE_MARK not in exc.message:
-                    raise
-                raise HarnessError("ssh", f"the guest kernel has no machine-check support (no {MACHINECHECK_SYSFS}: "
-                                          "CONFIG_X86_MCE off, or mce=off on its command line)") from None
+            steps = [NO_MCE_CHECK] + setup + ["cat /proc/meminfo"]
+            status, output = ssh.run(setup_script(steps), deadline, "ssh")
+            if status != 0:
+                raise setup_failure(steps, status, output)
             ev.hardware_corrupted_kb_before = hardware_corrupted(output)
 
         with phases("locate"):

@@ -35,3 +35,28 @@ def test_absent_entry_matches_anywhere_in_a_message(controls_run):
     assert name.startswith("kernel log lacks 'Memory failure: 0x")
     assert detail.startswith("found: Memory failure: 0x") and detail.endswith(
         ": recovery action for dirty LRU page: Recovered")
+
+
+@pytest.fixture(scope="module")
+def error_run(tmp_path_factory):
+    # A run of its own: an ERROR makes the exit status 2.
+    results = tmp_path_factory.mktemp("results")
+    proc = orchestrator("run", "--snapshot", "--image", "debian-6.1", str(NEGATIVE / "err-setup-step-fails.yaml"),
+                        results=results)
+    report = json.loads((results / "latest" / "report.json").read_text())
+    return proc, {s["name"]: s for s in report["scenarios"]}
+
+
+def test_failing_setup_step_is_named_with_its_output(error_run):
+    # Item 6: it was "the guest kernel has no machine-check support", the marker being in the quoted command.
+    proc, scenarios = error_run
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    s = scenarios["err-setup-step-fails"]
+    assert s["outcome"] == "ERROR"
+    error = s["error"]
+    assert error["phase"] == "ssh" and error["message"].startswith("set-up step "), error
+    step, output = error["message"].split(" failed: ", 1)[1].split("': ", 1)
+    assert step == "'echo 1 > /sys/kernel/mm/transparent_hugepage/no_such_knob"
+    # The shell's own complaint, then the step's exit status.
+    assert "no_such_knob" in output and "exit status " in output, output
+    assert "machine-check" not in error["message"]
