@@ -17,15 +17,21 @@ import yaml
 
 from orchestrator.guest import memory_map
 
+
 from orchestrator.guest.images.pmem import MIN_RAM_MIB as PMEM_MIN_RAM_MIB
+
 
 from orchestrator.inject import mce
 
+
 from orchestrator.judge import logmatch
+
 
 from orchestrator.judge.logmatch import LineExpectation
 
+
 from orchestrator.plumbing.outcome import InputError
+
 
 
 SCHEMA_PATH = Path(__file__).with_name("scenario.schema.json")
@@ -138,6 +144,22 @@ class Expectations:
     huge_regions_after_collapse: tuple[bool, ...] | None = None
     no_kernel_bugs: bool = True
     checked_page: Literal["injected", "target"] | None = None  # None: see runner.checked_pfn
+
+
+# A kernel_log line that is the kernel's own record of a machine check (what mce/ and
+# memory-failure.c, the RAS CEC and the panic path print, or a line naming the
+# injected page), not a line any boot prints.
+_MCE_RECORD = re.compile(r"memory failure|\bmce\b|hardware error|machine check|soft-offlining|hwpoison"
+                         r"|\{(?:injected_)?(?:pfn|gpa)\b", re.IGNORECASE)
+
+
+def saw_the_machine_check(e: Expectations) -> bool:
+    """Whether some expectation can only hold if the guest kernel noticed the machine
+    check: its own record of it, or what it did about it. A MEMORY_FAILURE event only
+    says QEMU sent it; "none", "false", absent lines and a live guest hold anyway."""
+    return (isinstance(e.sigbus, SigbusExpectation) or e.page_poisoned is True
+            or bool(e.hardware_corrupted_kb) or e.ras_record is True
+            or any(_MCE_RECORD.search(line.text) for line in e.kernel_log))
 
 
 @dataclass(frozen=True)
@@ -488,6 +510,14 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     if inject.gate == "user-mode" and probe.mode != "busy":
         fail(("inject", "gate"), "user-mode gating needs probe.mode: busy (the gate waits for the probe's loop)")
 
+    if inject.fields is not None:
+        for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect)
+                                                for i, v in enumerate(variants)]:
+            if not saw_the_machine_check(e):
+                fail(at, "no expectation shows that the guest saw the machine check: every one could hold on a "
+                         "guest that never noticed it; expect the kernel's own record too (a kernel_log line "
+                         "such as 'Memory failure: ...' or 'mce: [Hardware Error]: ...', page_poisoned: true, "
+                         "hardware_corrupted_kb, a sigbus code or ras_record: true)")
     return Scenario(name=name, path=path, description=data["description"].strip(), guest=guest,
                     probe=probe, inject=inject, expect=expect, timeouts=timeouts,
                     kernel_variants=variants, known_failures=known)

@@ -5,13 +5,21 @@ Each guest is only launched (QEMU paused, its map read, then quit): no boot."""
 import pytest
 
 from orchestrator.guest import memory_map
+
 from orchestrator.guest import new_guest
+
 from orchestrator.guest.images import ensure_image
+
 from orchestrator.guest.libvirt.daemons import ensure_running
+
 from orchestrator.guest.qemu import argv as qemu_args
+
 from orchestrator.inject import mce
+
 from orchestrator.plumbing.deadline import Deadline
+
 from orchestrator.scenario import GuestSpec
+
 
 from .conftest import REPO, orchestrator
 
@@ -70,6 +78,7 @@ inject:
   address: {address:#x}
 expect:
   guest: alive
+  kernel_log: ["Memory failure: {{injected_pfn:#x}}: memory outside kernel control"]
 """
 
 

@@ -6,7 +6,7 @@ import pytest
 from .conftest import REPO, orchestrator
 
 NEGATIVE = REPO / "tests" / "integration" / "negative"
-CONTROLS = ("neg-log-absent-prefix",)
+CONTROLS = ("neg-log-absent-prefix", "neg-ce-ignored")
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,13 @@ def test_absent_entry_matches_anywhere_in_a_message(controls_run):
     assert name.startswith("kernel log lacks 'Memory failure: 0x")
     assert detail.startswith("found: Memory failure: 0x") and detail.endswith(
         ": recovery action for dirty LRU page: Recovered")
+
+
+def test_a_guest_that_never_saw_the_corrected_errors_fails(controls_run):
+    # Item 3: corrected-errors-one-page with ignore_ce: 1 PASSed (every expectation said "nothing happened").
+    failed = failed_checks(controls_run[1]["neg-ce-ignored"])
+    assert failed == {"kernel log has 'mce: [Hardware Error]: TSC 0 ADDR "
+                      f"{controls_run[1]['neg-ce-ignored']['injection']['address']:x} MISC 8c'": "not found"}, failed
 
 
 @pytest.fixture(scope="module")

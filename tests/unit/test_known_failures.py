@@ -9,13 +9,18 @@ import pytest
 from orchestrator import cli
 from orchestrator.judge.known_failures import apply_known_failure
 
+
 from orchestrator.judge.verdict import Check
+
 
 from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
 
+
 from orchestrator.report import ConsoleReporter, ScenarioResult, write_json, write_junit
 
+
 from orchestrator.scenario import KnownFailure, ScenarioError, parse_scenario
+
 
 
 OOPS = "BUG: unable to handle page fault for address"
@@ -29,7 +34,7 @@ SIGBUS_FAILED = Check("sigbus", Outcome.FAIL, "expected none, got BUS_MCEERR_AO"
 MARKED = """\
 description: test
 inject: {preset: srao}
-expect: {sigbus: none}
+expect: {sigbus: none, page_poisoned: true}
 known_failures:
   - kernel: ">=6.12"
     because: ksmd oopses
@@ -160,7 +165,7 @@ def test_bad_marks_are_one_line_errors(text, expected):
 
 
 def test_ksm_remerge_step_needs_ksm_memory_and_its_expectation_needs_the_step():
-    base = "description: t\ninject: {preset: srao}\nexpect: {sigbus: none, ksm_remerge: scanned}\n"
+    base = "description: t\ninject: {preset: srao}\nexpect: {sigbus: none, page_poisoned: true, ksm_remerge: scanned}\n"
     with pytest.raises(ScenarioError, match=r"t.yaml:3: expect.ksm_remerge: needs a ksm-remerge step"):
         parse(base)
     with pytest.raises(ScenarioError, match=r"t.yaml:\d: probe.after_inject: ksm-remerge needs probe.memory: ksm"):
@@ -288,7 +293,7 @@ def rescan(answer: dict | None, log: str = "") -> Evidence:
 
 def rescan_scenario():
     return parse("description: t\ninject: {preset: srao}\nprobe: {memory: ksm, after_inject: [ksm-remerge]}\n"
-                 "expect: {ksm_remerge: scanned}\n")
+                 "expect: {ksm_remerge: scanned, page_poisoned: true}\n")
 
 
 def checks_of(ev):
@@ -329,6 +334,7 @@ def test_ksmd_rescan_check(answer, outcome, detail):
 
 def test_verdict_table_shows_known_failures_and_unexpected_passes(tmp_path):
     from orchestrator.report.table import markdown
+
 
     runs = []
     for kernel, outcomes in (("6.1.0-56-amd64", ["PASS", "PASS"]), ("6.12.117+deb12-amd64", ["KNOWN-FAIL", "XPASS"])):

@@ -7,9 +7,12 @@ import pytest
 
 from orchestrator.judge.verdict import Check, Evidence, Verdict
 
+
 from orchestrator.plumbing.outcome import HarnessError, Outcome, worst
 
+
 from orchestrator.report import ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+
 
 
 
@@ -107,6 +110,7 @@ def test_a_skipped_scenario_never_sets_the_exit_code(tmp_path):
 def test_bisect_exit_codes():
     from orchestrator.cli import exit_code
 
+
     assert [exit_code(o, bisect=True) for o in (Outcome.PASS, Outcome.FAIL, Outcome.ERROR, Outcome.SKIP)] == [0, 1, 125, 125]
     # A known-failure mark does not change whether this kernel is good.
     assert (exit_code(Outcome.KNOWN_FAIL, bisect=True), exit_code(Outcome.XPASS, bisect=True)) == (1, 0)
@@ -152,7 +156,7 @@ def test_a_run_where_every_scenario_was_skipped_has_its_own_exit_code(tmp_path, 
 
     monkeypatch.setattr(cli, "run_scenario", fake_run)
     scenario = tmp_path / "one.yaml"
-    scenario.write_text("description: one\ninject: {preset: srao}\nexpect: {sigbus: none}\n")
+    scenario.write_text("description: one\ninject: {preset: srao}\nexpect: {sigbus: none, page_poisoned: true}\n")
     args = ["run", str(scenario), "--results", str(tmp_path / "results"), "--repeat", str(len(outcomes))]
     assert cli.main(args + (["--bisect"] if bisect else [])) == code
     said = "nothing was tested: every scenario was skipped" in capsys.readouterr().err

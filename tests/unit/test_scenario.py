@@ -3,8 +3,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.inject import mce
+
 from orchestrator.plumbing.outcome import InputError
+
 from orchestrator.scenario import NONE, ScenarioError, catalog, load_scenario, parse_scenario, resolve
+
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "scenarios"
@@ -15,6 +18,7 @@ inject:
   preset: srao
 expect:
   sigbus: none
+  kernel_log: ["mce: [Hardware Error]: Machine check events logged"]
 """
 
 
@@ -47,17 +51,17 @@ def test_raw_fields_and_hex_values():
 
 
 @pytest.mark.parametrize("text, expected", [
-    (MINIMAL + "bogus: 1\n", "t.yaml:6: bogus: unknown key"),
+    (MINIMAL + "bogus: 1\n", "t.yaml:7: bogus: unknown key"),
     (MINIMAL.replace("  sigbus: none", "  sigbus: {code: BUS_MCEERR_XX}"), "t.yaml:5: expect.sigbus.code: expected one of BUS_MCEERR_AR, BUS_MCEERR_AO; got 'BUS_MCEERR_XX'"),
     (MINIMAL.replace("preset: srao", "preset: nope"), "t.yaml:3: inject.preset: expected one of srao, srar, ucna, ce, none; got 'nope'"),
-    (MINIMAL + "guest:\n  vcpus: zero\n", "t.yaml:7: guest.vcpus: expected an integer, got 'zero'"),
-    (MINIMAL + "guest:\n  memory_mib: 64\n", "t.yaml:7: guest.memory_mib: expected a value >= 128, got 64"),
+    (MINIMAL + "guest:\n  vcpus: zero\n", "t.yaml:8: guest.vcpus: expected an integer, got 'zero'"),
+    (MINIMAL + "guest:\n  memory_mib: 64\n", "t.yaml:8: guest.memory_mib: expected a value >= 128, got 64"),
     ("inject: {preset: srao}\nexpect: {}\n", "t.yaml:1: missing key 'description'"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  raw: {bank: 1, status: 1, mcg_status: 0}"),
      "t.yaml:2: inject: give exactly one of 'preset' or 'raw'"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  preset: srar"), "t.yaml:4: inject.preset: duplicated key"),
-    (MINIMAL + "probe: {pages: 2, target: 2}\n", "t.yaml:6: probe.target: page 2 does not exist"),
-    (MINIMAL + "  guest: alive\n  guest: panic\n", "t.yaml:7: expect.guest: duplicated key"),
+    (MINIMAL + "probe: {pages: 2, target: 2}\n", "t.yaml:7: probe.target: page 2 does not exist"),
+    (MINIMAL + "  guest: alive\n  guest: panic\n", "t.yaml:8: expect.guest: duplicated key"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  cpu: 1"), "t.yaml:4: inject.cpu: vCPU 1 does not exist"),
     (MINIMAL.replace("  preset: srao", "  preset: srao\n  address: 0x40000000"),
      "t.yaml:4: inject.address: 0x40000000 is outside guest RAM (a 512 MiB guest has none outside "
@@ -69,9 +73,9 @@ def test_raw_fields_and_hex_values():
     ("description: [unclosed\n", "t.yaml:2: not valid YAML"),
     ("", "t.yaml:1: empty file"),
     ("- a\n- b\n", "t.yaml:1: expected a mapping at the top level"),
-    (MINIMAL + "x: !!python/object:os.system ls\n", "t.yaml:6: x: YAML tag tag:yaml.org,2002:python/object:os.system"),
+    (MINIMAL + "x: !!python/object:os.system ls\n", "t.yaml:7: x: YAML tag tag:yaml.org,2002:python/object:os.system"),
     (MINIMAL.replace("description: test", "description: !custom test"), "t.yaml:1: description: YAML tag !custom is not allowed"),
-    (MINIMAL + "name: other\n", "t.yaml:6: name: 'other' does not match the file name 't'"),
+    (MINIMAL + "name: other\n", "t.yaml:7: name: 'other' does not match the file name 't'"),
 ])
 def test_errors_are_one_line_with_file_line_and_key(text, expected):
     with pytest.raises(ScenarioError) as info:
@@ -131,6 +135,7 @@ def test_expected_panic_refuses_checks_that_need_the_guest():
 
 def test_each_vcpu_expands_into_one_scenario_per_vcpu():
     from orchestrator.scenario import expand
+
     text = MINIMAL.replace("  preset: srao", "  preset: srao\n  cpu: each") + "guest: {vcpus: 3}\n"
     names = [(s.name, s.inject.cpu, s.probe.cpu) for s in expand(parse(text))]
     assert names == [("t.cpu0", 0, 0), ("t.cpu1", 1, 1), ("t.cpu2", 2, 2)]
@@ -141,6 +146,7 @@ def test_each_vcpu_expands_into_one_scenario_per_vcpu():
 
 def validate(tmp_path, text, name="t", capsys=None):
     from orchestrator.cli import main
+
     path = tmp_path / f"{name}.yaml"
     path.write_text(text)
     code = main(["validate", str(path)])
@@ -150,7 +156,7 @@ def validate(tmp_path, text, name="t", capsys=None):
 @pytest.mark.parametrize("value", [".nan", ".NaN", ".inf", "-.inf", "0", "-1", "0.0", "1e999"])
 def test_timeouts_are_finite_positive_numbers(tmp_path, capsys, value):
     code, err = validate(tmp_path, MINIMAL + f"timeouts:\n  observe: {value}\n", capsys=capsys)
-    assert code == 2 and err.count("\n") == 1 and "timeouts.observe" in err and "t.yaml:7" in err, err
+    assert code == 2 and err.count("\n") == 1 and "timeouts.observe" in err and "t.yaml:8" in err, err
 
 
 @pytest.mark.parametrize("inject, problem", [
@@ -170,7 +176,7 @@ def test_counts_that_fit_are_accepted(tmp_path):
     for inject in ("preset: ce\n  count: 3\n  interval_s: 1.2", "preset: srao\n  count: 3",
                    "preset: srao\n  count: 3\n  interval_s: 9"):
         path = tmp_path / "t.yaml"
-        path.write_text(f"description: t\ninject:\n  {inject}\nexpect:\n  guest: alive\n")
+        path.write_text(f"description: t\ninject:\n  {inject}\nexpect:\n  guest: alive\n  page_poisoned: true\n")
         assert load_scenario(path).inject.count == 3
 
 
@@ -228,6 +234,7 @@ def test_trailing_newlines_in_keys_and_names_are_refused(tmp_path, capsys, text)
 @pytest.mark.parametrize("repeat", ["0", "-1", "1001", "100000000"])
 def test_repeat_has_sane_bounds(capsys, repeat):
     from orchestrator.cli import main
+
     assert main(["run", "--repeat", repeat, "srao-anon-late-kill"]) == 2
     err = capsys.readouterr().err
     assert err == f"mce-orchestrator: error: --repeat {repeat}: must be 1 to 1000\n"
@@ -311,6 +318,7 @@ inject:
   race: take-free-block
 expect:
   sigbus: none
+  kernel_log: ["Memory failure: {pfn:#x}: free buddy page: Recovered"]
 """
 
 
@@ -337,3 +345,58 @@ def test_retake_race_has_the_same_rules():
 def test_race_mistakes_are_one_line(change, message):
     with pytest.raises(ScenarioError, match=message):
         parse(RACE.replace(*change))
+
+
+# --- issue 22 item 3: positive evidence that the guest saw the machine check -------------
+
+NOTHING_NOTICED = """\
+description: t
+inject: {preset: ce}
+expect:
+  sigbus: none
+  page_poisoned: false
+  hardware_corrupted_kb: 0
+  other_pages_intact: true
+  kernel_log_absent: [{regex: ".*Soft-offlining pfn.*"}]
+  memory_failure_event: {action_required: false}
+  guest: alive
+"""
+
+
+def test_expectations_that_could_all_hold_on_a_guest_that_noticed_nothing_are_refused(tmp_path, capsys):
+    # The catalog's corrected-errors-one-page before it expected the poll's record: a guest
+    # told to ignore corrected errors (machinecheck0/ignore_ce: 1) PASSed it.
+    code, err = validate(tmp_path, NOTHING_NOTICED, capsys=capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "t.yaml:3: expect: no expectation shows that the guest saw the machine check" in err
+
+
+@pytest.mark.parametrize("evidence", [
+    '  kernel_log: ["mce: [Hardware Error]: TSC 0 ADDR {injected_gpa:x} MISC 8c"]\n',
+    '  kernel_log: [{regex: "Memory failure: {pfn:#x}: .*"}]\n',
+    '  kernel_log: ["Kernel panic - not syncing: Fatal machine check"]\n',
+])
+def test_the_kernels_own_record_is_evidence(evidence):
+    text = NOTHING_NOTICED.replace("  memory_failure_event", evidence + "  memory_failure_event")
+    assert parse(text).expect.kernel_log
+
+
+@pytest.mark.parametrize("change", [("page_poisoned: false", "page_poisoned: true"),
+                                    ("hardware_corrupted_kb: 0", "hardware_corrupted_kb: 4"),
+                                    ("sigbus: none", "sigbus: {code: BUS_MCEERR_AO}")])
+def test_what_the_kernel_did_about_it_is_evidence(change):
+    parse(NOTHING_NOTICED.replace("preset: ce", "preset: srao").replace(*change))
+
+
+def test_a_line_any_boot_prints_or_an_event_from_qemu_is_not_evidence():
+    for evidence in ('  kernel_log: ["Run /init as init process"]\n', ""):
+        with pytest.raises(ScenarioError, match="no expectation shows that the guest saw the machine check"):
+            parse(NOTHING_NOTICED.replace("  memory_failure_event", evidence + "  memory_failure_event"))
+
+
+def test_each_kernel_variant_needs_evidence_and_no_injection_needs_none():
+    text = MINIMAL + ("kernel_variants:\n  - kernel: '>=6.12'\n    because: x\n"
+                      "    expect: {sigbus: none, kernel_log: []}\n")
+    with pytest.raises(ScenarioError, match=r"t.yaml:10: kernel_variants\[0\].expect: no expectation shows"):
+        parse(text)
+    assert parse("description: t\ninject: {preset: none}\nexpect: {guest: alive}\n").inject.fields is None

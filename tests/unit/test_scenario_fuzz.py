@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from orchestrator.scenario import Scenario, ScenarioError, parse_scenario
 
+
 PATH = Path("scenarios/fuzz.yaml")
 KEYS = ["description", "guest", "probe", "inject", "expect", "timeouts", "name", "image", "memory_mib", "vcpus",
         "sysctl", "pages", "target", "mode", "cpu", "after_inject", "preset", "raw", "bank", "status", "mcg_status",
@@ -64,7 +65,7 @@ def test_random_text(text):
     check(text)
 
 
-VALID = {"description": "d", "inject": {"preset": "srao"}, "expect": {"sigbus": "none"}}
+VALID = {"description": "d", "inject": {"preset": "srao"}, "expect": {"sigbus": "none", "page_poisoned": True}}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -109,7 +110,7 @@ def test_shell_metacharacters_never_reach_a_scenario():
 
 
 def test_sysfs_paths_and_values_cannot_reach_a_shell():
-    base = "description: x\ninject: {preset: srao}\nexpect: {}\nguest:\n  sysfs:\n"
+    base = "description: x\ninject: {preset: srao}\nexpect: {page_poisoned: true}\nguest:\n  sysfs:\n"
     for bad in ["    /sys/../etc/passwd: 1\n", "    /etc/shadow: 1\n", "    /sys/x: 'a; reboot'\n",
                 "    /sys/x: '$(reboot)'\n", "    '/sys/x y': 1\n"]:
         try:

@@ -10,9 +10,12 @@ CONFTEST = f"""
 import importlib.util
 from orchestrator.plumbing.outcome import Outcome
 
+
 from orchestrator.report import ScenarioResult
 
+
 from orchestrator.scenario import KnownFailure
+
 
 
 spec = importlib.util.spec_from_file_location("scenario_plugin_under_test", {str(PLUGIN)!r})
@@ -39,7 +42,7 @@ pytest_collect_file = plugin.pytest_collect_file
 SCENARIO = textwrap.dedent("""\
     description: t
     inject: {preset: srao}
-    expect: {sigbus: none}
+    expect: {sigbus: none, page_poisoned: true}
     """)
 
 

@@ -5,9 +5,12 @@ import pytest
 
 from orchestrator.plumbing.outcome import Outcome
 
+
 from orchestrator.scenario import NONE, load_scenario, parse_scenario
 
+
 from orchestrator.judge.verdict import Evidence, judge
+
 
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -296,6 +299,7 @@ def test_a_target_not_present_in_pagemap_is_not_moved():
 def test_the_checked_page_follows_the_injection_unless_the_scenario_says_otherwise(inject, expect, pfn):
     from orchestrator.runner import _injection_address, checked_pfn
 
+
     scenario = late_kill()
     scenario = replace(scenario, inject=replace(scenario.inject, **inject), expect=replace(scenario.expect, **expect))
     ready = {"pfn": PFN, "gpa": hex(PFN << 12), "target": 1, "page_size": 4096,
@@ -316,12 +320,14 @@ RAS_ERRORS = (
 def test_ras_records_parse_bank_status_address():
     from orchestrator.observe import parse_ras_errors
 
+
     assert parse_ras_errors(RAS_ERRORS) == [{"bank": 9, "status": 0xBD000000000000C0, "addr": PFN << 12}]
     assert parse_ras_errors("No Memory errors.\n\nNo MCE errors.\n") == []
 
 
 def test_ras_record_matching_the_injection_passes_and_its_absence_fails():
     from orchestrator.observe import parse_ras_errors
+
 
     expect_record = replace(late_kill(), expect=replace(late_kill().expect, ras_record=True))
     assert judge(expect_record, good_evidence(ras_records=parse_ras_errors(RAS_ERRORS))).outcome == Outcome.PASS
@@ -393,7 +399,7 @@ def test_lock_race_judged_only_for_the_fuse_mlock_kinds():
 
 def test_an_absent_entry_that_is_part_of_a_message_fails():
     # Issue 22 item 4: seen PASS beside "Memory failure: 0x29aa: recovery action for dirty LRU page: Recovered".
-    scenario = parse_scenario("description: t\ninject: {preset: srao}\nexpect:\n  sigbus: none\n"
+    scenario = parse_scenario("description: t\ninject: {preset: srao}\nexpect:\n  sigbus: none\n  page_poisoned: true\n"
                               "  kernel_log_absent: ['Memory failure: 0x{pfn:x}']\n", Path("scenarios/t.yaml"))
     failed = failing(judge(scenario, good_evidence(probe_result=None)))
     assert failed[f"kernel log lacks 'Memory failure: {PFN:#x}'"] == \
