@@ -8,6 +8,7 @@ panicked where it should not have is a FAIL, not an ERROR).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -20,53 +21,61 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import probe as probe_build
+from orchestrator.report import repro
 from orchestrator.guest import DEFAULT_BACKEND, new_guest
-
-from orchestrator.guest import images
-
-from orchestrator.guest import keep as keeping
 
 from orchestrator.guest.base import Guest, HypervisorUnavailable
 
-from orchestrator.guest.images import pmem
-
-from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
-
-from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
-
 from orchestrator.guest.qemu import tail
-
-from orchestrator.guest.readiness import wait_sshd
-
-from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-
-from orchestrator.guest.ssh import RemoteProcess, SshSession, quote
-
-from orchestrator.inject import Injection, inject
-
-from orchestrator.inject import mce
-
-from orchestrator.inject.races import highorder, recompound
-
-from orchestrator.judge.known_failures import apply_known_failure
-
-from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
-
-from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
 
 from orchestrator.plumbing.deadline import Deadline
 
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
 
+from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
+
+from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
+
+from orchestrator.guest.images.kernels import LocalKernel
+
+from orchestrator.inject import Injection, inject
+
+
+from orchestrator.inject import mce
+
+
+from orchestrator.inject.races import highorder, recompound
+
+
+from orchestrator.judge.known_failures import apply_known_failure
+
+
+from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
+
+
+from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
+
+
+from orchestrator.plumbing.deadline import Deadline
+
+
+from orchestrator.plumbing.guest_data import Unreadable, check_ready
+
+
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
+
 
 from orchestrator.report import ConsoleReporter, ScenarioResult
 
+
 from orchestrator.report import repro
+
 
 from orchestrator.scenario import kconfig
 
+
 from orchestrator.scenario import Scenario
+
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -255,9 +264,14 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
             if guest_image.config is not None:
+                phases.reporter.note(f"kernel options checked in "
+                                     f"{_config_source(options) or guest_image.config_source or 'its .config'}")
                 lacking = kconfig.missing(scenario, kconfig.parse(guest_image.config.read_text()), guest_image.modules)
                 if lacking:
                     raise KernelLacks(lacking)
+            elif not isinstance(guest_image, SeededDiskImage):
+                phases.reporter.note("no config found: options not checked (those the booted guest shows are "
+                                     "looked for there)")
         disk = stack.enter_context(_scratch_disk(scenario.guest.disk_mib)) if scenario.guest.disk_mib else None
         keep = options.keep or ("on-failure" if options.keep_alive_on_failure else None)
         kept_folder = keeping.private_socket_folder() if keep else None
@@ -435,6 +449,33 @@ def _restore_saved_guest(scenario: Scenario, guest: Guest, probe_binary: Path, p
         store.discard(saved)
 
 
+@functools.lru_cache(maxsize=8)
+def _local_config_source(kernel: Path, modules: Path | None) -> str | None:
+    found = LocalKernel(kernel, modules).config_file()
+    return found[1] if found else None
+
+
+def _config_source(options: "RunOptions") -> str | None:
+    """Where --kernel's .config is now (a cached image may have been built from a copy
+    elsewhere with the same content): what the run names as the file it checked."""
+    if options.kernel is None:
+        return None
+    return _local_config_source(Path(options.kernel), Path(options.modules) if options.modules else None)
+
+
+def _check_options_in_guest(scenario: Scenario, ssh: SshSession, deadline: Deadline) -> None:
+    """No .config was found: the options that leave a mark in the booted guest are looked
+    for there, so a kernel without one SKIPs the scenario naming the option."""
+    signs = kconfig.guest_signs(scenario)
+    if not signs:
+        return
+    command = GUEST_SETTLED + "; for p in " + " ".join(quote(p) for p in signs) + '; do [ -e "$p" ] || echo "$p"; done'
+    absent = ssh.check(command, deadline, "ssh").split()
+    lacking = kconfig.missing_in_guest(scenario, absent)
+    if lacking:
+        raise KernelLacks(lacking)
+
+
 def setup_script(steps: list[str]) -> str:
     """One shell command running `steps` in order, each in a subshell (a step's own
     `exit` ends only that step); the first that fails ends it with SETUP_EXIT + its
@@ -471,6 +512,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             if not guest.boots:
                 # Someone else's guest: its kernel is whatever it booted, --image says nothing of it.
                 guest.kernel_release = ssh.check("uname -r", deadline, "ssh").strip() or None
+            if guest.boots and getattr(guest_image, "config", None) is None:
+                _check_options_in_guest(scenario, ssh, deadline)
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
             setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
                                         for key, value in scenario.guest.sysctl]

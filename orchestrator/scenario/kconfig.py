@@ -3,7 +3,8 @@
 As kselftest's per-directory `config` fragments do, the options are data: FRAGMENTS maps a
 feature to the options it needs, and features() says from a scenario's own fields which
 features it uses. An option counts as present when it is built in (=y), or a module (=m)
-that the image's /init loads (MODULE_OF). Pure: no files, no guests.
+that the image's /init loads (MODULE_OF). With no .config found, GUEST_SIGNS says what to
+look for in the booted guest instead. Pure: no files, no guests.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from orchestrator.scenario import Scenario
+
 
 # feature -> options (without the CONFIG_ prefix) it needs, and why.
 FRAGMENTS: dict[str, tuple[str, ...]] = {
@@ -58,6 +60,20 @@ MODULE_OF = {
     "X86_PMEM_LEGACY": "nd_e820",
     "BLK_DEV_PMEM": "nd_pmem",
     "FUSE_FS": "fuse",
+}
+
+# With no .config to read, the options that leave a mark in a booted guest are checked
+# there: option -> the path that exists only when the running kernel has it.
+GUEST_SIGNS = {
+    "TRANSPARENT_HUGEPAGE": "/sys/kernel/mm/transparent_hugepage",
+    "HUGETLBFS": "/sys/kernel/mm/hugepages",
+    "KSM": "/sys/kernel/mm/ksm",
+    "HWPOISON_INJECT": "/sys/kernel/debug/hwpoison",
+    "MEMORY_HOTPLUG": "/sys/devices/system/memory",
+    "PERF_EVENTS": "/proc/sys/kernel/perf_event_paranoid",
+    "KALLSYMS": "/proc/kallsyms",
+    "NUMA": "/sys/devices/system/node",
+    "FUSE_FS": "/dev/fuse",
 }
 
 _SET = re.compile(r"^CONFIG_([A-Za-z0-9_]+)=(.*)$")
@@ -128,3 +144,16 @@ def missing(scenario: Scenario, config: Mapping[str, str], loaded_modules: Itera
             state = "a module the image does not load (pass --modules?)" if value == "m" else "not set"
             lines.append(f"CONFIG_{option} is {state}: {scenario.name} needs it ({why})")
     return lines
+
+
+def guest_signs(scenario: Scenario) -> dict[str, str]:
+    """{path: option} for the options this scenario needs that GUEST_SIGNS can see."""
+    return {GUEST_SIGNS[o]: o for feature in features(scenario) for o in FRAGMENTS[feature] if o in GUEST_SIGNS}
+
+
+def missing_in_guest(scenario: Scenario, absent_paths: Iterable[str]) -> list[str]:
+    """One line per needed option whose mark the booted guest lacks (no .config was found)."""
+    why = {o: w for feature, w in features(scenario).items() for o in FRAGMENTS[feature]}
+    signs = guest_signs(scenario)
+    return [f"CONFIG_{signs[p]} is not in the booted kernel (no {p}; no config found): {scenario.name} needs it "
+            f"({why[signs[p]]})" for p in absent_paths if p in signs]

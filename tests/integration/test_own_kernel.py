@@ -14,7 +14,9 @@ import pytest
 
 from orchestrator.guest.images import ensure_image
 
+
 from orchestrator.guest.images.apt import _cached_deb
+
 
 
 from .conftest import REPO, orchestrator
@@ -114,3 +116,22 @@ def test_a_kernel_without_what_a_scenario_needs_skips_it_before_booting(stand_in
     assert scenario["outcome"] == "SKIP"
     assert ("CONFIG_VIRTIO_NET is a module the image does not load (pass --modules?): srao-anon-late-kill "
             "needs it (every scenario)") in scenario["skip_reasons"]
+
+
+def test_a_kernel_in_the_distribution_layout_is_checked_against_its_config_beside_it(stand_in_tree, tmp_path):
+    # Issue 22 item 5: DIR/boot/vmlinuz-REL with DIR/boot/config-REL beside it was not checked at all,
+    # so a kernel without THP ran the THP scenarios.
+    _, install, release = stand_in_tree
+    boot = tmp_path / "dist" / "boot"
+    boot.mkdir(parents=True)
+    shutil.copyfile(install / f"boot/vmlinuz-{release}", boot / f"vmlinuz-{release}")
+    config = boot / f"config-{release}"
+    config.write_text(without((install / f"boot/config-{release}").read_text(), "TRANSPARENT_HUGEPAGE"))
+    proc = orchestrator("run", "--kernel", str(boot / f"vmlinuz-{release}"),
+                        "--modules", str(install / "lib/modules" / release), "thp-head",
+                        results=tmp_path / "results")
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    [scenario] = json.loads((tmp_path / "results" / "latest" / "report.json").read_text())["scenarios"]
+    assert (scenario["outcome"], scenario["skip_reasons"]) == (
+        "SKIP", ["CONFIG_TRANSPARENT_HUGEPAGE is not set: thp-head needs it (probe memory: thp)"])
+    assert f"kernel options checked in {config}" in proc.stderr

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.guest.images import ImageError, bzimage, elf, image_inputs_digest
+
 from orchestrator.guest.images.kernels import LocalKernel
+
 
 from .test_image import fake_vmlinux
 
@@ -122,3 +124,39 @@ def test_a_tree_without_a_built_bzimage(tmp_path):
     (tmp_path / "linux").mkdir()
     with pytest.raises(ImageError, match="needs arch/x86/boot/bzImage"):
         LocalKernel(tmp_path / "linux")
+
+
+# Issue 22 item 5: a kernel laid out as a distribution installs it had its config beside it, unread.
+
+def distribution_layout(root: Path, release: str = "6.13.0-rc1-mce+") -> tuple[Path, Path]:
+    (root / "boot").mkdir(parents=True)
+    (root / "boot" / f"vmlinuz-{release}").write_bytes(fake_bzimage(xz_payload(fake_vmlinux())))
+    (root / "lib/modules" / release).mkdir(parents=True)
+    return root / "boot" / f"vmlinuz-{release}", root
+
+
+def test_config_beside_the_image_as_a_distribution_installs_it(tmp_path):
+    kernel_file, install = distribution_layout(tmp_path)
+    assert LocalKernel(kernel_file, install).config_file() is None  # nothing anywhere: said so by the runner
+    (tmp_path / "boot" / "config-6.13.0-rc1-mce+").write_text("CONFIG_X86_MCE=y\n")
+    files = LocalKernel(kernel_file, install).unpack(tmp_path / "work", {})
+    assert files.config == "CONFIG_X86_MCE=y\n"
+    assert files.config_source == str(tmp_path.resolve() / "boot" / "config-6.13.0-rc1-mce+")
+
+
+def test_config_in_the_modules_folder_or_behind_its_build_link(tmp_path):
+    kernel_file, install = distribution_layout(tmp_path)
+    moddir = install / "lib/modules/6.13.0-rc1-mce+"
+    tree = build_tree(tmp_path / "linux", config="CONFIG_KSM=y\n")
+    (moddir / "build").symlink_to(tree)
+    assert LocalKernel(kernel_file, install).config_file() == ("CONFIG_KSM=y\n", str(moddir.resolve() / "build/.config"))
+    (moddir / "config").write_text("CONFIG_THP=y\n")   # Debian's 7.x packages keep it there
+    assert LocalKernel(kernel_file, install).config_file()[1] == str(moddir.resolve() / "config")
+
+
+def test_vmlinuz_inside_the_modules_folder_finds_its_config(tmp_path):
+    moddir = tmp_path / "usr/lib/modules/6.13.0-rc1-mce+"
+    moddir.mkdir(parents=True)
+    (moddir / "vmlinuz").write_bytes(fake_bzimage())
+    (moddir / "config").write_text("CONFIG_X86_MCE=y\n")
+    assert LocalKernel(moddir / "vmlinuz").config_file() == ("CONFIG_X86_MCE=y\n", str(moddir.resolve() / "config"))

@@ -4,8 +4,11 @@ from pathlib import Path
 import pytest
 
 from orchestrator.guest.images.modules import DEFAULT_MODULES
+
 from orchestrator.scenario import catalog, expand, load_scenario
+
 from orchestrator.scenario import kconfig
+
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
@@ -77,3 +80,15 @@ def test_a_module_the_image_does_not_load_counts_as_missing():
     # A scenario without a disk does not care.
     del config["EXT4_FS"]
     assert kconfig.missing(scenario("srao-anon-late-kill"), config, loaded) == []
+
+
+def test_without_a_config_the_booted_guest_is_looked_at():
+    # Issue 22 item 5: no .config found; no /sys/kernel/mm/transparent_hugepage in the guest: THP missing.
+    thp = load_scenario(SCENARIOS / "thp-head.yaml")
+    assert "/sys/kernel/mm/transparent_hugepage" in kconfig.guest_signs(thp)
+    assert kconfig.missing_in_guest(thp, ["/sys/kernel/mm/transparent_hugepage"]) == [
+        "CONFIG_TRANSPARENT_HUGEPAGE is not in the booted kernel (no /sys/kernel/mm/transparent_hugepage; "
+        "no config found): thp-head needs it (probe memory: thp)"]
+    assert kconfig.missing_in_guest(thp, []) == []
+    late = load_scenario(SCENARIOS / "srao-anon-late-kill.yaml")
+    assert kconfig.guest_signs(late) == {}

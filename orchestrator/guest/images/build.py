@@ -8,14 +8,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from orchestrator.guest.images import bzimage, elf
+
 from orchestrator.guest.images.apt import Apt, fetch_debs
+
 from orchestrator.guest.images.cpio import Cpio, compress
+
 from orchestrator.guest.images.definitions import DEFAULT_BOOT, DEFAULT_COMPRESSION
+
 from orchestrator.guest.images.errors import ImageError, run
+
 from orchestrator.guest.images.kernels import KernelFiles, KernelSource
+
 from orchestrator.guest.images.keys import make_keys
+
 from orchestrator.guest.images.modules import DEFAULT_MODULES, add_modules
+
 from orchestrator.guest.images.rootfs import UnpackedRoot
+
 
 
 def _boot_files(kernel: KernelFiles, boot: str, out: Path, progress: Callable[[str], None]) -> str:
@@ -136,6 +145,7 @@ def build(
         "kernel_package_version": identity.get("version", identity.get("kernel_sha256", "")[:16]),
         "kernel_source": kernel_source.describe(),
         "config": "config" if kernel.config is not None else None,
+        "config_source": kernel.config_source,
         "host_key_line": host_line,
         "packages": {**packages, **kernel_source.debs()},
         "modules": modules,

@@ -20,10 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.guest.images.apt import BASE_PACKAGES, Apt, resolve_cached
+
 from orchestrator.guest.images.build import build
+
 from orchestrator.guest.images.definitions import DEFAULT_IMAGE, load_image_definitions
+
 from orchestrator.guest.images.errors import ImageError
+
 from orchestrator.guest.images.kernels import DebianPackageKernel, KernelSource, LocalKernel
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _NOT_BUILDER = {"distro.py", "disk.py", "overlay.py", "pmem.py"}
@@ -43,6 +48,7 @@ class GuestImage:
     client_key: Path  # private key, 0600
     host_key_line: str  # "ssh-ed25519 AAAA..." of the guest's host key, for pinning
     config: Path | None = None  # the kernel's .config, when known
+    config_source: str | None = None  # where that .config was read
     modules: tuple[str, ...] = ()  # modules /init loads
     kernel_source: str = ""  # where the kernel came from, one line
 
@@ -91,6 +97,7 @@ def _image_from_manifest(directory: Path, manifest: Mapping) -> GuestImage:
         client_key=directory / manifest["client_key"],
         host_key_line=manifest["host_key_line"],
         config=directory / manifest["config"] if manifest.get("config") else None,
+        config_source=manifest.get("config_source"),
         modules=tuple(manifest.get("modules", ())),
         kernel_source=manifest.get("kernel_source", ""),
     )

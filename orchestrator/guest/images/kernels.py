@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.guest.images import bzimage
+
 from orchestrator.guest.images.errors import ImageError, run
+
 from orchestrator.guest.images.modules import MODULE_SUFFIXES
+
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class KernelFiles:
     release: str            # uname -r
     modules: Path | None    # what modules.add_modules walks; None: no modules
     config: str | None      # the kernel's .config, when known
+    config_source: str | None = None  # where that .config was read (a file, or IKCONFIG in the image)
 
 
 class KernelSource(ABC):
@@ -72,7 +76,9 @@ class DebianPackageKernel(KernelSource):
         if not vmlinuz.is_file() or not moddir.is_dir():
             raise ImageError(f"{self.package}: no /boot/vmlinuz-{self.release} and /lib/modules/{self.release}")
         config = work / "boot" / f"config-{self.release}"
-        return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config.is_file() else None)
+        return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config.is_file() else None,
+                           f"/boot/config-{self.release} of {self.package} {self.version}"
+                           if config.is_file() else None)
 
 
 def _sha256(path: Path) -> str:
@@ -133,10 +139,30 @@ class LocalKernel(KernelSource):
                              f"(the kernel is {self.release})")
         return self.tree  # a build tree's modules sit beside their sources; a lone file has none
 
+    def config_candidates(self) -> list[Path]:
+        """Where kernels keep their .config, in the order looked at: a build tree's
+        .config; config-RELEASE beside the image (a distribution's /boot); `config`
+        beside a vmlinuz in lib/modules/RELEASE or in the modules folder (Debian from
+        7.x); the modules' `build` link to the tree they were built in."""
+        found = [self.tree / ".config"] if self.tree is not None else []
+        found.append(self.kernel.parent / f"config-{self.release}")
+        if self.kernel.parent.name == self.release:
+            found.append(self.kernel.parent / "config")
+        if self.moddir is not None and self.moddir != self.tree:
+            found += [self.moddir / "config", self.moddir / "build" / ".config"]
+        return found
+
+    def config_file(self) -> tuple[str, str] | None:
+        """(the kernel's .config, where it was read), or None when no config is found."""
+        for candidate in self.config_candidates():
+            if candidate.is_file():
+                return candidate.read_text(), str(candidate)
+        embedded = bzimage.embedded_config(self.kernel.read_bytes())
+        return (embedded, f"IKCONFIG in {self.kernel}") if embedded else None
+
     def config(self) -> str | None:
-        if self.tree is not None and (self.tree / ".config").is_file():
-            return (self.tree / ".config").read_text()
-        return bzimage.embedded_config(self.kernel.read_bytes())
+        found = self.config_file()
+        return found[0] if found else None
 
     def debs(self) -> dict[str, str]:
         return {}
@@ -151,4 +177,5 @@ class LocalKernel(KernelSource):
         return f"{self.kernel} ({self.release})" + (f", modules from {self.moddir}" if self.moddir else "")
 
     def unpack(self, work: Path, debs: Mapping[str, Path]) -> KernelFiles:
-        return KernelFiles(self.kernel, self.release, self.moddir, self.config())
+        found = self.config_file()
+        return KernelFiles(self.kernel, self.release, self.moddir, *(found or (None, None)))
