@@ -22,59 +22,81 @@ from typing import Callable
 
 from orchestrator import probe as probe_build
 from orchestrator.report import repro
+
 from orchestrator.guest import DEFAULT_BACKEND, new_guest
+
 
 from orchestrator.guest.base import Guest, HypervisorUnavailable
 
+
 from orchestrator.guest.qemu import tail
+
 
 from orchestrator.plumbing.deadline import Deadline
 
+
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
+
 
 from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
 
+
 from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
+
 
 from orchestrator.guest.images.kernels import LocalKernel
 
+
 from orchestrator.inject import Injection, inject
+
 
 
 from orchestrator.inject import mce
 
 
+
 from orchestrator.inject.races import highorder, recompound
+
 
 
 from orchestrator.judge.known_failures import apply_known_failure
 
 
+
 from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
+
 
 
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
 
 
+
 from orchestrator.plumbing.deadline import Deadline
+
 
 
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
 
 
+
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
+
 
 
 from orchestrator.report import ConsoleReporter, ScenarioResult
 
 
+
 from orchestrator.report import repro
+
 
 
 from orchestrator.scenario import kconfig
 
 
+
 from orchestrator.scenario import Scenario
+
 
 
 
@@ -121,6 +143,11 @@ SWAP_FILE = f"{GUEST_MOUNT}/mce-swap"
 # at first in the set-up command, so a kernel without it fails there, by name.
 MACHINECHECK_SYSFS = "/sys/devices/system/machinecheck"
 NO_MCE_CHECK = f"[ -d {MACHINECHECK_SYSFS} ]"
+# Guests boot with `quiet`: the console carries only messages above KERN_WARNING. When a
+# guest goes down the console is the kernel log the judge has, so before anything the
+# scenario does (its sysctl and sysfs writes, the injection) every level is sent there
+# (as `dmesg -n 8`): a WARNING or an info line before an expected panic reaches the judge.
+CONSOLE_EVERY_LEVEL = "echo 8 > /proc/sys/kernel/printk"
 # The set-up command runs its steps in order and exits with SETUP_EXIT + the index of
 # the first that failed: the step is known from the exit status, never from text in
 # the output (which quotes commands and whatever the guest printed).
@@ -515,7 +542,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             if guest.boots and getattr(guest_image, "config", None) is None:
                 _check_options_in_guest(scenario, ssh, deadline)
             ssh.upload(probe_binary, probe_build.REMOTE_PATH, 0o755, deadline, "ssh")
-            setup = [GUEST_SETTLED] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
+            setup = [GUEST_SETTLED, CONSOLE_EVERY_LEVEL] + [f"sysctl -w {quote(f'{key}={value}')} >/dev/null"
                                         for key, value in scenario.guest.sysctl]
             setup += [f"echo {quote(value)} > {quote(path)}" for path, value in scenario.guest.sysfs]
             if scenario.guest.disk_mib:

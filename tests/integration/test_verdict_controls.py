@@ -1,12 +1,13 @@
 """Issue 22: one real-guest negative control per way a verdict could lie (debian-6.1, restored guests, one run)."""
 import json
+import re
 
 import pytest
 
 from .conftest import REPO, orchestrator
 
 NEGATIVE = REPO / "tests" / "integration" / "negative"
-CONTROLS = ("neg-log-absent-prefix", "neg-ce-ignored")
+CONTROLS = ("neg-log-absent-prefix", "neg-ce-ignored", "neg-info-line-before-panic")
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,14 @@ def test_a_guest_that_never_saw_the_corrected_errors_fails(controls_run):
     failed = failed_checks(controls_run[1]["neg-ce-ignored"])
     assert failed == {"kernel log has 'mce: [Hardware Error]: TSC 0 ADDR "
                       f"{controls_run[1]['neg-ce-ignored']['injection']['address']:x} MISC 8c'": "not found"}, failed
+
+
+def test_every_message_before_an_expected_panic_reaches_the_judge(controls_run):
+    # Item 2: an info line printed before the panic was not on the quiet console, the only log left.
+    s = controls_run[1]["neg-info-line-before-panic"]
+    (name, detail), = failed_checks(s).items()
+    assert name == "kernel log lacks 'drop_caches: 1'" and re.fullmatch(r"found: sysctl \(\d+\): drop_caches: 1", detail)
+    assert any(c["name"] == "guest panic" and c["outcome"] == "PASS" for c in s["checks"])
 
 
 @pytest.fixture(scope="module")
