@@ -21,81 +21,31 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator import probe as probe_build
-from orchestrator.report import repro
-
 from orchestrator.guest import DEFAULT_BACKEND, new_guest
-
-
+from orchestrator.guest import images
+from orchestrator.guest import keep as keeping
 from orchestrator.guest.base import Guest, HypervisorUnavailable
-
-
-from orchestrator.guest.qemu import tail
-
-
-from orchestrator.plumbing.deadline import Deadline
-
-
-from orchestrator.plumbing.guest_data import Unreadable, check_ready
-
-
-from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
-
-
+from orchestrator.guest.images import pmem
 from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
-
-
+from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
 from orchestrator.guest.images.kernels import LocalKernel
-
-
+from orchestrator.guest.qemu import tail
+from orchestrator.guest.readiness import wait_sshd
+from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
+from orchestrator.guest.ssh import RemoteProcess, SshSession, quote
 from orchestrator.inject import Injection, inject
-
-
-
 from orchestrator.inject import mce
-
-
-
 from orchestrator.inject.races import highorder, recompound
-
-
-
 from orchestrator.judge.known_failures import apply_known_failure
-
-
-
 from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
-
-
-
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
-
-
-
 from orchestrator.plumbing.deadline import Deadline
-
-
-
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
-
-
-
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
-
-
-
 from orchestrator.report import ConsoleReporter, ScenarioResult
-
-
-
 from orchestrator.report import repro
-
-
-
-from orchestrator.scenario import kconfig
-
-
-
 from orchestrator.scenario import Scenario
+from orchestrator.scenario import kconfig
 
 
 
