@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
 from orchestrator.guest import keep as keeping
 
 from orchestrator.guest import memory_map
-
+from orchestrator.guest.images.distro import image_names
 from orchestrator.guest.keep import KEEP_CHOICES
 
 from orchestrator.guest.qemu import argv as qemu_args
@@ -22,13 +23,9 @@ from orchestrator.guest.qemu import argv as qemu_args
 from orchestrator.inject import mce
 
 from orchestrator.inject.decode import decode
-
-from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, worst
-
+from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError, worst
 from orchestrator.guest.images import ImageError
-
 from orchestrator.guest.images.disk import disk_format
-
 from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
@@ -40,13 +37,15 @@ SCENARIOS_DIR = REPO_ROOT / "scenarios"
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
 INTERRUPTED_EXIT = 130
 # `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
-# on as "stop bisecting": a harness ERROR (or a kernel that lacks what the scenario
-# needs) skips the commit; a user's mistake, which every commit would repeat, stops it.
+# on as "stop bisecting": a kernel that cannot boot or be judged (or lacks what the
+# scenario needs) skips the commit; what every commit would meet again stops it: a
+# user's mistake (unknown image, bad scenario), the host or QEMU failing before the
+# kernel runs (SetupError), the results folder unwritable.
 # The question a bisection asks is whether this kernel does what the scenario expects,
 # so a known-failure mark does not change the answer: KNOWN-FAIL is bad, XPASS good.
 BISECT_EXIT = {Outcome.PASS: 0, Outcome.XPASS: 0, Outcome.KNOWN_FAIL: 1, Outcome.FAIL: 1, Outcome.ERROR: 125,
                Outcome.SKIP: 125}
-BISECT_INPUT_ERROR = 128
+BISECT_ABORT = 128
 # Every scenario of the run was SKIPPED (the kernel lacks what each needs): nothing was
 # tested, which is no pass (pytest's "no tests ran" is 5 too). With --bisect: 125.
 NOTHING_TESTED_EXIT = 5
@@ -92,8 +91,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
     run.add_argument("--bisect", action="store_true",
-                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 ERROR or every scenario skipped "
-                          "(skip this commit), 128 for a usage error and 130 when interrupted (both stop the bisection)")
+                     help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 when this kernel cannot boot or "
+                          "be judged or every scenario was skipped (skip this commit), 128 for a usage error, an "
+                          "unknown image, a bad scenario or a host/QEMU that fails without the kernel, and 130 when "
+                          "interrupted (both stop the bisection)")
     run.add_argument("--keep", choices=KEEP_CHOICES,
                      help="leave the guest running after its scenario (on failure, or always) until Ctrl-C; "
                           "then poke it with `inject` and `ssh` from another shell")
@@ -131,6 +132,29 @@ def _parser() -> argparse.ArgumentParser:
     decode_.add_argument("status", type=_number)
     decode_.add_argument("mcg_status", type=_number, nargs="?")
     return parser
+
+
+def _unknown(kind: str, name: str, known: list[str]) -> str:
+    """'no such image' with the closest names, or all of them when none is close."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return (f"no {kind} named {name!r}; did you mean {' or '.join(close)}?" if close
+            else f"no {kind} named {name!r} (known: {', '.join(known)})")
+
+
+def _check_images(args, scenarios) -> None:
+    """Every image named (--image, each scenario's guest.image) exists: a typo is the
+    user's mistake, found before anything is built or booted."""
+    if getattr(args, "disk_image", None) is not None:
+        return
+    known = image_names(REPO_ROOT)
+    if args.image is not None:
+        if args.image not in known:
+            raise InputError(f"--image: {_unknown('image', args.image, known)}")
+        return
+    for s in scenarios:
+        if s.guest.disk_image is None and s.guest.image not in known:
+            raise ScenarioError(s.path, key_line(s.path, ("guest", "image")), "guest.image",
+                                _unknown("image", s.guest.image, known))
 
 
 def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
@@ -230,20 +254,21 @@ def main(argv: list[str] | None = None) -> int:
             for s in scenarios:
                 print(f"{s.path}: ok")
             return 0
+        _check_images(args, scenarios)
         _check_addresses(scenarios)
         _check_backend(args, scenarios)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
-        return BISECT_INPUT_ERROR if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
+        return BISECT_ABORT if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
     except OSError as exc:
         # The results folder cannot be written (disk full, read-only, ...).
         print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
-        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
+        return BISECT_ABORT if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
     except MemoryError:
         # The host's trouble, not the guest kernel's: an ERROR, never a FAIL or a traceback.
         print("mce-orchestrator: error: the host ran out of memory", file=sys.stderr)
-        return exit_code(Outcome.ERROR, getattr(args, "bisect", False))
+        return BISECT_ABORT if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
     except KeyboardInterrupt:
         print("mce-orchestrator: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
@@ -316,6 +341,12 @@ def run(scenarios, args) -> int:
     if interrupted:
         print("mce-orchestrator: interrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    setup = [r for r in results if isinstance(r.error, SetupError)]
+    if args.bisect and setup:
+        # Every commit would meet it again: stop the bisection rather than skip them all.
+        print(f"mce-orchestrator: the host or QEMU failed before the kernel ran ({setup[0].error}): "
+              f"stopping the bisection (exit {BISECT_ABORT})", file=sys.stderr)
+        return BISECT_ABORT
     if results and all(r.outcome == Outcome.SKIP for r in results):
         print(f"mce-orchestrator: nothing was tested: every scenario was skipped "
               f"(exit {125 if args.bisect else NOTHING_TESTED_EXIT})", file=sys.stderr)

@@ -41,7 +41,7 @@ from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
 from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
-from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome
+from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError
 from orchestrator.report import ConsoleReporter, ScenarioResult
 from orchestrator.report import repro
 from orchestrator.scenario import Scenario
@@ -298,7 +298,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     except HarnessError as exc:
         result.error = exc
     except images.ImageError as exc:
-        result.error = HarnessError("image", str(exc))
+        # Without --kernel the image is all Debian's packages and this host's tools: a bisection stops.
+        result.error = (HarnessError if options.kernel is not None else SetupError)("image", str(exc))
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: the guest is already shut down (context manager);
         # hand the partial result up so it is reported.
@@ -364,8 +365,16 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
         with phases("boot"):
             # One deadline for launch and banner together; a systemd image boots for longer.
             deadline = Deadline(max(scenario.timeouts.boot, getattr(guest_image, "boot_timeout_s", 0)), "boot")
-            guest.launch(deadline)
-            wait_sshd(guest, deadline, since=time.monotonic())
+            try:
+                guest.launch(deadline)
+                wait_sshd(guest, deadline, since=time.monotonic())
+            except HarnessError as exc:
+                # The kernel's trouble, or QEMU's? QEMU alone, with no kernel, tells them apart.
+                alone = guest.fails_without_kernel() if guest.boots else None
+                if alone is None:
+                    raise
+                raise SetupError("boot", f"QEMU fails without the kernel too, so the host or QEMU is at fault, "
+                                         f"not the kernel: {alone}") from None
             phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
                                     f"ssh on {guest.ssh_host}:{guest.ssh_port}{_through(guest)}")
     try:

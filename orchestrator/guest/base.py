@@ -167,6 +167,11 @@ class Guest(abc.ABC):
         """A new, unlaunched guest like this one (no incoming state; `disk` its scratch
         disk), its files in `artifacts`: what a saved guest is booted from."""
 
+    def fails_without_kernel(self) -> str | None:
+        """After a failed boot: QEMU's error when it fails without the kernel too (the
+        host's or QEMU's fault), else None. Backends that cannot tell say None."""
+        return None
+
     @abc.abstractmethod
     def exit_summary(self) -> str | None:
         """'exited with code 1' / 'was killed by signal 9', or None while QEMU runs."""

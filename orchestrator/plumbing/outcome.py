@@ -56,5 +56,11 @@ class HarnessError(Exception):
         return f"{self.phase}: {self.message}"
 
 
+class SetupError(HarnessError):
+    """The host or QEMU failed before the kernel ran (QEMU fails the same way without
+    the kernel, the guest image cannot be built): nothing is known about the kernel,
+    and every other kernel would meet it too, so a bisection stops rather than skip."""
+
+
 class InputError(Exception):
     """A user's mistake (bad scenario, unknown name): one line, no traceback."""

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from orchestrator.guest.images import bzimage
@@ -84,3 +85,43 @@ def test_git_bisect_run_finds_the_regression_and_skips_the_unbootable_kernel(tmp
     assert "There are only 'skip'ped commits left to test" in proc.stdout, proc.stdout[-2000:]
     assert commits["c3 cannot boot"] in proc.stdout and commits["c4 regression"] in proc.stdout
     assert commits["c2 good"] not in proc.stdout.split("could be any of")[-1]
+
+
+def _kvm_cannot_run_guests() -> bool:
+    """/dev/kvm is there but the CPU has no virtualization extensions (nested-less VM):
+    QEMU with -accel kvm aborts before any kernel runs ("failed to set MSR")."""
+    flags = Path("/proc/cpuinfo").read_text()
+    return os.path.exists("/dev/kvm") and " vmx" not in flags and " svm" not in flags
+
+
+@pytest.mark.parametrize("options, why", [
+    ("--image debian-6.13", "no image named 'debian-6.13'; did you mean"),
+    pytest.param("--accel kvm", "QEMU fails without the kernel too",
+                 marks=pytest.mark.skipif(not _kvm_cannot_run_guests(), reason="needs a /dev/kvm that cannot run guests")),
+])
+def test_git_bisect_run_stops_on_what_every_commit_would_meet(tmp_path, options, why):
+    """A typo in the image name, or a QEMU that fails before the kernel runs, is not the
+    kernel's: every commit would meet it, so the bisection stops (exit above 127) at the
+    first step instead of skipping every commit."""
+    repo = tmp_path / "kernel-history"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    commits = []
+    for n in range(1, 6):
+        (repo / "changes").open("a").write(f"c{n}\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"c{n}")
+        commits.append(git(repo, "rev-parse", "HEAD"))
+    codes = tmp_path / "codes"
+    step = (f'{sys.executable} -m orchestrator run --bisect --results {tmp_path / "results"} {options} '
+            f'srao-anon-late-kill; code=$?; echo "$(git log -1 --format=%s) $code" >> {codes}; exit $code')
+    git(repo, "bisect", "start", commits[-1], commits[0])
+    proc = subprocess.run(["git", "-C", str(repo), "bisect", "run", "sh", "-c", step], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    log = codes.read_text().splitlines()
+    git(repo, "bisect", "reset")
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert len(log) == 1 and log[0].endswith(" 128"), (log, proc.stdout[-2000:], proc.stderr[-2000:])
+    # git's words for a stopped bisection ("bisect run failed: exit code 128 ... is < 0 or >= 128").
+    assert "bisect run failed" in proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert why in proc.stdout + proc.stderr

@@ -444,6 +444,13 @@ def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
         return image
 
 
+def image_names(repo_root: Path) -> list[str]:
+    """Every name --image and guest.image accept: the initramfs images and the distribution images."""
+    images_dir = Path(repo_root).resolve() / "guest-images"
+    return [*images.load_image_definitions(images_dir / "images.yaml"),
+            *load_distro_definitions(images_dir / DEFINITIONS_FILE)]
+
+
 def ensure_guest_image(name: str, *, repo_root: Path, cache_root: Path | None = None,
                        progress: Callable[[str], None] = lambda msg: None,
                        kernel: Path | None = None, modules: Path | None = None) -> images.GuestImage:

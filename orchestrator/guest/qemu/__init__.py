@@ -213,6 +213,42 @@ class QemuGuest(Guest):
         log = tail(self._qemu_log, 3).replace("\n", " | ")
         return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
 
+    def fails_without_kernel(self, run_s: float = 1.0) -> str | None:
+        """After a failed boot: does this QEMU (same binary, accelerator, CPU model, machine,
+        memory, vCPUs, firmware) fail with no kernel at all? Then the host or QEMU is at
+        fault, not the kernel: its error line, else None (the kernel's trouble)."""
+        argv = [self.qemu_binary, "-machine", f"{self.spec.machine},accel={self.accel}",
+                "-cpu", qemu_args.cpu_model(self.accel), "-m", str(self.spec.memory_mib),
+                "-smp", str(self.spec.vcpus), "-nodefaults", "-no-user-config", "-display", "none",
+                "-S", "-monitor", "stdio", "-serial", "none", "-parallel", "none"]
+        firmware = qemu_args.default_firmware() if self.accel == "tcg" else None
+        if firmware is not None:
+            argv += ["-bios", str(firmware)]
+        try:
+            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            return f"cannot start {self.qemu_binary}: {exc.strerror}"
+        try:
+            process.stdin.write("cont\n")
+            process.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(run_s)  # the firmware runs; a broken accelerator fails here
+            if process.poll() is None:
+                with contextlib.suppress(OSError):
+                    process.stdin.write("quit\n")
+                    process.stdin.flush()
+            _, errors = process.communicate(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            process.kill()
+            _, errors = process.communicate()
+            return None  # it ran, and did not quit: not a failure to start
+        if process.returncode == 0:
+            return None
+        lines = [line for line in errors.splitlines() if line.strip() and ": warning: " not in line]
+        how = f"killed by signal {-process.returncode}" if process.returncode < 0 else f"exit code {process.returncode}"
+        return f"{'; '.join(lines[-2:]) or 'no output'} ({how})"
+
     def save(self, path: Path, deadline: Deadline) -> None:
         """Stop the guest and write its whole state to `path` (QEMU's migration stream).
         The caller writes to a temporary name and renames: a half-written state is never used."""
