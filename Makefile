@@ -60,9 +60,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $@
 
+# make exits 2 whenever a recipe fails, whatever the code: the recipe names the
+# tool's own code, and scripts and CI call the tool itself (docs/ci.md).
+define exit_code_note
+status=$$?; if [ $$status -ne 0 ]; then echo "make $@: $(1) exited with code $$status ($(2)); make itself exits 2 on any failure: for the code, run $(3) directly (docs/ci.md)" >&2; fi; exit $$status
+endef
+
+SCENARIO_CMD = $(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
 scenario: setup
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(cd scenarios && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
-	$(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
+	@echo '$(subst ','\'',$(SCENARIO_CMD))'
+	@$(SCENARIO_CMD); $(call exit_code_note,mce-orchestrator,1 FAIL; 2 ERROR,$(ORCH) run)
 
 # Every catalog scenario on every kernel image (or KERNEL=debian-6.12 for one);
 # the scenario x kernel table goes to results/verdict-table.md, and into
@@ -97,8 +105,10 @@ coverage: setup
 # once (pytest-xdist), restored from saved guests, JUnit XML in
 # results/nightly-junit.xml.
 JOBS ?= 2
+NIGHTLY_CMD = $(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
 nightly: setup
-	$(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
+	@echo '$(subst ','\'',$(NIGHTLY_CMD))'
+	@$(NIGHTLY_CMD); $(call exit_code_note,pytest,1 a scenario failed or errored; 2 interrupted; 5 none collected,$(PY) -m pytest ... scenarios)
 
 # KERNEL names any image: the initramfs ones (images.yaml) or a full
 # distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
