@@ -15,9 +15,9 @@ import time
 from orchestrator.guest import images
 from orchestrator.guest.base import Guest
 from orchestrator.guest.images.distro import DiskGuestImage
-from orchestrator.guest.qemu import tail
+from orchestrator.guest.qemu import TAIL_BYTES, tail
 from orchestrator.guest.ssh import BANNER_POLL_S, wait_for_banner
-from orchestrator.observe import ConsoleFollower
+from orchestrator.observe import ConsoleFollower, guest_down
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
 
@@ -30,14 +30,19 @@ CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at .*Up ([0-9.]+)
 SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
 def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
     cloud_init = CloudInitWatch(guest) if getattr(guest.image, "seed", None) is not None else None
+    boot_panic = BootPanic(guest) if guest.boots and not restored else lambda: None
     try:
         init_ready = InitReady(guest, since)
         wait_for_banner(guest.ssh_port, deadline, host=guest.ssh_host, via=guest.ssh_via,
-                        still_running=(lambda: guest.died() or cloud_init.no_sshd()) if cloud_init else guest.died,
+                        still_running=(lambda: guest_down(guest) or boot_panic() or cloud_init.no_sshd())
+                        if cloud_init else lambda: guest_down(guest) or boot_panic(),
                         sshd_started=lambda: restored or not guest.boots or init_ready(),
                         patience=SYSTEMD_BANNER_PATIENCE_S if isinstance(guest.image, DiskGuestImage)
                         else BANNER_POLL_S)
     except HarnessError as exc:
+        cause = None if restored or not guest.boots else boot_failure_cause(guest)
+        if cause is not None:
+            raise HarnessError(exc.phase, f"{cause}; {exc.message}") from None
         last = tail(guest.console_log, 1) or "(nothing on the console)"
         if cloud_init is not None and not cloud_init.no_sshd():
             cloud_init.look()
@@ -45,6 +50,46 @@ def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = F
                 raise HarnessError(exc.phase, f"no cloud-init on the console (is it installed and enabled in the "
                                               f"image?): {exc.message}; console ends with: {last.strip()}") from None
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
+
+
+PANIC_LINE = re.compile(r"Kernel panic - not syncing: .*")
+PANIC_LINE_WAIT_S = 2.0  # pvpanic's event can come before the panic line reaches the console
+
+
+class BootPanic:
+    """A panic line on the console of a booting guest: it will never answer (panic=0 waits
+    forever, and the pvpanic driver may not be loaded yet to tell QEMU)."""
+
+    def __init__(self, guest: Guest):
+        self.console = ConsoleFollower(guest.console_log)
+
+    def __call__(self) -> str | None:
+        for line in self.console.new_lines():
+            if PANIC_LINE.search(line):
+                return "stopped waiting for SSH: a panicked kernel never answers"
+        return None
+
+
+def boot_failure_cause(guest: Guest) -> str | None:
+    """What went wrong in a boot that never reached sshd, said first: the kernel's panic
+    line, or, with nothing at all on the console, that the image is not a bootable kernel."""
+    until = time.monotonic() + (PANIC_LINE_WAIT_S if guest.panicked() else 0)
+    while True:
+        try:
+            console = guest.console_log.read_bytes()[-TAIL_BYTES:].decode(errors="replace")
+        except OSError:
+            return None
+        panic = PANIC_LINE.search(console)
+        if panic is not None:
+            return f"the kernel panicked during boot: {panic.group(0).strip()}"
+        if time.monotonic() >= until:
+            break
+        time.sleep(0.1)
+    if not console.strip():
+        return "the image is not a bootable kernel: nothing at all on the console"
+    if guest.panicked():
+        return "the kernel panicked during boot (QEMU event GUEST_PANICKED; no panic line on the console)"
+    return None
 
 
 class CloudInitWatch:

@@ -210,8 +210,10 @@ class QemuGuest(Guest):
     def _launch_failure(self, why: str) -> str:
         gone = self.exit_summary()
         state = f"QEMU {gone}" if gone is not None else f"QEMU did not start ({why})"
-        log = tail(self._qemu_log, 3).replace("\n", " | ")
-        return f"{state}: {log or 'no output'}; command line: {shlex.join(self.argv)}"
+        # TCG's "doesn't support requested feature: CPUID..." warnings are every boot's: not the cause.
+        log = " | ".join([line for line in tail(self._qemu_log, 40).splitlines()
+                          if line.strip() and ": warning: " not in line][-3:])
+        return f"{state}: {log or 'no other output'}; command line: {self.artifacts / 'qemu-cmdline.txt'}"
 
     def fails_without_kernel(self, run_s: float = 1.0) -> str | None:
         """After a failed boot: does this QEMU (same binary, accelerator, CPU model, machine,
