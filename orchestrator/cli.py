@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,6 +120,11 @@ def _parser() -> argparse.ArgumentParser:
     inject.add_argument("--no-gate", action="store_true",
                         help="send an action-required error at once, not only while the vCPU is in user mode "
                              "(an SRAR that lands in kernel code kills the guest)")
+    inject.add_argument("--anyway", action="store_true",
+                        help="send a machine check QEMU cannot deliver as asked (a UCNA: QEMU raises an exception "
+                             "for any status with UC set, and the guest panics)")
+    inject.add_argument("--watch", type=float, default=keeping.WATCH_S, metavar="SECONDS",
+                        help="how long to watch what the guest does afterwards (default %(default)s)")
     inject.add_argument("--timeout", type=float, default=30.0)
     inject.add_argument("--results", type=Path, default=REPO_ROOT / "results")
 
@@ -227,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "ssh":
             guest = keeping.find(args.results, args.guest)
-            os.execvp("ssh", keeping.ssh_argv(guest, args.remote))
+            code = subprocess.run(keeping.ssh_argv(guest, args.remote)).returncode
+            if code == 255:  # ssh's own failure, not the command's
+                print(f"mce-orchestrator: ssh: {keeping.why_unreachable(guest)}", file=sys.stderr)
+            return code
         if args.command == "inject":
             return inject_command(args)
         if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
@@ -296,15 +304,22 @@ def inject_command(args) -> int:
         fields = mce.MceFields(bank=args.bank, status=args.status, mcg_status=args.mcg_status, misc=args.misc)
     else:
         fields = mce.PRESETS[args.preset or "srao"]
+    if mce.classify(fields.status) == "UCNA" and not args.anyway:
+        raise InputError(f"{'--preset ucna' if args.preset else '--status'}: QEMU's mce raises a machine-check "
+                         f"exception for any status with UC set, so a UCNA cannot be delivered as one: the guest "
+                         f"panics (a fatal machine check); --anyway sends it regardless")
     guest = keeping.find(args.results, args.guest)
     try:
-        injection, how = keeping.inject_into(guest, fields, cpu=args.cpu, broadcast=args.broadcast, gpa=args.gpa,
-                                             pid=args.pid, va=args.va, gate=not args.no_gate, timeout=args.timeout)
+        injection, how, after = keeping.inject_into(guest, fields, cpu=args.cpu, broadcast=args.broadcast,
+                                                    gpa=args.gpa, pid=args.pid, va=args.va, gate=not args.no_gate,
+                                                    timeout=args.timeout, watch_s=args.watch)
     except HarnessError as exc:
         print(f"mce-orchestrator: inject: {exc.message}", file=sys.stderr)
         return Outcome.ERROR.exit_code
     print(f"{how}; sent: {injection.command}" + (f" (after {injection.attempts} looks)" if injection.attempts > 1 else ""))
-    return 0
+    print("\n".join(after.report()))
+    # 0: sent, the guest runs on; 1: the guest went down after it; 2: nothing was sent.
+    return 1 if after.down else 0
 
 
 def run(scenarios, args) -> int:

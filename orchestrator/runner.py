@@ -785,7 +785,13 @@ def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, 
     for line in keeping.keep_summary(state):
         reporter.note(line)
     try:
+        down = None
         while guest.is_running():
+            if down is None and (down := guest_down(guest)):
+                # Said once, and kept in kept.json: `ssh` and `inject` refuse a guest that is gone.
+                keeping.mark_down(state, down)
+                reporter.note(f"the kept guest is down: {down}; `inject` and `ssh` cannot reach it now "
+                              f"(console: {guest.console_log}); press Ctrl-C to shut it down")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -11,8 +11,11 @@ validating an injection) go to kept.json in the scenario's artifacts; no key mat
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import time
 import shutil
 import socket
 import tempfile
@@ -27,6 +30,12 @@ from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError, InputError
 
 STATE_FILE = "kept.json"
+SSH_CONNECT_TIMEOUT_S = 10
+WATCH_S = 5.0           # after an inject: how long to watch what the guest does
+PANIC_TEXT_S = 3.0      # a panicked (paused) guest resumed this long for its panic line to reach the console
+DOWN_EVENTS = {"GUEST_PANICKED", "SHUTDOWN", "RESET"}
+RESULT_LINE = re.compile(r"Memory failure: .*|mce: .*|MCE: .*|Kernel panic - not syncing: .*|"
+                         r"Machine check events logged.*|Hardware Error.*")
 KEEP_CHOICES = ("on-failure", "always")
 
 
@@ -46,6 +55,8 @@ class KeptGuest:
     kernel_release: str
     # The guest's RAM as its own QEMU reported it ([start, end) pairs), read when it was kept.
     ram_ranges: tuple[tuple[int, int], ...] = ()
+    # Why the guest can no longer answer (a panic, a reset), once the run or an inject saw it.
+    down: str | None = None
 
     @property
     def limits(self) -> mce.MceLimits:
@@ -94,7 +105,7 @@ def find(results: Path, given: Path | None) -> KeptGuest:
         guest = KeptGuest.load(path)
         if not _alive(guest.qemu_pid):
             raise InputError(f"--guest {given}: its QEMU (pid {guest.qemu_pid}) is gone")
-        return guest
+        return _answering(guest)
     # results/latest is a symlink to one of the runs: count each state file once.
     files = sorted({p.resolve() for p in results.glob(f"*/*/{STATE_FILE}")})
     running = [g for g in (KeptGuest.load(p) for p in files) if _alive(g.qemu_pid)]
@@ -103,7 +114,33 @@ def find(results: Path, given: Path | None) -> KeptGuest:
     if len(running) > 1:
         raise InputError(f"{len(running)} kept guests are running; name one with --guest "
                          f"({', '.join(g.artifacts for g in running)})")
-    return running[0]
+    return _answering(running[0])
+
+
+def _answering(guest: KeptGuest) -> KeptGuest:
+    if guest.down:
+        raise InputError(f"the kept guest is down: {guest.down}; its QEMU (pid {guest.qemu_pid}) holds it for a "
+                         f"look until the run is stopped (Ctrl-C); console: {Path(guest.artifacts) / 'console.log'}")
+    return guest
+
+
+def why_unreachable(guest: KeptGuest) -> str:
+    """After ssh failed: is the guest gone (QEMU exited, or the run saw it go down)?"""
+    if not _alive(guest.qemu_pid):
+        return f"the kept guest is gone: its QEMU (pid {guest.qemu_pid}) has exited"
+    path = Path(guest.artifacts) / STATE_FILE
+    now = KeptGuest.load(path) if path.is_file() else guest
+    if now.down:
+        return f"the kept guest is down: {now.down}"
+    return (f"no SSH answer from the kept guest within {SSH_CONNECT_TIMEOUT_S} s although its QEMU (pid "
+            f"{guest.qemu_pid}) runs: a hung kernel or a dead sshd (console: {Path(guest.artifacts) / 'console.log'})")
+
+
+def mark_down(guest: KeptGuest, why: str) -> None:
+    """Record in kept.json that the guest no longer answers (ssh and inject then say so)."""
+    path = Path(guest.artifacts) / STATE_FILE
+    if path.is_file():
+        dataclasses.replace(KeptGuest.load(path), down=why).save()
 
 
 def ssh_argv(guest: KeptGuest, command: list[str]) -> list[str]:
@@ -111,6 +148,9 @@ def ssh_argv(guest: KeptGuest, command: list[str]) -> list[str]:
     return ["ssh", "-i", guest.client_key, "-p", str(guest.ssh_port),
             "-o", f"UserKnownHostsFile={guest.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            # A guest that stopped answering ends the session instead of hanging it.
+            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3",
             "root@127.0.0.1", *command]
 
 
@@ -167,8 +207,10 @@ def connect_monitor(guest: KeptGuest, timeout: float = 10) -> Monitor:
 
 
 def inject_into(guest: KeptGuest, fields: mce.MceFields, *, cpu: int, broadcast: bool, gpa: int | None,
-                pid: int | None, va: int | None, gate: bool, timeout: float) -> tuple[Injection, str]:
-    """Send one machine check into a kept guest; returns the injection and how the GPA was found."""
+                pid: int | None, va: int | None, gate: bool, timeout: float,
+                watch_s: float = WATCH_S) -> tuple[Injection, str, "AfterInjection"]:
+    """Send one machine check into a kept guest; returns the injection, how the GPA was found
+    and what the guest did afterwards."""
     deadline = Deadline(timeout, "inject")
     ranges: tuple[tuple[int, int], ...] = ()
     how = "given"
@@ -187,13 +229,78 @@ def inject_into(guest: KeptGuest, fields: mce.MceFields, *, cpu: int, broadcast:
             ssh.close()
     action_required = bool(fields.status & mce.MCI_STATUS_AR)
     monitor = connect_monitor(guest)
+    console = Path(guest.artifacts) / "console.log"
+    offset = _size(console)
     try:
         injection = inject(monitor, fields, cpu=cpu, address=gpa, broadcast=broadcast, limits=guest.limits,
                            deadline=deadline, user_loop=None,
                            user_ranges=ranges if (action_required and gate) else None)
+        injection_outcome = watch(monitor, console, offset, gpa >> 12, watch_s)
     finally:
         monitor.close()
-    return injection, how
+    if injection_outcome.down:
+        mark_down(guest, injection_outcome.down)
+    return injection, how, injection_outcome
+
+
+@dataclasses.dataclass
+class AfterInjection:
+    down: str | None     # the guest panicked / reset / powered off: why, from QEMU's events
+    lines: list[str]     # what the kernel printed on the console since (its result lines)
+
+    def report(self) -> list[str]:
+        said = [f"kernel: {line}" for line in self.lines] or ["kernel: nothing on the console about it"]
+        panic = next((line for line in self.lines if line.startswith("Kernel panic")), None)
+        state = f"DOWN: {self.down}" + (f": {panic}" if panic else "") if self.down else "still running"
+        return [f"guest: {state}", *said]
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _new_result_lines(console: Path, offset: int) -> list[str]:
+    try:
+        with console.open("rb") as f:
+            f.seek(offset)
+            text = f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return []
+    found = (RESULT_LINE.search(line) for line in text.splitlines())
+    return [m.group(0).strip() for m in found if m]
+
+
+def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float) -> AfterInjection:
+    """What the guest did after the machine check: a panic, reset or power-off (QMP events
+    on the kept monitor), else still running; and the kernel's lines on the console. Ends
+    early on a down event or the kernel's memory_failure() line for the page."""
+    from orchestrator.observe import _down_event  # the run's wording of a down guest
+    start = len(monitor.events())
+    end = time.monotonic() + seconds
+    down = None
+    while time.monotonic() < end and down is None:
+        down = next((why for e in monitor.events()[start:] if e["event"] in DOWN_EVENTS
+                     for why in [_down_event(e)] if why), None)
+        if down is None and any(line.startswith(f"Memory failure: {pfn:#x}:")
+                                for line in _new_result_lines(console, offset)):
+            break
+        time.sleep(0.1)
+    if down is not None and any(e["event"] == "GUEST_PANICKED" for e in monitor.events()[start:]):
+        # -action panic=pause stops the guest before its panic text reaches the serial
+        # port: resume it briefly to let the line out (it stays panicked).
+        try:
+            monitor.execute("cont", timeout=2)
+        except MonitorError:
+            pass
+        until = time.monotonic() + PANIC_TEXT_S
+        while time.monotonic() < until and not any("Kernel panic" in line
+                                                   for line in _new_result_lines(console, offset)):
+            time.sleep(0.1)
+        time.sleep(0.3)  # the rest of the line
+    return AfterInjection(down, _new_result_lines(console, offset)[:8])
 
 
 def keep_summary(guest: KeptGuest) -> list[str]:

@@ -104,3 +104,55 @@ def test_decode_explains_the_srar_preset():
     assert "SRAR: software recoverable, action required" in proc.stdout
     assert "MCACOD 0x0134: cache hierarchy error: data read, data transaction, level 0 cache" in proc.stdout
     assert "bit 2 MCIP" in proc.stdout
+
+
+def test_inject_on_a_kept_guest_says_what_the_guest_did(tmp_path):
+    """After each inject: the guest's state (still running, or down and why, from QMP events on
+    the kept monitor) and the kernel's lines; a UCNA, which QEMU cannot deliver as one, is
+    refused unless asked for anyway; once the guest panicked, the run says so and ssh and
+    inject refuse it at once instead of hanging."""
+    results = tmp_path / "results"
+    log_file = tmp_path / "run.log"
+    log = log_file.open("w")
+    run = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "--keep", "always", "--results",
+                            str(results), "srao-anon-late-kill"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(results.glob("*/srao-anon-late-kill/kept.json")):
+            assert run.poll() is None, log_file.read_text()
+            assert time.monotonic() < deadline, "the guest was never kept"
+            time.sleep(0.5)
+        time.sleep(0.2)
+        g = ["--results", str(results)]
+
+        # Outside the kept guest's RAM map (the legacy VGA window): refused, as `run` refuses it.
+        proc = tool("inject", *g, "--gpa", "0xc0000")
+        assert proc.returncode == 2 and "outside guest RAM" in proc.stderr, proc.stderr
+
+        proc = tool("inject", *g, "--gpa", "0x2000000", "--preset", "srao")
+        assert proc.returncode == 0, proc.stderr
+        assert "guest: still running" in proc.stdout, proc.stdout
+        assert "kernel: Memory failure: 0x2000:" in proc.stdout, proc.stdout
+
+        proc = tool("inject", *g, "--gpa", "0x2100000", "--preset", "ucna")
+        assert proc.returncode == 2 and "a UCNA cannot be delivered as one" in proc.stderr, proc.stderr
+
+        proc = tool("inject", *g, "--gpa", "0x2100000", "--preset", "ucna", "--anyway")
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        assert re.search(r"guest: DOWN: the guest panicked: Kernel panic - not syncing: ", proc.stdout), proc.stdout
+
+        for _ in range(20):
+            if "the kept guest is down: the guest panicked" in log_file.read_text():
+                break
+            time.sleep(0.5)
+        assert "the kept guest is down: the guest panicked" in log_file.read_text()
+        started = time.monotonic()
+        proc = tool("ssh", *g, "true", timeout=60)
+        assert proc.returncode == 2 and "the kept guest is down: the guest panicked" in proc.stderr, proc.stderr
+        assert time.monotonic() - started < 20
+        proc = tool("inject", *g, "--gpa", "0x2000000", "--preset", "srao")
+        assert proc.returncode == 2 and "the kept guest is down" in proc.stderr, proc.stderr
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.wait(60)
+        log.close()
