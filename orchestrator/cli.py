@@ -3,11 +3,18 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
+import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from orchestrator import __version__
 from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
@@ -26,7 +33,7 @@ from orchestrator.inject.decode import decode
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError, worst
 from orchestrator.guest.images import ImageError
 from orchestrator.guest.images.disk import disk_format
-from orchestrator.report import ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
+from orchestrator.report import HEARTBEAT_S, ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
 
@@ -101,7 +108,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-alive-on-failure", action="store_true", help="the same as --keep on-failure")
     validate = sub.add_parser("validate", help="check scenario files without running them")
     validate.add_argument("scenarios", nargs="+", metavar="FILE_OR_NAME")
-    sub.add_parser("list", help="list the scenario catalog")
+    list_ = sub.add_parser("list", help="list the scenario catalog, each with its one-line description")
+    list_.add_argument("--json", action="store_true", help="name, file and whole description of each, as JSON")
 
     inject = sub.add_parser("inject", help="send a machine check into a guest kept with `run --keep`")
     inject.add_argument("--guest", type=Path, metavar="DIR", help="its artifacts folder or kept.json "
@@ -224,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "list":
-            for name in catalog(SCENARIOS_DIR):
-                print(name)
-            return 0
+            return list_command(args)
         if args.command == "decode":
             print("\n".join(decode(args.status, args.mcg_status)))
             return 0
@@ -259,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(str(exc)) from None
         scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
         if args.command == "validate":
-            for s in scenarios:
-                print(f"{s.path}: ok")
+            # A file with inject.cpu: each expands to one scenario per vCPU: printed once.
+            for path in dict.fromkeys(s.path for s in scenarios):
+                print(f"{path}: ok")
             return 0
         _check_images(args, scenarios)
         _check_addresses(scenarios)
@@ -294,6 +301,32 @@ def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleRepo
                               error=HarnessError("run", f"internal error {exc!r}"[:300]))
 
 
+def one_line(description: str, width: int = 100) -> str:
+    """A scenario's description cut to its first sentence, at most `width` characters."""
+    text = " ".join(description.split())
+    first = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].rstrip(".:;")
+    return first if len(first) <= width else first[:width - 1].rstrip() + "…"
+
+
+def list_command(args) -> int:
+    entries = []
+    for name in catalog(SCENARIOS_DIR):
+        path = SCENARIOS_DIR / f"{name}.yaml"
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            description = str(data.get("description", "")) if isinstance(data, dict) else ""
+        except (OSError, yaml.YAMLError):
+            description = ""
+        entries.append({"name": name, "file": str(path), "description": " ".join(description.split())})
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    width = max((len(e["name"]) for e in entries), default=0)
+    for e in entries:
+        print(f"{e['name']:<{width}}  {one_line(e['description'])}".rstrip())
+    return 0
+
+
 def inject_command(args) -> int:
     if (args.pid is None) != (args.va is None):
         raise InputError("--pid and --va go together")
@@ -322,14 +355,34 @@ def inject_command(args) -> int:
     return 1 if after.down else 0
 
 
+def as_typed(results: Path, argv0: str | None = None) -> str:
+    """This tool as the user can type it again: `mce-orchestrator` when that is what PATH
+    finds, else the path they ran (.venv/bin/mce-orchestrator) or `python -m orchestrator`;
+    with --results when it is not the default."""
+    argv0 = argv0 if argv0 is not None else sys.argv[0]
+    if Path(argv0).name == "__main__.py" or not argv0:
+        command = f"{shlex.quote(sys.executable)} -m orchestrator"
+    else:
+        found = shutil.which(Path(argv0).name)
+        if found and Path(argv0).exists() and os.path.samefile(found, argv0):
+            command = Path(argv0).name
+        else:
+            relative = os.path.relpath(argv0)
+            command = shlex.quote(relative if not relative.startswith("..") else os.path.abspath(argv0))
+    if results.resolve() != (REPO_ROOT / "results").resolve():
+        command += f" --results {shlex.quote(str(results))}"
+    return command
+
+
 def run(scenarios, args) -> int:
-    reporter = ConsoleReporter()
+    reporter = ConsoleReporter(total=len(scenarios) * args.repeat, heartbeat=HEARTBEAT_S)
     args.results.mkdir(parents=True, exist_ok=True)
     run_dir = new_run_dir(args.results)
     options = RunOptions(accel=args.accel, keep_alive_on_failure=args.keep_alive_on_failure, keep=args.keep,
                          image=args.image, extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
                          connect=args.connect, attach=args.attach, kernel=args.kernel, modules=args.modules,
-                         disk_image=args.disk_image, allow_backing=tuple(args.allow_backing))
+                         disk_image=args.disk_image, allow_backing=tuple(args.allow_backing),
+                         command=as_typed(args.results))
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

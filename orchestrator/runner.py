@@ -154,6 +154,7 @@ class RunOptions:
     modules: Path | None = None          # --modules: that kernel's INSTALL_MOD_PATH
     disk_image: Path | None = None       # --disk-image: a user's cloud-init disk image for every scenario
     allow_backing: tuple[Path, ...] = ()  # --allow-backing: backing files a disk image may use
+    command: str = "mce-orchestrator"    # the tool as the user typed it (with --results), for keep hints
     hook: PhaseHook | None = None
 
 
@@ -292,7 +293,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                     ev.events = guest.monitor.events()
                 result.phases = phases.seconds
                 if keep:
-                    _keep_running(keep, scenario, guest, ev, guest_image, reporter)
+                    _keep_running(keep, scenario, guest, ev, guest_image, reporter, options.command)
     except KernelLacks as exc:
         result.outcome, result.skip_reasons = Outcome.SKIP, exc.lines
     except HarnessError as exc:
@@ -764,7 +765,8 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
         (artifacts / "monitor-commands.hmp").write_text("\n".join(repro.hmp_lines(commands.read_text())) + "\n")
 
 
-def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, reporter) -> None:
+def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, reporter,
+                  command: str = "mce-orchestrator") -> None:
     """--keep: leave the guest running (after a failure, or always) until Ctrl-C or SIGTERM."""
     verdict = judge(scenario, ev) if ev.ready else None
     if keep == "on-failure" and verdict is not None and verdict.outcome == Outcome.PASS:
@@ -782,7 +784,7 @@ def _keep_running(keep: str, scenario, guest: Guest, ev: Evidence, guest_image, 
     path = state.save()
     if verdict is not None:
         reporter.note(f"verdict so far: {verdict.outcome.name}")
-    for line in keeping.keep_summary(state):
+    for line in keeping.keep_summary(state, command):
         reporter.note(line)
     try:
         down = None

@@ -303,10 +303,11 @@ def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float
     return AfterInjection(down, _new_result_lines(console, offset)[:8])
 
 
-def keep_summary(guest: KeptGuest) -> list[str]:
-    """What the console says about a kept guest: how to reach it."""
+def keep_summary(guest: KeptGuest, command: str = "mce-orchestrator") -> list[str]:
+    """What the console says about a kept guest: how to reach it, with `command` as the
+    user can type it (the path they ran, --results when not the default)."""
     return [f"guest kept running (QEMU pid {guest.qemu_pid}); state in {Path(guest.artifacts) / STATE_FILE}",
-            "  mce-orchestrator ssh                       # a shell in it (host key pinned)",
-            "  mce-orchestrator inject --gpa 0x... --preset srao   # or --pid PID --va 0x...",
+            f"  {command} ssh                       # a shell in it (host key pinned)",
+            f"  {command} inject --gpa 0x... --preset srao   # or --pid PID --va 0x...",
             "  " + " ".join(quote(a) for a in ssh_argv(guest, [])),
             "press Ctrl-C to shut it down"]

@@ -6,6 +6,7 @@ import math
 import os
 import re
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -105,26 +106,73 @@ class ScenarioResult:
 _MARK = {Outcome.PASS: "ok  ", Outcome.FAIL: "FAIL", Outcome.ERROR: "ERR ", Outcome.SKIP: "skip"}
 
 
-class ConsoleReporter:
-    """Progress by phase with timings, then the verdict and its reasons."""
+HEARTBEAT_S = 10.0  # a phase that printed nothing for this long says it is still at work
+_COLOURS = {"PASS": "32", "KNOWN-FAIL": "33", "XPASS": "31", "FAIL": "31", "ERROR": "31;1", "SKIP": "33"}
 
-    def __init__(self, stream: TextIO = sys.stderr):
+
+def wants_colour(stream: TextIO) -> bool:
+    """Colour on a terminal only: not when piped or written to a file, not with NO_COLOR
+    (no-color.org) or TERM=dumb."""
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+    return tty and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+class ConsoleReporter:
+    """Progress by phase with timings, then the verdict and its reasons. With total > 1
+    each scenario is numbered [n/N]; heartbeat: a phase silent for HEARTBEAT_S says so."""
+
+    def __init__(self, stream: TextIO = sys.stderr, total: int = 1, heartbeat: float | None = None):
         self.stream = stream
+        self.total = total
+        self.started = 0
+        self.colour = wants_colour(stream)
+        self._lock = threading.Lock()
+        self._last_output = time.monotonic()
+        self._phase: tuple[str, float] | None = None  # (phase, started at)
+        if heartbeat:
+            threading.Thread(target=self._heartbeat, args=(heartbeat,), name="heartbeat", daemon=True).start()
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        with self._lock:
+            print(text, file=self.stream, flush=True)
+            self._last_output = time.monotonic()
+
+    def _heartbeat(self, seconds: float) -> None:
+        while True:
+            time.sleep(min(seconds / 4, 1.0))
+            with self._lock:
+                phase, quiet = self._phase, time.monotonic() - self._last_output
+            if phase is not None and quiet >= seconds:
+                self._print(f"   {phase[0]:<8} ... still at it, {time.monotonic() - phase[1]:.0f} s so far")
+
+    def label(self, outcome: Outcome, width: int = 0) -> str:
+        """The outcome's label, padded to width, coloured on a terminal."""
+        text = f"{outcome.label:<{width}}"
+        return f"\033[{_COLOURS[outcome.label]}m{text}\033[0m" if self.colour and outcome.label in _COLOURS else text
 
     def scenario_started(self, name: str) -> None:
         progress(f"{name}: started")
-        self._print(f"== {name}")
+        self.started += 1
+        self._print(f"== {name}" + (f"  [{self.started}/{self.total}]" if self.total > 1 else ""))
 
     def phase_started(self, name: str, phase: str) -> None:
         progress(f"{name}: {phase}")
+        with self._lock:
+            self._phase = (phase, time.monotonic())
 
     def phase_finished(self, name: str, phase: str, seconds: float, note: str = "") -> None:
+        self._phase = None
         self._print(f"   {phase:<8} {seconds:6.2f} s  {note}".rstrip())
 
     def phase_failed(self, name: str, phase: str, seconds: float, error: str) -> None:
+        self._phase = None
         self._print(f"   {phase:<8} {seconds:6.2f} s  ERROR: {error}")
 
     def note(self, text: str) -> None:
@@ -133,7 +181,8 @@ class ConsoleReporter:
 
     def scenario_finished(self, result: ScenarioResult) -> None:
         progress(f"{result.name}: {result.outcome.label} in {result.duration:.1f} s")
-        self._print(f"   {result.outcome.label} {result.name} in {result.duration:.1f} s")
+        self._phase = None
+        self._print(f"   {self.label(result.outcome)} {result.name} in {result.duration:.1f} s")
         if result.known_note:
             self._print(f"     {result.known_note}")
         if result.verdict:
@@ -152,13 +201,14 @@ class ConsoleReporter:
         self._print("")
         width = max([5] + [len(r.outcome.label) for r in results])  # KNOWN-FAIL is wider than PASS, ERROR
         for r in results:
-            self._print(f"{r.outcome.label:<{width}} {r.name:<32} {r.duration:6.1f} s"
+            self._print(f"{self.label(r.outcome, width)} {r.name:<32} {r.duration:6.1f} s"
                         + (f"  {r.reasons[0]}" if r.reasons else ""))
-        marked = "".join(f", {counts[o]} {what}" for o, what in ((Outcome.KNOWN_FAIL, "known failures"),
-                                                                 (Outcome.XPASS, "unexpected passes"),
-                                                                 (Outcome.SKIP, "skipped")) if counts[o])
-        self._print(f"{len(results)} scenarios: {counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
-                    f"{counts[Outcome.ERROR]} errors{marked}; report: {run_dir}")
+        marked = "".join(f", {counts[o]} {what if counts[o] != 1 else one}"
+                         for o, what, one in ((Outcome.KNOWN_FAIL, "known failures", "known failure"),
+                                              (Outcome.XPASS, "unexpected passes", "unexpected pass"),
+                                              (Outcome.SKIP, "skipped", "skipped")) if counts[o])
+        self._print(f"{plural(len(results), 'scenario')}: {counts[Outcome.PASS]} passed, {counts[Outcome.FAIL]} failed, "
+                    f"{plural(counts[Outcome.ERROR], 'error')}{marked}; report: {run_dir}")
 
 
 def new_run_dir(results_root: Path) -> Path:

@@ -5,6 +5,7 @@ use it too. Every error is one line naming the file, the line and the key.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import re
@@ -660,9 +661,18 @@ def resolve(name_or_file: str, scenarios_dir: Path) -> Path:
         return candidate
     path = scenarios_dir / f"{name_or_file}.yaml"
     if not path.is_file():
-        known = ", ".join(catalog(scenarios_dir)) or "none"
-        raise InputError(f"unknown scenario '{name_or_file}' (known: {known})")
+        raise InputError(f"unknown scenario '{name_or_file}'{_closest(name_or_file, catalog(scenarios_dir))}")
     return path
+
+
+def _closest(name: str, known: list[str]) -> str:
+    """'; did you mean A, B or C?' with the closest catalog names (difflib, then names that
+    hold what was typed), else where the list is."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close += [k for k in known if name and name in k and k not in close][:5 - len(close)]
+    if close:
+        return "; did you mean " + (", ".join(close[:-1]) + " or " if len(close) > 1 else "") + close[-1] + "?"
+    return " (`mce-orchestrator list` shows the catalog)"
 
 
 def catalog(scenarios_dir: Path) -> list[str]:

@@ -227,7 +227,7 @@ def test_console_counts_and_labels(tmp_path):
     text = stream.getvalue()
     assert "   KNOWN-FAIL k in 1.0 s\n     known failure on kernel >=6.12" in text
     assert "\nXPASS      x " in text and "\nKNOWN-FAIL k " in text and "\nPASS       p " in text
-    assert "4 scenarios: 1 passed, 1 failed, 0 errors, 1 known failures, 1 unexpected passes;" in text
+    assert "4 scenarios: 1 passed, 1 failed, 0 errors, 1 known failure, 1 unexpected pass;" in text
 
 
 @pytest.mark.parametrize("outcomes, code", [

@@ -104,7 +104,7 @@ def test_steps_that_would_never_run_are_refused(extra, why):
 
 def test_resolve_names_and_files(tmp_path):
     assert resolve("srao-anon-late-kill", SCENARIOS) == SCENARIOS / "srao-anon-late-kill.yaml"
-    with pytest.raises(InputError, match="unknown scenario 'nope' \\(known: .*srao-anon-late-kill"):
+    with pytest.raises(InputError, match="unknown scenario 'nope'"):
         resolve("nope", SCENARIOS)
     with pytest.raises(InputError, match="no such scenario file"):
         resolve(str(tmp_path / "x.yaml"), SCENARIOS)
