@@ -26,13 +26,14 @@ from orchestrator.guest.images.distro import image_names
 from orchestrator.guest.keep import KEEP_CHOICES
 
 from orchestrator.guest.qemu import argv as qemu_args
-
+from orchestrator.guest.qemu import qemu_build
 from orchestrator.inject import mce
 
 from orchestrator.inject.decode import decode
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError, worst
 from orchestrator.guest.images import ImageError
 from orchestrator.guest.images.disk import disk_format
+from orchestrator.report import repro
 from orchestrator.report import HEARTBEAT_S, ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
 
 from orchestrator.runner import REPO_ROOT, Interrupted, RunOptions, run_scenario
@@ -399,9 +400,11 @@ def run(scenarios, args) -> int:
             results.append(ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                                           artifacts=run_dir / label, error=HarnessError("run", "not run: interrupted before it started")))
     finally:
-        write_junit(results, run_dir / "junit.xml")
+        qemu = qemu_build("qemu-system-x86_64").split(" /")[0]  # its version line, not the file identity
+        write_junit(results, run_dir / "junit.xml", {"qemu": qemu, "tool": f"mce-orchestrator {__version__}"})
         write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),
-                                                       "interrupted": interrupted})
+                                                       "interrupted": interrupted, "version": __version__,
+                                                       "commit": repro.git_commit(REPO_ROOT), "qemu": qemu})
         latest_note = point_latest(args.results, run_dir)
         if latest_note:
             print(f"mce-orchestrator: {latest_note}", file=sys.stderr)

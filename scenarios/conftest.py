@@ -10,7 +10,7 @@ A FAIL (the kernel misbehaved) fails the item; an ERROR (the harness could
 not tell) is reported as an error. On a kernel a scenario marks in
 known_failures, the item gets a strict xfail mark once the run knows the
 kernel: a KNOWN-FAIL is xfailed, an unexpected pass is XPASS(strict) (failed),
-a failure another way fails. Artifacts go under results/pytest/.
+a failure another way fails. Artifacts go under results/pytest/<run id>/.
 
 `--hosts FILE` (one libvirt URI per line, `#` comments) spreads the items
 over several hypervisors: xdist worker gwN drives hosts[N % len(hosts)], so
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,19 @@ def _backend_and_uri(config, worker: str) -> tuple[str, str | None]:
     return "libvirt", bound_host(hosts, worker)
 
 
+RUN_ID_ENV = "MCE_PYTEST_RUN_ID"
+
+
+def run_id() -> str:
+    """One id per pytest session, the same in every xdist worker (set before they start):
+    results/pytest/<run id>/<kernel>/<worker>, so two sessions never share a folder."""
+    return os.environ.setdefault(RUN_ID_ENV, time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
+
+
+def pytest_configure(config):
+    run_id()  # in the controller, before xdist starts the workers (they inherit it)
+
+
 def pytest_collect_file(parent, file_path: Path):
     if file_path.suffix == ".yaml" and file_path.parent.name == "scenarios":
         return ScenarioFile.from_parent(parent, path=file_path)
@@ -110,7 +124,7 @@ class ScenarioItem(pytest.Item):
 
     def runtest(self):
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-        run_dir = REPO_ROOT / "results" / "pytest" / self.kernel / worker
+        run_dir = REPO_ROOT / "results" / "pytest" / run_id() / self.kernel / worker
         run_dir.mkdir(parents=True, exist_ok=True)
         console = io.StringIO()
         backend, uri = _backend_and_uri(self.config, worker)
@@ -120,6 +134,10 @@ class ScenarioItem(pytest.Item):
         result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.label))
+        self.user_properties.append(("kernel", result.kernel_release or ""))
+        # Each check's line, as the console shows it: the JUnit says why without the artifacts.
+        for check in result.verdict.checks if result.verdict else ():
+            self.user_properties.append((f"check {check.name}", f"[{check.outcome.label}] {check.detail}"))
         if result.known_failure is not None:
             # Known only now (the image gives the kernel release); pytest's skipping
             # plugin reads marks added during the call. Strict: a pass is XPASS(strict).

@@ -238,17 +238,41 @@ def point_latest(results_root: Path, run_dir: Path) -> str | None:
     return None
 
 
-def write_junit(results: list[ScenarioResult], path: Path) -> None:
+def junit_file(path: str, repo_root: Path) -> str:
+    """A scenario's file as JUnit's file attribute: relative to the checkout when inside it,
+    so a catalog name and a path to the same file give the same attribute."""
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, ValueError, UnicodeError):  # a name the file system cannot hold: as given
+        return path
+    try:
+        return str(resolved.relative_to(repo_root.resolve()))
+    except ValueError:
+        return str(resolved)
+
+
+def write_junit(results: list[ScenarioResult], path: Path, properties: dict[str, str] | None = None,
+                repo_root: Path | None = None) -> None:
     """As pytest writes it: a known failure is <skipped type="pytest.xfail">, an
-    unexpected pass a <failure> "[XPASS(strict)] ..." (a strict xfail that passed)."""
+    unexpected pass a <failure> "[XPASS(strict)] ..." (a strict xfail that passed).
+    Each test case is named for its kernel, NAME[KERNEL-RELEASE] (as the nightly names
+    them NAME[IMAGE]), with the kernel, the image and `properties` (the QEMU) as its
+    properties: runs on several kernels merge without two cases of one id."""
+    repo_root = repo_root or Path(__file__).resolve().parents[2]
     suite = ET.Element("testsuite", name="mce-orchestrator", tests=str(len(results)),
                        failures=str(sum(r.outcome in (Outcome.FAIL, Outcome.XPASS) for r in results)),
                        errors=str(sum(r.outcome == Outcome.ERROR for r in results)),
                        skipped=str(sum(r.outcome in (Outcome.KNOWN_FAIL, Outcome.SKIP) for r in results)),
                        time=f"{sum(r.duration for r in results):.3f}")
     for r in results:
-        case = ET.SubElement(suite, "testcase", classname="scenarios", name=r.name, file=r.path,
-                             time=f"{r.duration:.3f}")
+        kernel = r.kernel_release or r.image
+        case = ET.SubElement(suite, "testcase", classname="scenarios",
+                             name=f"{r.name}[{kernel}]" if kernel else r.name,
+                             file=junit_file(r.path, repo_root), time=f"{r.duration:.3f}")
+        props = ET.SubElement(case, "properties")
+        for key, value in [("kernel", r.kernel_release), ("image", r.image), *(properties or {}).items()]:
+            if value:
+                ET.SubElement(props, "property", name=key, value=str(value))
         if r.outcome == Outcome.FAIL:
             ET.SubElement(case, "failure", message="; ".join(r.reasons)).text = "\n".join(r.reasons)
         elif r.outcome == Outcome.XPASS:
@@ -290,6 +314,11 @@ def _json_safe(value):
     return value
 
 
+def summary_counts(results: list[ScenarioResult]) -> dict[str, int]:
+    """How many scenarios ended each way, by label, and the total."""
+    return {"total": len(results), **{o.label: sum(r.outcome == o for r in results) for o in Outcome}}
+
+
 def write_json(results: list[ScenarioResult], path: Path, meta: dict) -> None:
-    report = _json_safe({**meta, "scenarios": [r.to_json() for r in results]})
+    report = _json_safe({**meta, "summary": summary_counts(results), "scenarios": [r.to_json() for r in results]})
     path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")

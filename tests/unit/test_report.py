@@ -163,3 +163,30 @@ def test_a_run_where_every_scenario_was_skipped_has_its_own_exit_code(tmp_path, 
     assert said == all(o == Outcome.SKIP for o in outcomes)
     suite = ET.parse(tmp_path / "results" / "latest" / "junit.xml").getroot()
     assert suite.get("skipped") == str(outcomes.count(Outcome.SKIP))
+
+
+def test_junit_from_two_kernels_merges_without_duplicate_ids_and_names_the_file_one_way(tmp_path):
+    """Runs of one scenario on two kernels (one named from the catalog, one by path): merged,
+    every test id (classname, name) is unique, the kernel and QEMU are properties, and the
+    file attribute is the same."""
+    repo = Path(__file__).resolve().parents[2]
+    cases = []
+    for release, path in (("6.1.0-57-amd64", str(repo / "scenarios" / "a.yaml")),
+                          ("6.12.57+deb13-amd64", "scenarios/a.yaml")):
+        r = ScenarioResult("a", path, Outcome.PASS, tmp_path / release, image="debian-x", kernel_release=release)
+        write_junit([r], tmp_path / f"{release}.xml", {"qemu": "QEMU emulator version 7.2.22"}, repo_root=repo)
+        cases += list(ET.parse(tmp_path / f"{release}.xml").getroot().iter("testcase"))
+    ids = [(c.get("classname"), c.get("name")) for c in cases]
+    assert len(set(ids)) == 2, ids
+    assert {c.get("name") for c in cases} == {"a[6.1.0-57-amd64]", "a[6.12.57+deb13-amd64]"}
+    assert {c.get("file") for c in cases} == {"scenarios/a.yaml"}
+    props = {p.get("name"): p.get("value") for p in cases[1].iter("property")}
+    assert props["kernel"] == "6.12.57+deb13-amd64" and props["qemu"].startswith("QEMU emulator version")
+
+
+def test_report_json_carries_summary_counts(tmp_path):
+    write_json(results(tmp_path), tmp_path / "report.json", {"version": "1.0", "commit": "abc"})
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["summary"]["total"] == 3
+    assert (report["summary"]["PASS"], report["summary"]["FAIL"], report["summary"]["ERROR"]) == (1, 1, 1)
+    assert report["version"] == "1.0" and report["commit"] == "abc"

@@ -9,8 +9,7 @@ PLUGIN = Path(__file__).resolve().parents[2] / "scenarios" / "conftest.py"
 CONFTEST = f"""
 import importlib.util
 from orchestrator.plumbing.outcome import Outcome
-
-
+from orchestrator.judge.verdict import Check, Verdict
 from orchestrator.report import ScenarioResult
 
 
@@ -30,8 +29,13 @@ PLANNED = {{"known": (Outcome.KNOWN_FAIL, True), "fixed": (Outcome.XPASS, True),
 
 def fake_run_scenario(scenario, run_dir, options, reporter, label=None):
     outcome, marked = PLANNED[scenario.name]
+    with open("run-dirs.txt", "a") as f:
+        f.write(str(run_dir) + "\\n")
+    verdict = Verdict(outcome, (Check("sigbus", Outcome.FAIL, "expected none, got BUS_MCEERR_AR"),)) \
+        if scenario.name == "broken" else None
     return ScenarioResult(scenario.name, str(scenario.path), outcome, run_dir / scenario.name,
-                          known_failure=MARK if marked else None, known_note=f"note for {{scenario.name}}")
+                          known_failure=MARK if marked else None, known_note=f"note for {{scenario.name}}",
+                          verdict=verdict)
 
 
 plugin.run_scenario = fake_run_scenario
@@ -59,6 +63,11 @@ def test_known_failures_are_xfailed_and_unexpected_passes_strict(pytester):
     assert result.ret == 1
     junit = (pytester.path / "junit.xml").read_text()
     assert 'type="pytest.xfail"' in junit and "[XPASS(strict)] known to fail on kernel &gt;=6.12" in junit
+    # Each check's line is in the item's JUnit properties.
+    assert '<property name="check sigbus" value="[FAIL] expected none, got BUS_MCEERR_AR" />' in junit, junit
+    # Artifacts under results/pytest/<run id>/<kernel>/<worker>: one run id for the session.
+    dirs = {line.rsplit("/", 3)[-3] for line in (pytester.path / "run-dirs.txt").read_text().splitlines()}
+    assert len(dirs) == 1 and dirs.pop().count("-") == 2
 
 
 def test_only_known_failures_exit_zero(pytester):
