@@ -182,5 +182,19 @@ if [ ! -f orchestrator/cli.py ]; then
     exit 2
 fi
 make -s setup
-exec .venv/bin/mce-orchestrator run "$here"/{shlex.quote(run_args[1])} {quoted}
+# What the run recorded is checked, not only written down: another commit or kernel is said.
+recorded_commit={shlex.quote(commit or '')}
+now=$(git rev-parse HEAD 2>/dev/null || echo "no git commit")
+if [ -n "$recorded_commit" ] && [ "$now" != "$recorded_commit" ]; then
+    echo "repro.sh: this checkout is at $now, the run was recorded at $recorded_commit" \
+         "(git checkout $recorded_commit for the very same harness)" >&2
+fi
+status=0
+.venv/bin/mce-orchestrator run "$here"/{shlex.quote(run_args[1])} {quoted} || status=$?
+recorded_kernel={shlex.quote(kernel_release or '')}
+ran=$(.venv/bin/python -c 'import json; print(json.load(open("results/latest/report.json"))["scenarios"][0]["kernel_release"] or "")' 2>/dev/null || true)
+if [ -n "$recorded_kernel" ] && [ -n "$ran" ] && [ "$ran" != "$recorded_kernel" ]; then
+    echo "repro.sh: the run was recorded on kernel $recorded_kernel; this one ran kernel $ran" >&2
+fi
+exit $status
 """

@@ -1,6 +1,7 @@
 """repro.sh, qemu-by-hand.sh and monitor-commands.hmp: the run again, with or without the orchestrator."""
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 from orchestrator.guest.qemu import argv as qemu_args
@@ -66,8 +67,8 @@ def test_repro_script_runs_the_same_inputs(tmp_path):
     args = repro.run_argv(scenario_file="srar-anon-access.yaml", image="debian-6.12", kernel=Path("/src/linux"),
                           modules=None, append="mce=no_cmci loglevel=8", accel="tcg", snapshot=True)
     script = repro.repro_script(scenario="srar-anon-access", run_args=args, commit="abc123", kernel_release="6.13.0")
-    last = script.strip().splitlines()[-1]
-    assert last.startswith('exec .venv/bin/mce-orchestrator run "$here"/srar-anon-access.yaml --image debian-6.12 ')
+    last = next(line for line in script.splitlines() if line.startswith(".venv/bin/mce-orchestrator run "))
+    assert last.startswith('.venv/bin/mce-orchestrator run "$here"/srar-anon-access.yaml --image debian-6.12 ')
     assert '--kernel "${MCE_KERNEL:-/src/linux}"' in last
     assert "--append 'mce=no_cmci loglevel=8' --accel tcg --snapshot" in last
     assert "git checkout abc123" in script
@@ -140,3 +141,37 @@ def test_a_scenario_file_named_like_an_artifact_leaves_the_artifacts_intact(tmp_
         copy = artifacts / "scenario" / f"{Path(name).stem}.yaml"
         assert copy.read_text() == source.read_text()
         assert f'"$here"/scenario/{Path(name).stem}.yaml' in (artifacts / "repro.sh").read_text()
+
+
+def test_repro_script_says_when_the_commit_and_the_kernel_differ(tmp_path):
+    """repro.sh checks what it records: a checkout at another commit, a run on another kernel."""
+    checkout = tmp_path / "checkout"
+    (checkout / "orchestrator").mkdir(parents=True)
+    (checkout / "orchestrator" / "cli.py").write_text("")
+    (checkout / "Makefile").write_text("setup:\n\t@true\n")
+    venv = checkout / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    (venv / "python").symlink_to(sys.executable)
+    # A stand-in tool: the run "passes" on kernel 6.12.0 and leaves its report where the real one does.
+    (venv / "mce-orchestrator").write_text(
+        "#!/bin/sh\nmkdir -p results/r && ln -sfn r results/latest\n"
+        "echo '{\"scenarios\": [{\"kernel_release\": \"6.12.0\"}]}' > results/r/report.json\nexit 1\n")
+    (venv / "mce-orchestrator").chmod(0o755)
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    run_args = repro.run_argv(scenario_file="x.yaml", image="debian-6.1", kernel=None, modules=None, append="",
+                              accel=None, snapshot=False)
+    for commit, kernel, says in ((head, "6.12.0", []),
+                                 ("f" * 40, "6.1.0-57-amd64",
+                                  [f"this checkout is at {head}, the run was recorded at {'f' * 40}",
+                                   "the run was recorded on kernel 6.1.0-57-amd64; this one ran kernel 6.12.0"])):
+        script = tmp_path / "repro.sh"
+        script.write_text(repro.repro_script(scenario="x", run_args=run_args, commit=commit, kernel_release=kernel))
+        proc = subprocess.run(["sh", str(script), str(checkout)], capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stderr  # the run's own exit code
+        for line in says:
+            assert line in proc.stderr, proc.stderr
+        if not says:
+            assert "repro.sh:" not in proc.stderr, proc.stderr
