@@ -42,6 +42,7 @@ from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load
 
 
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
+EXAMPLES_DIR = REPO_ROOT / "docs" / "examples"  # the authoring guide's worked example, by name
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
 INTERRUPTED_EXIT = 130
 # `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 disk_format(args.disk_image, getattr(args, "allow_backing", ()))
             except ImageError as exc:
                 raise InputError(str(exc)) from None
-        scenarios = [one for s in args.scenarios for one in expand(load_scenario(resolve(s, SCENARIOS_DIR)))]
+        scenarios = [one for s in args.scenarios
+                     for one in expand(load_scenario(resolve(s, SCENARIOS_DIR, EXAMPLES_DIR)))]
         if args.command == "validate":
             # A file with inject.cpu: each expands to one scenario per vCPU: printed once.
             for path in dict.fromkeys(s.path for s in scenarios):

@@ -652,14 +652,18 @@ def expand(scenario: Scenario) -> list[Scenario]:
                     probe=replace(scenario.probe, cpu=k)) for k in range(scenario.guest.vcpus)]
 
 
-def resolve(name_or_file: str, scenarios_dir: Path) -> Path:
-    """A path to a file, or the name of a scenario in the catalog."""
+def resolve(name_or_file: str, scenarios_dir: Path, examples_dir: Path | None = None) -> Path:
+    """A path to a file, or the name of a scenario in the catalog (or, failing that, of an
+    example the docs write step by step: docs/examples/NAME.yaml, so the authoring guide's
+    commands work before the reader has saved the file)."""
     candidate = Path(name_or_file)
     if candidate.suffix in (".yaml", ".yml") or "/" in name_or_file:
         if not candidate.is_file():
             raise InputError(f"{name_or_file}: no such scenario file")
         return candidate
     path = scenarios_dir / f"{name_or_file}.yaml"
+    if not path.is_file() and examples_dir is not None and (examples_dir / f"{name_or_file}.yaml").is_file():
+        return examples_dir / f"{name_or_file}.yaml"
     if not path.is_file():
         raise InputError(f"unknown scenario '{name_or_file}'{_closest(name_or_file, catalog(scenarios_dir))}")
     return path

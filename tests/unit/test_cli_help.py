@@ -3,6 +3,7 @@
 each file once, keep hints naming the command as typed."""
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -104,3 +105,15 @@ def test_keep_hints_name_the_command_as_typed(monkeypatch, argv0, results, want)
     monkeypatch.chdir(REPO)
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv is not on PATH
     assert cli.as_typed(Path(results) if results else REPO / "results", argv0) == want
+
+
+def test_the_authoring_guides_commands_find_its_example_by_the_names_it_uses(capsys):
+    """The guide's `validate NAME` / `run NAME [--image IMAGE]` lines, as written, from a fresh
+    clone (the reader has not saved the example yet): every name resolves, every image exists."""
+    from orchestrator.guest.images.distro import image_names
+    guide = (REPO / "docs" / "authoring-scenarios.md").read_text()
+    commands = re.findall(r"^ {4}\.venv/bin/mce-orchestrator (validate|run) (\S+)(?: --image (\S+))?", guide, re.M)
+    assert len(commands) >= 3, commands
+    for _, name, image in commands:
+        assert cli.main(["validate", name]) == 0, capsys.readouterr().err
+        assert not image or image in image_names(REPO)
