@@ -307,7 +307,7 @@ def _run_one(scenario, run_dir: Path, options: RunOptions, reporter: ConsoleRepo
 def one_line(description: str, width: int = 100) -> str:
     """A scenario's description cut to its first sentence, at most `width` characters."""
     text = " ".join(description.split())
-    first = re.split(r"(?<=[.:;])\s", text, maxsplit=1)[0].rstrip(".:;")
+    first = re.split(r"(?<=[^.]\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")  # not at "..." or "e.g. x"
     return first if len(first) <= width else first[:width - 1].rstrip() + "…"
 
 
