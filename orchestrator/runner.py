@@ -32,13 +32,13 @@ from orchestrator.guest.images.kernels import LocalKernel
 from orchestrator.guest.qemu import tail
 from orchestrator.guest.readiness import wait_sshd
 from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.guest.ssh import RemoteProcess, SshSession, quote
+from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, quote
 from orchestrator.inject import Injection, inject
 from orchestrator.inject import mce
 from orchestrator.inject.races import highorder, recompound
 from orchestrator.judge.known_failures import apply_known_failure
 from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
-from orchestrator.observe import guest_down, hardware_corrupted, observe, wait_failure_logged
+from orchestrator.observe import guest_down, hardware_corrupted, observe, panic_line, wait_failure_logged
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError
@@ -380,11 +380,25 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
                                     f"ssh on {guest.ssh_host}:{guest.ssh_port}{_through(guest)}")
     try:
         return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore)
+    except GuestWentDown as exc:
+        if exc.phase in ("ssh", "locate"):
+            # Before the machine check: nothing the scenario judges happened yet, so this is
+            # the run's ERROR, not the kernel's FAIL (a probe or a race process that brings
+            # the kernel down is a kernel bug the harness can name but not judge here).
+            raise HarnessError(exc.phase, _before_injection(guest, exc.message)) from None
+        raise
     except HarnessError as exc:
         gone = guest.exit_summary()
         if gone and "QEMU" not in exc.message:
             raise HarnessError(exc.phase, f"QEMU {gone}: {exc.message}") from None
         raise
+
+
+def _before_injection(guest: Guest, message: str) -> str:
+    """A guest that went down before the machine check, named with what its console said."""
+    line = panic_line(guest) if "panicked" in message else None
+    where = "before the machine check was sent" + (f" (console: {line!r})" if line else "")
+    return message.replace(":", f" {where}:", 1) if ":" in message else f"{message} {where}"
 
 
 def _through(guest: Guest) -> str:
@@ -492,6 +506,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
     ssh = SshSession(guest.ssh_port, *guest.ssh_keys(guest_image), log_file=guest.artifacts / "ssh.log",
                      host=guest.ssh_host, user=guest.ssh_user, via=guest.ssh_via)
     phases.context.ssh = ssh
+    ssh.watch = lambda: guest_down(guest)  # every wait over SSH, in every phase, ends when the guest goes down
     try:
         with phases("ssh"):
             deadline = Deadline(t.ssh, "ssh")

@@ -11,6 +11,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 import paramiko
 
@@ -22,6 +23,8 @@ from orchestrator.plumbing.outcome import HarnessError
 GUEST_HOST = "127.0.0.1"
 BANNER_POLL_S = 0.25
 OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
+WATCH_S = 0.1           # a wait over SSH asks this often whether the guest went down
+DROP_GRACE_S = 1.0      # after a dropped connection: how long the reason (a QEMU event) may take to arrive
 
 
 def open_socket(host: str, port: int, timeout: float, via=None):
@@ -108,6 +111,23 @@ class SshSession:
         self._host_keys = pinned_host_keys(host_key_line, port, host)
         self._client: paramiko.SSHClient | None = None
         self.reconnects = 0
+        # Why the guest can no longer answer (a panic, a reset, QEMU gone), or None: asked
+        # by every wait over this session, which then ends at once naming it.
+        self.watch: Callable[[], str | None] = lambda: None
+
+    def down_after_drop(self) -> str | None:
+        """The connection dropped or a channel ended early: was it the guest going down?
+        The QEMU event or exit may arrive a moment after the TCP connection's end."""
+        why = self.watch()
+        if why or self.connected():
+            return why
+        end = Deadline(DROP_GRACE_S, "drop")
+        while not end.expired():
+            end.sleep(0.05)
+            why = self.watch()
+            if why:
+                return why
+        return None
 
     def connect(self, deadline: Deadline) -> None:
         last = ""
@@ -179,25 +199,33 @@ class SshSession:
 
     def run(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> tuple[int, str]:
         """Run a command; (exit status, stdout+stderr, its first and last `limit // 2` bytes when
-        longer). Raises HarnessError on timeout, also while output keeps coming, or a drop."""
+        longer). Raises HarnessError on timeout, also while output keeps coming, or a drop,
+        and GuestWentDown as soon as the guest goes down (self.watch)."""
         output = None
+        channel = None
         try:
             channel = self._open_exec(command, deadline)
-            channel.settimeout(max(deadline.remaining(), 0.1))
             output = HeadTail(limit)
             while True:
-                chunk = channel.recv(65536)
+                channel.settimeout(min(max(deadline.remaining(), 0.01), WATCH_S))
+                try:
+                    chunk = channel.recv(65536)
+                except (socket.timeout, TimeoutError):
+                    self._check_watch(command, phase, channel)
+                    if deadline.expired():
+                        raise
+                    continue
                 if not chunk:
                     break
                 output.add(chunk)
                 if deadline.expired():  # a command that keeps printing does not extend it
                     channel.close()
                     raise TimeoutError
-                channel.settimeout(max(deadline.remaining(), 0.01))
-            channel.settimeout(max(deadline.remaining(), 0.01))
-            if not channel.status_event.wait(max(deadline.remaining(), 0.01)):
-                channel.close()
-                raise TimeoutError
+            while not channel.status_event.wait(min(max(deadline.remaining(), 0.01), WATCH_S)):
+                self._check_watch(command, phase, channel)
+                if deadline.expired():
+                    channel.close()
+                    raise TimeoutError
             status = channel.recv_exit_status()
             _await_remote_close(channel, deadline)
             channel.close()
@@ -206,7 +234,16 @@ class SshSession:
             streamed = f" (it kept printing: {output.total} bytes)" if output is not None and output.total > limit else ""
             raise HarnessError(phase, f"'{command}' did not finish within {deadline.seconds:g} s{streamed}") from None
         except (paramiko.SSHException, OSError, EOFError) as exc:
+            why = self.down_after_drop()
+            if why:
+                raise GuestWentDown(phase, f"{why} while '{command}' ran") from None
             raise HarnessError(phase, f"SSH dropped while running '{command}': {exc or type(exc).__name__}") from None
+
+    def _check_watch(self, command: str, phase: str, channel: paramiko.Channel) -> None:
+        why = self.watch()
+        if why:
+            channel.close()
+            raise GuestWentDown(phase, f"{why} while '{command}' ran")
 
     def check(self, command: str, deadline: Deadline, phase: str, limit: int = OUTPUT_LIMIT) -> str:
         status, output = self.run(command, deadline, phase, limit)
@@ -231,7 +268,7 @@ class SshSession:
     def start(self, command: str) -> "RemoteProcess":
         channel = self._transport().open_session()
         channel.exec_command(command)
-        return RemoteProcess(channel, command)
+        return RemoteProcess(channel, command, session=self)
 
     def close_client(self) -> None:
         if self._client is not None:
@@ -246,6 +283,10 @@ class SshSession:
             self._log_handler = None
 
 
+class GuestWentDown(HarnessError):
+    """A wait over SSH ended because the guest went down (panic, reset, halt, QEMU gone)."""
+
+
 class ProbeExited(HarnessError):
     """The probe ended without the report we waited for (it may have been killed)."""
 
@@ -257,9 +298,10 @@ class ProbeExited(HarnessError):
 class RemoteProcess:
     """A command running in the guest that speaks JSON lines (the probe)."""
 
-    def __init__(self, channel: paramiko.Channel, command: str):
+    def __init__(self, channel: paramiko.Channel, command: str, session: SshSession | None = None):
         self._channel = channel
         self.command = command
+        self._session = session  # its watch: the guest going down ends every wait
         self._buffer = b""
         self._pending: list[dict] = []
         self.transcript = LineLog()  # bounded: a probe may print without end
@@ -318,14 +360,23 @@ class RemoteProcess:
             why = abort()
             if why:
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))}: {why}")
+            why = self._session.watch() if self._session is not None else None
+            if why:
+                raise GuestWentDown(phase, f"{why}: the probe sent no {'/'.join(sorted(names))}")
             self._channel.settimeout(min(max(deadline.remaining(), 0.01), 0.1))
             try:
                 chunk = self._channel.recv(65536)
             except (socket.timeout, TimeoutError):
                 continue
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                why = self._session.down_after_drop() if self._session is not None else None
+                if why:
+                    raise GuestWentDown(phase, f"{why}: the probe sent no {'/'.join(sorted(names))}") from None
                 raise HarnessError(phase, f"SSH dropped while reading the probe: {exc}") from None
             if not chunk:
+                why = self._session.down_after_drop() if self._session is not None else None
+                if why:
+                    raise GuestWentDown(phase, f"{why}: the probe sent no {'/'.join(sorted(names))}")
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
                 raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
             self._buffer += chunk

@@ -20,6 +20,7 @@ from typing import Callable
 
 from orchestrator import probe as probe_build
 from orchestrator.guest.base import Guest
+from orchestrator.guest.qemu import tail
 from orchestrator.guest.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
 from orchestrator.inject import mce
 from orchestrator.judge import logmatch
@@ -269,6 +270,14 @@ def _console_says_halted(guest: Guest) -> str | None:
                 found.append(halt)
                 break
     return f"the guest halted (console: '{found[0]}')" if found else None
+
+
+def panic_line(guest: Guest, deadline: Deadline | None = None) -> str | None:
+    """The console's 'Kernel panic - not syncing: ...' line of a panicked guest (resumed
+    briefly to print it, see _let_panic_print), or None."""
+    _let_panic_print(guest, deadline or Deadline(2.0, "panic text"))
+    return next((line[line.index("Kernel panic"):].strip() for line in tail(guest.console_log, 60).splitlines()
+                 if "Kernel panic - not syncing" in line), None)
 
 
 # memory_failure()'s messages on a page: "Memory failure: 0x671e: <what it did>".

@@ -253,3 +253,69 @@ def test_a_console_flood_is_capped_and_named(tmp_path, monkeypatch):
     assert b"a console flood line from a guest loop" in console[-1000:]  # the latest part is kept
     assert any(c.startswith("console flood") for c in result.evidence.causes), result.evidence.causes
     assert_nothing_left(result, port)
+
+
+def record_figures(item: str, result, seconds: float, rss_growth_mib: float | None = None) -> None:
+    """The figures the issue asks for (time to verdict, harness memory growth, artifacts),
+    appended to $MCE_FIGURES when set."""
+    import os
+    path = os.environ.get("MCE_FIGURES")
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{item}: {result.outcome.name} in {seconds:.1f} s; phases "
+                    f"{ {k: round(v, 1) for k, v in result.phases.items()} }; "
+                    f"rss growth {rss_growth_mib if rss_growth_mib is None else round(rss_growth_mib)} MiB; "
+                    f"artifacts {artifacts_mib(result):.2f} MiB; "
+                    f"{(result.error.message if result.error else '; '.join(result.reasons))[:300]!r}\n")
+
+
+def first_event_time(result, names: set[str]) -> float:
+    """The wall-clock time of QEMU's first event of these names in this run's qmp-events.jsonl."""
+    import json
+    for line in (result.artifacts / "qmp-events.jsonl").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") in names:
+            return event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
+    raise AssertionError(f"no {names} event")
+
+
+def misbehaving_probe(when: str, then: str) -> str:
+    """The probe, except that when its arguments start with `when` ('' for any) it does `then` first."""
+    return f"""#!/bin/sh
+case "$1" in
+{when}*) {then} ;;
+esac
+exec {REMOTE_PATH}.real "$@"
+"""
+
+
+@pytest.mark.parametrize("scenario_name, when, then, cause", [
+    ("srao-anon-late-kill", "", "echo c > /proc/sysrq-trigger", "the guest panicked before the machine check was sent"),
+    ("srao-anon-late-kill", "", "reboot -f; sleep 60",
+     "the guest rebooted (QEMU SHUTDOWN, reason guest-reset; -no-reboot keeps it down) before the machine check"),
+    ("high-order-kernel-page", "--take-free-block", "echo c > /proc/sysrq-trigger",
+     "the guest panicked before the machine check was sent"),
+], ids=["panic-at-probe-start", "reboot-at-probe-start", "panic-at-race-process-start"])
+def test_a_guest_that_goes_down_before_the_injection_is_named_at_once(tmp_path, scenario_name, when, then, cause):
+    """The probe (or a race's process) brings the guest down as it starts: the locate
+    wait ends within a second or two naming the panic or the reset, not at its 30 s
+    deadline with 'probe sent no ready' or 'probe exited (status -1)'. No machine check
+    was sent, so it is the run's ERROR: the scenario judges the kernel's handling of the
+    machine check, which never happened."""
+    scenario = load_scenario(REPO / "scenarios" / f"{scenario_name}.yaml")
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=scenario, hook=replace_probe(misbehaving_probe(when, then), tmp_path),
+                       snapshot=True)
+    record_figures(f"item 1 {scenario_name} {then.split(';')[0]}", result, time.monotonic() - start)
+    with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
+        f.write(f"  verdict {time.time() - first_event_time(result, {'GUEST_PANICKED', 'SHUTDOWN'}):.1f} s "
+                f"after the guest went down\n")
+    assert result.outcome == Outcome.ERROR and result.verdict is None, result.reasons
+    assert result.error.phase == "locate", result.error
+    assert result.error.message.startswith(cause), result.error.message
+    assert "probe exited" not in result.error.message
+    if "panicked" in cause:
+        assert "Kernel panic - not syncing: sysrq triggered crash" in result.error.message
+    # The verdict within a second or two of the event (QEMU's own clock), not at the deadline.
+    assert time.time() - first_event_time(result, {"GUEST_PANICKED", "SHUTDOWN"}) < 3
+    assert_nothing_left(result, port)
