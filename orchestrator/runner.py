@@ -555,6 +555,9 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             except Unreadable as exc:
                 raise HarnessError("locate", str(exc)) from None
             ev.ready = ready
+            # Results count only from this probe and its child (their pids are in its ready report).
+            probe.owners = {ready["pid"]} | ({ready["child_pid"]} if type(ready.get("child_pid")) is int
+                                             and ready["child_pid"] > 0 else set())
             if p.memory == "thp" and not ev.ready["thp"]:
                 raise HarnessError("locate", "the probe got no transparent huge page (is THP enabled in the guest?)")
             if p.memory == "ksm" and not ev.ready["merged"]:

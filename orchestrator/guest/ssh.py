@@ -302,6 +302,11 @@ class RemoteProcess:
         self._channel = channel
         self.command = command
         self._session = session  # its watch: the guest going down ends every wait
+        # The pids of the probe the harness started (its ready report's): a result line from
+        # any other process (written to the same stream) is ignored and noted, never taken.
+        self.owners: set[int] | None = None
+        self.ignored: list[str] = []
+        self.ignored_count = 0
         self._buffer = b""
         self._pending: list[dict] = []
         self.transcript = LineLog()  # bounded: a probe may print without end
@@ -349,6 +354,13 @@ class RemoteProcess:
                 if message.get("event") == "error":
                     raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
                                               f"{str(message.get('strerror'))[:200]}")
+                if message.get("event") == "result" and self.owners is not None and not self._own(message):
+                    self.ignored_count += 1
+                    if len(self.ignored) < 5:  # a flood of them is counted, not kept
+                        self.ignored.append(f"pid {shown_pid(message.get('pid'))}")
+                    self.transcript.append("   (ignored: not a result of the probe the harness started, "
+                                           f"whose pids are {sorted(self.owners)})")
+                    continue
                 if message.get("event") in names:
                     return message
                 if message.get("event") == "exit":
@@ -380,6 +392,10 @@ class RemoteProcess:
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
                 raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
             self._buffer += chunk
+
+    def _own(self, message: dict) -> bool:
+        pid = message.get("pid")
+        return type(pid) is int and pid in self.owners
 
     def wait_exit(self, deadline: Deadline) -> int | None:
         """Wait until the probe's channel is closed on both sides; its exit status, or None.
@@ -417,6 +433,10 @@ def _await_remote_close(channel: paramiko.Channel, deadline: Deadline, most_s: f
     end = Deadline(min(most_s, max(deadline.remaining(), 0.0)), "channel close")
     while not channel.closed and not end.expired():
         end.sleep(0.002)
+
+
+def shown_pid(value) -> str:
+    return str(value)[:20] if type(value) is int else repr(str(value)[:20])
 
 
 def quote(value) -> str:

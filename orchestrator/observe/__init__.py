@@ -386,6 +386,9 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         # Let the probe's channel end before opening the next one (see SshSession._open_exec);
         # how it ended is judged too.
         ev.probe_exit_status = probe.wait_exit(Deadline(min(2.0, deadline.remaining()), "probe exit"))
+    if probe.ignored:
+        ev.add_cause(f"{probe.ignored_count} result line(s) not from the probe the harness started were ignored "
+                     f"({', '.join(probe.ignored)}; the probe's pids: {sorted(probe.owners or ())})")
     gather_parts(ssh, ev, abort, PARTS if parts is None else parts)
 
 

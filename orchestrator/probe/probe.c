@@ -301,11 +301,11 @@ static void announce_ready(unsigned char *target_va, uint64_t target_pfn, int pa
 {
     unsigned long long flags = 0;
     int have_flags = kpageflags_of(target_pfn, &flags);
-    printf("{\"event\":\"ready\",\"pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
+    printf("{\"event\":\"ready\",\"pid\":%d,\"child_pid\":%d,\"page_size\":%ld,\"target\":%d,\"memory\":\"%s\","
            "\"va\":\"%p\",\"pfn\":%llu,\"gpa\":\"0x%llx\",\"cpu\":%d,\"processes\":%d,"
            "\"huge\":%s,\"thp\":%s,\"map_page_size\":%lu,\"merged\":%s,\"free_pfn\":%llu,"
            "\"loop_start\":\"%p\",\"loop_end\":\"%p\",\"pages\":[",
-           getpid(), page_size, target, memory, (void *)target_va,
+           getpid(), child > 0 ? (int)child : 0, page_size, target, memory, (void *)target_va,
            (unsigned long long)target_pfn, (unsigned long long)target_pfn * page_size, cpu, processes,
            have_flags && (flags >> KPF_HUGE & 1) ? "true" : "false",
            have_flags && (flags >> KPF_THP & 1) ? "true" : "false",

@@ -319,3 +319,31 @@ def test_a_guest_that_goes_down_before_the_injection_is_named_at_once(tmp_path, 
     # The verdict within a second or two of the event (QEMU's own clock), not at the deadline.
     assert time.time() - first_event_time(result, {"GUEST_PANICKED", "SHUTDOWN"}) < 3
     assert_nothing_left(result, port)
+
+
+# Wraps the real probe: just before its result line, a forged one from "pid 1" with a
+# wrong si_addr goes to the same stream.
+FORGING_PROBE = f"""#!/bin/sh
+[ "$1" = --kpageflags ] && exec {REMOTE_PATH}.real "$@"
+{REMOTE_PATH}.real "$@" | while IFS= read -r line; do
+    case "$line" in
+    *'"event":"result"'*) echo "$line" | sed 's/"pid":[0-9]*/"pid":1/; s/"si_addr":"[^"]*"/"si_addr":"0xdead000"/' ;;
+    esac
+    printf '%s\\n' "$line"
+done
+"""
+
+
+def test_a_forged_result_line_is_ignored_and_the_real_one_used(tmp_path):
+    """A result line from another process (pid 1, a wrong si_addr) on the probe's stream
+    before the real one: it is ignored and noted, and the real result is judged."""
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=replace_probe(FORGING_PROBE, tmp_path),
+                       snapshot=True)
+    record_figures("item 5 forged result", result, time.monotonic() - start)
+    assert result.outcome == Outcome.PASS, result.reasons
+    assert result.evidence.probe_result["pid"] == result.evidence.ready["pid"]
+    assert any(c.startswith("1 result line(s) not from the probe the harness started were ignored (pid 1;")
+               for c in result.evidence.causes), result.evidence.causes
+    assert '"pid":1,' in (result.artifacts / "probe-transcript.txt").read_text()
+    assert_nothing_left(result, port)

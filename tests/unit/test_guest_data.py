@@ -123,3 +123,14 @@ def test_a_line_without_end_is_cut_not_kept_whole():
 def test_a_probe_that_ends_with_garbage_is_a_harness_error():
     with pytest.raises(HarnessError, match="probe exited"):
         read_ready(b"[1]\n" + b"{" * 100000 + b"\n")
+
+
+def test_a_result_line_from_another_process_is_ignored_and_counted():
+    forged = {"event": "result", "process": "parent", "pid": 1, "sigbus": True, "si_addr": "0xdead000"}
+    real = {"event": "result", "process": "parent", "pid": 90, "sigbus": False}
+    process = RemoteProcess(FakeChannel(json.dumps(forged).encode() + b"\n" + json.dumps(real).encode() + b"\n"),
+                            "probe")
+    process.owners = {90}
+    assert process.read_event({"result"}, Deadline(2, "observe"), "observe")["pid"] == 90
+    assert process.ignored_count == 1 and process.ignored == ["pid 1"]
+    assert any("ignored: not a result of the probe" in line for line in process.transcript)
