@@ -14,7 +14,7 @@ import json
 import re
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,12 +23,13 @@ from orchestrator.guest.base import Guest
 from orchestrator.guest.qemu import tail
 from orchestrator.guest.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
 from orchestrator.inject import mce
-from orchestrator.judge import logmatch
+from orchestrator.judge import crashes, logmatch
 from orchestrator.judge.logmatch import LineExpectation
 from orchestrator.judge.verdict import Evidence
 from orchestrator.plumbing.bounded import read_head_tail
 from orchestrator.plumbing.deadline import Deadline
-from orchestrator.plumbing.guest_data import MAX_LINE, Unreadable, hardware_corrupted, parse_kpageflags, shown
+from orchestrator.plumbing.guest_data import (KERNEL_LOG_COMMAND, MAX_LINE, Unreadable, hardware_corrupted,
+                                              kernel_records, parse_kpageflags, shown)
 from orchestrator.plumbing.outcome import HarnessError
 from orchestrator.scenario import Scenario
 
@@ -101,7 +102,8 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
         lost = ("probe result", "kpageflags", "meminfo")
         for what in lost:
             ev.unavailable[what] = why_down
-        ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in)")
+        ev.add_cause(f"{why_down}: cost the {', '.join(lost)} and the kernel log over SSH (the console stands in; "
+                     f"its lines could also have come from userspace)")
         return
     _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down,
             parts=PARTS + (ras_part(bool(scenario.expect.ras_record)),))
@@ -112,6 +114,9 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
         ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else ""))
     if ev.kernel_log is None:
         ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
+    for text in console_text_ignored(guest):
+        ev.add_cause(f"'{text}' on the console while the vCPUs kept running: text userspace wrote to the "
+                     f"console, not the kernel's halt (ignored)")
 
 
 def own_time(deadline: Deadline, what: str) -> Deadline:
@@ -256,20 +261,64 @@ def _down_event(event: dict) -> str | None:
 
 
 HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
-_consoles: "weakref.WeakKeyDictionary[Guest, tuple[ConsoleFollower, list[str]]]" = weakref.WeakKeyDictionary()
+HALT_CONFIRM_S = 2.0  # a halt line on the console counts once every vCPU is seen stopped within this long
+_EFLAGS_IF = 0x200
+
+
+@dataclass
+class _ConsoleWatch:
+    follower: "ConsoleFollower"
+    found: str | None = None                     # a halt line the vCPUs confirmed
+    pending: tuple[str, float] | None = None     # a halt line seen, not yet confirmed: (line, since)
+    userspace: list[str] = field(default_factory=list)  # halt lines the vCPUs did not confirm
+
+
+_consoles: "weakref.WeakKeyDictionary[Guest, _ConsoleWatch]" = weakref.WeakKeyDictionary()
 
 
 def _console_says_halted(guest: Guest) -> str | None:
-    """A halt stops the vCPUs without any QEMU event: only the console tells
-    (read on from where the last look stopped)."""
-    follower, found = _consoles.setdefault(guest, (ConsoleFollower(guest.console_log), []))
-    if not found:
-        for line in follower.new_lines():
+    """A halt stops the vCPUs without any QEMU event: only the console tells (read on
+    from where the last look stopped). The console also carries what userspace writes
+    to it, so a halt line counts only once every vCPU is seen halted with interrupts
+    off (the kernel's halt loop); one the vCPUs do not confirm within HALT_CONFIRM_S
+    is set aside as userspace text (console_text_ignored)."""
+    watch = _consoles.get(guest)
+    if watch is None:
+        watch = _consoles[guest] = _ConsoleWatch(ConsoleFollower(guest.console_log))
+    if watch.found is None and watch.pending is None:
+        for line in watch.follower.new_lines():
             halt = next((halt for halt in HALT_LINES if halt in line), None)
             if halt:
-                found.append(halt)
+                watch.pending = (halt, time.monotonic())
                 break
-    return f"the guest halted (console: '{found[0]}')" if found else None
+    if watch.pending is not None:
+        if _vcpus_halted(guest):
+            watch.found, watch.pending = watch.pending[0], None
+        elif time.monotonic() - watch.pending[1] > HALT_CONFIRM_S:
+            watch.userspace.append(watch.pending[0])
+            watch.pending = None
+    return f"the guest halted (console: '{watch.found}')" if watch.found else None
+
+
+def _vcpus_halted(guest: Guest) -> bool:
+    """Every vCPU in HLT with interrupts off (HMP `info registers`: HLT=1, RFL/EFL without IF)."""
+    if guest.monitor is None:
+        return False
+    try:
+        for cpu in range(guest.spec.vcpus):
+            text = guest.monitor.hmp_query("info registers", timeout=1, cpu=cpu)
+            eflags = re.search(r"\b[ER]FL=([0-9a-fA-F]+)", text)  # RFL= in 64-bit mode
+            if not re.search(r"\bHLT=1\b", text) or not eflags or int(eflags.group(1), 16) & _EFLAGS_IF:
+                return False
+    except Exception:  # noqa: BLE001 -- no answer is no confirmation
+        return False
+    return True
+
+
+def console_text_ignored(guest: Guest) -> list[str]:
+    """Halt lines seen on the console that the vCPUs did not confirm (userspace's text)."""
+    watch = _consoles.get(guest)
+    return list(watch.userspace) if watch is not None else []
 
 
 def panic_line(guest: Guest, deadline: Deadline | None = None) -> str | None:
@@ -298,12 +347,12 @@ def wait_failure_logged(guest: Guest, pfn: int, deadline: Deadline, occurrences:
 def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[str] | None:
     """The guest kernel log's lines holding `text` (dmesg over SSH), or None when SSH does not answer."""
     try:
-        status, output = ssh.run(f"dmesg | grep -F -e {quote(text)}",
+        status, output = ssh.run(f"{{ {KERNEL_LOG_COMMAND}; }} | grep -F -e {quote(text)}",
                                  Deadline(min(DMESG_LOOK_S * 4, max(deadline.remaining(), 0.5)), "dmesg"), "observe",
                                  limit=KERNEL_LOG_LOOK_BYTES)
     except HarnessError:
         return None
-    return output.splitlines() if status in (0, 1) else None
+    return kernel_records(output)[0].splitlines() if status in (0, 1) else None
 
 
 class ConsoleFollower:
@@ -413,6 +462,17 @@ def _store_meminfo(ev: Evidence, output: str) -> None:
     ev.hardware_corrupted_kb_after = kb
 
 
+def _store_kernel_log(ev: Evidence, output: str) -> None:
+    """The kernel's own records only: text a user process wrote to /dev/kmsg is not the
+    kernel's; one that looks like a crash report or a halt is named, never judged."""
+    ev.kernel_log, user = kernel_records(output)
+    posing = [line.strip() for line in user
+              if any(halt in line for halt in HALT_LINES) or crashes.scan(line)]
+    if posing:
+        ev.add_cause(f"{len(posing)} line(s) a user process wrote to /dev/kmsg posing as the kernel's were "
+                     f"left out of the kernel log: {shown(posing[0])}")
+
+
 NO_RAS_DAEMON = "MCEORCH-NO-RAS-DAEMON"
 # rasdaemon stores what it read from the kernel's mce_record trace event in its
 # database a moment after the kernel logged the error: ask again for a while.
@@ -447,7 +507,7 @@ def _store_ras(ev: Evidence, output: str) -> None:
 PARTS = (
     Part("kpageflags", lambda ev: f"{probe_build.REMOTE_PATH} --kpageflags {ev.checked_pfn}", _store_kpageflags),
     Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
-    Part("kernel log", lambda ev: "dmesg", lambda ev, output: setattr(ev, "kernel_log", output)),
+    Part("kernel log", lambda ev: KERNEL_LOG_COMMAND, lambda ev, output: _store_kernel_log(ev, output)),
     Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
          lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
 )

@@ -115,3 +115,27 @@ _HW_CORRUPTED = re.compile(r"^HardwareCorrupted:\s+(\d{1,19}) kB", re.M)
 def hardware_corrupted(meminfo: str) -> int | None:
     match = _HW_CORRUPTED.search(meminfo)
     return int(match.group(1)) if match else None
+
+
+_SYSLOG_PREFIX = re.compile(r"<(\d{1,4})>")
+# What `dmesg` reads with its prefixes kept (busybox -r, util-linux --raw): every record
+# starts "<(facility << 3) | level>"; the kernel's own records have facility 0, and
+# writes to /dev/kmsg from userspace get facility 1 (user) or whatever nonzero one they
+# name (devkmsg_write() never lets them have 0).
+KERNEL_LOG_COMMAND = "dmesg -r 2>/dev/null || dmesg"
+
+
+def kernel_records(raw: str) -> tuple[str, list[str]]:
+    """(the kernel's own lines with their prefixes removed, the lines userspace wrote) from
+    KERNEL_LOG_COMMAND's output. A line without a prefix belongs to the record before it
+    (a dmesg without -r prints none: then everything counts as the kernel's, as before)."""
+    kernel: list[str] = []
+    user: list[str] = []
+    ours = True
+    for line in raw.splitlines():
+        prefix = _SYSLOG_PREFIX.match(line)
+        if prefix:
+            ours = int(prefix.group(1)) >> 3 == 0
+            line = line[prefix.end():]
+        (kernel if ours else user).append(line)
+    return "".join(line + "\n" for line in kernel), user

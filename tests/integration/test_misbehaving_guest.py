@@ -347,3 +347,26 @@ def test_a_forged_result_line_is_ignored_and_the_real_one_used(tmp_path):
                for c in result.evidence.causes), result.evidence.causes
     assert '"pid":1,' in (result.artifacts / "probe-transcript.txt").read_text()
     assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("command, cause", [
+    ("echo 'reboot: System halted' > /dev/console",
+     "'reboot: System halted' on the console while the vCPUs kept running: text userspace wrote"),
+    ("echo '<0>Kernel panic - not syncing: a user process wrote this' > /dev/kmsg",
+     "1 line(s) a user process wrote to /dev/kmsg posing as the kernel's were left out of the kernel log"),
+], ids=["halt-line-on-console", "panic-line-in-kmsg"])
+def test_userspace_text_is_not_taken_as_the_kernels(tmp_path, command, cause):
+    """Mid-observe a user process writes a halt line to the console, or a panic line to
+    /dev/kmsg: the live guest is not taken as halted, the kernel not as crashed; the
+    scenario passes on the kernel's own evidence and the text is named."""
+    def write_text(phase, ctx):
+        if phase == "observe":
+            ctx.ssh.check(command, Deadline(5, "fault"), "fault")
+
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=write_text, snapshot=True)
+    record_figures(f"item 4 {command.split('>')[-1].strip()}", result, time.monotonic() - start)
+    assert result.outcome == Outcome.PASS, result.reasons
+    assert any(c.startswith(cause) for c in result.evidence.causes), result.evidence.causes
+    assert "a user process wrote this" not in (result.artifacts / "guest-kernel.log").read_text()
+    assert_nothing_left(result, port)

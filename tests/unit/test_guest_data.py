@@ -134,3 +134,17 @@ def test_a_result_line_from_another_process_is_ignored_and_counted():
     assert process.read_event({"result"}, Deadline(2, "observe"), "observe")["pid"] == 90
     assert process.ignored_count == 1 and process.ignored == ["pid 1"]
     assert any("ignored: not a result of the probe" in line for line in process.transcript)
+
+
+def test_the_kernel_log_keeps_the_kernels_records_only():
+    from orchestrator.plumbing.guest_data import kernel_records
+    raw = ("<6>[    1.0] Memory failure: 0x1234: recovery action for dirty LRU page: Recovered\n"
+           "<12>[    2.0] Kernel panic - not syncing: a user process wrote this\n"
+           "<0>[    3.0] BUG: a kernel line\n"
+           " continuation of the kernel's record\n")
+    kernel, user = kernel_records(raw)
+    assert kernel == ("[    1.0] Memory failure: 0x1234: recovery action for dirty LRU page: Recovered\n"
+                      "[    3.0] BUG: a kernel line\n continuation of the kernel's record\n")
+    assert user == ["[    2.0] Kernel panic - not syncing: a user process wrote this"]
+    # A dmesg without -r prints no prefixes: everything is taken as before.
+    assert kernel_records("[ 1.0] a\n")[0] == "[ 1.0] a\n"
