@@ -23,6 +23,9 @@ from orchestrator.plumbing.outcome import HarnessError
 GUEST_HOST = "127.0.0.1"
 BANNER_POLL_S = 0.25
 OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and last halves)
+# The probe prints JSON reports of a few KiB; more than this of other text on its stream is a
+# flood: its answer cannot be counted on any more, and the wait for it ends at once, naming it.
+PROBE_NOISE_LIMIT = 2 << 20
 WATCH_S = 0.1           # a wait over SSH asks this often whether the guest went down
 DROP_GRACE_S = 1.0      # after a dropped connection: how long the reason (a QEMU event) may take to arrive
 
@@ -287,6 +290,10 @@ class GuestWentDown(HarnessError):
     """A wait over SSH ended because the guest went down (panic, reset, halt, QEMU gone)."""
 
 
+class ProbeFlood(HarnessError):
+    """The probe's stream carried more than PROBE_NOISE_LIMIT bytes that are not its reports."""
+
+
 class ProbeExited(HarnessError):
     """The probe ended without the report we waited for (it may have been killed)."""
 
@@ -307,6 +314,9 @@ class RemoteProcess:
         self.owners: set[int] | None = None
         self.ignored: list[str] = []
         self.ignored_count = 0
+        self.noise = 0             # bytes on the stream that are not the probe's JSON reports
+        self.longest = 0           # the longest such line
+        self.flood: str | None = None
         self._buffer = b""
         self._pending: list[dict] = []
         self.transcript = LineLog()  # bounded: a probe may print without end
@@ -331,6 +341,8 @@ class RemoteProcess:
         `abort` is asked between reads; a reason it returns (the guest panicked)
         ends the wait at once instead of at the deadline.
         """
+        if self.flood:
+            raise ProbeFlood(phase, self.flood)
         for message in list(self._pending):
             if message.get("event") in names:
                 self._pending.remove(message)
@@ -340,17 +352,20 @@ class RemoteProcess:
                 # A line without end: keep its start in the transcript, drop the rest.
                 self.transcript.append(self._buffer[:200].decode(errors="replace")
                                        + f"... (line cut: over {MAX_LINE} bytes without a newline)")
+                self._noise(len(self._buffer), phase)
                 self._buffer = b""
             while b"\n" in self._buffer:
                 raw, self._buffer = self._buffer.split(b"\n", 1)
                 if len(raw) > MAX_LINE:
                     self.transcript.append(raw[:200].decode(errors="replace") + f"... (line cut: {len(raw)} bytes)")
+                    self._noise(len(raw) + 1, phase)
                     continue
                 line = raw.decode(errors="replace")
                 self.transcript.append(line)
                 message = json_message(line)
                 if message is None:
-                    continue  # not one of the probe's JSON objects: kept in the transcript only
+                    self._noise(len(raw) + 1, phase)
+                    continue  # not one of the probe's JSON objects: kept in the transcript only (bounded)
                 if message.get("event") == "error":
                     raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
                                               f"{str(message.get('strerror'))[:200]}")
@@ -392,6 +407,15 @@ class RemoteProcess:
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
                 raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
             self._buffer += chunk
+
+    def _noise(self, size: int, phase: str) -> None:
+        self.noise += size
+        self.longest = max(self.longest, size - 1)
+        if self.noise > PROBE_NOISE_LIMIT:
+            self.flood = (f"probe output flood: {self.noise >> 20} MiB on the probe's stream that are not its "
+                          f"reports (lines of up to {self.longest} bytes); its answer can no longer be read")
+            self.transcript.append(f"[{self.flood}: the harness stopped reading here]")
+            raise ProbeFlood(phase, self.flood)
 
     def _own(self, message: dict) -> bool:
         pid = message.get("pid")

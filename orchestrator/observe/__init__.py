@@ -431,6 +431,8 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
         ev.unavailable["probe result"] = exc.message
     except HarnessError as exc:
         ev.unavailable["probe result"] = exc.message
+        if probe.flood:
+            ev.add_cause(f"{probe.flood}: cost the probe result")
     else:
         # Let the probe's channel end before opening the next one (see SshSession._open_exec);
         # how it ended is judged too.

@@ -158,22 +158,37 @@ class ConsoleRecorder:
 
 
 class LineLog(list):
-    """A list of text lines that keeps its first `head` lines and its last `tail` lines
-    (what was cut between is counted and shown by `lines()`)."""
+    """A list of text lines that keeps its first `head` lines and its last `tail` lines,
+    and in bytes at most `head_bytes` of the first and `tail_bytes` of the last, each line
+    cut to `line_bytes` (what was cut between is counted and shown by `lines()`)."""
 
-    def __init__(self, head: int = 5000, tail: int = 5000):
+    def __init__(self, head: int = 5000, tail: int = 5000, head_bytes: int = 2 << 20, tail_bytes: int = 2 << 20,
+                 line_bytes: int = 256 << 10):
         super().__init__()
         self.head = head
+        self.head_bytes = head_bytes
+        self.tail_bytes = tail_bytes
+        self.line_bytes = line_bytes
         self.cut = 0
+        self._kept = 0          # bytes in the head
+        self._tail_kept = 0     # bytes in the tail
         self._tail: collections.deque = collections.deque(maxlen=tail)
 
     def append(self, line: str) -> None:
-        if len(self) < self.head:
+        if len(line) > self.line_bytes:
+            line = line[:self.line_bytes] + f"... (line cut: {len(line)} characters)"
+        if len(self) < self.head and self._kept + len(line) <= self.head_bytes:
             super().append(line)
+            self._kept += len(line)
             return
         if len(self._tail) == self._tail.maxlen:
             self.cut += 1
+            self._tail_kept -= len(self._tail[0])
         self._tail.append(line)
+        self._tail_kept += len(line)
+        while self._tail_kept > self.tail_bytes and len(self._tail) > 1:
+            self.cut += 1
+            self._tail_kept -= len(self._tail.popleft())
 
     def lines(self) -> list[str]:
         marker = [f"[... {self.cut} lines truncated here by mce-orchestrator ...]"] if self.cut else []

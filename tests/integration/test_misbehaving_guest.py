@@ -370,3 +370,39 @@ def test_userspace_text_is_not_taken_as_the_kernels(tmp_path, command, cause):
     assert any(c.startswith(cause) for c in result.evidence.causes), result.evidence.causes
     assert "a user process wrote this" not in (result.artifacts / "guest-kernel.log").read_text()
     assert_nothing_left(result, port)
+
+
+# The real probe, whose stream carries a hundred 1,000,000-byte lines right after its
+# ready line: whatever it says next (its answers, its result) waits behind them.
+LONG_LINES_PROBE = f"""#!/bin/sh
+[ "$1" = --kpageflags ] && exec {REMOTE_PATH}.real "$@"
+{REMOTE_PATH}.real "$@" | while IFS= read -r line; do
+    printf '%s\\n' "$line"
+    case "$line" in
+    *'"event":"ready"'*) i=0; while [ $i -lt 100 ]; do head -c 1000000 /dev/zero | tr '\\0' a; echo; i=$((i + 1)); done ;;
+    esac
+done
+"""
+
+
+def test_a_probe_printing_long_lines_is_bounded_in_bytes_and_named(tmp_path):
+    """Once the probe is ready, its stream carries 1,000,000-byte lines without end: the
+    harness's memory and the transcript stay bounded in bytes, and the flood is named
+    as the cause of the missing result at once, not after the observe deadline."""
+    before = rss_peak_mib()
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=replace_probe(LONG_LINES_PROBE, tmp_path),
+                       snapshot=True)
+    growth = rss_peak_mib() - before
+    record_figures("item 2 long lines", result, time.monotonic() - start, growth)
+    with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
+        f.write(f"  transcript {(result.artifacts / 'probe-transcript.txt').stat().st_size} bytes\n")
+    assert result.outcome == Outcome.ERROR, result.reasons
+    assert any(c.startswith("probe output flood: ") and "lines of up to 1000000 bytes" in c
+               and c.endswith("cost the probe result") for c in result.evidence.causes), result.evidence.causes
+    # Of 30 s: the flood is named once 2 MiB came (some 3 s at this guest's 0.6 MB/s under
+    # TCG), then the parts are gathered from a guest still busy printing.
+    assert result.phases["observe"] < 20
+    assert growth < 100
+    assert (result.artifacts / "probe-transcript.txt").stat().st_size < 5 << 20
+    assert_nothing_left(result, port)

@@ -49,3 +49,15 @@ def test_line_log_keeps_first_and_last_lines():
     for n in range(100):
         log.append(str(n))
     assert log.lines() == ["0", "1", "2", "[... 95 lines truncated here by mce-orchestrator ...]", "98", "99"]
+
+
+def test_line_log_is_bounded_in_bytes_too():
+    from orchestrator.plumbing.bounded import LineLog
+    log = LineLog(head_bytes=3000, tail_bytes=3000, line_bytes=1000)
+    for n in range(1000):
+        log.append(str(n % 10) * 1_000_000)
+    kept = log.lines()
+    assert sum(len(line) for line in kept) < 3000 + 3000 + 500
+    assert kept[0].startswith("0" * 1000 + "... (line cut: 1000000 characters)")
+    assert any("lines truncated here" in line for line in kept)
+    assert kept[-1].startswith("9" * 1000)

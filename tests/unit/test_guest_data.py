@@ -113,7 +113,7 @@ def test_garbage_before_the_ready_line_is_skipped_and_kept():
 
 
 def test_a_line_without_end_is_cut_not_kept_whole():
-    data = b"x" * (3 * MAX_LINE) + b"\n" + json.dumps(READY).encode() + b"\n"
+    data = b"x" * (3 * MAX_LINE // 2) + b"\n" + json.dumps(READY).encode() + b"\n"  # under the flood limit
     ready, process = read_ready(data)
     assert ready["pid"] == 90
     assert sum(len(line) for line in process.transcript) < MAX_LINE + 1000
@@ -148,3 +148,15 @@ def test_the_kernel_log_keeps_the_kernels_records_only():
     assert user == ["[    2.0] Kernel panic - not syncing: a user process wrote this"]
     # A dmesg without -r prints no prefixes: everything is taken as before.
     assert kernel_records("[ 1.0] a\n")[0] == "[ 1.0] a\n"
+
+
+def test_a_flood_on_the_probes_stream_ends_the_wait_naming_it():
+    from orchestrator.guest.ssh import PROBE_NOISE_LIMIT, ProbeFlood
+    line = b"a" * 1_000_000 + b"\n"
+    data = line * (PROBE_NOISE_LIMIT // len(line) + 2) + json.dumps(READY).encode() + b"\n"
+    process = RemoteProcess(FakeChannel(data), "probe")
+    with pytest.raises(ProbeFlood, match=r"probe output flood: 2 MiB .*\(lines of up to \d+ bytes\)"):
+        process.read_event({"ready"}, Deadline(5, "locate"), "locate")
+    with pytest.raises(ProbeFlood):  # and every later wait at once
+        process.read_event({"result"}, Deadline(5, "observe"), "observe")
+    assert sum(len(line) for line in process.transcript.lines()) < 5 << 20
