@@ -26,7 +26,7 @@ from orchestrator.inject import mce
 from orchestrator.judge import crashes, logmatch
 from orchestrator.judge.logmatch import LineExpectation
 from orchestrator.judge.verdict import Evidence
-from orchestrator.plumbing.bounded import read_head_tail
+from orchestrator.plumbing.bounded import read_head_tail, recorder_for
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.guest_data import (KERNEL_LOG_COMMAND, MAX_LINE, Unreadable, hardware_corrupted,
                                               kernel_records, parse_kpageflags, shown)
@@ -356,31 +356,44 @@ def _kernel_log_lines(ssh: SshSession, text: str, deadline: Deadline) -> list[st
 
 
 class ConsoleFollower:
-    """Reads the console log on from where it stopped, so a poll costs only what is new."""
+    """Reads the console log on from where it stopped, so a poll costs only what is new.
+    With the recorder that writes the file at hand, it follows the stream's offsets: a cut
+    of a flooded console (bounded.ConsoleRecorder) moves what it has not read yet to a new
+    place in the file, and the reader goes on there, missing only what was cut."""
 
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
         self.partial = b""  # the line being written
+        self.lost = 0       # bytes the recorder cut before this reader got to them
 
     def new_lines(self) -> list[str]:
         lines: list[str] = []
+        recorder = recorder_for(self.path)
         try:
-            with self.path.open("rb") as f:
-                if f.seek(0, 2) < self.offset:
-                    # The recorder cut a flooded console under us: go on from its end
-                    # (what was cut is gone; a wait still has dmesg).
-                    self.offset, self.partial = f.tell(), b""
-                f.seek(self.offset)
-                data = f.read(CONSOLE_READ_BYTES)
+            if recorder is not None:
+                data, self.offset, lost = recorder.read_from(self.offset, CONSOLE_READ_BYTES)
+                if lost:  # what came before the cut ends where it was cut
+                    self.lost += lost
+                    if self.partial:
+                        lines.append(self.partial.decode(errors="replace"))
+                    self.partial = b""
+            else:
+                with self.path.open("rb") as f:
+                    if f.seek(0, 2) < self.offset:
+                        # Cut under us by a writer we cannot ask: go on from its end
+                        # (what was cut is gone; a wait still has dmesg).
+                        self.offset, self.partial = f.tell(), b""
+                    f.seek(self.offset)
+                    data = f.read(CONSOLE_READ_BYTES)
+                self.offset += len(data)
         except OSError:
             return lines
-        self.offset += len(data)
         *complete, self.partial = (self.partial + data).split(b"\n")
         if len(self.partial) > MAX_LINE:  # a line without end: judged in pieces
             complete.append(self.partial)
             self.partial = b""
-        return [line.decode(errors="replace") for line in complete]
+        return lines + [line.decode(errors="replace") for line in complete]
 
 
 def _matching(lines: list[str], pattern: re.Pattern) -> int:

@@ -6,6 +6,7 @@ import collections
 import os
 import socket
 import threading
+import weakref
 from pathlib import Path
 
 
@@ -103,8 +104,14 @@ class ConsoleRecorder:
         # keep_existing: a restored guest's console.log already starts with the saving
         # boot's console (snapshot.py); the restored guest's output follows it.
         self._file = path.open("r+b" if keep_existing and path.exists() else "w+b")
-        self._file.seek(0, 2)
+        # Offsets in the stream of everything written (the file's bytes before ours
+        # included) stay valid across cuts, so a reader (read_from) never skips what the
+        # file still holds: the stream's [0, head) and [tail_start, written) are in it.
+        self.written = self._file.seek(0, 2)
+        self.tail_start: int | None = None  # None until the first cut
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="console", daemon=True)
+        _recorders[str(path)] = self
 
     def start(self) -> None:
         self._thread.start()
@@ -126,10 +133,12 @@ class ConsoleRecorder:
                 return
             self.total += len(data)
             try:
-                self._file.write(data)
-                self._file.flush()
-                if self._file.tell() > self.limit:
-                    self._cap()
+                with self._lock:
+                    self._file.write(data)
+                    self._file.flush()
+                    self.written += len(data)
+                    if self._file.tell() > self.limit:
+                        self._cap()
             except OSError as exc:  # a full disk: keep reading, or QEMU's serial port would block
                 self.error = self.error or f"{exc.strerror}: {self.path}"
 
@@ -145,6 +154,23 @@ class ConsoleRecorder:
         self._file.write(marker + tail)
         self._file.truncate()
         self._file.flush()
+        self.tail_start = self.written - len(tail)
+
+    def read_from(self, position: int, most: int) -> tuple[bytes, int, int]:
+        """Up to `most` bytes of the stream from `position`, as the file holds them now:
+        (data, the position after it, bytes the cut took from the reader (0 mostly))."""
+        with self._lock:
+            with self.path.open("rb") as f:
+                if self.tail_start is None or position < self.head:
+                    end = self.head if self.tail_start is not None else self.written
+                    f.seek(position)
+                    data = f.read(min(most, max(end - position, 0)))
+                    return data, position + len(data), 0
+                lost = max(self.tail_start - position, 0)
+                position = max(position, self.tail_start)
+                f.seek(self.head + self._marker_len + position - self.tail_start)
+                data = f.read(most)
+                return data, position + len(data), lost
 
     def close(self) -> None:
         """After QEMU has gone: read what is left, then close."""
@@ -155,6 +181,14 @@ class ConsoleRecorder:
             self._file.close()
         except OSError as exc:
             self.error = self.error or f"{exc.strerror}: {self.path}"
+
+
+_recorders: "weakref.WeakValueDictionary[str, ConsoleRecorder]" = weakref.WeakValueDictionary()
+
+
+def recorder_for(path: Path) -> ConsoleRecorder | None:
+    """The recorder writing `path` (this process's QEMU guests), if any."""
+    return _recorders.get(str(path))
 
 
 class LineLog(list):

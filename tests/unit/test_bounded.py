@@ -61,3 +61,38 @@ def test_line_log_is_bounded_in_bytes_too():
     assert kept[0].startswith("0" * 1000 + "... (line cut: 1000000 characters)")
     assert any("lines truncated here" in line for line in kept)
     assert kept[-1].startswith("9" * 1000)
+
+
+def test_the_console_follower_misses_nothing_the_cut_keeps(tmp_path):
+    """A line that arrives in the chunk crossing the cap is in console.log (in the kept
+    latest part) and the follower reads it, though the file shrank under it."""
+    import socket
+    import time
+    from orchestrator.plumbing.bounded import ConsoleRecorder
+    ours, theirs = socket.socketpair()
+    path = tmp_path / "console.log"
+    recorder = ConsoleRecorder(ours, path, 64 << 10)
+    recorder.start()
+    follower = ConsoleFollower(path)
+
+    def send(data: bytes) -> None:
+        theirs.sendall(data)
+        end = time.monotonic() + 5
+        while recorder.total < sent[0] + len(data) and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(0.05)  # counted as received just before it is written
+        sent[0] += len(data)
+
+    sent = [0]
+    send(b"boot line\n" + b"flood line\n" * 4000)  # 44 KB: under the cap
+    assert follower.new_lines()[0] == "boot line"
+    # This chunk crosses the cap: the file is cut to about half of it.
+    send(b"flood line\n" * 2000 + b"Memory failure: 0x1234: recovery action for dirty LRU page: Recovered\n")
+    assert path.stat().st_size < follower.offset  # the file shrank below where the follower stood
+    lines = follower.new_lines()
+    assert lines[-1] == "Memory failure: 0x1234: recovery action for dirty LRU page: Recovered"
+    assert b"bytes truncated here" in path.read_bytes() and follower.lost > 0
+    send(b"after the cut\n")
+    assert follower.new_lines() == ["after the cut"]
+    theirs.close()
+    recorder.close()
