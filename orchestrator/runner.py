@@ -623,6 +623,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                                            artifacts=guest.artifacts, remote=guest.remote, qemu_pid=guest.pid)
                     # The process keeps the block until memory_failure() has reported the page.
                     wait_failure_logged(guest, address >> 12, deadline, ssh=ssh)
+                    # Not proven forced: the run's ERROR (no verdict), never the kernel's FAIL.
+                    race.confirm(Deadline(highorder.END_STATE_S, "race end state"))
                     race.release()
             if injection is not None:
                 phases.notes["inject"] = injection.command + (f" (after {injection.attempts} looks)"

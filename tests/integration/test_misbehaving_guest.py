@@ -406,3 +406,57 @@ def test_a_probe_printing_long_lines_is_bounded_in_bytes_and_named(tmp_path):
     assert growth < 100
     assert (result.artifacts / "probe-transcript.txt").stat().st_size < 5 << 20
     assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("scenario_name", ["different-compound-page", "high-order-kernel-page"])
+def test_a_race_is_forced_only_when_the_kernel_saw_it(tmp_path, scenario_name):
+    """A guest process on the race process's vCPU polls /proc/kpageflags and writes to
+    /proc/sysrq-trigger throughout: the race is reported forced only when the kernel's
+    struct page at the held moment and the race process's own end state agree; otherwise
+    the run is an ERROR 'not forced' (or 'could not force'), never a FAIL of the kernel."""
+    meddler = guest_tool("race_interferer", tmp_path)
+
+    def meddle(phase, ctx):
+        if phase == "inject":  # the race's process has started (its kallsyms look is slow enough as it is)
+            ctx.ssh.upload(meddler, "/tmp/race_interferer", 0o755, Deadline(10, "fault"), "fault")
+            ctx.ssh.check("/tmp/race_interferer 1 60 m </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"), "fault")
+
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=load_scenario(REPO / "scenarios" / f"{scenario_name}.yaml"), hook=meddle,
+                       snapshot=True)
+    record_figures(f"item 3 {scenario_name}", result, time.monotonic() - start)
+    assert result.outcome in (Outcome.PASS, Outcome.ERROR), result.reasons
+    if result.outcome == Outcome.ERROR:
+        assert result.error is not None and "could not force the interleaving" in result.error.message, result.reasons
+    assert_nothing_left(result, port)
+
+
+@pytest.mark.parametrize("mode, error", [
+    ("forge", "could not force the interleaving: not forced"),
+])
+def test_a_forged_or_killed_race_process_is_named_not_judged(tmp_path, mode, error):
+    """A guest process on the race process's vCPU, once the race process is past its gate
+    and allocating, either stops it and writes 'taken' into its mailbox (forge), or kills
+    it with SIGBUS as a poisoned page would (kill). Forged: the held moment's struct page
+    (the page still in a free block) or the race process's own end state (none) say
+    otherwise: an ERROR 'not forced', not the kernel's FAIL for the 'free buddy page' it
+    then rightly reports. Killed: the ERROR names the death, not the last mailbox state."""
+    forger = guest_tool("mailbox_forger", tmp_path)
+
+    def forge(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.upload(forger, "/tmp/mailbox_forger", 0o755, Deadline(10, "fault"), "fault")
+            ctx.ssh.check(f"/tmp/mailbox_forger 1 --take-free-block 60 {mode} </dev/null >/dev/null 2>&1 &",
+                          Deadline(10, "fault"), "fault")
+
+    start = time.monotonic()
+    result, port = run(tmp_path, scenario=load_scenario(REPO / "scenarios" / "high-order-kernel-page.yaml"),
+                       hook=forge, snapshot=True)
+    record_figures(f"item 3/7 race process {mode}", result, time.monotonic() - start)
+    # Whether the meddler gets in before the process takes the block is up to the guest's
+    # scheduler: when it does, the harness must not believe the mailbox.
+    assert result.outcome in (Outcome.PASS, Outcome.ERROR), result.reasons
+    if result.outcome == Outcome.ERROR:
+        assert result.verdict is None and error in result.error.message, result.error.message
+        assert result.phases["inject"] < 15
+    assert_nothing_left(result, port)

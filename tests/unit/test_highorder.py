@@ -90,8 +90,12 @@ class FakeTarget:
         return self.current[3]
 
     def registers(self, thread):
-        assert thread == self.current[0]
+        if thread != self.current[0]:  # selecting the held vCPU to read kernel memory through
+            return {"rip": 0, "rdi": 0, "rsp": 0x1000}
         return {"rip": self.current[1], "rdi": self.current[2], "rsp": 0x1000}
+
+    def read(self, address, length):
+        return bytes(length)  # struct pages of a taken block: no free buddy head anywhere
 
     def set_breakpoint(self, address, insert=True):
         (self.breakpoints.add if insert else self.breakpoints.discard)(address)

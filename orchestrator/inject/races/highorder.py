@@ -101,6 +101,52 @@ def mailbox_state(words: list[int]) -> tuple[int, int, int]:
     return words[1], words[2], words[3]
 
 
+# struct page (x86_64, 6.1 and 6.12, 64 bytes): the words the held-moment check reads.
+PAGE_COMPOUND_HEAD = 8         # the head's address | 1 in a tail page (over lru.next)
+PAGE_TYPE = 48                 # page_type (over _mapcount): PG_buddy clear in a free block's head
+PAGE_REFCOUNT = 52
+PAGE_TYPE_BASE, PG_BUDDY = 0xf0000000, 0x00000080
+# The race process's own end state (its taker-result line), as each race needs it.
+PROVEN_END = {"--take-free-block": "taken", "--retake-thp-block": "taken-again"}
+END_STATE_S = 5.0              # for the race process's taker-result, once every vCPU runs again
+
+
+def struct_page_state(raw: bytes) -> dict[str, int]:
+    """The words of a struct page the race checks, from its 64 bytes (as the kernel has them)."""
+    word = lambda offset, size: int.from_bytes(raw[offset:offset + size], "little")  # noqa: E731
+    return {"compound_head": word(PAGE_COMPOUND_HEAD, 8), "page_type": word(PAGE_TYPE, 4),
+            "refcount": word(PAGE_REFCOUNT, 4)}
+
+
+def not_tail_of(state: dict[str, int], head: int) -> str | None:
+    """None when the page is a tail of the compound page whose struct page is at `head`."""
+    if state["compound_head"] == head | 1:
+        return None
+    return (f"its struct page's compound_head is {state['compound_head']:#x}, not the block's head "
+            f"{head:#x} | 1 (refcount {state['refcount']}, page_type {state['page_type']:#x})")
+
+
+PAGE_PRIVATE = 40              # a free buddy block's order, in its head
+MAX_ORDER = 11                 # orders 0-10 (x86_64, 6.1 and 6.12)
+
+
+def is_buddy(state: dict[str, int]) -> bool:
+    return state["page_type"] & (PAGE_TYPE_BASE | PG_BUDDY) == PAGE_TYPE_BASE
+
+
+def free_buddy(pfn: int, read_page) -> str | None:
+    """The kernel's is_free_buddy_page(), from struct pages (read_page(pfn) -> its 64 bytes):
+    a description of the free block holding `pfn`, or None when it is in none (taken, or
+    on a per-CPU list: what memory_failure()'s last look must find)."""
+    for order in range(MAX_ORDER):
+        head = pfn & ~((1 << order) - 1)
+        raw = read_page(head)
+        state = struct_page_state(raw)
+        if is_buddy(state) and int.from_bytes(raw[PAGE_PRIVATE:PAGE_PRIVATE + 8], "little") >= order:
+            return f"it is in a free buddy block of order {int.from_bytes(raw[PAGE_PRIVATE:PAGE_PRIVATE + 8], 'little')} at PFN {head:#x}"
+    return None
+
+
 def taker_cpu(inject_cpu: int, vcpus: int) -> int:
     return (inject_cpu + 1) % vcpus
 
@@ -144,6 +190,7 @@ class RaceProcess:
     vcpus: int
     symbols: dict[str, int]
     notes: list[str] = field(default_factory=list)
+    refused: bool = False  # the allocator refused the block: the race ended as the kernel's doing
 
     @classmethod
     def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline, hold_s: float):
@@ -158,6 +205,24 @@ class RaceProcess:
         if "error" in reply:
             raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
         return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
+
+    def confirm(self, deadline: Deadline) -> None:
+        """Once every vCPU runs again: the process's own end state (its taker-result line,
+        printed past its last gate) must be what the host saw forced, else the interleaving
+        is not proven: HarnessError("inject", "... not forced ..."), the run's ERROR, never
+        a verdict on the kernel. A race that ended early as the kernel's doing (the
+        allocator refused the block: `refused`) is not held to the full end state."""
+        try:
+            end = self.process.read_event({"taker-result"}, deadline, "inject")
+        except HarnessError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: not forced, as far as the harness "
+                                         f"can tell: the race process's end state did not come ({exc.message})") from None
+        self.notes.append(f"the race process's own end state: {str(end.get('state'))[:40]}")
+        wanted = PROVEN_END[self.OPTION]
+        if end.get("state") != wanted and not self.refused:
+            raise HarnessError("inject", f"could not force the interleaving: not forced: the race process's own end "
+                                         f"state is {str(end.get('state'))[:40]!r}, not {wanted!r}, though the host "
+                                         f"saw each step")
 
     def release(self) -> None:
         """The process may free what it holds now (memory_failure() has reported the page)."""
@@ -236,6 +301,15 @@ class TakeFreeBlock(RaceProcess):
             target.set_breakpoint(gate, insert=False)
         target.send_resume(vcont_packet("c", (taker,)))
         state, chunks, steps = self._wait_taken(monitor, held_since)
+        if state == TAKEN:
+            # The process says so; the kernel's own struct page, at the held moment, must agree.
+            target.interrupt(5)
+            target.registers(held)  # memory is read through the held vCPU: in the kernel (KPTI hides it from user mode)
+            vmemmap = page - self.pfn * STRUCT_PAGE_SIZE
+            problem = free_buddy(self.pfn, lambda pfn: target.read(vmemmap + pfn * STRUCT_PAGE_SIZE, STRUCT_PAGE_SIZE))
+            if problem:
+                raise HarnessError("inject", f"could not force the interleaving: not forced: the process says it "
+                                             f"took the block, but at the held moment PFN {self.pfn:#x}: {problem}")
         self.notes.append(f"vCPU {held - 1} held in memory_failure() for {time.monotonic() - held_since:.2f} s "
                           f"while vCPU {self.cpu} took the block of PFN {self.pfn:#x} "
                           f"({chunks} chunk(s) of 2 MiB); {hits.describe()}")

@@ -52,8 +52,8 @@ from typing import Callable
 
 from orchestrator.guest.base import GuestMonitor
 from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
-from orchestrator.inject.races.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, RaceProcess, parse_xp_words,
-                                    with_gdbstub)
+from orchestrator.inject.races.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, RaceProcess, not_tail_of,
+                                    parse_xp_words, struct_page_state, with_gdbstub)
 from orchestrator.plumbing.outcome import HarnessError
 
 SYMBOLS = ("zone_pcp_disable", "memory_failure", "__x64_sys_getpriority", "vmemmap_base")
@@ -178,11 +178,23 @@ class _Choreography:
         state, got, _ = self.state()
         problem = check_step(state, want, got, self.race.block_pfn, step)
         if problem == "refused":
+            self.race.refused = True
             self.race.notes.append(f"{step}: the allocator did not hand out the block {self.race.block_pfn:#x} "
                                    f"again (the process got PFN {got:#x}) while it was on the per-CPU list")
             return False
         if problem:
             raise HarnessError("inject", f"could not force the interleaving: {problem}")
+        if want in (TAKEN, TAKEN_AGAIN):
+            # The process says it has the block; at this held moment (every vCPU stopped) the
+            # kernel's own struct page of the target must say it is a tail of that block.
+            self.target.registers(self.held)  # read through the held vCPU: in the kernel (KPTI)
+            vmemmap = self.target.read_u64(self.race.symbols["vmemmap_base"])
+            page, head = (vmemmap + pfn * STRUCT_PAGE_SIZE for pfn in (self.race.pfn, self.race.block_pfn))
+            problem = not_tail_of(struct_page_state(self.target.read(page, STRUCT_PAGE_SIZE)), head)
+            if problem:
+                raise HarnessError("inject", f"could not force the interleaving: not forced: {step}: the process "
+                                             f"says it has the block, but at the held moment PFN "
+                                             f"{self.race.pfn:#x}: {problem}")
         return True
 
     def process_step(self, want: int, step: str) -> bool:
