@@ -196,8 +196,17 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
     label = label or scenario.name
     if Path(label).name != label or label in (".", ".."):  # names are checked on loading; this is the last guard
         raise InputError(f"scenario name {label!r} would put its artifacts outside {run_dir}")
-    artifacts = run_dir / label
-    artifacts.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts, n = run_dir / label, 1
+    while True:
+        try:
+            artifacts.mkdir()
+            break
+        except FileExistsError:
+            # The same scenario named twice in one run: each keeps its own folder (name.2, ...).
+            n += 1
+            artifacts = run_dir / f"{label}.{n}"
+    label = artifacts.name
     free = _free_bytes(artifacts)
     reporter.scenario_started(label)
     ev = Evidence()
@@ -285,9 +294,12 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                     if guest.monitor.storm:
                         # The events the scenario is judged on may still be queued behind it.
                         caught_up = guest.monitor.catch_up(EVENTS_CATCH_UP_S)
+                        gone = not caught_up and not guest.is_running()
                         ev.add_cause(f"{guest.monitor.storm}: {guest.monitor.summary()}"
-                                     + ("" if caught_up else "; the events QEMU had queued were not all read "
-                                                             f"within {EVENTS_CATCH_UP_S:g} s"))
+                                     + ("" if caught_up else "; the events QEMU had queued went with it (the guest "
+                                                             "no longer exists)" if gone else
+                                        "; the events QEMU had queued were not all read "
+                                        f"within {EVENTS_CATCH_UP_S:g} s"))
                         if not caught_up:
                             ev.unavailable["QEMU events"] = guest.monitor.storm
                     ev.events = guest.monitor.events()
@@ -619,8 +631,16 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 if race is None:
                     injection = send_mce()
                 else:
-                    injection = race.force(guest.monitor, send_mce, inject_cpu=scenario.inject.cpu,
-                                           artifacts=guest.artifacts, remote=guest.remote, qemu_pid=guest.pid)
+                    try:
+                        injection = race.force(guest.monitor, send_mce, inject_cpu=scenario.inject.cpu,
+                                               artifacts=guest.artifacts, remote=guest.remote, qemu_pid=guest.pid)
+                    except HarnessError as exc:
+                        # A race process that died (its page poisoned under it) is named, not its last state.
+                        died = race.death(Deadline(2.0, "race process"))
+                        if died:
+                            raise HarnessError("inject", f"could not force the interleaving: the race process "
+                                                         f"{died}; before that: {exc.message}") from None
+                        raise
                     # The process keeps the block until memory_failure() has reported the page.
                     wait_failure_logged(guest, address >> 12, deadline, ssh=ssh)
                     # Not proven forced: the run's ERROR (no verdict), never the kernel's FAIL.

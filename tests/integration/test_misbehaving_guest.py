@@ -433,6 +433,7 @@ def test_a_race_is_forced_only_when_the_kernel_saw_it(tmp_path, scenario_name):
 
 @pytest.mark.parametrize("mode, error", [
     ("forge", "could not force the interleaving: not forced"),
+    ("kill", "could not force the interleaving: the race process was killed by signal 7 (SIGBUS)"),
 ])
 def test_a_forged_or_killed_race_process_is_named_not_judged(tmp_path, mode, error):
     """A guest process on the race process's vCPU, once the race process is past its gate
@@ -460,3 +461,13 @@ def test_a_forged_or_killed_race_process_is_named_not_judged(tmp_path, mode, err
         assert result.verdict is None and error in result.error.message, result.error.message
         assert result.phases["inject"] < 15
     assert_nothing_left(result, port)
+
+
+def test_the_same_scenario_twice_in_one_run_keeps_both_folders(tmp_path):
+    first, _ = run(tmp_path, scenario=load_scenario(LATE_KILL), snapshot=True)
+    second, port = run(tmp_path, scenario=load_scenario(LATE_KILL), snapshot=True)
+    assert (first.name, second.name) == ("srao-anon-late-kill", "srao-anon-late-kill.2")
+    assert first.artifacts != second.artifacts
+    assert (first.artifacts / "evidence.json").exists() and (second.artifacts / "evidence.json").exists()
+    assert first.outcome == second.outcome == Outcome.PASS, (first.reasons, second.reasons)
+    assert_nothing_left(second, port)

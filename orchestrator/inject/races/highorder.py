@@ -47,7 +47,7 @@ from typing import ClassVar
 from orchestrator import probe as probe_build
 from orchestrator.guest.base import GuestMonitor
 from orchestrator.guest.monitor import MonitorError
-from orchestrator.guest.ssh import RemoteProcess, SshSession
+from orchestrator.guest.ssh import ProbeExited, RemoteProcess, SshSession
 from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
@@ -200,11 +200,28 @@ class RaceProcess:
         except ValueError as exc:
             raise HarnessError("locate", f"inject.race: {exc}") from None
         cpu = taker_cpu(inject_cpu, vcpus)
-        process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}")
+        # The shell reports how the process ended (128+N: killed by signal N), as for the probe.
+        process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}; "
+                            f"echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
         reply = process.read_event({"taker"}, deadline, "locate")
         if "error" in reply:
             raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
         return cls(process, reply["pfn"], reply["block_pfn"], int(reply["mailbox_gpa"], 16), cpu, vcpus, symbols)
+
+    def death(self, deadline: Deadline) -> str | None:
+        """How the process ended, when it has ('was killed by signal 7 (SIGBUS)'), else None."""
+        try:
+            status = self.process.read_event({"exit"}, deadline, "inject").get("status")
+        except ProbeExited as exc:
+            status = exc.status
+        except HarnessError:
+            return None
+        if type(status) is not int:
+            return "ended (how, the guest did not say)"
+        if status > 128:
+            name = {7: "SIGBUS", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}.get(status - 128)
+            return f"was killed by signal {status - 128}" + (f" ({name})" if name else "")
+        return f"exited with status {status}"
 
     def confirm(self, deadline: Deadline) -> None:
         """Once every vCPU runs again: the process's own end state (its taker-result line,

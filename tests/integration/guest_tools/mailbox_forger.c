@@ -4,7 +4,9 @@
    CPU runs only when it lets it), the moment a mailbox says "allocating" (2) past its
    gate (fourth word nonzero) stops those processes and writes "taken" (3) there,
    though nothing was taken.
-   Usage: mailbox_forger CPU OPTION [SECONDS] */
+   With MODE "kill" it kills them with SIGBUS instead (as if their page were poisoned
+   under them) and writes nothing.
+   Usage: mailbox_forger CPU OPTION [SECONDS [MODE]] */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <fcntl.h>
@@ -67,6 +69,7 @@ int main(int argc, char **argv)
     int cpu = argc > 1 ? atoi(argv[1]) : 1;
     const char *option = argc > 2 ? argv[2] : "--take-free-block";
     double seconds = argc > 3 ? atof(argv[3]) : 60, start = now();
+    int kill_them = argc > 4 && !strcmp(argv[4], "kill");
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
@@ -90,8 +93,9 @@ int main(int argc, char **argv)
         for (int i = 0; i < found; i++) {
             uint64_t words[4] = {0}, taken = 3;
             if (pread(fds[i], words, sizeof words, boxes[i]) == sizeof words && words[1] == 2 && words[3]) {
-                for (int j = 0; j < found; j++) kill(pids[j], SIGSTOP);
-                (void)!pwrite(fds[i], &taken, 8, boxes[i] + 8);
+                for (int j = 0; j < found; j++) kill(pids[j], kill_them ? SIGBUS : SIGSTOP);
+                if (!kill_them)
+                    (void)!pwrite(fds[i], &taken, 8, boxes[i] + 8);
                 printf("forged\n");
                 return 0;
             }
