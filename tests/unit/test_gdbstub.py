@@ -70,3 +70,65 @@ def test_packets_for_breakpoints_reads_and_partial_continue():
     assert vcont_packet("s", (1, 11)) == "vCont;s:1;s:b"
     with pytest.raises(ValueError):
         vcont_packet("r")
+
+
+class ScriptedStub:
+    """A gdbstub on a unix socket answering like QEMU: `?` -> T05, qC -> QC1, Hg -> OK, with
+    (QEMU <= 7.2) or without (QEMU >= 8) an unasked `T02thread:01;` when the debugger connects."""
+
+    def __init__(self, unasked_stop: bool):
+        import socket
+        import tempfile
+        import threading
+        self.folder = tempfile.mkdtemp(prefix="gdbstub-test-", dir="/tmp")
+        self.path = f"{self.folder}/gdb.sock"
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(1)
+        self.unasked_stop = unasked_stop
+        self.received: list[str] = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.server.accept()
+        if self.unasked_stop:
+            conn.sendall(encode_packet("T02thread:01;"))
+        buffer = b""
+        answers = {"?": "T05thread:01;", "qC": "QC1", "Hg1": "OK"}
+        while True:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            buffer += chunk
+            while True:
+                frame, buffer = split_frame(buffer)
+                if frame is None:
+                    break
+                payload = decode_packet(frame).decode()
+                self.received.append(payload)
+                conn.sendall(b"+" + encode_packet(answers.get(payload, "")))
+        conn.close()
+
+    def close(self):
+        import shutil
+        self.server.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("unasked_stop", [True, False], ids=["qemu-7.2", "qemu-8-and-later"])
+def test_attach_asks_for_the_stop_reply_and_leaves_nothing_stale(unasked_stop):
+    from orchestrator.inject.races.gdbstub import RemoteTarget
+    stub = ScriptedStub(unasked_stop)
+    target = RemoteTarget(stub.path, timeout=2)
+    try:
+        stop = target.attach(timeout=1)
+        assert stop.thread == 1
+        assert stub.received[:2] == ["?", "qC"]
+        # the next request gets its own answer, not a stop reply left over from connecting
+        target.checked("Hg1", timeout=1)
+        received = [line for line in target.transcript if line.startswith("<-")]
+        assert received.count("<- T02thread:01;") == (1 if unasked_stop else 0)
+    finally:
+        target.close()
+        stub.close()

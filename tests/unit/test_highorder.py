@@ -73,6 +73,9 @@ class FakeTarget:
         self.path = path
         return self
 
+    def attach(self, timeout):
+        return self.wait_stop(timeout)
+
     def wait_stop(self, timeout):
         if self.sent and self.sent[-1].startswith("vCont;s"):
             self.running = False

@@ -214,6 +214,30 @@ class RemoteTarget:
         self.sock.sendall(encode_packet(payload))
         self.running = True
 
+    def attach(self, timeout: float = 5.0) -> StopReply:
+        """The stop reply of a freshly connected debugger, asked for with `?`.
+
+        QEMU stops the VM when a debugger connects. Up to 7.2 it also sends an unasked stop
+        reply then (`T02thread:01;`, before anything the client sends is read); since QEMU 8 it
+        sends none until asked (`allow_stop_reply`). So: ask with `?`, take the first stop
+        reply, then send `qC` and drop every stop reply before its `QC` answer (on 7.2 that is
+        the answer to `?`, the first having been the unasked one). No wait on a reply that may
+        never come, and nothing stale left to be read as the answer to a later packet."""
+        self.transcript.append("-> ?")
+        self.sock.sendall(encode_packet("?"))
+        stop = parse_stop_reply(self._receive(timeout))
+        self.transcript.append("-> qC")
+        self.sock.sendall(encode_packet("qC"))
+        while True:
+            payload = self._receive(timeout)
+            if payload.startswith("QC"):
+                self.running = False
+                return stop
+            try:
+                stop = parse_stop_reply(payload)
+            except GdbError:
+                raise GdbError(f"'qC' answered {payload[:60]!r}") from None
+
     def wait_stop(self, timeout: float) -> StopReply:
         stop = parse_stop_reply(self._receive(timeout))
         self.running = False

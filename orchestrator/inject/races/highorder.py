@@ -384,7 +384,7 @@ def with_gdbstub(monitor: GuestMonitor, artifacts: Path, remote: bool, race, qem
             raise HarnessError("inject", f"QEMU's gdbstub did not start: {reply.strip()[:200]}")
         try:
             target = RemoteTarget(path)
-            target.wait_stop(5)  # QEMU stops the VM when a debugger connects
+            target.attach(5)  # QEMU stops the VM when a debugger connects; ask its stop reply
             return race(target)
         except GdbError as exc:
             raise HarnessError("inject", f"could not force the interleaving: gdbstub: {exc}") from None
