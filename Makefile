@@ -23,8 +23,11 @@ ARGS   ?=
 KERNEL_PATH ?=
 MODULES     ?=
 KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--modules $(MODULES))
+# Another QEMU: a binary, a QEMU build tree, or a name in guest-images/qemus.yaml (debian-backports).
+QEMU ?=
+QEMU_ARGS := $(if $(QEMU),--qemu $(QEMU))
 
-.PHONY: docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
+.PHONY: qemu docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -36,6 +39,8 @@ help:
 	@echo "make bench [ARGS='--part fanout']        scenario wall time against a bare baseline; debian-12-full beside it;"
 	@echo "                                         a catalog subset on 1 vs 2 libvirt endpoints"
 	@echo "make image [KERNEL=debian-6.12|debian-12-full] [KERNEL_PATH=...]  build (or reuse) a guest image, showing each step"
+	@echo "make qemu QEMU=debian-backports        fetch the pinned second QEMU (10.0) beside the system's 7.2"
+	@echo "  ... QEMU=NAME|PATH on scenario/suite    run on that QEMU (a name, a binary or a QEMU build tree)"
 	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
 	@echo "make docs                                regenerate docs/scenario-reference.md, build the docs site into results/site"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
@@ -66,7 +71,7 @@ define exit_code_note
 status=$$?; if [ $$status -ne 0 ]; then echo "make $@: $(1) exited with code $$status ($(2)); make itself exits 2 on any failure: for the code, run $(3) directly (docs/ci.md)" >&2; fi; exit $$status
 endef
 
-SCENARIO_CMD = $(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(ARGS)
+SCENARIO_CMD = $(ORCH) run $(NAME) $(if $(KERNEL),--image $(KERNEL)) $(KERNEL_ARGS) $(QEMU_ARGS) $(ARGS)
 scenario: setup
 	@test -n "$(NAME)" || { echo "usage: make scenario NAME=<scenario> (one of: $$(cd scenarios && ls *.yaml | sed 's/\.yaml$$//' | tr '\n' ' '))" >&2; exit 2; }
 	@echo '$(subst ','\'',$(SCENARIO_CMD))'
@@ -79,7 +84,7 @@ KERNELS := debian-6.1 debian-6.12
 suite: setup
 	@status=0; runs=""; \
 	for kernel in $(if $(KERNEL),$(KERNEL),$(KERNELS)); do \
-	  $(ORCH) run --image $$kernel $(ARGS) scenarios/*.yaml || status=1; \
+	  $(ORCH) run --image $$kernel $(QEMU_ARGS) $(ARGS) scenarios/*.yaml || status=1; \
 	  runs="$$runs $$(readlink -f results/latest)"; \
 	done; \
 	$(PY) -m orchestrator.report.table $$runs $(if $(KERNEL),,--update docs/verdicts.md) > results/verdict-table.md || status=2; \
@@ -112,6 +117,11 @@ nightly: setup
 
 # KERNEL names any image: the initramfs ones (images.yaml) or a full
 # distribution image (distro-images.yaml, e.g. debian-12-full: minutes, shown as it goes).
+# The pinned second QEMU (guest-images/qemus.yaml), unpacked beside the system's, never over it.
+qemu: setup
+	@test -n "$(QEMU)" || { echo "usage: make qemu QEMU=<name> (one of: $$(grep -E '^[a-z0-9][^:]*:' guest-images/qemus.yaml | cut -d: -f1 | tr '\n' ' '))" >&2; exit 2; }
+	$(PY) -m orchestrator.guest.qemu.install $(QEMU)
+
 image: setup
 	$(if $(strip $(KERNEL_ARGS)),$(PY) -m orchestrator.guest.images $(if $(KERNEL),$(KERNEL),debian-6.1) $(KERNEL_ARGS),$(PY) -m orchestrator.guest.images.distro $(if $(KERNEL),$(KERNEL),debian-6.1))
 
