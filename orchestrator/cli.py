@@ -27,6 +27,7 @@ from orchestrator.guest.keep import KEEP_CHOICES
 
 from orchestrator.guest.qemu import argv as qemu_args
 from orchestrator.guest.qemu import qemu_build
+from orchestrator.guest.qemu.install import QemuError, firmware_layout, qemu_version, resolve_qemu
 from orchestrator.inject import mce
 
 from orchestrator.inject.decode import decode
@@ -84,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
                           "(arch/x86/boot/bzImage, .config and its modules), inside the image's userspace")
     run.add_argument("--modules", type=Path, metavar="DIR",
                      help="modules for --kernel: an INSTALL_MOD_PATH install (holding lib/modules/RELEASE)")
+    run.add_argument("--qemu", metavar="PATH|NAME",
+                     help="run the guests on this QEMU: a qemu-system-x86_64 binary, a QEMU build tree (its "
+                          "pc-bios/ ROMs are used), or a name in guest-images/qemus.yaml (debian-backports: "
+                          "fetched on first use). Default: qemu-system-x86_64 on PATH")
     run.add_argument("--append", default="", metavar="CMDLINE", help="extra guest kernel command-line arguments")
     run.add_argument("--snapshot", action="store_true",
                      help="boot each guest configuration once, save it, and restore it for every scenario "
@@ -178,7 +183,7 @@ def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
     anything starts. The guest's own QEMU is asked again before the injection;
     where no QEMU runs here (a remote libvirt host), that check alone decides."""
     # The firmware the guest will have (qemu_args): its size shapes the RAM below 1 MiB.
-    firmware = qemu_args.default_firmware() if qemu_args.host_accel() == "tcg" else None
+    firmware = firmware_layout(binary)[1] if qemu_args.host_accel() == "tcg" else None
     for s in scenarios:
         if s.inject.address is None:
             continue
@@ -273,7 +278,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: ok")
             return 0
         _check_images(args, scenarios)
-        _check_addresses(scenarios)
+        try:
+            args.qemu_binary = resolve_qemu(args.qemu, REPO_ROOT / "guest-images" / ".cache",
+                                            lambda text: print(f"   {text}", file=sys.stderr, flush=True))
+        except QemuError as exc:
+            if args.bisect and args.qemu and "/" in args.qemu:
+                # A QEMU commit that did not build: skip it (125), do not stop the bisection.
+                print(f"mce-orchestrator: {exc}", file=sys.stderr)
+                return exit_code(Outcome.ERROR, True)
+            raise InputError(str(exc)) from None
+        print(f"mce-orchestrator: QEMU {qemu_version(args.qemu_binary)} ({args.qemu_binary})", file=sys.stderr)
+        _check_addresses(scenarios, args.qemu_binary)
         _check_backend(args, scenarios)
         return run(scenarios, args)
     except InputError as exc:
@@ -385,7 +400,8 @@ def run(scenarios, args) -> int:
                          image=args.image, extra_cmdline=args.append, snapshot=args.snapshot, backend=args.backend,
                          connect=args.connect, attach=args.attach, kernel=args.kernel, modules=args.modules,
                          disk_image=args.disk_image, allow_backing=tuple(args.allow_backing),
-                         command=as_typed(args.results))
+                         command=as_typed(args.results), qemu_binary=args.qemu_binary,
+                         qemu=args.qemu)
     planned = [(s.name if args.repeat == 1 else f"{s.name}.{i + 1}", s)
                for s in scenarios for i in range(args.repeat)]
     results: list[ScenarioResult] = []

@@ -30,6 +30,7 @@ from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, 
 from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
 from orchestrator.guest.images.kernels import LocalKernel
 from orchestrator.guest.qemu import tail
+from orchestrator.guest.qemu.install import qemu_version
 from orchestrator.guest.readiness import wait_sshd
 from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
 from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, quote
@@ -155,6 +156,8 @@ class RunOptions:
     disk_image: Path | None = None       # --disk-image: a user's cloud-init disk image for every scenario
     allow_backing: tuple[Path, ...] = ()  # --allow-backing: backing files a disk image may use
     command: str = "mce-orchestrator"    # the tool as the user typed it (with --results), for keep hints
+    qemu_binary: str = "qemu-system-x86_64"  # --qemu, resolved to the binary that runs the guests
+    qemu: str | None = None              # --qemu as given (a name or a path), for repro.sh
     hook: PhaseHook | None = None
 
 
@@ -233,7 +236,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
                 guest_image = prepare_disk_image(disk_image, cache_root=cache_root, workdir=workdir,
                                                  saved_keys=options.snapshot, progress=reporter.note,
-                                                 allow_backing=options.allow_backing)
+                                                 allow_backing=options.allow_backing, qemu=options.qemu)
             else:
                 guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
                                                  cache_root=cache_root, progress=reporter.note,
@@ -245,6 +248,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             as_written = scenario  # an attached guest's own kernel picks its expectations again
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
+            result.qemu_version, result.qemu_binary = qemu_version(options.qemu_binary), options.qemu_binary
+            phases.notes["image"] += f"; QEMU {result.qemu_version}"
             result.known_failure = scenario.known_failure(guest_image.kernel_release)
             if variant is not None:
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
@@ -266,6 +271,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             stack.callback(keeping.remove_socket_folder, kept_folder)
         with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest,
                        artifacts=artifacts, accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk,
+                       qemu_binary=options.qemu_binary,
                        **({"kept_qmp_socket": kept_folder / "qmp.sock"} if kept_folder else {})) as guest:
             phases.context.guest = guest
             try:
@@ -794,7 +800,8 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
                               allow_backing=options.allow_backing)
     script = artifacts / "repro.sh"
     script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
-                                         commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release))
+                                         commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release,
+                                         qemu_version=qemu_version(options.qemu_binary)))
     script.chmod(0o755)
     if argv:
         by_hand = artifacts / "qemu-by-hand.sh"

@@ -60,6 +60,8 @@ class ScenarioResult:
     qemu_pid: int | None = None
     image: str | None = None
     kernel_release: str | None = None
+    qemu_version: str | None = None             # `qemu-system-x86_64 --version` of the QEMU that ran it
+    qemu_binary: str | None = None
     known_failure: KnownFailure | None = None   # marked for this kernel
     known_note: str | None = None               # what the mark made of the verdict
     skip_reasons: list[str] = field(default_factory=list)  # SKIP: the options the kernel lacks
@@ -95,6 +97,7 @@ class ScenarioResult:
             "qemu_pid": self.qemu_pid,
             "image": self.image,
             "kernel_release": self.kernel_release,
+            "qemu": {"version": self.qemu_version, "binary": self.qemu_binary} if self.qemu_version else None,
             "known_failure": {"kernel": self.known_failure.condition, "because": self.known_failure.because,
                               "signature": self.known_failure.signature, "task": self.known_failure.task,
                               "function": self.known_failure.function, "explains": list(self.known_failure.explains),
@@ -270,7 +273,8 @@ def write_junit(results: list[ScenarioResult], path: Path, properties: dict[str,
                              name=f"{r.name}[{kernel}]" if kernel else r.name,
                              file=junit_file(r.path, repo_root), time=f"{r.duration:.3f}")
         props = ET.SubElement(case, "properties")
-        for key, value in [("kernel", r.kernel_release), ("image", r.image), *(properties or {}).items()]:
+        for key, value in [("kernel", r.kernel_release), ("image", r.image), ("qemu_version", r.qemu_version),
+                           ("qemu_binary", r.qemu_binary), *(properties or {}).items()]:
             if value:
                 ET.SubElement(props, "property", name=key, value=str(value))
         if r.outcome == Outcome.FAIL:

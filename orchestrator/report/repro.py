@@ -124,7 +124,7 @@ def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
 
 def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modules: Path | None,
              append: str, accel: str | None, snapshot: bool, disk_image: Path | None = None,
-             allow_backing: tuple[Path, ...] = ()) -> list[str]:
+             allow_backing: tuple[Path, ...] = (), qemu: str | None = None) -> list[str]:
     """The `mce-orchestrator run` arguments that give the same inputs."""
     argv = ["run", scenario_file]
     if disk_image is not None:
@@ -142,6 +142,8 @@ def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modu
         argv += ["--append", append]
     if accel:
         argv += ["--accel", accel]
+    if qemu:
+        argv += ["--qemu", qemu]  # a name (fetched where missing) or this machine's path
     if snapshot:
         argv.append("--snapshot")
     return argv
@@ -156,20 +158,22 @@ def git_commit(repo: Path) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def repro_script(*, scenario: str, run_args: list[str], commit: str | None, kernel_release: str | None) -> str:
+def repro_script(*, scenario: str, run_args: list[str], commit: str | None, kernel_release: str | None,
+                 qemu_version: str | None = None) -> str:
     """repro.sh: run it inside (or pass it) a checkout of the project, on any machine."""
     words, previous = [], None
     for arg in run_args[2:]:
-        variable = {"--kernel": "MCE_KERNEL", "--modules": "MCE_MODULES"}.get(previous or "")
+        variable = {"--kernel": "MCE_KERNEL", "--modules": "MCE_MODULES", "--qemu": "MCE_QEMU"}.get(previous or "")
         # A kernel path is this machine's: another one sets MCE_KERNEL / MCE_MODULES.
         words.append(f'"${{{variable}:-{arg}}}"' if variable and _PLAIN.match(arg) else shlex.quote(arg))
         previous = arg
     quoted = " ".join(words)
     # Values from outside (the scenario's name and file, the guest's uname -r, git) only ever
     # appear quoted (shlex) or, in comments, with no newline left in them (comment_value).
-    scenario, kernel_release, commit = (comment_value(v) if v else v for v in (scenario, kernel_release, commit))
+    scenario, kernel_release, commit, qemu_version = (comment_value(v) if v else v
+                                                      for v in (scenario, kernel_release, commit, qemu_version))
     return f"""#!/bin/sh
-# Runs scenario {scenario} again with the inputs of this run (kernel {kernel_release or 'unknown'}).
+# Runs scenario {scenario} again with the inputs of this run (kernel {kernel_release or 'unknown'}{', QEMU ' + qemu_version if qemu_version else ''}).
 # Usage: repro.sh [CHECKOUT]   CHECKOUT: a clone of mce-orchestrator (default: the current folder).
 # The scenario is the copy beside this script ({comment_value(run_args[1])}), as it was when this run started.
 # Recorded with the orchestrator at commit {commit or 'unknown'}: `git checkout {commit or 'COMMIT'}` in

@@ -55,6 +55,7 @@ from orchestrator.guest.libvirt.connection import DEFAULT_URI, _libvirt, _messag
 from orchestrator.guest.monitor import BoundedEvents, MonitorError, MonitorLogs
 from orchestrator.guest.qemu import argv as qemu_args
 from orchestrator.guest.qemu import file_digest, free_loopback_port, qemu_build
+from orchestrator.guest.qemu.install import firmware_layout
 from orchestrator.guest.ssh import wait_for_banner
 from orchestrator.inject import mce
 from orchestrator.plumbing.deadline import Deadline
@@ -353,7 +354,7 @@ class LibvirtGuest(Guest):
             initrd=self._placed.get("initrd", self.image.initrd), console_log=self.console_log,
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, numa_nodes=self.spec.numa_nodes,
             machine=self.spec.machine, accel=self.accel, emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
-            pmem_mib=self.spec.pmem_mib, firmware=qemu_args.default_firmware() if self.accel == "tcg" else None,
+            pmem_mib=self.spec.pmem_mib, firmware=firmware_layout(self.qemu_binary)[1] if self.accel == "tcg" else None,
             disk=self._placed.get("disk", self.disk), console_pty=self.remote,
             incoming=self.incoming is not None,
             # A restored guest's console.log already holds the saving boot's console.

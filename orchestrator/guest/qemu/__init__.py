@@ -26,6 +26,7 @@ from orchestrator.guest.images.distro import DiskGuestImage
 from orchestrator.guest.images.overlay import DiskOverlay, OverlayError
 from orchestrator.guest.monitor import Monitor, MonitorError
 from orchestrator.guest.qemu import argv as qemu_args
+from orchestrator.guest.qemu.install import firmware_layout
 from orchestrator.plumbing.bounded import ConsoleRecorder
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
@@ -205,7 +206,9 @@ class QemuGuest(Guest):
             root_disk=self._root_overlay.path if self._root_overlay is not None else None,
             root_cmdline=self.image.kernel_cmdline if isinstance(self.image, DiskGuestImage) else "",
             seed=getattr(self.image, "seed", None),  # a user's disk image: its cloud-init seed
-            firmware=qemu_args.default_firmware() if self.accel == "tcg" else None)
+            # The chosen QEMU's own ROMs and qboot: its compiled-in path would find the system QEMU's.
+            data_dirs=firmware_layout(self.qemu_binary)[0],
+            firmware=firmware_layout(self.qemu_binary)[1] if self.accel == "tcg" else None)
 
     def _launch_failure(self, why: str) -> str:
         gone = self.exit_summary()

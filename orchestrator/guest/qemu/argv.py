@@ -28,6 +28,7 @@ class QemuConfig:
     machine: str = "pc"
     accel: str = "tcg"        # "kvm" or "tcg"
     qemu_binary: str = "qemu-system-x86_64"
+    data_dirs: tuple[Path, ...] = ()  # -L: the chosen QEMU's own ROMs (install.firmware_layout)
     extra_cmdline: str = ""
     pmem_mib: int | None = None   # guest.pmem: that much of the guest's RAM as legacy pmem (memmap=)
     firmware: Path | None = None  # qboot when available: it boots a -kernel guest fastest
@@ -83,6 +84,7 @@ def numa_argv(c: QemuConfig) -> list[str]:
 def build_argv(c: QemuConfig) -> list[str]:
     argv = [
         c.qemu_binary,
+        *[arg for folder in c.data_dirs for arg in ("-L", str(folder))],
         "-name", "mce-guest,debug-threads=on",
         "-machine", f"{c.machine},accel={c.accel}",
         "-cpu", cpu_model(c.accel),
