@@ -153,3 +153,11 @@ def test_the_qemu_version_is_in_report_json_junit_and_repro(tmp_path):
     script = repro_script(scenario="s", run_args=args, commit=None, kernel_release="6.1.0",
                           qemu_version="10.0.2 (Debian 1:10.0.2+ds-2)")
     assert "QEMU 10.0.2 (Debian 1:10.0.2+ds-2)" in script and '"${MCE_QEMU:-debian-backports}"' in script
+
+
+def test_a_qemu_commit_that_did_not_build_is_a_bisect_skip(tmp_path, capsys):
+    from orchestrator.cli import main
+    assert main(["run", "--bisect", "--qemu", str(tmp_path / "build"), "--results", str(tmp_path),
+                 "srao-anon-late-kill"]) == 125
+    assert main(["run", "--qemu", "no-such-qemu", "--results", str(tmp_path), "srao-anon-late-kill"]) == 2
+    assert "not a path and not a QEMU" in capsys.readouterr().err
