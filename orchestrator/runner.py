@@ -236,7 +236,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 stack.callback(shutil.rmtree, workdir, ignore_errors=True)
                 guest_image = prepare_disk_image(disk_image, cache_root=cache_root, workdir=workdir,
                                                  saved_keys=options.snapshot, progress=reporter.note,
-                                                 allow_backing=options.allow_backing, qemu=options.qemu)
+                                                 allow_backing=options.allow_backing)
             else:
                 guest_image = ensure_guest_image(options.image or scenario.guest.image, repo_root=REPO_ROOT,
                                                  cache_root=cache_root, progress=reporter.note,
@@ -797,7 +797,7 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
                               kernel=options.kernel, modules=options.modules, append=options.extra_cmdline,
                               accel=options.accel, snapshot=options.snapshot,
                               disk_image=options.disk_image or scenario.guest.disk_image,
-                              allow_backing=options.allow_backing)
+                              allow_backing=options.allow_backing, qemu=options.qemu)
     script = artifacts / "repro.sh"
     script.write_text(repro.repro_script(scenario=scenario.name, run_args=run_args,
                                          commit=repro.git_commit(REPO_ROOT), kernel_release=kernel_release,
