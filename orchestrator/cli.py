@@ -418,7 +418,7 @@ def run(scenarios, args) -> int:
             results.append(ScenarioResult(name=label, path=str(scenario.path), outcome=Outcome.ERROR,
                                           artifacts=run_dir / label, error=HarnessError("run", "not run: interrupted before it started")))
     finally:
-        qemu = qemu_build("qemu-system-x86_64").split(" /")[0]  # its version line, not the file identity
+        qemu = qemu_build(getattr(args, "qemu_binary", "qemu-system-x86_64")).split(" /")[0]  # its version line, not the file identity
         write_junit(results, run_dir / "junit.xml", {"qemu": qemu, "tool": f"mce-orchestrator {__version__}"})
         write_json(results, run_dir / "report.json", {"started": started, "finished": time.time(),
                                                        "interrupted": interrupted, "version": __version__,
