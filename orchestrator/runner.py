@@ -131,6 +131,7 @@ class RunContext:
     guest: Guest | None = None
     ssh: SshSession | None = None
     probe: RemoteProcess | None = None
+    probe_hint: repro.ProbeHint | None = None  # how the probe was started, for qemu-by-hand.sh
 
 
 # Called at the start of every phase with (phase, context); fault-injection
@@ -341,7 +342,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         result.injection = asdict(injection) if injection else None
         try:
             _write_evidence(artifacts, ev)
-            _write_repro(artifacts, scenario, options, launched_argv, result.kernel_release)
+            _write_repro(artifacts, scenario, options, launched_argv, result.kernel_release,
+                         phases.context.probe_hint)
         except OSError as exc:
             result.error = result.error or HarnessError("artifacts", f"cannot write evidence: {exc.strerror}: {exc.filename}")
 
@@ -564,6 +566,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                        f"--processes {p.processes}"
                        + (f" --file {PROBE_FILE} --file-state {p.file_state}" if p.memory == "file" else "")
                        + (" --find-free" if scenario.inject.region == "free-page" else ""))
+            phases.context.probe_hint = repro.ProbeHint(command, probe_binary, probe_build.REMOTE_PATH,
+                                                        Path(guest.ssh_keys(guest_image)[0]))
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe
@@ -784,7 +788,7 @@ SCENARIO_COPY_DIR = "scenario"  # the scenario file as it was, beside repro.sh
 
 
 def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv: list[str],
-                 kernel_release: str | None) -> None:
+                 kernel_release: str | None, probe_hint: repro.ProbeHint | None = None) -> None:
     """repro.sh (the same run through the orchestrator, from any checkout) and qemu-by-hand.sh
     with monitor-commands.hmp (the same QEMU and monitor commands without it)."""
     # In a folder of its own, as STEM.yaml: a scenario's name is its file's stem (checked on
@@ -805,7 +809,8 @@ def _write_repro(artifacts: Path, scenario: Scenario, options: RunOptions, argv:
     script.chmod(0o755)
     if argv:
         by_hand = artifacts / "qemu-by-hand.sh"
-        by_hand.write_text(repro.by_hand_script(repro.by_hand_argv(argv), scenario.name, scenario.guest.disk_mib))
+        by_hand.write_text(repro.by_hand_script(repro.by_hand_argv(argv), scenario.name, scenario.guest.disk_mib,
+                                                probe_hint))
         by_hand.chmod(0o755)
     commands = artifacts / "monitor-commands.log"
     if commands.is_file():

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import subprocess
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -99,14 +100,47 @@ def by_hand_argv(argv: list[str], console_log: str = "console-by-hand.log") -> l
     return out
 
 
-def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None) -> str:
+@dataclass(frozen=True)
+class ProbeHint:
+    """How the run started its probe, for qemu-by-hand.sh: the same page kind, found anew."""
+    command: str       # the probe's command line in the guest, as the harness ran it
+    binary: Path       # the probe on this host (the harness uploads it to REMOTE_PATH)
+    remote_path: str
+    client_key: Path   # the image's client key for the guest's sshd
+
+
+def _ssh_port(argv: list[str]) -> str | None:
+    for arg in argv:
+        if "hostfwd=tcp:127.0.0.1:" in arg:
+            return arg.split("hostfwd=tcp:127.0.0.1:", 1)[1].split("-", 1)[0]
+    return None
+
+
+def probe_hint_lines(hint: ProbeHint, port: str | None) -> list[str]:
+    """Comment lines saying how to start the probe so that the typed `mce` line hits a process's
+    page: the run's address was that boot's page, a new boot puts the probe elsewhere."""
+    port = port or "PORT"
+    ssh = f"-p {shlex.quote(port)} -i {shlex.quote(str(hint.client_key))}"
+    return ["# To hit a process's page as the run did, start its probe in the guest first, then type the",
+            "# 'mce' line with the address the probe reports (each boot puts the page elsewhere):",
+            f"#   scp -P {comment_value(shlex.quote(port))} -i {comment_value(shlex.quote(str(hint.client_key)))} "
+            f"{comment_value(shlex.quote(str(hint.binary)))} root@127.0.0.1:{comment_value(hint.remote_path)}",
+            f"#   ssh {comment_value(ssh)} root@127.0.0.1 {comment_value(shlex.quote(hint.command))}",
+            "# Its first line, {\"event\":\"ready\",...,\"gpa\":\"0x...\",...}, names the target page's",
+            "# guest-physical address: put it in place of the address in monitor-commands.hmp's 'mce' line",
+            "# (raise the probe's --timeout, in seconds, to leave time for typing)."]
+
+
+def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None, probe: ProbeHint | None = None) -> str:
     lines = ["#!/bin/sh",
              f"# The QEMU of scenario {comment_value(scenario)}, without the orchestrator: the same command line, with an",
              "# HMP monitor on this terminal. At the (qemu) prompt, type the lines of monitor-commands.hmp",
              "# (the injection is the 'mce ...' line; the harness sent it while the vCPU was in user mode",
              "# where the scenario gates it). The guest's console goes to console-by-hand.log here;",
-             "# its sshd takes the image's client key (keys/client_key beside the kernel) on the port below.",
-             "set -eu", 'cd "$(dirname "$0")"']
+             "# its sshd takes the image's client key (keys/client_key beside the kernel) on the port below."]
+    if probe is not None:
+        lines += probe_hint_lines(probe, _ssh_port(argv))
+    lines += ["set -eu", 'cd "$(dirname "$0")"']
     disk = next((a.split("file=", 1)[1].split(",", 1)[0] for a in argv if a.startswith("file=")), None)
     if disk_mib and disk:
         lines += ["# A fresh ext4 scratch disk, as the harness makes it.",

@@ -175,3 +175,26 @@ def test_repro_script_says_when_the_commit_and_the_kernel_differ(tmp_path):
             assert line in proc.stderr, proc.stderr
         if not says:
             assert "repro.sh:" not in proc.stderr, proc.stderr
+
+
+def test_by_hand_script_says_how_to_start_the_probe_for_the_typed_mce_line(tmp_path):
+    """The typed 'mce' line hits a process's page only if the probe runs first: the script says how,
+    with the run's own probe command, the guest's forwarded port and the image's key."""
+    argv = repro.by_hand_argv(qemu_args.build_argv(config()))
+    marker = tmp_path / "PWNED"
+    hint = repro.ProbeHint(command=f"/tmp/mce-probe --pages 4 --target 1 --mode late\ntouch {marker}",
+                           binary=Path("/cache/probe/mce-probe-abc"), remote_path="/tmp/mce-probe",
+                           client_key=Path("/cache/img/keys/client_key"))
+    script = repro.by_hand_script(argv, "srao-anon-late-kill", None, hint)
+    assert "scp -P 4022 -i /cache/img/keys/client_key /cache/probe/mce-probe-abc root@127.0.0.1:/tmp/mce-probe" \
+        in script, script
+    assert "ssh -p 4022 -i /cache/img/keys/client_key root@127.0.0.1 '/tmp/mce-probe --pages 4 --target 1" in script
+    assert '"gpa"' in script and "monitor-commands.hmp's 'mce' line" in script
+    # Only comments: the hint runs nothing, and a newline in a value does not end its comment.
+    assert all(line.startswith("#") for line in script.splitlines()[:12] if "mce-probe" in line)
+    path = tmp_path / "qemu-by-hand.sh"
+    path.write_text(script.replace("exec ", "exit 0 #", 1))
+    subprocess.run(["sh", str(path)], capture_output=True, cwd=tmp_path)
+    assert not marker.exists()
+    # Without a hint (a run that never reached its probe), no such lines.
+    assert "scp " not in repro.by_hand_script(argv, "srao-anon-late-kill", None)
