@@ -287,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"mce-orchestrator: {exc}", file=sys.stderr)
                 return exit_code(Outcome.ERROR, True)
             raise InputError(str(exc)) from None
-        print(f"mce-orchestrator: QEMU {qemu_version(args.qemu_binary)} ({args.qemu_binary})", file=sys.stderr)
         _check_addresses(scenarios, args.qemu_binary)
         _check_backend(args, scenarios)
+        # After the input checks: a refused input stays one line.
+        print(f"mce-orchestrator: QEMU {qemu_version(args.qemu_binary)} ({args.qemu_binary})", file=sys.stderr)
         return run(scenarios, args)
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)

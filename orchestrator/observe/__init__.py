@@ -316,9 +316,18 @@ def _vcpus_halted(guest: Guest) -> bool:
 
 
 def console_text_ignored(guest: Guest) -> list[str]:
-    """Halt lines seen on the console that the vCPUs did not confirm (userspace's text)."""
+    """Halt lines seen on the console that the vCPUs did not confirm (userspace's text). A line
+    still awaiting confirmation is settled first (at most HALT_CONFIRM_S): the evidence may be
+    gathered faster than that, and an unsettled line must not vanish from the account."""
     watch = _consoles.get(guest)
-    return list(watch.userspace) if watch is not None else []
+    if watch is None:
+        return []
+    settle = Deadline(HALT_CONFIRM_S + 0.5, "halt line")
+    while watch.pending is not None and not settle.expired():
+        _console_says_halted(guest)
+        if watch.pending is not None:
+            settle.sleep(0.1)
+    return list(watch.userspace)
 
 
 def panic_line(guest: Guest, deadline: Deadline | None = None) -> str | None:
