@@ -247,11 +247,13 @@ def inject_into(guest: KeptGuest, fields: mce.MceFields, *, cpu: int, broadcast:
 class AfterInjection:
     down: str | None     # the guest panicked / reset / powered off: why, from QEMU's events
     lines: list[str]     # what the kernel printed on the console since (its result lines)
+    watched_s: float = 0.0  # how long it was watched (a slow guest may go down later)
 
     def report(self) -> list[str]:
         said = [f"kernel: {line}" for line in self.lines] or ["kernel: nothing on the console about it"]
         panic = next((line for line in self.lines if line.startswith("Kernel panic")), None)
-        state = f"DOWN: {self.down}" + (f": {panic}" if panic else "") if self.down else "still running"
+        state = (f"DOWN: {self.down}" + (f": {panic}" if panic else "") if self.down
+                 else f"still running (watched {self.watched_s:.1f} s; --watch for longer)")
         return [f"guest: {state}", *said]
 
 
@@ -300,7 +302,7 @@ def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float
                                                    for line in _new_result_lines(console, offset)):
             time.sleep(0.1)
         time.sleep(0.3)  # the rest of the line
-    return AfterInjection(down, _new_result_lines(console, offset)[:8])
+    return AfterInjection(down, _new_result_lines(console, offset)[:8], time.monotonic() - (end - seconds))
 
 
 def keep_summary(guest: KeptGuest, command: str = "mce-orchestrator") -> list[str]:

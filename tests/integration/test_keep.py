@@ -137,7 +137,8 @@ def test_inject_on_a_kept_guest_says_what_the_guest_did(tmp_path):
         proc = tool("inject", *g, "--gpa", "0x2100000", "--preset", "ucna")
         assert proc.returncode == 2 and "a UCNA cannot be delivered as one" in proc.stderr, proc.stderr
 
-        proc = tool("inject", *g, "--gpa", "0x2100000", "--preset", "ucna", "--anyway")
+        # Watched until the panic's event (it ends the watch): a loaded host's guest takes longer than 5 s.
+        proc = tool("inject", *g, "--gpa", "0x2100000", "--preset", "ucna", "--anyway", "--watch", "60")
         assert proc.returncode == 1, (proc.stdout, proc.stderr)
         assert re.search(r"guest: DOWN: the guest panicked: Kernel panic - not syncing: ", proc.stdout), proc.stdout
 

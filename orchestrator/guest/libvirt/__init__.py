@@ -325,7 +325,12 @@ class LibvirtGuest(Guest):
             if self.incoming is None:
                 self._dom.resume()
         except libvirt.libvirtError as exc:
+            # The connection that dropped while the domain started is the cause, not the call it broke.
+            lost = self._lost or (None if self._conn is None or self._conn_alive(ask=True) else "closed")
             self.shutdown()
+            if lost:
+                raise HarnessError("boot", f"lost the connection to {self.uri} ({lost}) while starting domain "
+                                           f"{self.name}: {_message(exc)}") from None
             raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
                                        f"(QEMU log: {self._qemu_log_tail()})") from None
         except (MonitorError, HarnessError, libvirt_volumes.VolumeError) as exc:
