@@ -295,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"mce-orchestrator: error: {exc}", file=sys.stderr)
         return BISECT_ABORT if getattr(args, "bisect", False) else Outcome.ERROR.exit_code
+    except BrokenPipeError:
+        # The reader stopped early (`list | head`): nothing of ours failed. Python would
+        # complain once more when it flushes stdout at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         # The results folder cannot be written (disk full, read-only, ...).
         print(f"mce-orchestrator: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)

@@ -117,3 +117,14 @@ def test_the_authoring_guides_commands_find_its_example_by_the_names_it_uses(cap
     for _, name, image in commands:
         assert cli.main(["validate", name]) == 0, capsys.readouterr().err
         assert not image or image in image_names(REPO)
+
+
+def test_list_into_a_reader_that_stops_early_says_nothing_and_exits_0():
+    """`mce-orchestrator list | head -1`: the closed pipe is the reader's choice, not an error."""
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parents[2]
+    # `true` has gone before the tool writes: every write meets a closed pipe.
+    proc = subprocess.run(["bash", "-c", f"{sys.executable} -m orchestrator list | true; exit ${{PIPESTATUS[0]}}"],
+                          cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
