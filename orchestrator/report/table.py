@@ -1,7 +1,10 @@
-"""Scenario x kernel -> verdict, as a Markdown table, from the runs' report.json files.
+"""Scenario x (kernel, QEMU) -> verdict, as a Markdown table, from the runs' report.json files.
 
     python -m orchestrator.report.table RUN_DIR... [--update README.md]
 
+One column per kernel while every run had the same QEMU; with more than one QEMU
+(`make matrix`), one per (kernel, QEMU) pair, headed `KERNEL, QEMU VERSION`, and the
+verdicts that differ between QEMUs on one kernel are listed under the table.
 With --update, the table replaces the text between the verdict-table markers.
 """
 from __future__ import annotations
@@ -15,35 +18,79 @@ from pathlib import Path
 START, END = "<!-- verdict-table:start -->", "<!-- verdict-table:end -->"
 
 
-def collect(run_dirs: list[Path]) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+def qemu_label(scenario: dict) -> str:
+    """'7.2.22' from report.json's qemu {version: '7.2.22 (Debian 1:7.2+dfsg-...)'}; '?' when the
+    run did not say (a report.json from before the QEMU axis)."""
+    qemu = scenario.get("qemu") or {}
+    version = str(qemu.get("version") or "").split(" (", 1)[0].strip()
+    return version or "?"
+
+
+Column = tuple[str, str]  # (kernel release, QEMU version)
+
+
+def collect(run_dirs: list[Path]) -> tuple[list[str], list[Column], dict[tuple[str, Column], str]]:
+    """The scenarios, the (kernel, QEMU) columns (kernel by kernel, each kernel's QEMUs side by side,
+    in the order the runs name them) and each scenario's cell."""
     kernels: list[str] = []
+    qemus: list[str] = []
     scenarios: set[str] = set()
-    cells: dict[tuple[str, str], str] = {}
+    cells: dict[tuple[str, Column], str] = {}
     for run_dir in run_dirs:
         report = json.loads((run_dir / "report.json").read_text())
         for s in report["scenarios"]:
             kernel = s.get("kernel_release") or s.get("image") or "?"
+            qemu = qemu_label(s)
             if kernel not in kernels:
                 kernels.append(kernel)
+            if qemu not in qemus:
+                qemus.append(qemu)
             scenarios.add(s["name"])
             reason = ""
             if s["outcome"] != "PASS":
                 failed = [c for c in s["checks"] if c["outcome"] != "PASS"]
                 reason = f" ({failed[0]['name']})" if failed else f" ({s['error']['phase']})" if s.get("error") else ""
-            cells[(s["name"], kernel)] = s["outcome"] + reason
-    return sorted(scenarios), kernels, cells
+            cells[(s["name"], (kernel, qemu))] = s["outcome"] + reason
+    ran = {column for _, column in cells}
+    columns = [(k, q) for k in kernels for q in qemus if (k, q) in ran]
+    return sorted(scenarios), columns, cells
+
+
+def header(column: Column, qemus: set[str]) -> str:
+    """The kernel alone while every run had the same QEMU (the table as before the QEMU axis);
+    'KERNEL, QEMU VERSION' once the runs had more than one."""
+    kernel, qemu = column
+    return kernel if len(qemus) == 1 else f"{kernel}, QEMU {qemu}"
+
+
+def qemu_differences(scenarios: list[str], columns: list[Column], cells: dict) -> list[str]:
+    """'NAME on KERNEL: QEMU A: X; QEMU B: Y' for each scenario whose verdict on one kernel is not
+    the same on every QEMU that ran it."""
+    notes = []
+    kernels = list(dict.fromkeys(k for k, _ in columns))
+    for name in scenarios:
+        for kernel in kernels:
+            seen = {q: cells[(name, (k, q))] for k, q in columns if k == kernel and (name, (k, q)) in cells}
+            if len(set(seen.values())) > 1:
+                notes.append(f"{name} on {kernel}: " + "; ".join(f"QEMU {q}: {v}" for q, v in seen.items()))
+    return notes
 
 
 def markdown(run_dirs: list[Path]) -> str:
-    scenarios, kernels, cells = collect(run_dirs)
-    lines = ["| scenario | " + " | ".join(kernels) + " |", "|---|" + "---|" * len(kernels)]
+    scenarios, columns, cells = collect(run_dirs)
+    qemus = {q for _, q in columns}
+    lines = ["| scenario | " + " | ".join(header(c, qemus) for c in columns) + " |", "|---|" + "---|" * len(columns)]
     for name in scenarios:
-        lines.append(f"| {name} | " + " | ".join(cells.get((name, k), "not run") for k in kernels) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, c), "not run") for c in columns) + " |")
     sources = ", ".join(f"`{d.name}`" for d in run_dirs)
     legend = ""
     if any(cell.startswith(("KNOWN-FAIL", "XPASS")) for cell in cells.values()):
         legend = ("KNOWN-FAIL: the kernel fails the scenario the way its `known_failures` mark says (a kernel bug, "
                   "see docs/guest-kernel-bugs.md); XPASS: marked, but passed (the mark is stale).\n\n")
+    if len(qemus) > 1:
+        differences = qemu_differences(scenarios, columns, cells)
+        legend += ("Verdicts that differ between QEMUs on the same kernel: "
+                   + ("; ".join(f"{d}" for d in differences) if differences else "none") + ".\n\n")
     return "\n".join(lines) + f"\n\n{legend}Generated by `python -m orchestrator.report.table` from runs {sources}.\n"
 
 

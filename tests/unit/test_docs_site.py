@@ -145,9 +145,20 @@ def test_the_verdict_table_names_exactly_the_catalog():
     assert sorted(catalog - set(names)) == [], "scenarios missing from the table: run `make suite`"
     assert sorted(set(names) - catalog) == [], "rows for scenarios no longer in scenarios/"
     kernels = makefile_kernels()
+    # The header: one column per kernel (`make suite`), or per (kernel, QEMU) pair, headed
+    # `KERNEL, QEMU VERSION` (`make matrix`): every kernel of the Makefile on every QEMU named.
+    heads = [cell.strip() for cell in next(l for l in block.splitlines() if l.startswith("|")).strip().strip("|").split(" | ")][1:]
+    pairs = [tuple(head.split(", QEMU ", 1)) if ", QEMU " in head else (head, None) for head in heads]
+    releases = list(dict.fromkeys(k for k, _ in pairs))
+    qemus = list(dict.fromkeys(q for _, q in pairs))
+    assert len(releases) == len(kernels), f"one kernel release per kernel of `make suite`: {releases}"
+    assert all(re.fullmatch(r"\d+\.\d+\S*", k) for k in releases), f"the columns name kernel releases: {heads}"
+    assert sorted(pairs, key=str) == sorted({(k, q) for k in releases for q in qemus}, key=str), \
+        f"every kernel on every QEMU, each once: {heads}"
+    assert None not in qemus or len(qemus) == 1, f"QEMU named on some columns only: {heads}"
     for row in rows:
-        assert len(row) == 1 + len(kernels), f"one column per kernel of `make suite`: {row}"
-        assert "not run" not in row, f"{row[0]} did not run on every kernel"
+        assert len(row) == 1 + len(heads), f"one cell per column: {row}"
+        assert "not run" not in row, f"{row[0]} did not run on every kernel (and QEMU)"
 
 
 def test_the_coverage_table_names_only_catalog_scenarios():
