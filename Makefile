@@ -27,13 +27,14 @@ KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--mo
 QEMU ?=
 QEMU_ARGS := $(if $(QEMU),--qemu $(QEMU))
 
-.PHONY: qemu docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite coverage nightly test unit image bench clean help kernel-from-source
+.PHONY: qemu docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite matrix coverage nightly test unit image bench clean help kernel-from-source
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
 	@echo "  ... KERNEL_PATH=~/linux [MODULES=DIR]    on a kernel you built (bzImage, vmlinux or build tree)"
 	@echo "make test                                run the test suite, real guests included"
 	@echo "make suite [KERNEL=debian-6.12]          run the whole catalog on each kernel; verdict table"
+	@echo "make matrix [QEMUS='system debian-backports']  the catalog on every kernel x QEMU (restored guests); verdict table"
 	@echo "make coverage [RUNS='results/A results/B']  memory_failure() outcomes reached per kernel; docs/verdicts.md table"
 	@echo "make nightly [JOBS=2]                    the catalog as pytest items, guests in parallel, JUnit"
 	@echo "make bench [ARGS='--part fanout']        scenario wall time against a bare baseline; debian-12-full beside it;"
@@ -89,6 +90,27 @@ suite: setup
 	done; \
 	$(PY) -m orchestrator.report.table $$runs $(if $(KERNEL),,--update docs/verdicts.md) > results/verdict-table.md || status=2; \
 	cat results/verdict-table.md; exit $$status
+
+# Every catalog scenario on every kernel x QEMU pair (restored guests): KERNELS x
+# QEMUS, where `system` is qemu-system-x86_64 on PATH and any other word is a
+# --qemu NAME|PATH (debian-backports: fetched on first use). The scenario x
+# (kernel, QEMU) table goes to results/verdict-table.md and into docs/verdicts.md.
+# A run that leaves no new results folder is not counted twice: the pair is missing.
+QEMUS ?= system debian-backports
+matrix: setup
+	@status=0; runs=""; \
+	for qemu in $(QEMUS); do \
+	  for kernel in $(KERNELS); do \
+	    before=$$(readlink -f results/latest 2>/dev/null); \
+	    $(ORCH) run --snapshot --image $$kernel $$(test $$qemu = system || echo --qemu $$qemu) $(ARGS) scenarios/*.yaml || status=1; \
+	    after=$$(readlink -f results/latest 2>/dev/null); \
+	    if [ -n "$$after" ] && [ "$$after" != "$$before" ]; then runs="$$runs $$after"; \
+	    else echo "make matrix: no results for $$kernel on QEMU $$qemu" >&2; status=2; fi; \
+	  done; \
+	done; \
+	test -n "$$runs" || exit 2; \
+	$(PY) -m orchestrator.report.table $$runs --update docs/verdicts.md > results/verdict-table.md || status=2; \
+	cat results/verdict-table.md; echo "make matrix: table from runs$$runs"; exit $$status
 
 # Which of memory_failure()'s outcomes (the page types each kernel's vmlinux
 # names, and the paths that print none) the catalog reaches on each kernel:

@@ -48,3 +48,65 @@ def test_the_docs_say_what_ci_runs_for_the_exit_codes():
     for page in ("README.md", "docs/running.md"):
         text = (REPO / page).read_text()
         assert "through `make scenario` (or `make nightly`)\nany failure is make's own exit code 2" in text, page
+
+
+def matrix_script(*args: str) -> str:
+    """The shell `make matrix` would run (make -n), its set-up left out."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "matrix", "HOST_PACKAGES=",
+                          *args], capture_output=True, text=True, check=True).stdout
+    return out[out.index("status=0; runs="):]
+
+
+FAKE_ORCH = """#!/bin/sh
+# A catalog run: one line in calls.log, a new results folder as results/latest (none for REFUSE).
+echo "$*" >> calls.log
+case "$*" in *"$REFUSE"*) [ -n "$REFUSE" ] && exit 2;; esac
+n=$(ls -d results/run-* 2>/dev/null | wc -l)
+mkdir -p results/run-$n && ln -sfn run-$n results/latest
+exit ${CODE:-0}
+"""
+
+
+def fake_tools(tmp_path):
+    orch, py = tmp_path / "orch", tmp_path / "py"
+    orch.write_text(FAKE_ORCH)
+    py.write_text('#!/bin/sh\necho "$*" > table-args\necho "| the table |"\n')
+    for tool in (orch, py):
+        tool.chmod(0o755)
+    (tmp_path / "results").mkdir()
+    return orch, py
+
+
+@pytest.mark.parametrize("env, code", [({}, 0), ({"CODE": "1"}, 1)])
+def test_make_matrix_runs_the_catalog_on_every_kernel_and_qemu_restored_and_writes_the_table(tmp_path, env, code):
+    orch, py = fake_tools(tmp_path)
+    script = matrix_script(f"ORCH={orch}", f"PY={py}")
+    done = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
+    assert done.returncode == code, done.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls == [
+        "run --snapshot --image debian-6.1 scenarios/*.yaml",
+        "run --snapshot --image debian-6.12 scenarios/*.yaml",
+        "run --snapshot --image debian-6.1 --qemu debian-backports scenarios/*.yaml",
+        "run --snapshot --image debian-6.12 --qemu debian-backports scenarios/*.yaml",
+    ]
+    runs = " ".join(str(tmp_path / "results" / f"run-{n}") for n in range(4))
+    assert (tmp_path / "table-args").read_text().split() == ["-m", "orchestrator.report.table", *runs.split(),
+                                                            "--update", "docs/verdicts.md"]
+    assert "| the table |" in done.stdout and (tmp_path / "results" / "verdict-table.md").exists()
+
+
+def test_make_matrix_takes_qemus_and_kernels_and_counts_no_missing_pair_twice(tmp_path):
+    """A run that refuses before writing results (exit 2, no new results/latest) is a missing pair:
+    said, exit 2, and the previous run is not handed to the table a second time."""
+    orch, py = fake_tools(tmp_path)
+    script = matrix_script(f"ORCH={orch}", f"PY={py}", "QEMUS=system /opt/qemu/build", "KERNELS=debian-6.1")
+    done = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "REFUSE": "--qemu /opt/qemu/build"})
+    assert done.returncode == 2
+    assert (tmp_path / "calls.log").read_text().splitlines() == [
+        "run --snapshot --image debian-6.1 scenarios/*.yaml",
+        "run --snapshot --image debian-6.1 --qemu /opt/qemu/build scenarios/*.yaml"]
+    assert "make matrix: no results for debian-6.1 on QEMU /opt/qemu/build" in done.stderr
+    assert (tmp_path / "table-args").read_text().split()[2:] == [str(tmp_path / "results" / "run-0"),
+                                                                 "--update", "docs/verdicts.md"]
