@@ -130,9 +130,9 @@ coverage: setup
 
 # The nightly shape: every scenario x kernel as a pytest item, JOBS guests at
 # once (pytest-xdist), restored from saved guests, JUnit XML in
-# results/nightly-junit.xml.
+# results/nightly-junit.xml; QEMU=NAME|PATH runs them all on that QEMU.
 JOBS ?= 2
-NIGHTLY_CMD = $(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(ARGS) scenarios
+NIGHTLY_CMD = $(PY) -m pytest -p no:cacheprovider -n $(JOBS) --snapshot --junitxml=results/nightly-junit.xml $(if $(KERNEL),--kernels $(KERNEL)) $(QEMU_ARGS) $(ARGS) scenarios
 nightly: setup
 	@echo '$(subst ','\'',$(NIGHTLY_CMD))'
 	@$(NIGHTLY_CMD); $(call exit_code_note,pytest,1 a scenario failed or errored; 2 interrupted; 5 none collected,$(PY) -m pytest ... scenarios)

@@ -1,7 +1,7 @@
 """Scenarios as pytest items (pytest's "non-python test files" pattern).
 
     pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--snapshot] [--junitxml=...]
-                      [--backend qemu|libvirt] [--connect URI] [--hosts FILE]
+                      [--backend qemu|libvirt] [--connect URI] [--hosts FILE] [--qemu PATH|NAME]
 
 Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
 kernel image, named e.g. `srao-anon-late-kill[debian-6.12]`. With
@@ -16,6 +16,11 @@ a failure another way fails. Artifacts go under results/pytest/<run id>/.
 over several hypervisors: xdist worker gwN drives hosts[N % len(hosts)], so
 `-n` as a multiple of the number of hosts loads each alike; every test case
 in the JUnit file carries a `host` property naming the URI that ran it.
+
+`--qemu PATH|NAME` runs every item on that QEMU, as `mce-orchestrator run --qemu`
+does (a binary, a QEMU build tree, or a name in guest-images/qemus.yaml, fetched
+once before the workers start); each test case carries a `qemu` property with
+the version that ran it.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.guest import BACKENDS, DEFAULT_BACKEND
+from orchestrator.guest.qemu.install import QemuError, resolve_qemu
 from orchestrator.plumbing.outcome import InputError, Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import REPO_ROOT, RunOptions, run_scenario
@@ -47,6 +53,9 @@ def pytest_addoption(parser):
     parser.addoption("--hosts", default=None, metavar="FILE", type=Path,
                      help="libvirt URIs, one per line; xdist worker gwN uses line N modulo their number "
                           "(implies --backend libvirt)")
+    parser.addoption("--qemu", default=None, metavar="PATH|NAME",
+                     help="run the guests on this QEMU (mce-orchestrator run --qemu): a qemu-system-x86_64 "
+                          "binary, a QEMU build tree, or a name in guest-images/qemus.yaml; default: the one on PATH")
 
 
 def read_hosts(text: str) -> list[str]:
@@ -81,8 +90,22 @@ def run_id() -> str:
     return os.environ.setdefault(RUN_ID_ENV, time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}")
 
 
+QEMU_BINARY = pytest.StashKey[str]()
+
+
+def qemu_binary(config) -> str:
+    """--qemu resolved to the binary (a named QEMU fetched on first use), once per process."""
+    if QEMU_BINARY not in config.stash:
+        try:
+            config.stash[QEMU_BINARY] = resolve_qemu(config.getoption("--qemu"), REPO_ROOT / "guest-images" / ".cache")
+        except QemuError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return config.stash[QEMU_BINARY]
+
+
 def pytest_configure(config):
     run_id()  # in the controller, before xdist starts the workers (they inherit it)
+    qemu_binary(config)  # a named QEMU fetched in the controller: the workers find it in the cache
 
 
 def pytest_collect_file(parent, file_path: Path):
@@ -129,12 +152,14 @@ class ScenarioItem(pytest.Item):
         console = io.StringIO()
         backend, uri = _backend_and_uri(self.config, worker)
         options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"),
-                             backend=backend, connect=uri)
+                             backend=backend, connect=uri, qemu_binary=qemu_binary(self.config),
+                             qemu=self.config.getoption("--qemu"))
         self.user_properties.append(("host", (uri or "qemu:///system") if backend == "libvirt" else "local qemu"))
         result = run_scenario(self.scenario, run_dir, options, ConsoleReporter(console))
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.label))
         self.user_properties.append(("kernel", result.kernel_release or ""))
+        self.user_properties.append(("qemu", result.qemu_version or ""))
         # Each check's line, as the console shows it: the JUnit says why without the artifacts.
         for check in result.verdict.checks if result.verdict else ():
             self.user_properties.append((f"check {check.name}", f"[{check.outcome.label}] {check.detail}"))

@@ -110,3 +110,15 @@ def test_make_matrix_takes_qemus_and_kernels_and_counts_no_missing_pair_twice(tm
     assert "make matrix: no results for debian-6.1 on QEMU /opt/qemu/build" in done.stderr
     assert (tmp_path / "table-args").read_text().split()[2:] == [str(tmp_path / "results" / "run-0"),
                                                                  "--update", "docs/verdicts.md"]
+
+
+@pytest.mark.parametrize("args, want", [
+    ((), " --junitxml=results/nightly-junit.xml scenarios"),
+    (("QEMU=debian-backports",), " --junitxml=results/nightly-junit.xml --qemu debian-backports scenarios"),
+    (("QEMU=/src/qemu", "KERNEL=debian-6.12"), " --kernels debian-6.12 --qemu /src/qemu scenarios"),
+])
+def test_make_nightly_passes_qemu_to_the_scenario_items(args, want):
+    line = [l for l in subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "nightly", "HOST_PACKAGES=",
+                                       *args], capture_output=True, text=True, check=True).stdout.splitlines()
+            if " -m pytest " in l and not l.startswith("echo")][0]
+    assert " ".join(line.split(";", 1)[0].split()).endswith(want), line
