@@ -17,7 +17,7 @@ from orchestrator.guest.base import Guest
 from orchestrator.guest.images.distro import DiskGuestImage
 from orchestrator.guest.qemu import TAIL_BYTES, tail
 from orchestrator.guest.ssh import BANNER_POLL_S, wait_for_banner
-from orchestrator.observe import ConsoleFollower, guest_down
+from orchestrator.observe import ConsoleFollower, guest_down, panic_line
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
 
@@ -49,6 +49,15 @@ def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = F
             if not cloud_init.started:
                 raise HarnessError(exc.phase, f"no cloud-init on the console (is it installed and enabled in the "
                                               f"image?): {exc.message}; console ends with: {last.strip()}") from None
+        if exc.message.startswith("the guest panicked"):
+            # Paused at its panic (-action panic=pause) before the line reached the console:
+            # let it out, so that the error says which panic (a restored guest's, too).
+            try:
+                line = panic_line(guest)
+            except Exception:  # noqa: BLE001 -- the error below stands without it
+                line = None
+            if line:
+                raise HarnessError(exc.phase, f"{exc.message}: {line}") from None
         raise HarnessError(exc.phase, f"{exc.message}; console ends with: {last.strip()}") from None
 
 
