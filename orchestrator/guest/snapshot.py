@@ -33,6 +33,7 @@ from orchestrator.guest.monitor import MonitorError
 from orchestrator.guest.readiness import wait_sshd
 from orchestrator.guest.ssh import SshSession
 from orchestrator.plumbing.deadline import Deadline
+from orchestrator.plumbing.digest import file_sha256
 from orchestrator.plumbing.outcome import HarnessError
 
 # Our image's /init loads the modules sshd does not need while the client logs
@@ -115,11 +116,6 @@ class SavedGuest:
     def console_for_restore(self) -> str:
         """What a restored run's console.log starts with."""
         return self.console.read_text(errors="replace") + CONSOLE_SEAM.format(name=self.state.name)
-
-
-def file_sha256(path: Path | str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def copy_sparse(source: Path, target: Path) -> None:

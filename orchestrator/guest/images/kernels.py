@@ -20,6 +20,7 @@ from orchestrator.guest.images import bzimage
 from orchestrator.guest.images.errors import ImageError, run
 
 from orchestrator.guest.images.modules import MODULE_SUFFIXES
+from orchestrator.plumbing.digest import file_sha256
 
 
 
@@ -79,11 +80,6 @@ class DebianPackageKernel(KernelSource):
         return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config.is_file() else None,
                            f"/boot/config-{self.release} of {self.package} {self.version}"
                            if config.is_file() else None)
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _modules_fingerprint(moddir: Path) -> str:
@@ -169,7 +165,7 @@ class LocalKernel(KernelSource):
 
     def identity(self) -> dict:
         config = self.config()
-        return {"kernel_sha256": _sha256(self.kernel), "release": self.release,
+        return {"kernel_sha256": file_sha256(self.kernel), "release": self.release,
                 "config_sha256": hashlib.sha256(config.encode()).hexdigest() if config else None,
                 "modules": _modules_fingerprint(self.moddir) if self.moddir else None}
 

@@ -12,7 +12,6 @@ firmware_layout() gives the -L folders and the qboot.rom of the chosen binary's 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -25,8 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from orchestrator.guest.images.apt import parse_apt_policy
 from orchestrator.guest.images.cache import build_lock
 from orchestrator.guest.images.errors import ImageError, run
+from orchestrator.plumbing.digest import file_sha256
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 QEMUS_FILE = REPO_ROOT / "guest-images" / "qemus.yaml"
@@ -131,8 +132,8 @@ class PrivateApt:
 
     def candidate(self, package: str) -> str | None:
         out = run(["apt-cache", *self.opts, "policy", package], step="apt-cache policy")
-        m = re.search(r"Candidate:\s*(\S+)", out)
-        return None if not m or m.group(1) == "(none)" else m.group(1)
+        # One package asked for: its entry is the one (named PKG:ARCH where foreign arches are on).
+        return next(iter(parse_apt_policy(out).values()), None)
 
     def sha256(self, package: str, version: str) -> str | None:
         try:
@@ -144,14 +145,6 @@ class PrivateApt:
 
     def download(self, specs: list[str], into: Path) -> None:
         run(["apt-get", "-q", *self.opts, "download", *specs], step="apt-get download", cwd=into)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def moved_pin_error(name: str, pin: dict, package: str, found: str | None) -> QemuError:
@@ -193,7 +186,7 @@ def ensure_qemu(name: str, cache_root: Path, progress: Callable[[str], None] = l
                 debs = list(tmp.glob(f"{package}_*.deb"))
                 if len(debs) != 1:
                     raise QemuError(f"QEMU {name}: apt-get download gave no {package} .deb")
-                got = _sha256(debs[0])
+                got = file_sha256(debs[0])
                 if got != expected:
                     raise QemuError(f"QEMU {name}: {debs[0].name} has SHA-256 {got}, the pin says {expected}")
                 run(["dpkg-deb", "-x", str(debs[0]), str(tree)], step=f"dpkg-deb -x {debs[0].name}")
