@@ -389,7 +389,7 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
             try:
                 guest.launch(deadline)
                 wait_sshd(guest, deadline, since=time.monotonic())
-            except HarnessError as exc:
+            except HarnessError:
                 # The kernel's trouble, or QEMU's? QEMU alone, with no kernel, tells them apart.
                 alone = guest.fails_without_kernel() if guest.boots else None
                 if alone is None:
@@ -567,7 +567,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                        + (f" --file {PROBE_FILE} --file-state {p.file_state}" if p.memory == "file" else "")
                        + (" --find-free" if scenario.inject.region == "free-page" else ""))
             phases.context.probe_hint = repro.ProbeHint(command, probe_binary, probe_build.REMOTE_PATH,
-                                                        Path(guest.ssh_keys(guest_image)[0]))
+                                                        Path(guest.ssh_keys(guest_image)[0]), guest.ssh_port)
             # The shell reports how the probe ended (128+N: killed by signal N).
             probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
             phases.context.probe = probe

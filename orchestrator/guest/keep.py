@@ -281,7 +281,8 @@ def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float
     early on a down event or the kernel's memory_failure() line for the page."""
     from orchestrator.observe import _down_event  # the run's wording of a down guest
     start = len(monitor.events())
-    end = time.monotonic() + seconds
+    began = time.monotonic()
+    end = began + seconds
     down = None
     while time.monotonic() < end and down is None:
         down = next((why for e in monitor.events()[start:] if e["event"] in DOWN_EVENTS
@@ -302,7 +303,7 @@ def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float
                                                    for line in _new_result_lines(console, offset)):
             time.sleep(0.1)
         time.sleep(0.3)  # the rest of the line
-    return AfterInjection(down, _new_result_lines(console, offset)[:8], time.monotonic() - (end - seconds))
+    return AfterInjection(down, _new_result_lines(console, offset)[:8], time.monotonic() - began)
 
 
 def keep_summary(guest: KeptGuest, command: str = "mce-orchestrator") -> list[str]:

@@ -107,19 +107,13 @@ class ProbeHint:
     binary: Path       # the probe on this host (the harness uploads it to REMOTE_PATH)
     remote_path: str
     client_key: Path   # the image's client key for the guest's sshd
+    ssh_port: int      # the guest's sshd, forwarded on 127.0.0.1 (the by-hand QEMU keeps the port)
 
 
-def _ssh_port(argv: list[str]) -> str | None:
-    for arg in argv:
-        if "hostfwd=tcp:127.0.0.1:" in arg:
-            return arg.split("hostfwd=tcp:127.0.0.1:", 1)[1].split("-", 1)[0]
-    return None
-
-
-def probe_hint_lines(hint: ProbeHint, port: str | None) -> list[str]:
+def probe_hint_lines(hint: ProbeHint) -> list[str]:
     """Comment lines saying how to start the probe so that the typed `mce` line hits a process's
     page: the run's address was that boot's page, a new boot puts the probe elsewhere."""
-    port = port or "PORT"
+    port = str(hint.ssh_port)
     ssh = f"-p {shlex.quote(port)} -i {shlex.quote(str(hint.client_key))}"
     return ["# To hit a process's page as the run did, start its probe in the guest first, then type the",
             "# 'mce' line with the address the probe reports (each boot puts the page elsewhere):",
@@ -139,7 +133,7 @@ def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None, probe: 
              "# where the scenario gates it). The guest's console goes to console-by-hand.log here;",
              "# its sshd takes the image's client key (keys/client_key beside the kernel) on the port below."]
     if probe is not None:
-        lines += probe_hint_lines(probe, _ssh_port(argv))
+        lines += probe_hint_lines(probe)
     lines += ["set -eu", 'cd "$(dirname "$0")"']
     disk = next((a.split("file=", 1)[1].split(",", 1)[0] for a in argv if a.startswith("file=")), None)
     if disk_mib and disk:

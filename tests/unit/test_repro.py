@@ -184,7 +184,7 @@ def test_by_hand_script_says_how_to_start_the_probe_for_the_typed_mce_line(tmp_p
     marker = tmp_path / "PWNED"
     hint = repro.ProbeHint(command=f"/tmp/mce-probe --pages 4 --target 1 --mode late\ntouch {marker}",
                            binary=Path("/cache/probe/mce-probe-abc"), remote_path="/tmp/mce-probe",
-                           client_key=Path("/cache/img/keys/client_key"))
+                           client_key=Path("/cache/img/keys/client_key"), ssh_port=4022)
     script = repro.by_hand_script(argv, "srao-anon-late-kill", None, hint)
     assert "scp -P 4022 -i /cache/img/keys/client_key /cache/probe/mce-probe-abc root@127.0.0.1:/tmp/mce-probe" \
         in script, script
