@@ -15,7 +15,7 @@ import pytest
 from orchestrator.guest.images import ensure_image
 
 
-from orchestrator.guest.images.apt import _cached_deb
+from orchestrator.guest.images.apt import cached_deb
 
 
 
@@ -28,7 +28,7 @@ def debian_kernel(image_name: str) -> tuple[str, Path]:
     # The default cache's .debs (ensure_image fetches them with apt when missing).
     image = ensure_image(image_name, repo_root=REPO)
     debs = image.directory.parents[2] / "debs"
-    deb = _cached_deb(debs, image.kernel_package, image.kernel_package_version)
+    deb = cached_deb(debs, image.kernel_package, image.kernel_package_version)
     if deb is None:
         pytest.fail(f"image {image_name} was built from {image.kernel_package} {image.kernel_package_version}, "
                     f"but its .deb is not in {debs}")

@@ -154,7 +154,7 @@ def _deb_filename_prefix(package: str, version: str) -> str:
     return f"{package}_{version.replace(':', '%3a')}_"
 
 
-def _cached_deb(debs: Path, package: str, version: str) -> Path | None:
+def cached_deb(debs: Path, package: str, version: str) -> Path | None:
     prefix = _deb_filename_prefix(package, version)
     for path in sorted(debs.glob(f"{_glob_escape(prefix)}*.deb")):
         if path.is_file() and path.stat().st_size > 0:
@@ -167,7 +167,7 @@ def _glob_escape(text: str) -> str:
 
 
 def fetch_debs(packages: Mapping[str, str], debs: Path, apt: Apt, progress) -> dict[str, Path]:
-    missing = [p for p, v in packages.items() if _cached_deb(debs, p, v) is None]
+    missing = [p for p, v in packages.items() if cached_deb(debs, p, v) is None]
     if missing:
         progress(f"downloading {len(missing)} package{'s' if len(missing) > 1 else ''}")
         # Into a private dir first: a killed download never leaves a partial .deb in the cache.
@@ -188,7 +188,7 @@ def fetch_debs(packages: Mapping[str, str], debs: Path, apt: Apt, progress) -> d
         progress(f"using {len(packages)} cached packages")
     out = {}
     for p, v in packages.items():
-        path = _cached_deb(debs, p, v)
+        path = cached_deb(debs, p, v)
         if path is None:
             raise ImageError(f"apt-get download: {p}={v} did not produce a .deb")
         out[p] = path
