@@ -36,6 +36,7 @@ from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotS
 from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, quote
 from orchestrator.inject import Injection, inject
 from orchestrator.inject import mce
+from orchestrator.inject import races
 from orchestrator.inject.races import highorder, recompound
 from orchestrator.judge.known_failures import apply_known_failure
 from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
@@ -270,49 +271,68 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
         kept_folder = keeping.private_socket_folder() if keep else None
         if kept_folder is not None:
             stack.callback(keeping.remove_socket_folder, kept_folder)
-        with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest,
-                       artifacts=artifacts, accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk,
-                       qemu_binary=options.qemu_binary,
-                       **({"kept_qmp_socket": kept_folder / "qmp.sock"} if kept_folder else {})) as guest:
-            phases.context.guest = guest
+        attempt = 1
+        while True:
             try:
-                injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
-                                          snapshots=(options.snapshot_dir or cache_root / "snapshots")
-                                          if options.snapshot else None)
-            finally:
-                if guest.kernel_release is not None and guest.kernel_release != result.kernel_release:
-                    # An attached domain runs its own kernel, not --image's: judged as that kernel.
-                    scenario, variant = as_written.for_kernel(guest.kernel_release)
-                    result.kernel_release = guest.kernel_release
-                    result.known_failure = scenario.known_failure(guest.kernel_release)
-                    phases.notes["image"] = (f"{guest_image.name} for the probe; the attached guest runs "
-                                             f"{guest.kernel_release}"
-                                             + (f"; expectations for kernel {variant.condition}: {variant.because}"
-                                                if variant is not None else "")
-                                             + (f"; known to fail on kernel {result.known_failure.condition}"
-                                                if result.known_failure is not None else ""))
-                result.qemu_pid = guest.launched_pid
-                launched_argv = getattr(guest, "argv", [])  # the QEMU backend's command line
-                ev.console_tail = tail(guest.console_log, 40)
-                console = getattr(guest, "console", None)
-                if console is not None and console.flood:
-                    ev.add_cause(f"{console.flood}: kernel lines in the cut part can only be found in dmesg")
-                if guest.monitor:
-                    if guest.monitor.storm:
-                        # The events the scenario is judged on may still be queued behind it.
-                        caught_up = guest.monitor.catch_up(EVENTS_CATCH_UP_S)
-                        gone = not caught_up and not guest.is_running()
-                        ev.add_cause(f"{guest.monitor.storm}: {guest.monitor.summary()}"
-                                     + ("" if caught_up else "; the events QEMU had queued went with it (the guest "
-                                                             "no longer exists)" if gone else
-                                        "; the events QEMU had queued were not all read "
-                                        f"within {EVENTS_CATCH_UP_S:g} s"))
-                        if not caught_up:
-                            ev.unavailable["QEMU events"] = guest.monitor.storm
-                    ev.events = guest.monitor.events()
-                result.phases = phases.seconds
-                if keep:
-                    _keep_running(keep, scenario, guest, ev, guest_image, reporter, options.command)
+                with new_guest(options.backend, options.connect, options.attach, image=guest_image, spec=scenario.guest,
+                               artifacts=artifacts, accel=options.accel, extra_cmdline=options.extra_cmdline, disk=disk,
+                               qemu_binary=options.qemu_binary,
+                               **({"kept_qmp_socket": kept_folder / "qmp.sock"} if kept_folder else {})) as guest:
+                    phases.context.guest = guest
+                    try:
+                        injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
+                                                  snapshots=(options.snapshot_dir or cache_root / "snapshots")
+                                                  if options.snapshot else None)
+                    finally:
+                        if guest.kernel_release is not None and guest.kernel_release != result.kernel_release:
+                            # An attached domain runs its own kernel, not --image's: judged as that kernel.
+                            scenario, variant = as_written.for_kernel(guest.kernel_release)
+                            result.kernel_release = guest.kernel_release
+                            result.known_failure = scenario.known_failure(guest.kernel_release)
+                            phases.notes["image"] = (f"{guest_image.name} for the probe; the attached guest runs "
+                                                     f"{guest.kernel_release}"
+                                                     + (f"; expectations for kernel {variant.condition}: {variant.because}"
+                                                        if variant is not None else "")
+                                                     + (f"; known to fail on kernel {result.known_failure.condition}"
+                                                        if result.known_failure is not None else ""))
+                        result.qemu_pid = guest.launched_pid
+                        launched_argv = getattr(guest, "argv", [])  # the QEMU backend's command line
+                        ev.console_tail = tail(guest.console_log, 40)
+                        console = getattr(guest, "console", None)
+                        if console is not None and console.flood:
+                            ev.add_cause(f"{console.flood}: kernel lines in the cut part can only be found in dmesg")
+                        if guest.monitor:
+                            if guest.monitor.storm:
+                                # The events the scenario is judged on may still be queued behind it.
+                                caught_up = guest.monitor.catch_up(EVENTS_CATCH_UP_S)
+                                gone = not caught_up and not guest.is_running()
+                                ev.add_cause(f"{guest.monitor.storm}: {guest.monitor.summary()}"
+                                             + ("" if caught_up else "; the events QEMU had queued went with it (the guest "
+                                                                     "no longer exists)" if gone else
+                                                "; the events QEMU had queued were not all read "
+                                                f"within {EVENTS_CATCH_UP_S:g} s"))
+                                if not caught_up:
+                                    ev.unavailable["QEMU events"] = guest.monitor.storm
+                            ev.events = guest.monitor.events()
+                        result.phases = phases.seconds
+                        if keep:
+                            _keep_running(keep, scenario, guest, ev, guest_image, reporter, options.command)
+                break
+            except HarnessError as exc:
+                # A forced race the harness could not force says nothing about the kernel; its
+                # guest is spent (the page may be poisoned), so the next try is a fresh guest.
+                if not (scenario.inject.race and races.not_forced(exc) and attempt < races.ATTEMPTS and not keep):
+                    if attempt > 1 and races.not_forced(exc):
+                        raise HarnessError(exc.phase, f"{exc.message} (attempt {attempt} of {races.ATTEMPTS}; "
+                                                      f"the others are in {artifacts}/race-attempt-N)") from None
+                    raise
+                kept = races.set_aside(artifacts, attempt)
+                reporter.note(f"race not forced in attempt {attempt} of {races.ATTEMPTS} ({exc.message}); its "
+                              f"artifacts are in {kept}; trying again in a fresh guest")
+                attempt += 1
+                ev = Evidence()
+                result.evidence = phases.context.evidence = ev
+                phases.context.guest = phases.context.ssh = phases.context.probe = None
     except KernelLacks as exc:
         result.outcome, result.skip_reasons = Outcome.SKIP, exc.lines
     except HarnessError as exc:

@@ -26,6 +26,7 @@ OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and las
 # The probe prints JSON reports of a few KiB; more than this of other text on its stream is a
 # flood: its answer cannot be counted on any more, and the wait for it ends at once, naming it.
 PROBE_NOISE_LIMIT = 2 << 20
+NO_EXIT_STATUS = -1     # paramiko's exit status of a channel that closed without one
 WATCH_S = 0.1           # a wait over SSH asks this often whether the guest went down
 DROP_GRACE_S = 1.0      # after a dropped connection: how long the reason (a QEMU event) may take to arrive
 
@@ -230,6 +231,8 @@ class SshSession:
                     channel.close()
                     raise TimeoutError
             status = channel.recv_exit_status()
+            if status == NO_EXIT_STATUS and not _connection_up(channel):
+                raise paramiko.SSHException("the connection ended before the command's exit status came")
             _await_remote_close(channel, deadline)
             channel.close()
             return status, output.value().decode(errors="replace")
@@ -262,6 +265,10 @@ class SshSession:
                 with self.client.open_sftp() as sftp:
                     sftp.put(str(local), remote)
                     sftp.chmod(remote, mode)
+                    # Our EOF ends the guest's sftp-server; its channel is then closed by the
+                    # guest first, as a command's is, before anything else opens (see _await_remote_close).
+                    sftp.sock.shutdown_write()
+                    _await_remote_close(sftp.sock, deadline)
                 return
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 last = str(exc) or type(exc).__name__
@@ -329,7 +336,7 @@ class RemoteProcess:
         """Send a command line; False when the probe has already gone (it exits after a SIGBUS report)."""
         try:
             self._channel.sendall((line + "\n").encode())
-        except (OSError, paramiko.SSHException):
+        except (OSError, EOFError, paramiko.SSHException):
             self.transcript.append(f"> {line}   (not sent: the probe's channel is closed)")
             return False
         self.transcript.append(f"> {line}")
@@ -405,6 +412,15 @@ class RemoteProcess:
                 if why:
                     raise GuestWentDown(phase, f"{why}: the probe sent no {'/'.join(sorted(names))}")
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
+                if status == NO_EXIT_STATUS and not _connection_up(self._channel):
+                    # The connection, not the probe, ended: what the probe did is unknown.
+                    raise HarnessError(phase, f"SSH connection to the guest dropped while the probe ran (the guest "
+                                              f"still up); its {'/'.join(sorted(names))} is lost")
+                if status == NO_EXIT_STATUS:
+                    # The channel ended without the shell's report or an exit status: how the probe ended
+                    # is unknown, which is no verdict on the kernel.
+                    raise ProbeExited(phase, f"the probe's channel closed without its "
+                                             f"{'/'.join(sorted(names))} or an exit status", None)
                 raise ProbeExited(phase, f"probe exited (status {status}) without {'/'.join(sorted(names))}", status)
             self._buffer += chunk
 
@@ -449,7 +465,13 @@ class RemoteProcess:
         self._channel.close()
 
 
-def _await_remote_close(channel: paramiko.Channel, deadline: Deadline, most_s: float = 1.0) -> None:
+def _connection_up(channel: paramiko.Channel) -> bool:
+    """The channel's own connection (a reconnect since opens a new one) is still up."""
+    transport = channel.get_transport()
+    return transport is not None and transport.is_active()
+
+
+def _await_remote_close(channel: paramiko.Channel, deadline: Deadline, most_s: float = 5.0) -> None:
     """Wait (briefly) for the server's own close of a finished command's channel, as
     RemoteProcess.wait_exit does for the probe's: dropbear 2022.83 aborts the whole
     connection, and the probe's channel with it, when the next channel opens while

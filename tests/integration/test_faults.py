@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.plumbing.deadline import Deadline
-from orchestrator.plumbing.outcome import Outcome
+from orchestrator.plumbing.outcome import HarnessError, Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.runner import RunOptions, run_scenario
 from orchestrator.scenario import Timeouts, load_scenario
@@ -139,14 +139,38 @@ def test_guest_that_never_brings_ssh_up(tmp_path, clean_temp):
 def test_ssh_dropped_mid_command(tmp_path, clean_temp):
     def kill_sshd(phase, ctx):
         if phase == "observe":
-            # Every dropbear, our own session's included: the connection drops under us.
-            ctx.ssh.run("killall dropbear; sleep 1", Deadline(5, "fault"), "fault")
+            # Every dropbear, our own session's included: the connection drops under us
+            # (this command's too, which is then an error of its own).
+            with pytest.raises(HarnessError, match="connection ended before the command's exit status came"):
+                ctx.ssh.run("killall dropbear; sleep 1", Deadline(5, "fault"), "fault")
 
     scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=8))
     result, port = run(tmp_path, scenario=scenario, hook=kill_sshd, snapshot=True)
     assert result.outcome == Outcome.ERROR, result.reasons
     reasons = " ".join(result.reasons)
     assert "no panic or reset seen; QEMU still running" in reasons
+    assert_nothing_left(result, port)
+
+
+def test_connection_dropped_under_the_probe_is_no_verdict_on_the_kernel(tmp_path, clean_temp):
+    """The harness's SSH connection ends (as dropbear 2022.83 ends it when a channel opens
+    while another closes) while the probe waits for its report; the guest stays up. The
+    probe's channel closes without an exit status: that is the harness's ERROR, naming the
+    dropped connection, not the kernel's FAIL for a probe that 'died'; the parts after it
+    are gathered over a new connection."""
+    def drop_connection(phase, ctx):
+        if phase == "observe":
+            ctx.ssh.client.get_transport().sock.close()
+
+    scenario = dataclasses.replace(load_scenario(LATE_KILL), timeouts=Timeouts(observe=8))
+    result, port = run(tmp_path, scenario=scenario, hook=drop_connection, snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    assert result.verdict is not None, result.reasons
+    checks = {c.name: c for c in result.verdict.checks}
+    assert not [c for c in checks.values() if c.outcome == Outcome.FAIL], result.reasons
+    assert "SSH connection to the guest dropped while the probe ran" in result.evidence.unavailable["probe result"]
+    assert checks["guest alive"].outcome == Outcome.PASS
+    assert checks["page poisoned"].outcome == Outcome.PASS  # gathered over the new connection
     assert_nothing_left(result, port)
 
 

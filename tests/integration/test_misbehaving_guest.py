@@ -469,6 +469,42 @@ def test_a_forged_or_killed_race_process_is_named_not_judged(tmp_path, mode, err
     assert_nothing_left(result, port)
 
 
+@pytest.mark.parametrize("failures, outcome", [(1, Outcome.PASS), (3, Outcome.ERROR)])
+def test_a_race_not_forced_is_tried_again_in_a_fresh_guest(tmp_path, monkeypatch, failures, outcome):
+    """The harness's hold of the injected vCPU is made to end early `failures` times (the
+    mailbox read as 'allocating'): each such attempt is set aside in race-attempt-N/ and
+    the race runs again in a fresh guest. Once forced it is judged (PASS); not forced in
+    any of the 3 attempts, the run is an ERROR that says so, never a verdict."""
+    from orchestrator.inject import races
+    from orchestrator.inject.races import highorder
+    real = highorder.TakeFreeBlock._wait_taken
+    calls = []
+
+    def wait_taken(self, monitor, since):
+        calls.append(since)
+        if len(calls) <= failures:
+            return 2, 0, 0  # "allocating": what a hold that ran out looks like
+        return real(self, monitor, since)
+
+    monkeypatch.setattr(highorder.TakeFreeBlock, "_wait_taken", wait_taken)
+    result, port = run(tmp_path, scenario=load_scenario(REPO / "scenarios" / "high-order-kernel-page.yaml"),
+                       snapshot=True)
+    assert result.outcome == outcome, result.reasons
+    assert len(calls) == min(failures + 1, races.ATTEMPTS)
+    set_aside = sorted(p.name for p in result.artifacts.glob("race-attempt-*"))
+    assert set_aside == [f"race-attempt-{n}" for n in range(1, min(failures + 1, races.ATTEMPTS))]
+    for folder in set_aside:
+        assert (result.artifacts / folder / "console.log").stat().st_size > 0
+    if outcome == Outcome.ERROR:
+        assert result.verdict is None
+        assert result.error.message.startswith("could not force the interleaving: the guest process on vCPU 1: "
+                                               "allocating"), result.error.message
+        assert result.error.message.endswith(f"(attempt 3 of 3; the others are in {result.artifacts}/race-attempt-N)")
+    else:
+        assert result.injection is not None and (result.artifacts / "evidence.json").exists()
+    assert_nothing_left(result, port)
+
+
 def test_the_same_scenario_twice_in_one_run_keeps_both_folders(tmp_path):
     first, _ = run(tmp_path, scenario=load_scenario(LATE_KILL), snapshot=True)
     second, port = run(tmp_path, scenario=load_scenario(LATE_KILL), snapshot=True)
