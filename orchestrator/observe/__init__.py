@@ -48,6 +48,7 @@ SETTLE_S = 2.0     # the "settle" step: time for kernel threads (ksmd, khugepage
 # evidence (dmesg included) is read: a kernel that oopses just after "Recovered"
 # (a kernel thread meeting the poisoned page) must not pass.
 AFTERMATH_S = 1.0
+KERNEL_LOG_PART = "kernel log"
 PANIC_TEXT_S = 10.0  # at most this long for a resumed panicked guest's text to reach the console
 PANIC_QUIET_S = 0.5  # the console quiet this long after the panic line: panic() has printed what it will
 
@@ -90,8 +91,9 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
             # is no line to wait for, so give it one more interval.
             sleep_watching(deadline, scenario.inject.interval_s or CE_SETTLE_S, down)
         _run_steps(scenario.probe.after_inject, probe, ssh, ev, deadline, down)
-    if scenario.expect.guest != "panic":
-        sleep_watching(deadline, AFTERMATH_S, down)
+    # The aftermath watch runs while the evidence is gathered; the kernel log is read
+    # last, once the guest has been watched AFTERMATH_S since the last step.
+    watch_until = time.monotonic() + (AFTERMATH_S if scenario.expect.guest != "panic" else 0.0)
     why_down = down()
     if why_down:
         _let_panic_print(guest, deadline)
@@ -106,12 +108,15 @@ def observe(scenario: Scenario, guest: Guest, ssh: SshSession, probe: RemoteProc
                      f"its lines could also have come from userspace)")
         return
     _gather(ssh, probe, ev, deadline, send_report=scenario.probe.mode == "wait", abort=down,
-            parts=PARTS + (ras_part(bool(scenario.expect.ras_record)),))
+            parts=gathering_order(PARTS + (ras_part(bool(scenario.expect.ras_record)),)), watch_until=watch_until)
     why_down = down()
     if why_down:
+        _let_panic_print(guest, deadline)
         ev.down = why_down
         lost = [what for what in ("probe result", *(part.name for part in PARTS)) if what in ev.unavailable]
-        ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else ""))
+        ev.add_cause(f"{why_down}" + (f": cost the {', '.join(lost)}" if lost else "")
+                     + ("; the console stands in for the kernel log (its lines could also have come from "
+                        "userspace)" if ev.kernel_log is None else ""))
     if ev.kernel_log is None:
         ev.kernel_log = read_head_tail(guest.console_log, KERNEL_LOG_BYTES)
     for text in console_text_ignored(guest):
@@ -437,7 +442,7 @@ def wait_console(guest: Guest, pattern: re.Pattern, deadline: Deadline, occurren
 
 
 def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadline, send_report: bool,
-            abort, parts=None) -> None:
+            abort, parts=None, watch_until: float = 0.0) -> None:
     try:
         if send_report:
             probe.send("report")
@@ -462,7 +467,7 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     if probe.ignored:
         ev.add_cause(f"{probe.ignored_count} result line(s) not from the probe the harness started were ignored "
                      f"({', '.join(probe.ignored)}; the probe's pids: {sorted(probe.owners or ())})")
-    gather_parts(ssh, ev, abort, PARTS if parts is None else parts)
+    gather_parts(ssh, ev, abort, PARTS if parts is None else parts, watch_until=watch_until)
 
 
 @dataclass(frozen=True)
@@ -531,7 +536,7 @@ def _store_ras(ev: Evidence, output: str) -> None:
 PARTS = (
     Part("kpageflags", lambda ev: f"{probe_build.REMOTE_PATH} --kpageflags {ev.checked_pfn}", _store_kpageflags),
     Part("meminfo", lambda ev: "cat /proc/meminfo", _store_meminfo),
-    Part("kernel log", lambda ev: KERNEL_LOG_COMMAND, lambda ev, output: _store_kernel_log(ev, output)),
+    Part(KERNEL_LOG_PART, lambda ev: KERNEL_LOG_COMMAND, lambda ev, output: _store_kernel_log(ev, output)),
     Part("sshd log", lambda ev: "cat /run/dropbear.log 2>/dev/null; true",
          lambda ev, output: setattr(ev, "sshd_log", output), limit=SSHD_LOG_BYTES),
 )
@@ -545,14 +550,24 @@ def ras_part(expect_record: bool) -> Part:
     return Part("ras record", lambda ev: ras_command(1), _store_ras)
 
 
-def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: float = GATHER_PART_S) -> None:
+def gathering_order(parts: tuple[Part, ...]) -> tuple[Part, ...]:
+    """The kernel log last: it is the look that ends the aftermath watch."""
+    return tuple(sorted(parts, key=lambda part: part.name == KERNEL_LOG_PART))
+
+
+def gather_parts(ssh: SshSession, ev: Evidence, abort, parts=PARTS, part_s: float = GATHER_PART_S,
+                 watch_until: float = 0.0) -> None:
     """Each part is its own command with a fresh budget of `part_s` seconds, whatever is
     left of the phase's deadline (a hung probe may have spent it all), so one failure
     costs one part. Once SSH itself is gone, or the guest went down, the parts left
-    are not tried: they would fail the same way."""
+    are not tried: they would fail the same way. The kernel log is not read before
+    `watch_until` (time.monotonic()): the guest is watched until then."""
     failed: str | None = None
     unreachable: str | None = None  # sshd no longer greets: the parts left are not tried
     for part in parts:
+        if part.name == KERNEL_LOG_PART:
+            sleep_watching(Deadline(max(watch_until - time.monotonic(), 0.0), "aftermath"),
+                           watch_until - time.monotonic(), abort)
         why_down = abort()
         if why_down:
             ev.unavailable[part.name] = why_down

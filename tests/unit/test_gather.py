@@ -154,3 +154,36 @@ def test_a_stalled_sshd_costs_one_part_deadline_not_all():
     for part in ("kpageflags", "meminfo", "kernel log", "sshd log"):
         assert "sshd stalled or the guest's network is down" in ev.unavailable[part]
     assert ev.causes and ev.causes[0].startswith("sshd stalled") and "cost the kpageflags, meminfo" in ev.causes[0]
+
+
+def test_the_kernel_log_is_read_last_once_the_aftermath_watch_is_over():
+    """The watch after the last step overlaps the other parts; the kernel log, the look
+    that ends it, is asked for only once the guest has been watched until watch_until."""
+    from orchestrator.observe import gathering_order
+    times = {}
+
+    class TimedSsh(FakeSsh):
+        def check(self, command, deadline, phase, limit=None):
+            times[command.split()[0]] = time.monotonic()
+            return super().check(command, deadline, phase, limit)
+
+    ssh = TimedSsh(answers())
+    ev = Evidence(checked_pfn=PFN)
+    start = time.monotonic()
+    gather_parts(ssh, ev, abort=lambda: None, parts=gathering_order(PARTS), watch_until=start + 0.4)
+    assert ssh.commands[-1].startswith("dmesg") and len(ssh.commands) == len(PARTS)
+    assert times["dmesg"] >= start + 0.4
+    assert times["cat"] < start + 0.2  # the other parts did not wait for the watch
+    assert "Recovered" in ev.kernel_log
+
+
+def test_a_guest_that_goes_down_during_the_aftermath_watch_is_not_asked_for_its_log():
+    from orchestrator.observe import gathering_order
+    ssh = FakeSsh(answers())
+    ev = Evidence(checked_pfn=PFN)
+    start = time.monotonic()
+    gather_parts(ssh, ev, abort=lambda: "the guest panicked" if time.monotonic() > start + 0.2 else None,
+                 parts=gathering_order(PARTS), watch_until=start + 5.0)
+    assert time.monotonic() - start < 1.0  # the watch ended when the guest went down
+    assert not any(c.startswith("dmesg") for c in ssh.commands)
+    assert ev.unavailable["kernel log"] == "the guest panicked" and ev.guest_answered_after is False
