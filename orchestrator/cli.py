@@ -29,6 +29,7 @@ from orchestrator.guest.qemu import argv as qemu_args
 from orchestrator.guest.qemu import qemu_build
 from orchestrator.guest.qemu.install import QemuError, firmware_layout, qemu_version, resolve_qemu
 from orchestrator.inject import mce
+from orchestrator.jobs import run_side_by_side
 
 from orchestrator.inject.decode import decode
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError, worst
@@ -45,6 +46,8 @@ from orchestrator.scenario import ScenarioError, catalog, expand, key_line, load
 SCENARIOS_DIR = REPO_ROOT / "scenarios"
 EXAMPLES_DIR = REPO_ROOT / "docs" / "examples"  # the authoring guide's worked example, by name
 MAX_REPEAT = 1000  # a soak run is hundreds; more is a typo that would run for days
+MAX_JOBS = 64      # guests side by side; each takes its memory_mib and a core's worth of TCG
+JOBS_ENV = "MCE_JOBS"  # the default for -j where one per core is not wanted (a CI job that runs several)
 INTERRUPTED_EXIT = 130
 # `git bisect run` reads 125 as "cannot test this commit, skip it" and anything from 128
 # on as "stop bisecting": a kernel that cannot boot or be judged (or lacks what the
@@ -104,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--guest-config", type=Path, metavar="FILE",
                      help="with --domain: YAML with ssh_host, ssh_port, ssh_key, ssh_host_key [, ssh_user]")
     run.add_argument("--repeat", type=int, default=1, metavar="N", help="run each scenario N times in a row")
+    run.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                     help=f"guests side by side (default: ${JOBS_ENV}, else one per core, {os.cpu_count()} here; "
+                          f"1 with --keep, --domain or --bisect)")
     run.add_argument("--bisect", action="store_true",
                      help="exit codes for `git bisect run`: 0 PASS, 1 FAIL, 125 when this kernel cannot boot or "
                           "be judged or every scenario was skipped (skip this commit), 128 for a usage error, an "
@@ -253,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return inject_command(args)
         if not 1 <= getattr(args, "repeat", 1) <= MAX_REPEAT:
             raise InputError(f"--repeat {args.repeat}: must be 1 to {MAX_REPEAT}")
+        args.jobs = jobs_wanted(args)
         if getattr(args, "modules", None) is not None and args.kernel is None:
             raise InputError("--modules DIR: only with --kernel PATH")
         for option, path in (("--kernel", getattr(args, "kernel", None)), ("--modules", getattr(args, "modules", None))):
@@ -398,6 +405,24 @@ def as_typed(results: Path, argv0: str | None = None) -> str:
     return command
 
 
+def jobs_wanted(args) -> int:
+    """-j, else $MCE_JOBS, else one guest per core; one where a run needs its one guest (a
+    kept guest waits for Ctrl-C, --domain is one domain, a bisection step is one answer)."""
+    jobs, given = getattr(args, "jobs", None), "-j"
+    if jobs is None:
+        jobs, given = os.environ.get(JOBS_ENV), JOBS_ENV
+        try:
+            jobs = int(jobs) if jobs else (os.cpu_count() or 1)
+        except ValueError:
+            raise InputError(f"{JOBS_ENV}={jobs!r}: not a number of guests") from None
+    if not 1 <= jobs <= MAX_JOBS:
+        raise InputError(f"{given} {jobs}: must be 1 to {MAX_JOBS}")
+    if getattr(args, "keep", None) or getattr(args, "keep_alive_on_failure", False) or \
+            getattr(args, "domain", None) or getattr(args, "bisect", False):
+        return 1
+    return jobs
+
+
 def run(scenarios, args) -> int:
     reporter = ConsoleReporter(total=len(scenarios) * args.repeat, heartbeat=HEARTBEAT_S)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -413,9 +438,15 @@ def run(scenarios, args) -> int:
     results: list[ScenarioResult] = []
     started = time.time()
     interrupted = False
+    jobs = min(args.jobs, len(planned))
     try:
-        for label, scenario in planned:
-            results.append(_run_one(scenario, run_dir, options, reporter, label))
+        if jobs > 1:
+            print(f"mce-orchestrator: {jobs} guests side by side (-j {jobs}); each scenario's account "
+                  f"follows when it ends", file=sys.stderr)
+            results, interrupted = run_side_by_side(planned, jobs, _run_one, run_dir, options)
+        else:
+            for label, scenario in planned:
+                results.append(_run_one(scenario, run_dir, options, reporter, label))
     except KeyboardInterrupt as exc:
         interrupted = True
         if isinstance(exc, Interrupted):

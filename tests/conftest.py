@@ -4,7 +4,13 @@
 job names the test, scenario and phase it hangs in (pytest-xdist workers
 report nothing until a test ends).
 """
+import os
+
 from orchestrator.report import progress
+
+# pytest-xdist runs tests side by side already: a command-line run inside a test takes
+# one guest at a time unless the test asks for -j (tests/integration/test_jobs.py does).
+os.environ.setdefault("MCE_JOBS", "1")
 
 _is_xdist_controller = False
 

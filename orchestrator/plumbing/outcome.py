@@ -55,6 +55,18 @@ class HarnessError(Exception):
     def __str__(self) -> str:
         return f"{self.phase}: {self.message}"
 
+    def __reduce__(self):
+        # Whole, whatever a subclass's __init__ takes: a result crosses from a guest's
+        # worker process (run -j) to the run's report.
+        return _rebuild_error, (type(self), self.message, self.__dict__)
+
+
+def _rebuild_error(cls, message: str, state: dict) -> HarnessError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class SetupError(HarnessError):
     """The host or QEMU failed before the kernel ran (QEMU fails the same way without
