@@ -281,6 +281,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                     phases.context.guest = guest
                     try:
                         injection = _run_in_guest(scenario, guest, guest_image, probe_binary, phases, ev,
+                                                  symbol_cache=cache_root / "kallsyms",
                                                   snapshots=(options.snapshot_dir or cache_root / "snapshots")
                                                   if options.snapshot else None)
                     finally:
@@ -394,7 +395,8 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
 
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
-                  phases: Phases, ev: Evidence, snapshots: Path | None = None) -> Injection | None:
+                  phases: Phases, ev: Evidence, snapshots: Path | None = None,
+                  symbol_cache: Path | None = None) -> Injection | None:
     # A saved guest carries its disks (overlay, scratch disk) where the backend saves them;
     # a user's disk image with per-run keys in its seed, and a guest that cannot be saved
     # (a remote libvirt host), always boot.
@@ -419,7 +421,8 @@ def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: P
             phases.notes["boot"] = (f"{guest.accel}, {'booted' if guest.boots else 'attached'}, "
                                     f"ssh on {guest.ssh_host}:{guest.ssh_port}{_through(guest)}")
     try:
-        return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore)
+        return _run_after_boot(scenario, guest, guest_image, probe_binary, phases, ev, restored=restore,
+                               symbol_cache=symbol_cache)
     except GuestWentDown as exc:
         if exc.phase in ("ssh", "locate"):
             # Before the machine check: nothing the scenario judges happened yet, so this is
@@ -540,7 +543,8 @@ def setup_failure(steps: list[str], status: int, output: str) -> HarnessError:
 
 
 def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,
-                    phases: Phases, ev: Evidence, restored: bool = False) -> Injection | None:
+                    phases: Phases, ev: Evidence, restored: bool = False,
+                    symbol_cache: Path | None = None) -> Injection | None:
     t = scenario.timeouts
     injection = None
     ssh = SshSession(guest.ssh_port, *guest.ssh_keys(guest_image), log_file=guest.artifacts / "ssh.log",
@@ -618,7 +622,8 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
                 kind = {"take-free-block": highorder.TakeFreeBlock,
                         "retake-thp-block": recompound.RetakeThpBlock}[scenario.inject.race]
                 race = kind.start(ssh, scenario.inject.cpu, scenario.guest.vcpus, Deadline(t.locate, "locate"),
-                                  hold_s=t.observe + t.inject + 5)
+                                  hold_s=t.observe + t.inject + 5, symbol_cache=symbol_cache,
+                                  image_name=guest_image.name)
                 address = race.pfn * ev.ready["page_size"]
             elif region == "kernel-code":
                 address = _kernel_code_page(ssh, Deadline(t.locate, "locate"))

@@ -240,3 +240,72 @@ def test_the_socket_folder_is_qemus_alone(tmp_path):
         assert other.returncode != 0 and "Permission denied" in other.stderr
     finally:
         folder.rmdir()
+
+
+class KallsymsGuest:
+    """Answers the two reads kernel_symbols makes, for a kernel loaded at `text`."""
+
+    def __init__(self, text: int, version: str = "Linux version 6.12.118+deb12-amd64 #1 SMP Debian"):
+        self.text, self.version, self.commands = text, version, []
+
+    def check(self, command, deadline, phase):
+        self.commands.append(command)
+        if command == highorder.KERNEL_ID_COMMAND:
+            return f"{self.version}\n{self.text:016x} T _text\n"
+        assert command == highorder.kallsyms_command((*highorder.SYMBOLS, "_text"))
+        shift = self.text - 0xFFFFFFFF81000000
+        return "".join(f"{name} {int(address, 16) + shift:x}\n" for name, address in
+                       (line.split() for line in (SYMBOLS_TEXT + "_text ffffffff81000000\n").splitlines()))
+
+
+def test_symbols_are_read_once_per_kernel_build_then_from_text_alone(tmp_path):
+    """The first run reads the whole /proc/kallsyms; a later boot of the same build (another
+    KASLR offset) reads only _text, and gets every symbol moved by the same amount."""
+    from orchestrator.plumbing.deadline import Deadline
+    first = KallsymsGuest(0xFFFFFFFF81000000)
+    got = highorder.kernel_symbols(first, highorder.SYMBOLS, highorder.SYMBOLS, tmp_path, "debian-6.12",
+                                   Deadline(5, "t"))
+    assert got == SYMBOLS and len(first.commands) == 2
+    later = KallsymsGuest(0xFFFFFFFF9A200000)
+    moved = highorder.kernel_symbols(later, highorder.SYMBOLS, highorder.SYMBOLS, tmp_path, "debian-6.12",
+                                     Deadline(5, "t"))
+    assert later.commands == [highorder.KERNEL_ID_COMMAND]
+    assert moved == {name: address + 0x9A200000 - 0x81000000 for name, address in SYMBOLS.items()}
+    # Another build (its version line differs) or another image: read in full again.
+    for guest, image in ((KallsymsGuest(0xFFFFFFFF81000000, "Linux version 6.12.118 #2"), "debian-6.12"),
+                         (KallsymsGuest(0xFFFFFFFF81000000), "my-image")):
+        highorder.kernel_symbols(guest, highorder.SYMBOLS, highorder.SYMBOLS, tmp_path, image, Deadline(5, "t"))
+        assert len(guest.commands) == 2
+    # A cache file that is not one (cut short, edited) is read again, not trusted.
+    for entry in tmp_path.glob("*.json"):
+        entry.write_text("{\"version\": 1")
+    again = KallsymsGuest(0xFFFFFFFF81000000)
+    assert highorder.kernel_symbols(again, highorder.SYMBOLS, highorder.SYMBOLS, tmp_path, "debian-6.12",
+                                    Deadline(5, "t")) == SYMBOLS
+    assert len(again.commands) == 2
+
+
+def test_a_guest_without_a_readable_text_symbol_is_named():
+    with pytest.raises(ValueError, match="no _text address"):
+        highorder.parse_kernel_id("Linux version 6.1\n0000000000000000 T _text\n")
+    with pytest.raises(ValueError, match="no _text address"):
+        highorder.parse_kernel_id("Linux version 6.1\n")
+
+
+def test_a_symbol_this_kernel_lacks_is_remembered_as_absent(tmp_path):
+    """PageHeadHuge is gone in 6.12: the cached table says so, rather than sending every
+    later run through the whole /proc/kallsyms again."""
+    from orchestrator.plumbing.deadline import Deadline
+    wanted = (*highorder.SYMBOLS, "PageHeadHuge")
+
+    class Guest(KallsymsGuest):
+        def check(self, command, deadline, phase):
+            if command == highorder.kallsyms_command((*wanted, "_text")):
+                self.commands.append(command)
+                return "".join(line + "\n" for line in (SYMBOLS_TEXT + "_text ffffffff81000000").splitlines())
+            return super().check(command, deadline, phase)
+
+    for reads in (2, 1):
+        guest = Guest(0xFFFFFFFF81000000)
+        got = highorder.kernel_symbols(guest, wanted, highorder.SYMBOLS, tmp_path, "debian-6.12", Deadline(5, "t"))
+        assert got == SYMBOLS and len(guest.commands) == reads

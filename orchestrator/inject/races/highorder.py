@@ -35,6 +35,9 @@ the RCU stall (21 s) and soft lockup (20 s) detectors.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -86,6 +89,60 @@ def parse_symbols(text: str, needed: tuple[str, ...] = SYMBOLS) -> dict[str, int
     if missing:
         raise ValueError(f"no {', '.join(missing)} in the guest's /proc/kallsyms (or only zeros: not root?)")
     return found
+
+
+RACE_START_S = 30.0  # the race process's pick of its page (a THP fault: compaction may run)
+KALLSYMS_S = 180.0  # the whole /proc/kallsyms pass: 8 s on an idle host under TCG, 25 s seen on a loaded one
+KERNEL_ID_COMMAND = "cat /proc/version; grep -m1 ' _text$' /proc/kallsyms"  # _text is within its first lines
+
+
+def parse_kernel_id(text: str) -> tuple[str, int]:
+    """(the /proc/version line, _text's address) from KERNEL_ID_COMMAND's output."""
+    lines = text.strip().splitlines()
+    parts = lines[-1].split() if len(lines) >= 2 else []
+    if len(parts) != 3 or parts[2] != "_text" or not re.fullmatch(r"[0-9a-fA-F]{1,16}", parts[0]) \
+            or not int(parts[0], 16):
+        raise ValueError(f"no _text address in the guest's /proc/kallsyms (not root?): {text.strip()[-200:]!r}")
+    return lines[0][:500], int(parts[0], 16)
+
+
+def kernel_symbols(ssh: SshSession, looked_up: tuple[str, ...], needed: tuple[str, ...], cache: Path | None,
+                   image_name: str, deadline: Deadline) -> dict[str, int]:
+    """{name: address} of the race's kernel symbols (and memory_failure_end). KASLR moves the
+    kernel image as a whole, so each symbol's distance from _text is the same on every boot of
+    one kernel build: it is kept in `cache` (a folder) under the kernel's /proc/version line,
+    and a later run reads only _text (well under a second) instead of the whole
+    /proc/kallsyms (KALLSYMS_S). A cached table is used only for a kernel whose version line
+    and image are the same; an unreadable one is read again."""
+    version, text = parse_kernel_id(ssh.check(KERNEL_ID_COMMAND, deadline, "locate"))
+    wanted = (*looked_up, "memory_failure_end")
+    key = hashlib.sha256(f"{image_name}\0{version}".encode()).hexdigest()[:16]
+    entry = cache / f"{key}.json" if cache is not None else None
+    known: dict[str, int] = {}
+    absent: set[str] = set()  # looked for in the whole pass, and not there (this kernel has no such symbol)
+    if entry is not None and entry.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            data = json.loads(entry.read_text())
+            if data.get("version") == version:
+                known = {k: v for k, v in data["offsets"].items() if type(v) is int}
+                absent = {k for k in data.get("absent", []) if type(k) is str}
+    if all(name in known or name in absent for name in wanted) and all(name in known for name in (*needed, "memory_failure_end")):
+        return {name: text + known[name] for name in wanted if name in known}
+    full = ssh.check(kallsyms_command((*looked_up, "_text")), Deadline(max(KALLSYMS_S, deadline.remaining()),
+                                                                      "kallsyms"), "locate")
+    symbols = parse_symbols(full, (*needed, "_text"))
+    if symbols["_text"] != text:
+        raise ValueError(f"_text moved between two reads of /proc/kallsyms: {text:#x}, then {symbols['_text']:#x}")
+    if entry is not None:
+        known.update({name: address - text for name, address in symbols.items() if name != "_text"})
+        absent = {name for name in wanted if name not in known}
+        with contextlib.suppress(OSError):
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            partial = entry.with_name(f".{entry.name}.{os.getpid()}")
+            partial.write_text(json.dumps({"version": version, "image": image_name, "offsets": known,
+                                           "absent": sorted(absent)}, indent=1))
+            partial.replace(entry)  # whole or not at all, whoever else writes it
+    return {name: address for name, address in symbols.items() if name != "_text"}
 
 
 def parse_xp_words(text: str) -> list[int]:
@@ -193,12 +250,16 @@ class RaceProcess:
     refused: bool = False  # the allocator refused the block: the race ended as the kernel's doing
 
     @classmethod
-    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline, hold_s: float):
-        text = ssh.check(kallsyms_command(cls.LOOKED_UP), deadline, "locate")
+    def start(cls, ssh: SshSession, inject_cpu: int, vcpus: int, deadline: Deadline, hold_s: float,
+              symbol_cache: Path | None = None, image_name: str = ""):
         try:
-            symbols = parse_symbols(text, cls.NEEDED)
+            # Every race's symbols at once: one whole pass of /proc/kallsyms per kernel build.
+            every = tuple(dict.fromkeys(name for race in (cls, *RaceProcess.__subclasses__()) for name in race.LOOKED_UP))
+            symbols = kernel_symbols(ssh, every, cls.NEEDED, symbol_cache, image_name, deadline)
         except ValueError as exc:
             raise HarnessError("locate", f"inject.race: {exc}") from None
+        # A whole /proc/kallsyms pass may have spent the phase's time: the process gets its own.
+        deadline = Deadline(max(deadline.remaining(), RACE_START_S), "locate")
         cpu = taker_cpu(inject_cpu, vcpus)
         # The shell reports how the process ended (128+N: killed by signal N), as for the probe.
         process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}; "
