@@ -33,7 +33,7 @@ from orchestrator.guest.qemu import tail
 from orchestrator.guest.qemu.install import qemu_version
 from orchestrator.guest.readiness import wait_sshd
 from orchestrator.guest.snapshot import GUEST_SETTLED, SAVE_TIMEOUT_S, SnapshotStore, guest_key
-from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, quote
+from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, probe_shell, quote
 from orchestrator.inject import Injection, inject
 from orchestrator.inject import mce
 from orchestrator.inject import races
@@ -593,7 +593,7 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
             phases.context.probe_hint = repro.ProbeHint(command, probe_binary, probe_build.REMOTE_PATH,
                                                         Path(guest.ssh_keys(guest_image)[0]), guest.ssh_port)
             # The shell reports how the probe ended (128+N: killed by signal N).
-            probe = ssh.start(f"{command}; echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
+            probe = ssh.start(probe_shell(command))
             phases.context.probe = probe
             ready = probe.read_event({"ready"}, Deadline(t.locate, "locate"), "locate")
             try:

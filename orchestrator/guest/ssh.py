@@ -309,6 +309,15 @@ class ProbeExited(HarnessError):
         self.status = status
 
 
+def probe_shell(command: str) -> str:
+    """How the harness starts a probe: a shell prints its own pid first, then becomes the
+    probe (exec: the same pid), before the probe exists for another process to write to
+    its output; the outer shell prints how it ended (128+N: killed by signal N) as the
+    stream's last line. A ready report from another pid is named among the causes."""
+    return (f"""sh -c 'echo "{{\\"event\\":\\"started\\",\\"pid\\":$$}}"; exec "$0" "$@"' {command}; """
+            f"""echo '{{"event":"exit","status":'$?'}}'""")
+
+
 class RemoteProcess:
     """A command running in the guest that speaks JSON lines (the probe)."""
 
@@ -327,6 +336,11 @@ class RemoteProcess:
         self._buffer = b""
         self._pending: list[dict] = []
         self.transcript = LineLog()  # bounded: a probe may print without end
+        self.started_pid: int | None = None  # from probe_shell's first line: the probe's own pid
+        self.ready_seen = False
+        self._exit: dict | None = None        # the last exit line; it counts only as the stream's last
+        self.forged: list[str] = []           # lines that cannot be the probe's (what each claimed)
+        self.second_ready: list[str] = []     # ready reports after the first (whose pids)
 
     def pushback(self, message: dict) -> None:
         """Hand a message already read back to the next read_event."""
@@ -376,6 +390,27 @@ class RemoteProcess:
                 if message.get("event") == "error":
                     raise HarnessError(phase, f"probe failed: {str(message.get('what'))[:200]}: "
                                               f"{str(message.get('strerror'))[:200]}")
+                if self._exit is not None:
+                    # Output after an exit line: that line was not the shell's (it prints the last one).
+                    self._forged(f"an exit line (status {shown_pid(self._exit.get('status'))}) "
+                                 f"before the probe's own output ended")
+                    self._exit = None
+                event = message.get("event")
+                if event == "started":
+                    if self.started_pid is None and type(message.get("pid")) is int:
+                        self.started_pid = message["pid"]
+                    else:
+                        self._forged(f"a second 'started' line (pid {shown_pid(message.get('pid'))})")
+                    continue
+                if event == "ready" and self.ready_seen:
+                    # The probe prints one: of two, either could be another process's (the first
+                    # was taken already), so the target it named is not known to be the probe's.
+                    self.second_ready.append(f"pid {shown_pid(message.get('pid'))}")
+                    self._forged(f"a second ready report (pid {shown_pid(message.get('pid'))})")
+                    continue
+                if event == "exit":
+                    self._exit = message  # taken once the stream ends after it (see the EOF below)
+                    continue
                 if message.get("event") == "result" and self.owners is not None and not self._own(message):
                     self.ignored_count += 1
                     if len(self.ignored) < 5:  # a flood of them is counted, not kept
@@ -383,12 +418,10 @@ class RemoteProcess:
                     self.transcript.append("   (ignored: not a result of the probe the harness started, "
                                            f"whose pids are {sorted(self.owners)})")
                     continue
-                if message.get("event") in names:
+                if event in names:
+                    if event == "ready":
+                        self.ready_seen = True
                     return message
-                if message.get("event") == "exit":
-                    status = message.get("status") if type(message.get("status")) is int else None
-                    raise ProbeExited(phase, f"probe exited (status {status}) "
-                                             f"without {'/'.join(sorted(names))}", status)
             if deadline.expired():
                 raise HarnessError(phase, f"probe sent no {'/'.join(sorted(names))} within {deadline.seconds:g} s")
             why = abort()
@@ -411,6 +444,11 @@ class RemoteProcess:
                 why = self._session.down_after_drop() if self._session is not None else None
                 if why:
                     raise GuestWentDown(phase, f"{why}: the probe sent no {'/'.join(sorted(names))}")
+                if self._exit is not None:
+                    # The shell's own last line: how the probe ended.
+                    status = self._exit.get("status") if type(self._exit.get("status")) is int else None
+                    raise ProbeExited(phase, f"probe exited (status {status}) "
+                                             f"without {'/'.join(sorted(names))}", status)
                 status = self._channel.recv_exit_status() if self._channel.exit_status_ready() else None
                 if status == NO_EXIT_STATUS and not _connection_up(self._channel):
                     # The connection, not the probe, ended: what the probe did is unknown.
@@ -433,6 +471,11 @@ class RemoteProcess:
             self.transcript.append(f"[{self.flood}: the harness stopped reading here]")
             raise ProbeFlood(phase, self.flood)
 
+    def _forged(self, what: str) -> None:
+        if len(self.forged) < 5:  # a flood of them is counted by the transcript, not kept here
+            self.forged.append(what)
+        self.transcript.append(f"   (ignored: {what}: not the probe the harness started)")
+
     def _own(self, message: dict) -> bool:
         pid = message.get("pid")
         return type(pid) is int and pid in self.owners
@@ -446,7 +489,7 @@ class RemoteProcess:
         """
         status = None
         try:
-            status = self.read_event({"exit"}, deadline, "observe").get("status")
+            self.read_event(set(), deadline, "observe")  # nothing is wanted but the stream's end
         except ProbeExited as exc:
             status = exc.status
         except HarnessError:

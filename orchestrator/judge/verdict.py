@@ -38,6 +38,7 @@ class Evidence:
     child_results: list[dict] = field(default_factory=list)  # the forked child's, with processes: 2
     steps: list[dict] = field(default_factory=list)          # answers to fsync/reread/collapse/touch
     probe_exit_status: int | None = None   # the probe's exit status as its shell saw it (128+N: signal N)
+    second_ready: list = field(default_factory=list)  # pids of ready reports after the first: one is forged
     kpageflags: int | None = None
     hardware_corrupted_kb_before: int | None = None
     hardware_corrupted_kb_after: int | None = None
@@ -108,6 +109,11 @@ def judge(scenario: Scenario, ev: Evidence) -> Verdict:
         checks.extend(result if isinstance(result, list) else [result])
 
     add("guest", _check_guest, expect, ev)
+    if ev.second_ready:
+        # The probe prints one ready report; the first was taken, and it may be the other one.
+        checks.append(Check("probe's reports", Outcome.ERROR,
+                            f"{1 + len(ev.second_ready)} ready reports on the probe's stream (the others from "
+                            f"{', '.join(ev.second_ready)}): the target it named may not be the probe's"))
     if expect.guest == "alive":
         add("probe ended", _check_probe_ended, ev)
     if expect.sigbus is not None:

@@ -21,7 +21,8 @@ from typing import Callable
 from orchestrator import probe as probe_build
 from orchestrator.guest.base import Guest
 from orchestrator.guest.qemu import tail
-from orchestrator.guest.ssh import OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote
+from orchestrator.guest.ssh import (OUTPUT_LIMIT, ProbeExited, RemoteProcess, SshSession, banner_answers, quote,
+                                    shown_pid)
 from orchestrator.inject import mce
 from orchestrator.judge import crashes, logmatch
 from orchestrator.judge.logmatch import LineExpectation
@@ -467,7 +468,20 @@ def _gather(ssh: SshSession, probe: RemoteProcess, ev: Evidence, deadline: Deadl
     if probe.ignored:
         ev.add_cause(f"{probe.ignored_count} result line(s) not from the probe the harness started were ignored "
                      f"({', '.join(probe.ignored)}; the probe's pids: {sorted(probe.owners or ())})")
+    note_forged_lines(probe, ev)
     gather_parts(ssh, ev, abort, PARTS if parts is None else parts, watch_until=watch_until)
+
+
+def note_forged_lines(probe: RemoteProcess, ev: Evidence) -> None:
+    """Lines on the probe's stream that cannot be the probe's own, for the verdict and the causes."""
+    ev.second_ready = list(probe.second_ready)
+    ready_pid = ev.ready.get("pid") if ev.ready else None
+    if probe.started_pid is not None and ready_pid is not None and ready_pid != probe.started_pid:
+        ev.add_cause(f"the ready report came from pid {shown_pid(ready_pid)}, not the probe the harness "
+                     f"started (pid {probe.started_pid}): a wrapper around the probe, or another process")
+    others = [what for what in probe.forged if not what.startswith("a second ready report")]
+    if others:
+        ev.add_cause(f"ignored on the probe's stream: {'; '.join(others)}")
 
 
 @dataclass(frozen=True)

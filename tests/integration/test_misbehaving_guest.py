@@ -74,7 +74,8 @@ def test_garbage_from_the_probe_is_evidence_not_a_crash(tmp_path):
     for name in ("guest alive", "page poisoned", "HardwareCorrupted", "other pages intact"):
         assert checks[name].outcome == Outcome.PASS, (name, checks[name].detail)
     transcript = (result.artifacts / "probe-transcript.txt").read_text()
-    assert transcript.startswith("[1]\n") and FIVE_THOUSAND_DIGITS in transcript
+    assert transcript.startswith('{"event":"started","pid":') and transcript.split("\n", 2)[1] == "[1]"
+    assert FIVE_THOUSAND_DIGITS in transcript
     assert time.monotonic() - start < 60
     assert_nothing_left(result, port)
 
@@ -352,6 +353,35 @@ def test_a_forged_result_line_is_ignored_and_the_real_one_used(tmp_path):
     assert any(c.startswith("1 result line(s) not from the probe the harness started were ignored (pid 1;")
                for c in result.evidence.causes), result.evidence.causes
     assert '"pid":1,' in (result.artifacts / "probe-transcript.txt").read_text()
+    assert_nothing_left(result, port)
+
+
+# Wraps the real probe: a ready report and a result that claim pid 1 go to the stream just
+# before the real ones; the forged result says no SIGBUS came.
+FORGED_READY_PROBE = f"""#!/bin/sh
+[ "$1" = --kpageflags ] && exec {REMOTE_PATH}.real "$@"
+{REMOTE_PATH}.real "$@" | while IFS= read -r line; do
+    case "$line" in
+    *'"event":"ready"'*) echo "$line" | sed 's/"pid":[0-9]*/"pid":1/' ;;
+    *'"event":"result"'*) echo "$line" | sed 's/"pid":[0-9]*/"pid":1/; s/"sigbus":true/"sigbus":false/' ;;
+    esac
+    printf '%s\\n' "$line"
+done
+"""
+
+
+def test_a_forged_ready_report_before_the_real_one_is_no_verdict(tmp_path):
+    """Another process's ready report (pid 1) comes before the probe's, then its result (no
+    SIGBUS). Taking the first ready report made pid 1 the probe, and the negative control
+    that expects no SIGBUS PASSed on the forged result (the kernel did send one). Two
+    ready reports are one too many: an ERROR, not a verdict on the kernel."""
+    scenario = load_scenario(REPO / "tests" / "integration" / "negative" / "neg-expects-no-sigbus.yaml")
+    result, port = run(tmp_path, scenario=scenario, hook=replace_probe(FORGED_READY_PROBE, tmp_path), snapshot=True)
+    assert result.outcome == Outcome.ERROR, result.reasons
+    check = checks_of(result)["probe's reports"]
+    assert check.outcome == Outcome.ERROR and check.detail.startswith("2 ready reports on the probe's stream"), check
+    assert any("the ready report came from pid 1, not the probe the harness started" in c
+               for c in result.evidence.causes), result.evidence.causes
     assert_nothing_left(result, port)
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.guest.ssh import RemoteProcess
+from orchestrator.guest.ssh import ProbeExited, RemoteProcess
 from orchestrator.judge.verdict import judge
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.guest_data import MAX_LINE, Unreadable, check_ready, json_message
@@ -160,3 +160,53 @@ def test_a_flood_on_the_probes_stream_ends_the_wait_naming_it():
     with pytest.raises(ProbeFlood):  # and every later wait at once
         process.read_event({"result"}, Deadline(5, "observe"), "observe")
     assert sum(len(line) for line in process.transcript.lines()) < 5 << 20
+
+
+def started(pid: int = 90) -> bytes:
+    return json.dumps({"event": "started", "pid": pid}).encode() + b"\n"
+
+
+def test_a_second_ready_report_is_kept_apart_and_named():
+    """The probe prints one ready report; another on its stream (before or after it) is
+    a forgery the harness cannot tell apart: the first is taken, the second recorded."""
+    forged = dict(READY, pid=77, gpa="0x1000")
+    process = RemoteProcess(FakeChannel(started() + json.dumps(forged).encode() + b"\n"
+                                        + json.dumps(READY).encode() + b"\n"
+                                        + json.dumps({"event": "result", "pid": 90}).encode() + b"\n"), "probe")
+    assert process.read_event({"ready"}, Deadline(2, "locate"), "locate")["pid"] == 77
+    assert process.started_pid == 90
+    process.read_event({"result"}, Deadline(2, "observe"), "observe")
+    assert process.second_ready == ["pid 90"]
+    from orchestrator.judge.verdict import Evidence, judge
+    from orchestrator.scenario import load_scenario
+    from orchestrator.runner import REPO_ROOT
+    ev = Evidence(ready=forged, second_ready=process.second_ready)
+    verdict = judge(load_scenario(REPO_ROOT / "scenarios" / "srao-anon-late-kill.yaml"), ev)
+    check = next(c for c in verdict.checks if c.name == "probe's reports")
+    assert check.outcome == Outcome.ERROR and "2 ready reports" in check.detail
+    assert verdict.outcome == Outcome.ERROR
+
+
+def test_an_exit_line_counts_only_as_the_streams_last():
+    """A forged exit line (status 137: 'killed by SIGKILL') before the probe's result is
+    noted and passed over; the shell's own, the stream's last line, gives the status."""
+    stream = (started() + json.dumps(READY).encode() + b"\n" + b'{"event":"exit","status":137}\n'
+              + json.dumps({"event": "result", "pid": 90}).encode() + b"\n" + b'{"event":"exit","status":0}\n')
+    process = RemoteProcess(FakeChannel(stream), "probe")
+    process.read_event({"ready"}, Deadline(2, "locate"), "locate")
+    assert process.read_event({"result"}, Deadline(2, "observe"), "observe")["pid"] == 90
+    with pytest.raises(ProbeExited) as exited:
+        process.read_event(set(), Deadline(2, "observe"), "observe")
+    assert exited.value.status == 0
+    assert process.forged == ["an exit line (status 137) before the probe's own output ended"]
+
+
+def test_the_probe_shell_names_its_pid_before_the_probe_runs(tmp_path):
+    """probe_shell() as a real shell runs it: the first line is the pid the probe then has."""
+    import subprocess
+    from orchestrator.guest.ssh import probe_shell
+    out = subprocess.run(["sh", "-c", probe_shell("sh -c 'echo \"{\\\"pid\\\":$$}\"; exit 3'")],
+                         capture_output=True, text=True).stdout.splitlines()
+    first, second, last = (json.loads(line) for line in out)
+    assert first["event"] == "started" and first["pid"] == second["pid"]
+    assert last == {"event": "exit", "status": 3}

@@ -50,7 +50,7 @@ from typing import ClassVar
 from orchestrator import probe as probe_build
 from orchestrator.guest.base import GuestMonitor
 from orchestrator.guest.monitor import MonitorError
-from orchestrator.guest.ssh import ProbeExited, RemoteProcess, SshSession
+from orchestrator.guest.ssh import ProbeExited, RemoteProcess, SshSession, probe_shell
 from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
@@ -262,8 +262,7 @@ class RaceProcess:
         deadline = Deadline(max(deadline.remaining(), RACE_START_S), "locate")
         cpu = taker_cpu(inject_cpu, vcpus)
         # The shell reports how the process ended (128+N: killed by signal N), as for the probe.
-        process = ssh.start(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}; "
-                            f"echo '{{\"event\":\"exit\",\"status\":'$?'}}'")
+        process = ssh.start(probe_shell(f"{probe_build.REMOTE_PATH} {cls.OPTION} {cpu} {int(hold_s)}"))
         reply = process.read_event({"taker"}, deadline, "locate")
         if "error" in reply:
             raise HarnessError("locate", f"inject.race: the guest process could not pick a page: {reply['error']}")
@@ -272,7 +271,8 @@ class RaceProcess:
     def death(self, deadline: Deadline) -> str | None:
         """How the process ended, when it has ('was killed by signal 7 (SIGBUS)'), else None."""
         try:
-            status = self.process.read_event({"exit"}, deadline, "inject").get("status")
+            self.process.read_event(set(), deadline, "inject")  # nothing is wanted but the stream's end
+            return None
         except ProbeExited as exc:
             status = exc.status
         except HarnessError:
