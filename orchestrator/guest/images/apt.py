@@ -1,5 +1,10 @@
 """Debian packages through apt: which kernel package an image means, the versions of
-everything it is built from (remembered until apt's lists change), the .debs themselves."""
+everything it is built from (remembered until apt's lists change), the .debs themselves.
+
+Two apts: the host's (Debian 12's own kernels and the guest's userspace), and PrivateApt, an
+apt with its own sources list, lists, cache and an empty status, for suites the host does not
+use (trixie-backports, unstable, experimental kernels; the pinned QEMUs): the host's apt
+configuration and state are read, never written."""
 from __future__ import annotations
 
 import fnmatch
@@ -8,10 +13,13 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from orchestrator.guest.images.errors import ImageError, run
+
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 # Userspace of the guest. dropbear's and sftp-server's libraries come from these
 # packages (not from the host) so that the guest is the same on every host.
@@ -90,9 +98,19 @@ class Apt:
         run(["apt-get", "-q", *self.opts, "download", *specs], step="apt-get download", cwd=into)
 
 
-def resolve_packages(name: str, definition: Mapping, apt: Apt) -> tuple[str, dict[str, str]]:
-    """(kernel package, {package: version}) for an image, from apt's lists."""
+def resolve_packages(name: str, definition: Mapping, apt: Apt) -> tuple[str | None, dict[str, str]]:
+    """(kernel package, {package: version}) for an image, from the host apt's lists. An image
+    whose kernel comes from a suite of its own (suites.py) gets only its userspace here: (None, ...)."""
     pattern = definition["kernel"]
+    if "suite" in definition:
+        versions = apt.candidates(list(BASE_PACKAGES))
+        absent = [p for p in BASE_PACKAGES if not versions[p]]
+        if absent and apt.update_once():
+            versions = apt.candidates(list(BASE_PACKAGES))
+            absent = [p for p in BASE_PACKAGES if not versions[p]]
+        if absent:
+            raise ImageError(f"image {name}: {', '.join(absent)} not in apt's lists (run apt-get update as root)")
+        return None, dict(versions)  # type: ignore[arg-type]
     while True:
         kernels = kernel_candidates(pattern, apt.kernel_names())
         versions = apt.candidates([*kernels, *BASE_PACKAGES])
@@ -127,7 +145,7 @@ def _apt_state() -> str:
 
 
 def resolve_cached(name: str, definition: Mapping, apt: Apt, home: Path,
-                   progress: Callable[[str], None]) -> tuple[str, dict[str, str]]:
+                   progress: Callable[[str], None]) -> tuple[str | None, dict[str, str]]:
     """resolve_packages, remembered until apt's lists change: the two apt-cache
     calls cost more than half a second, on every run."""
     record_file = home / "resolved.json"
@@ -193,3 +211,176 @@ def fetch_debs(packages: Mapping[str, str], debs: Path, apt: Apt, progress) -> d
             raise ImageError(f"apt-get download: {p}={v} did not produce a .deb")
         out[p] = path
     return out
+
+
+# --- Debian version order (dpkg's, from deb-version(7)) ---------------------------------------
+
+def _order(c: str) -> int:
+    # '~' sorts before everything, even the end of the part; letters before non-letters.
+    if c == "~":
+        return -1
+    if c.isdigit():
+        return 0
+    if c.isalpha():
+        return ord(c)
+    return ord(c) + 256
+
+
+def _compare_part(a: str, b: str) -> int:
+    i = j = 0
+    while i < len(a) or j < len(b):
+        first_diff = 0
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _order(a[i]) if i < len(a) and not a[i].isdigit() else 0
+            bc = _order(b[j]) if j < len(b) and not b[j].isdigit() else 0
+            if ac != bc:
+                return -1 if ac < bc else 1
+            i, j = i + 1, j + 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i, j = i + 1, j + 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return -1 if first_diff < 0 else 1
+    return 0
+
+
+def _split_version(version: str) -> tuple[int, str, str]:
+    epoch, _, rest = version.rpartition(":") if ":" in version else ("0", "", version)
+    upstream, _, revision = rest.rpartition("-") if "-" in rest else (rest, "", "")
+    return int(epoch or 0), upstream, revision
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Debian version order (as `dpkg --compare-versions`): -1, 0 or 1. 7.3~rc7-1~exp1 < 7.3.4-1~bpo13+1."""
+    ea, ua, ra = _split_version(a)
+    eb, ub, rb = _split_version(b)
+    if ea != eb:
+        return -1 if ea < eb else 1
+    return _compare_part(ua, ub) or _compare_part(ra, rb)
+
+
+# --- apt of its own ---------------------------------------------------------------------------
+
+def host_mirror(sources: tuple[Path, ...] = (Path("/etc/apt/sources.list.d/debian.sources"),
+                                            Path("/etc/apt/sources.list"))) -> str:
+    """The Debian mirror the host's apt uses (deb822 or one-line sources); deb.debian.org if none."""
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = line.strip()
+            m = re.match(r"URIs:\s*(\S+)", line) or re.match(r"deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
+            if m and "security" not in m.group(1):
+                return m.group(1).rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+class PrivateApt:
+    """apt with its own sources list (suites on the host's mirror), lists and cache: the host's
+    apt configuration and state are read, never written. `suite` is one suite or several."""
+
+    def __init__(self, home: Path, suite: str | Sequence[str], mirror: str | None = None):
+        home = self.home = home.resolve()  # apt reads a relative Dir:: path from /
+        self.suites = (suite,) if isinstance(suite, str) else tuple(suite)
+        self.suite = " ".join(self.suites)
+        self.sources = home / "sources.list"
+        parts, self.lists, cache = home / "sources.list.d", home / "lists", home / "cache"
+        for d in (parts, self.lists / "partial", cache / "archives" / "partial"):
+            d.mkdir(parents=True, exist_ok=True)
+        keyring = f"[signed-by={DEBIAN_KEYRING}] " if Path(DEBIAN_KEYRING).is_file() else ""
+        mirror = mirror or host_mirror()
+        self.sources.write_text("".join(f"deb {keyring}{mirror} {s} main\n" for s in self.suites))
+        status = home / "status"  # empty: nothing installed on the host is a candidate here
+        status.touch()
+        self.opts = ["-o", f"Dir::Etc::sourcelist={self.sources}", "-o", f"Dir::Etc::sourceparts={parts}",
+                     "-o", f"Dir::State::Lists={self.lists}", "-o", f"Dir::Cache={cache}",
+                     "-o", f"Dir::State::status={status}"]
+        if os.geteuid() == 0:  # apt's _apt user could not write to our folders
+            self.opts += ["-o", "APT::Sandbox::User=root"]
+        self.updated = False
+
+    def update(self) -> None:
+        run(["apt-get", "-q", *self.opts, "update"], step=f"apt-get update ({self.suite})")
+        self.updated = True
+
+    def update_once(self) -> bool:
+        """For fetch_debs: one more update when a download failed."""
+        if self.updated:
+            return False
+        self.update()
+        return True
+
+    def lists_age(self) -> float | None:
+        """Seconds since the lists were fetched; None when they never were."""
+        stamps = [p.stat().st_mtime for p in self.lists.glob("*_Packages*") if p.is_file()]
+        return time.time() - min(stamps) if stamps else None
+
+    def state(self) -> str:
+        """Changes whenever these lists do."""
+        return " ".join(f"{p.name}={p.stat().st_mtime_ns}" for p in sorted(self.lists.glob("*_Packages*")))
+
+    def candidate(self, package: str) -> str | None:
+        out = run(["apt-cache", *self.opts, "policy", package], step="apt-cache policy")
+        # One package asked for: its entry is the one (named PKG:ARCH where foreign arches are on).
+        return next(iter(parse_apt_policy(out).values()), None)
+
+    def candidates(self, names: Sequence[str]) -> dict[str, str | None]:
+        if not names:
+            return {}
+        found = parse_apt_policy(run(["apt-cache", *self.opts, "policy", *names], step="apt-cache policy"))
+        return {n: found.get(n, found.get(f"{n}:amd64")) for n in names}
+
+    def kernel_names(self) -> list[str]:
+        return run(["apt-cache", *self.opts, "pkgnames", "linux-image-"], step="apt-cache pkgnames").split()
+
+    def show(self, package: str, version: str) -> str | None:
+        """`apt-cache show PACKAGE=VERSION`'s record, or None when the lists do not hold that version."""
+        try:
+            out = run(["apt-cache", *self.opts, "show", f"{package}={version}"], step="apt-cache show")
+        except ImageError:
+            return None
+        return out.split("\n\n", 1)[0] if out.strip() else None
+
+    def sha256(self, package: str, version: str) -> str | None:
+        record = self.show(package, version)
+        m = re.search(r"^SHA256:\s*(\S+)", record or "", re.M)
+        return m.group(1) if m else None
+
+    def download(self, specs: Sequence[str], into: Path) -> None:
+        run(["apt-get", "-q", *self.opts, "download", *specs], step="apt-get download", cwd=into)
+
+
+def control_field(record: str, name: str) -> str:
+    """One field of a Debian control record (continuation lines joined)."""
+    m = re.search(rf"^{re.escape(name)}:(.*(?:\n[ \t].*)*)", record, re.M)
+    return " ".join(m.group(1).split()) if m else ""
+
+
+# Since Debian's 7.x kernels, linux-image-REL is a metapackage: the kernel is in
+# linux-binary-REL (usr/lib/modules/REL/vmlinuz), the modules in linux-modules-REL and
+# config and System.map in linux-base-REL, each at exactly the image's version.
+_KERNEL_PART = re.compile(r"^(linux-(?:binary|modules|base)-(\S+?))\s*\(=\s*([^)\s]+)\s*\)$")
+
+
+def kernel_parts(image_package: str, depends: str) -> dict[str, str]:
+    """{package: version} of the parts an image package's Depends names (linux-binary-REL,
+    linux-modules-REL, linux-base-REL at '= VERSION'); {} for a kernel in one package."""
+    release = image_package.removeprefix("linux-image-")
+    parts = {}
+    for alternatives in depends.split(","):
+        for item in alternatives.split("|"):
+            m = _KERNEL_PART.match(item.strip())
+            if m and m.group(2) == release:
+                parts[m.group(1)] = m.group(3)
+    return parts

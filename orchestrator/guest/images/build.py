@@ -61,7 +61,8 @@ def build(
 ) -> dict:
     """Build into `out` (a private folder); return the manifest (image.json)."""
     started = time.monotonic()
-    debs = fetch_debs({**packages, **kernel_source.debs()}, debs_dir, apt, progress)
+    debs = fetch_debs(packages, debs_dir, apt, progress)
+    debs.update(kernel_source.fetch(debs_dir, apt, progress))
 
     work = out / "work"
     root = work / "root"

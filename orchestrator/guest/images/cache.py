@@ -29,11 +29,15 @@ from orchestrator.guest.images.errors import ImageError
 
 from orchestrator.guest.images.kernels import DebianPackageKernel, KernelSource, LocalKernel
 
+from orchestrator.guest.images import suites
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _NOT_BUILDER = {"distro.py", "disk.py", "overlay.py", "pmem.py"}
 # Images built from a kernel the user passed (--kernel) live under this name.
 LOCAL_IMAGE = "local"
+# What says where an image's kernel comes from: dropped when --kernel replaces it.
+_KERNEL_KEYS = ("kernel", "suite", "pin", "newer_than")
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,13 @@ def ensure_image(
         apt = Apt(progress)
         kernel_package, packages = resolve_cached(name, definition, apt, cache / "images" / name, progress)
         source: KernelSource
-        if kernel is None:
-            source = DebianPackageKernel(kernel_package, packages[kernel_package])
-        else:
+        if kernel is not None:
             source = LocalKernel(kernel, modules)
-            definition = {key: value for key, value in definition.items() if key != "kernel"}
+            definition = {key: value for key, value in definition.items() if key not in _KERNEL_KEYS}
+        elif kernel_package is None:  # a kernel from a suite of its own (pinned, newest, newer than)
+            source = suites.resolve(name, definitions, cache, progress)
+        else:
+            source = DebianPackageKernel(kernel_package, packages[kernel_package])
         base = {p: packages[p] for p in BASE_PACKAGES}
         digest = image_inputs_digest(label, definition, base, init_script=init_script, kernel=source.identity())
         # One directory per image name: its lock, its finished build, temporary builds.

@@ -51,35 +51,68 @@ class KernelSource(ABC):
     def describe(self) -> str:
         """One line for progress and the manifest."""
 
+    def fetch(self, debs_dir: Path, apt, progress) -> dict[str, Path]:
+        """The .debs of debs(), downloaded into (or found in) debs_dir with `apt`, the host's."""
+        from orchestrator.guest.images.apt import fetch_debs  # apt imports nothing of ours but errors
+        return fetch_debs(self.debs(), debs_dir, apt, progress) if self.debs() else {}
+
+
+def find_kernel_files(root: Path, release: str) -> tuple[Path, Path, Path | None]:
+    """(vmlinuz, modules folder, config or None) of kernel `release` unpacked under `root`, in
+    either of Debian's layouts:
+    - one package (up to 6.x): boot/vmlinuz-REL, boot/config-REL, lib/modules/REL;
+    - split (7.x): usr/lib/modules/REL/vmlinuz (linux-binary-REL), the modules beside it
+      (linux-modules-REL), usr/lib/modules/REL/config (linux-base-REL).
+    lib/ or usr/lib/ alike (a merged-/usr package may ship either)."""
+    for moddir in (root / "lib/modules" / release, root / "usr/lib/modules" / release):
+        for vmlinuz, config in ((root / "boot" / f"vmlinuz-{release}", root / "boot" / f"config-{release}"),
+                                (moddir / "vmlinuz", moddir / "config")):
+            if vmlinuz.is_file() and moddir.is_dir():
+                return vmlinuz, moddir, config if config.is_file() else None
+    raise ImageError(f"kernel {release}: neither /boot/vmlinuz-{release} with /lib/modules/{release} "
+                     f"nor /usr/lib/modules/{release}/vmlinuz in the unpacked packages")
+
 
 class DebianPackageKernel(KernelSource):
-    """linux-image-RELEASE from apt: /boot/vmlinuz-RELEASE, /boot/config-RELEASE and /lib/modules/RELEASE."""
+    """linux-image-RELEASE: from the host's apt, or from a suite of its own (PrivateApt), pinned or
+    not. Up to 6.x one package holds everything; from 7.x linux-image-RELEASE is a metapackage and
+    `parts` names linux-binary-, linux-modules- and linux-base-RELEASE (see find_kernel_files)."""
 
-    def __init__(self, package: str, version: str):
+    def __init__(self, package: str, version: str, parts: Mapping[str, str] | None = None,
+                 apt=None, suite: str | None = None, pin: Mapping[str, str] | None = None):
         self.package, self.version = package, version
+        self.parts = dict(parts or {})
+        self.apt, self.suite = apt, suite  # apt: a PrivateApt for a suite of its own; None: the host's
+        self.pin = dict(pin or {})  # {package: sha256} the .debs must have
         self.release = package.removeprefix("linux-image-")
 
     def debs(self) -> dict[str, str]:
-        return {self.package: self.version}
+        return {self.package: self.version, **self.parts}
 
     def identity(self) -> dict:
-        return {"package": self.package, "version": self.version}
+        identity = {"package": self.package, "version": self.version}
+        if self.parts:
+            identity["parts"] = self.parts
+        if self.suite:
+            identity["suite"] = self.suite
+        if self.pin:
+            identity["sha256"] = self.pin
+        return identity
 
     def describe(self) -> str:
-        return f"{self.package} {self.version}"
+        return f"{self.package} {self.version}" + (f" ({self.suite})" if self.suite else "")
 
     def unpack(self, work: Path, debs: Mapping[str, Path]) -> KernelFiles:
         work.mkdir(parents=True, exist_ok=True)
-        deb = debs[self.package]
-        run(["dpkg-deb", "-x", str(deb), str(work)], step=f"dpkg-deb -x {deb.name}")
-        vmlinuz = work / "boot" / f"vmlinuz-{self.release}"
-        moddir = work / "lib/modules" / self.release
-        if not vmlinuz.is_file() or not moddir.is_dir():
-            raise ImageError(f"{self.package}: no /boot/vmlinuz-{self.release} and /lib/modules/{self.release}")
-        config = work / "boot" / f"config-{self.release}"
-        return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config.is_file() else None,
-                           f"/boot/config-{self.release} of {self.package} {self.version}"
-                           if config.is_file() else None)
+        for package in self.debs():
+            deb = debs[package]
+            run(["dpkg-deb", "-x", str(deb), str(work)], step=f"dpkg-deb -x {deb.name}")
+        try:
+            vmlinuz, moddir, config = find_kernel_files(work, self.release)
+        except ImageError as e:
+            raise ImageError(f"{', '.join(self.debs())}: {e}") from None
+        return KernelFiles(vmlinuz, self.release, moddir, config.read_text() if config else None,
+                           f"/{config.relative_to(work)} of {self.package} {self.version}" if config else None)
 
 
 def _modules_fingerprint(moddir: Path) -> str:

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from orchestrator.guest.images.apt import parse_apt_policy
+# PrivateApt is shared with the kernel images of other suites (orchestrator/guest/images/apt.py).
+from orchestrator.guest.images.apt import PrivateApt, host_mirror  # noqa: F401 (host_mirror: re-exported)
 from orchestrator.guest.images.cache import build_lock
 from orchestrator.guest.images.errors import ImageError, run
 from orchestrator.plumbing.digest import file_sha256
@@ -34,7 +35,6 @@ QEMUS_FILE = REPO_ROOT / "guest-images" / "qemus.yaml"
 SYSTEM_QEMU = "qemu-system-x86_64"
 SYSTEM_QBOOT = Path("/usr/share/qemu/qboot.rom")
 BINARY_IN_PACKAGE = Path("usr/bin/qemu-system-x86_64")
-DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
 class QemuError(ImageError):
@@ -89,62 +89,6 @@ def load_pins(path: Path = QEMUS_FILE) -> dict[str, dict]:
 
 def install_folder(cache_root: Path, name: str, version: str) -> Path:
     return cache_root / "qemu" / f"{name}-{version.replace(':', '_')}"
-
-
-def host_mirror(sources: tuple[Path, ...] = (Path("/etc/apt/sources.list.d/debian.sources"),
-                                            Path("/etc/apt/sources.list"))) -> str:
-    """The Debian mirror the host's apt uses (deb822 or one-line sources); deb.debian.org if none."""
-    for path in sources:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for line in text.splitlines():
-            line = line.strip()
-            m = re.match(r"URIs:\s*(\S+)", line) or re.match(r"deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+\S+", line)
-            if m and "security" not in m.group(1):
-                return m.group(1).rstrip("/")
-    return "http://deb.debian.org/debian"
-
-
-class PrivateApt:
-    """apt with its own sources list (one suite on the host's mirror), lists and cache: the host's
-    apt configuration and state are read, never written."""
-
-    def __init__(self, home: Path, suite: str, mirror: str | None = None):
-        home = self.home = home.resolve()  # apt reads a relative Dir:: path from /
-        self.sources = home / "sources.list"
-        parts, lists, cache = home / "sources.list.d", home / "lists", home / "cache"
-        for d in (parts, lists / "partial", cache / "archives" / "partial"):
-            d.mkdir(parents=True, exist_ok=True)
-        keyring = f"[signed-by={DEBIAN_KEYRING}] " if Path(DEBIAN_KEYRING).is_file() else ""
-        self.sources.write_text(f"deb {keyring}{mirror or host_mirror()} {suite} main\n")
-        status = home / "status"  # empty: the host's installed QEMU is no candidate here
-        status.touch()
-        self.opts = ["-o", f"Dir::Etc::sourcelist={self.sources}", "-o", f"Dir::Etc::sourceparts={parts}",
-                     "-o", f"Dir::State::Lists={lists}", "-o", f"Dir::Cache={cache}", "-o", f"Dir::State::status={status}"]
-        if os.geteuid() == 0:  # apt's _apt user could not write to our folders
-            self.opts += ["-o", "APT::Sandbox::User=root"]
-        self.suite = suite
-
-    def update(self) -> None:
-        run(["apt-get", "-q", *self.opts, "update"], step=f"apt-get update ({self.suite})")
-
-    def candidate(self, package: str) -> str | None:
-        out = run(["apt-cache", *self.opts, "policy", package], step="apt-cache policy")
-        # One package asked for: its entry is the one (named PKG:ARCH where foreign arches are on).
-        return next(iter(parse_apt_policy(out).values()), None)
-
-    def sha256(self, package: str, version: str) -> str | None:
-        try:
-            out = run(["apt-cache", *self.opts, "show", f"{package}={version}"], step="apt-cache show")
-        except ImageError:
-            return None
-        m = re.search(r"^SHA256:\s*(\S+)", out, re.M)
-        return m.group(1) if m else None
-
-    def download(self, specs: list[str], into: Path) -> None:
-        run(["apt-get", "-q", *self.opts, "download", *specs], step="apt-get download", cwd=into)
 
 
 def moved_pin_error(name: str, pin: dict, package: str, found: str | None) -> QemuError:
