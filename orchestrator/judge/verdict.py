@@ -441,6 +441,15 @@ def _check_poisoned(want: bool | str, ev: Evidence) -> Check:
             return _ok("page poisoned", detail + ": NOPAGE only, the kernel exposes no flags for this PFN")
         return _fail("page poisoned", detail + f", expected NOPAGE only ({1 << KPF_NOPAGE:#x}): "
                                                "the kernel exposes this PFN's flags")
+    if want == "no-flags":
+        # The same page on kernels whose kpage_read() gives 0 where pfn_to_online_page() is NULL.
+        detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}"
+        if ev.kpageflags == 0:
+            return _ok("page poisoned", detail + ": no flags at all, the kernel exposes none for this PFN")
+        return _fail("page poisoned", detail + ", expected 0 (no flags, not even NOPAGE): "
+                                               + ("NOPAGE, as kernels before the kpage_read() refactor show it"
+                                                  if ev.kpageflags == 1 << KPF_NOPAGE else
+                                                  "the kernel exposes this PFN's flags"))
     poisoned = bool(ev.kpageflags >> KPF_HWPOISON & 1)
     detail = f"PFN {pfn:#x} kpageflags {ev.kpageflags:#x}: HWPOISON {'set' if poisoned else 'clear'}"
     return _ok("page poisoned", detail) if poisoned == want else _fail("page poisoned", detail + f", expected {'set' if want else 'clear'}")

@@ -125,7 +125,8 @@ NONE = "none"
 @dataclass(frozen=True)
 class Expectations:
     sigbus: SigbusExpectation | Literal["none"] | None = None
-    page_poisoned: bool | Literal["no-page"] | None = None  # no-page: kpageflags shows only KPF_NOPAGE
+    # no-page: kpageflags shows only KPF_NOPAGE; no-flags: it shows 0 (6.15+ for a PFN with no online memmap)
+    page_poisoned: bool | Literal["no-page", "no-flags"] | None = None
     hardware_corrupted_kb: int | None = None
     kernel_log: tuple[LineExpectation, ...] = ()         # whole messages that must be in the log
     kernel_log_absent: tuple[LineExpectation, ...] = ()  # ... that must not

@@ -357,6 +357,17 @@ def test_page_poisoned_no_page_wants_kpageflags_to_show_nothing_but_nopage():
         assert list(failed) == ["page poisoned"] and "expected NOPAGE only" in failed["page poisoned"]
 
 
+def test_page_poisoned_no_flags_wants_kpageflags_to_read_zero():
+    scenario = with_expect(page_poisoned="no-flags")
+    ok = judge(scenario, good_evidence(kpageflags=0))
+    assert ok.outcome == Outcome.PASS, ok.reasons
+    # NOPAGE (the older kernels' answer), HWPOISON or any other flag: not what no-flags says.
+    for flags, why in ((1 << 20, "NOPAGE, as kernels before"), (KPF_HWPOISON_SET, "exposes this PFN's flags"),
+                       (1 << 5, "exposes this PFN's flags")):
+        failed = failing(judge(scenario, good_evidence(kpageflags=flags)))
+        assert list(failed) == ["page poisoned"] and why in failed["page poisoned"]
+
+
 ISOLATED = {"locked": 1, "uptodate": 0, "dirty": 0, "lru": 0, "unevictable": 1, "mlocked": 1, "hwpoison": 1}
 
 
