@@ -34,6 +34,8 @@ from orchestrator.jobs import run_side_by_side
 from orchestrator.inject.decode import decode
 from orchestrator.plumbing.outcome import HarnessError, InputError, Outcome, SetupError, worst
 from orchestrator.guest.images import ImageError
+from orchestrator.guest.images import suites
+from orchestrator.guest.images.definitions import load_image_definitions
 from orchestrator.guest.images.disk import disk_format
 from orchestrator.report import repro
 from orchestrator.report import HEARTBEAT_S, ConsoleReporter, ScenarioResult, new_run_dir, point_latest, write_json, write_junit
@@ -183,6 +185,27 @@ def _check_images(args, scenarios) -> None:
                                 _unknown("image", s.guest.image, known))
 
 
+def _no_newer_kernel(args, scenarios) -> str | None:
+    """Why there is no kernel to test, for an image that exists only while its suite has one
+    newer than other images' (images.yaml `newer_than`: the release candidate); None otherwise."""
+    if getattr(args, "disk_image", None) is not None or getattr(args, "kernel", None) is not None:
+        return None
+    names = {args.image} if args.image else {s.guest.image for s in scenarios if s.guest.disk_image is None}
+    try:
+        definitions = load_image_definitions(REPO_ROOT / "guest-images" / "images.yaml")
+    except ImageError:
+        return None  # the image phase says so
+    for name in sorted(n for n in names if definitions.get(n, {}).get("newer_than")):
+        try:
+            suites.resolve(name, definitions, REPO_ROOT / "guest-images" / ".cache",
+                           lambda text: print(f"   {text}", file=sys.stderr, flush=True))
+        except suites.NoNewerKernel as exc:
+            return str(exc)
+        except ImageError:
+            return None  # the image phase says what went wrong, as an ERROR
+    return None
+
+
 def _check_addresses(scenarios, binary: str = "qemu-system-x86_64") -> None:
     """A fixed inject.address must be RAM in the map QEMU lays out for that guest:
     asked of a paused QEMU of the same machine and size (milliseconds), before
@@ -285,6 +308,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{path}: ok")
             return 0
         _check_images(args, scenarios)
+        none_newer = _no_newer_kernel(args, scenarios)
+        if none_newer:
+            # A release-candidate image while experimental has nothing newer than the newest
+            # stable kernel: nothing to test today, which is no error (as a run whose every
+            # scenario was skipped).
+            code = exit_code(Outcome.SKIP, True) if args.bisect else NOTHING_TESTED_EXIT
+            print(f"mce-orchestrator: {none_newer}; nothing was tested (exit {code})", file=sys.stderr)
+            return code
         try:
             args.qemu_binary = resolve_qemu(args.qemu, REPO_ROOT / "guest-images" / ".cache",
                                             lambda text: print(f"   {text}", file=sys.stderr, flush=True))

@@ -250,6 +250,7 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             as_written = scenario  # an attached guest's own kernel picks its expectations again
             scenario, variant = scenario.for_kernel(guest_image.kernel_release)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
+            result.kernel_source = getattr(guest_image, "kernel_source", None) or None
             result.qemu_version, result.qemu_binary = qemu_version(options.qemu_binary), options.qemu_binary
             phases.notes["image"] += f"; QEMU {result.qemu_version}"
             result.known_failure = scenario.known_failure(guest_image.kernel_release)

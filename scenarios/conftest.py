@@ -126,6 +126,26 @@ class KnownKernelFailure(Exception):
     """KNOWN-FAIL: the kernel failed the way the scenario's known_failures mark says."""
 
 
+_NOTHING_NEWER: dict[str, str | None] = {}
+
+
+def _nothing_newer(kernel: str) -> str | None:
+    """Why image `kernel` has no kernel today (images.yaml newer_than), once per session; None if it has."""
+    if kernel not in _NOTHING_NEWER:
+        from orchestrator.guest.images import ImageError, suites
+        from orchestrator.guest.images.definitions import load_image_definitions
+        _NOTHING_NEWER[kernel] = None
+        try:
+            definitions = load_image_definitions(REPO_ROOT / "guest-images" / "images.yaml")
+            if definitions.get(kernel, {}).get("newer_than"):
+                suites.resolve(kernel, definitions, REPO_ROOT / "guest-images" / ".cache")
+        except suites.NoNewerKernel as exc:
+            _NOTHING_NEWER[kernel] = str(exc)
+        except ImageError:
+            pass  # the run's image phase says what is wrong, as an ERROR
+    return _NOTHING_NEWER[kernel]
+
+
 class ScenarioFile(pytest.File):
     def collect(self):
         kernels = [k for k in self.config.getoption("--kernels").split(",") if k]
@@ -146,6 +166,9 @@ class ScenarioItem(pytest.Item):
         self.kernel = kernel
 
     def runtest(self):
+        none_newer = _nothing_newer(self.kernel)
+        if none_newer:
+            pytest.skip(none_newer)  # a release-candidate image with nothing newer today: no kernel to test
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         run_dir = REPO_ROOT / "results" / "pytest" / run_id() / self.kernel / worker
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -159,6 +182,7 @@ class ScenarioItem(pytest.Item):
         self.user_properties.append(("artifacts", str(result.artifacts)))
         self.user_properties.append(("outcome", result.outcome.label))
         self.user_properties.append(("kernel", result.kernel_release or ""))
+        self.user_properties.append(("kernel_source", result.kernel_source or ""))  # "the newest": which it got
         self.user_properties.append(("qemu", result.qemu_version or ""))
         # Each check's line, as the console shows it: the JUnit says why without the artifacts.
         for check in result.verdict.checks if result.verdict else ():

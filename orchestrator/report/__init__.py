@@ -60,6 +60,7 @@ class ScenarioResult:
     qemu_pid: int | None = None
     image: str | None = None
     kernel_release: str | None = None
+    kernel_source: str | None = None            # which package (version, suite) the image's kernel is
     qemu_version: str | None = None             # `qemu-system-x86_64 --version` of the QEMU that ran it
     qemu_binary: str | None = None
     known_failure: KnownFailure | None = None   # marked for this kernel
@@ -97,6 +98,7 @@ class ScenarioResult:
             "qemu_pid": self.qemu_pid,
             "image": self.image,
             "kernel_release": self.kernel_release,
+            "kernel_source": self.kernel_source,
             "qemu": {"version": self.qemu_version, "binary": self.qemu_binary} if self.qemu_version else None,
             "known_failure": {"kernel": self.known_failure.condition, "because": self.known_failure.because,
                               "signature": self.known_failure.signature, "task": self.known_failure.task,
@@ -273,7 +275,8 @@ def write_junit(results: list[ScenarioResult], path: Path, properties: dict[str,
                              name=f"{r.name}[{kernel}]" if kernel else r.name,
                              file=junit_file(r.path, repo_root), time=f"{r.duration:.3f}")
         props = ET.SubElement(case, "properties")
-        for key, value in [("kernel", r.kernel_release), ("image", r.image), ("qemu_version", r.qemu_version),
+        for key, value in [("kernel", r.kernel_release), ("image", r.image), ("kernel_source", r.kernel_source),
+                           ("qemu_version", r.qemu_version),
                            ("qemu_binary", r.qemu_binary), *(properties or {}).items()]:
             if value:
                 ET.SubElement(props, "property", name=key, value=str(value))

@@ -84,13 +84,10 @@ def test_make_matrix_runs_the_catalog_on_every_kernel_and_qemu_restored_and_writ
     done = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env})
     assert done.returncode == code, done.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
-    assert calls == [
-        "run --snapshot --image debian-6.1 scenarios/*.yaml",
-        "run --snapshot --image debian-6.12 scenarios/*.yaml",
-        "run --snapshot --image debian-6.1 --qemu debian-backports scenarios/*.yaml",
-        "run --snapshot --image debian-6.12 --qemu debian-backports scenarios/*.yaml",
-    ]
-    runs = " ".join(str(tmp_path / "results" / f"run-{n}") for n in range(4))
+    kernels = ["debian-6.1", "debian-6.12", "debian-7.3", "debian-rc"]
+    assert calls == [f"run --snapshot --image {k} scenarios/*.yaml" for k in kernels] + [
+        f"run --snapshot --image {k} --qemu debian-backports scenarios/*.yaml" for k in kernels]
+    runs = " ".join(str(tmp_path / "results" / f"run-{n}") for n in range(8))
     assert (tmp_path / "table-args").read_text().split() == ["-m", "orchestrator.report.table", *runs.split(),
                                                             "--update", "docs/verdicts.md"]
     assert "| the table |" in done.stdout and (tmp_path / "results" / "verdict-table.md").exists()
@@ -122,3 +119,42 @@ def test_make_nightly_passes_qemu_to_the_scenario_items(args, want):
                                        *args], capture_output=True, text=True, check=True).stdout.splitlines()
             if " -m pytest " in l and not l.startswith("echo")][0]
     assert " ".join(line.split(";", 1)[0].split()).endswith(want), line
+
+
+def suite_script(*args: str) -> str:
+    out = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "suite", "HOST_PACKAGES=",
+                          *args], capture_output=True, text=True, check=True).stdout
+    return out[out.index("status=0; runs="):]
+
+
+NOTHING_NEWER = """#!/bin/sh
+# debian-rc with nothing newer in experimental: said, exit 5, no results folder.
+echo "$*" >> calls.log
+case "$*" in *debian-rc*) echo "image debian-rc: nothing newer" >&2; exit 5;; esac
+n=$(ls -d results/run-* 2>/dev/null | wc -l)
+mkdir -p results/run-$n && ln -sfn run-$n results/latest
+exit ${CODE:-0}
+"""
+
+
+@pytest.mark.parametrize("target", ["suite", "matrix"])
+def test_a_kernel_with_nothing_to_test_today_is_said_and_left_out_not_an_error(tmp_path, target):
+    orch, py = fake_tools(tmp_path)
+    orch.write_text(NOTHING_NEWER)
+    script = (suite_script if target == "suite" else matrix_script)(f"ORCH={orch}", f"PY={py}",
+                                                                    *(("QEMUS=system",) if target == "matrix" else ()))
+    done = subprocess.run(["sh", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert [c.split("--image ")[1].split()[0] for c in (tmp_path / "calls.log").read_text().splitlines()] == [
+        "debian-6.1", "debian-6.12", "debian-7.3", "debian-rc"]
+    assert f"make {target}: nothing to test on debian-rc today" in done.stderr
+    assert (tmp_path / "table-args").read_text().split()[2:] == [
+        *(str(tmp_path / "results" / f"run-{n}") for n in range(3)), "--update", "docs/verdicts.md"]
+
+
+def test_a_failing_kernel_still_fails_the_suite(tmp_path):
+    orch, py = fake_tools(tmp_path)
+    done = subprocess.run(["sh", "-c", suite_script(f"ORCH={orch}", f"PY={py}")], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "CODE": "1"})
+    assert done.returncode == 1 and len((tmp_path / "calls.log").read_text().splitlines()) == 4
