@@ -48,6 +48,13 @@ def makefile_kernels() -> list[str]:
     return match.group(1).split()
 
 
+def sometimes_kernels() -> set[str]:
+    """Kernels of `make suite` that exist only while their suite has something newer (images.yaml
+    newer_than: the release candidate): the run that made the table may have had none to test."""
+    images = yaml.safe_load((REPO / "guest-images" / "images.yaml").read_text())
+    return {k for k in makefile_kernels() if (images.get(k) or {}).get("newer_than")}
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The site as `make docs` builds it, with --strict: any warning aborts the build."""
@@ -151,7 +158,8 @@ def test_the_verdict_table_names_exactly_the_catalog():
     pairs = [tuple(head.split(", QEMU ", 1)) if ", QEMU " in head else (head, None) for head in heads]
     releases = list(dict.fromkeys(k for k, _ in pairs))
     qemus = list(dict.fromkeys(q for _, q in pairs))
-    assert len(releases) == len(kernels), f"one kernel release per kernel of `make suite`: {releases}"
+    assert len(kernels) - len(sometimes_kernels()) <= len(releases) <= len(kernels), \
+        f"one kernel release per kernel of `make suite` (a release candidate only when there was one): {releases}"
     assert all(re.fullmatch(r"\d+\.\d+\S*", k) for k in releases), f"the columns name kernel releases: {heads}"
     assert sorted(pairs, key=str) == sorted({(k, q) for k in releases for q in qemus}, key=str), \
         f"every kernel on every QEMU, each once: {heads}"
@@ -167,7 +175,7 @@ def test_the_coverage_table_names_only_catalog_scenarios():
     catalog = catalog_names()
     named = set()
     for row in rows:
-        assert len(row) == 1 + len(makefile_kernels()), row
+        assert len(makefile_kernels()) - len(sometimes_kernels()) + 1 <= len(row) <= 1 + len(makefile_kernels()), row
         for cell in row[1:]:
             entries = [re.sub(r" \([^)]*\)$", "", entry) for entry in cell.split(", ")]
             if all(NAME.fullmatch(entry) for entry in entries):  # a list of scenarios, not prose
