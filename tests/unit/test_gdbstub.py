@@ -132,3 +132,37 @@ def test_attach_asks_for_the_stop_reply_and_leaves_nothing_stale(unasked_stop):
     finally:
         target.close()
         stub.close()
+
+
+class SteppingTarget:
+    """A vCPU stopped at a breakpoint whose single steps move it only from the `moves_on`-th on."""
+
+    def __init__(self, moves_on: int, at: int = 0xFFFFFFFF81000010):
+        self.moves_on, self.rip, self.steps, self.breakpoints = moves_on, at, 0, {at}
+
+    def set_breakpoint(self, address, insert=True):
+        (self.breakpoints.add if insert else self.breakpoints.discard)(address)
+
+    def send_resume(self, payload):
+        assert payload == "vCont;s:2" and self.rip not in self.breakpoints  # the breakpoint is out for the step
+        self.steps += 1
+        if self.steps >= self.moves_on:
+            self.rip += 3
+
+    def wait_stop(self, timeout):
+        return StopReply(5, 2)
+
+    def registers(self, thread):
+        return {"rip": self.rip}
+
+
+def test_a_single_step_that_did_not_move_the_vcpu_is_tried_again():
+    from orchestrator.inject.races.gdbstub import step_over
+    target = SteppingTarget(moves_on=2)
+    step_over(target, 2, 0xFFFFFFFF81000010)
+    assert target.steps == 2 and target.rip == 0xFFFFFFFF81000013
+    assert 0xFFFFFFFF81000010 in target.breakpoints  # back in place
+    stuck = SteppingTarget(moves_on=99)
+    with pytest.raises(GdbError, match="vCPU 1 did not step past 0xffffffff81000010 in 3 single steps"):
+        step_over(stuck, 2, 0xFFFFFFFF81000010)
+    assert 0xFFFFFFFF81000010 in stuck.breakpoints

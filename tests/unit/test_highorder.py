@@ -79,7 +79,10 @@ class FakeTarget:
     def wait_stop(self, timeout):
         if self.sent and self.sent[-1].startswith("vCont;s"):
             self.running = False
-            return StopReply(5, int(self.sent[-1].rsplit(":", 1)[1], 16))
+            thread = int(self.sent[-1].rsplit(":", 1)[1], 16)
+            if self.current and self.current[0] == thread:  # one instruction on
+                self.current = (thread, self.current[1] + 1, *self.current[2:])
+            return StopReply(5, thread)
         if not self.stops:
             raise GdbError(f"no reply from the gdbstub within {timeout:g} s")
         self.current = self.stops.pop(0)

@@ -26,6 +26,9 @@ X86_64_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
 INTERRUPT = b"\x03"
 
 
+STEP_TRIES = 3  # single steps of one instruction before a vCPU that does not move is an error
+
+
 class GdbError(Exception):
     """The stub answered with an error, or not the way the protocol says."""
 
@@ -264,3 +267,20 @@ class RemoteTarget:
     def detach(self) -> None:
         """QEMU removes every breakpoint and resumes all vCPUs when its last debugger detaches."""
         self.checked("D")
+
+
+def step_over(target, thread: int, address: int, tries: int = STEP_TRIES) -> None:
+    """`thread`, stopped at the breakpoint at `address`, executes that one instruction (the
+    others stay stopped; QEMU would stop at the breakpoint again) and the breakpoint goes
+    back. A step that did not move the vCPU (seen now and then under TCG) is tried again;
+    one that never does is a GdbError."""
+    target.set_breakpoint(address, insert=False)
+    try:
+        for _ in range(tries):
+            target.send_resume(vcont_packet("s", (thread,)))
+            stop = target.wait_stop(5)
+            if stop.thread == thread and target.registers(thread)["rip"] != address:
+                return
+        raise GdbError(f"vCPU {thread - 1} did not step past {address:#x} in {tries} single steps")
+    finally:
+        target.set_breakpoint(address)

@@ -51,7 +51,7 @@ from orchestrator import probe as probe_build
 from orchestrator.guest.base import GuestMonitor
 from orchestrator.guest.monitor import MonitorError
 from orchestrator.guest.ssh import ProbeExited, RemoteProcess, SshSession, probe_shell
-from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
+from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, step_over, vcont_packet
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.outcome import HarnessError
 
@@ -358,10 +358,10 @@ class TakeFreeBlock(RaceProcess):
             else:
                 hits.others += 1
             # Step over the breakpoint (QEMU would stop at it again), then go on.
-            target.set_breakpoint(at_page, insert=False)
-            target.send_resume(vcont_packet("s", (stop.thread,)))
-            target.wait_stop(5)
-            target.set_breakpoint(at_page)
+            try:
+                step_over(target, stop.thread, at_page)
+            except GdbError as exc:
+                raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
             resume()
         problem = third_look_ok(hits, self.symbols)
         if problem:

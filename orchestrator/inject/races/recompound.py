@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Callable
 
 from orchestrator.guest.base import GuestMonitor
-from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, vcont_packet
+from orchestrator.inject.races.gdbstub import GdbError, RemoteTarget, step_over, vcont_packet
 from orchestrator.inject.races.highorder import (MAILBOX_MAGIC, STRUCT_PAGE_SIZE, RaceProcess, not_tail_of,
                                     parse_xp_words, struct_page_state, with_gdbstub)
 from orchestrator.plumbing.outcome import HarnessError
@@ -126,10 +126,10 @@ class _Choreography:
         at it again), the others stay stopped."""
         if address not in self.inserted:
             return
-        self.target.set_breakpoint(address, insert=False)
-        self.target.send_resume(vcont_packet("s", (thread,)))
-        self.target.wait_stop(5)
-        self.target.set_breakpoint(address)
+        try:
+            step_over(self.target, thread, address)
+        except GdbError as exc:
+            raise HarnessError("inject", f"could not force the interleaving: {exc}") from None
 
     def run_until(self, running: set[int], wants: dict[int, Callable[[dict], bool]], bound: float,
                   step: str) -> None:
