@@ -119,3 +119,19 @@ def test_user_networking_is_restricted_as_on_the_qemu_backend():
     args = [a.get("value") for a in root.iter(f"{{{libvirt_xml.QEMU_NS}}}arg")]
     netdevs = [args[i + 1] for i, a in enumerate(args) if a == "-netdev"]
     assert netdevs == [f"user,id={libvirt_xml.USER_NETDEV},restrict=on"]
+
+
+def test_a_qemu_of_its_own_tree_gets_its_roms_with_L_as_on_the_qemu_backend(tmp_path):
+    """--qemu BUILD_TREE on libvirt: the emulator is the build's binary and its pc-bios/ is
+    passed with -L (libvirt has no element for it), as the QEMU backend passes it."""
+    from orchestrator.guest.qemu.install import firmware_layout
+    (tmp_path / "build" / "pc-bios").mkdir(parents=True)
+    binary = tmp_path / "build" / "qemu-system-x86_64"
+    binary.write_text("")
+    folders, _ = firmware_layout(str(binary))
+    root = ET.fromstring(libvirt_xml.build_domain_xml(config(emulator=str(binary), data_dirs=folders)))
+    assert root.find("devices/emulator").text == str(binary)
+    args = [a.get("value") for a in root.iter(f"{{{libvirt_xml.QEMU_NS}}}arg")]
+    assert args[args.index("-L") + 1] == str(tmp_path / "build" / "pc-bios")
+    system = ET.fromstring(libvirt_xml.build_domain_xml(config()))
+    assert "-L" not in [a.get("value") for a in system.iter(f"{{{libvirt_xml.QEMU_NS}}}arg")]

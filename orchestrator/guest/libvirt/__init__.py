@@ -360,6 +360,7 @@ class LibvirtGuest(Guest):
             memory_mib=self.spec.memory_mib, vcpus=self.spec.vcpus, numa_nodes=self.spec.numa_nodes,
             machine=self.spec.machine, accel=self.accel, emulator=_emulator_path(self.qemu_binary), extra_cmdline=self.extra_cmdline,
             pmem_mib=self.spec.pmem_mib, firmware=firmware_layout(self.qemu_binary)[1] if self.accel == "tcg" else None,
+            data_dirs=firmware_layout(self.qemu_binary)[0],
             disk=self._placed.get("disk", self.disk), console_pty=self.remote,
             incoming=self.incoming is not None,
             # A restored guest's console.log already holds the saving boot's console.

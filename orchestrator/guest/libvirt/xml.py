@@ -53,6 +53,7 @@ class DomainConfig:
     extra_cmdline: str = ""
     pmem_mib: int | None = None   # guest.pmem, as in the QEMU backend (memmap= on the command line)
     firmware: Path | None = None  # qboot: passed as -bios, like the QEMU backend
+    data_dirs: tuple[Path, ...] = ()  # -L: the ROMs of the emulator's own tree (a build tree, a pinned QEMU)
     disk: Path | None = None
     incoming: bool = False        # wait for a saved guest's state (migrate-incoming) instead of booting
     console_append: bool = False  # keep what console_log holds (a restored guest's earlier console)
@@ -134,6 +135,10 @@ def build_domain_xml(c: DomainConfig) -> str:
             # the host; only the SSH forward (hostfwd_add on 127.0.0.1, after start) comes in.
             "-netdev", f"user,id={USER_NETDEV},restrict=on",
             "-device", f"virtio-net-pci,netdev={USER_NETDEV},bus={bus},addr={NIC_PCI_SLOT}"]
+    for folder in c.data_dirs:
+        # A QEMU that is not the system's finds its option ROMs and BIOS in its own tree,
+        # as the QEMU backend's guest does: libvirt has no element for -L.
+        args += ["-L", str(folder)]
     if c.incoming:
         # A saved guest (QEMU's migration stream) is fed in after start through
         # an fd handed over the monitor: libvirt's seccomp sandbox forbids
