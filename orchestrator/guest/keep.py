@@ -232,10 +232,13 @@ def inject_into(guest: KeptGuest, fields: mce.MceFields, *, cpu: int, broadcast:
     console = Path(guest.artifacts) / "console.log"
     offset = _size(console)
     try:
+        # Counted before the mce line: a guest that panics at once sends its events while
+        # inject() is still returning, and a count taken after would skip them.
+        events_before = len(monitor.events())
         injection = inject(monitor, fields, cpu=cpu, address=gpa, broadcast=broadcast, limits=guest.limits,
                            deadline=deadline, user_loop=None,
                            user_ranges=ranges if (action_required and gate) else None)
-        injection_outcome = watch(monitor, console, offset, gpa >> 12, watch_s)
+        injection_outcome = watch(monitor, console, offset, gpa >> 12, watch_s, events_before)
     finally:
         monitor.close()
     if injection_outcome.down:
@@ -275,12 +278,14 @@ def _new_result_lines(console: Path, offset: int) -> list[str]:
     return [m.group(0).strip() for m in found if m]
 
 
-def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float) -> AfterInjection:
+def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float,
+          events_before: int | None = None) -> AfterInjection:
     """What the guest did after the machine check: a panic, reset or power-off (QMP events
     on the kept monitor), else still running; and the kernel's lines on the console. Ends
-    early on a down event or the kernel's memory_failure() line for the page."""
+    early on a down event or the kernel's memory_failure() line for the page. `events_before`:
+    how many events the monitor had before the machine check was sent."""
     from orchestrator.observe import _down_event  # the run's wording of a down guest
-    start = len(monitor.events())
+    start = len(monitor.events()) if events_before is None else events_before
     began = time.monotonic()
     end = began + seconds
     down = None

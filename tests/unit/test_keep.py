@@ -49,3 +49,38 @@ def test_ssh_pins_the_host_key_and_trusts_nothing_else():
     assert "StrictHostKeyChecking=yes" in joined and "UserKnownHostsFile=/r/s/known_hosts" in joined
     assert "GlobalKnownHostsFile=/dev/null" in joined and argv[-3:] == ["root@127.0.0.1", "uname", "-r"]
     assert guest.limits.vcpus == 1
+
+
+class _PanickedMonitor:
+    """A kept guest's monitor whose guest panicked while the mce line was still being answered:
+    the panic's events are already in when the watch begins."""
+
+    def __init__(self, before: int):
+        self._events = [{"event": "RESUME"}] * before + [
+            {"event": "MEMORY_FAILURE", "data": {"action": "inject"}},
+            {"event": "GUEST_PANICKED", "data": {"action": "pause"}}, {"event": "STOP"}]
+        self.executed: list[str] = []
+
+    def events(self) -> list[dict]:
+        return self._events
+
+    def execute(self, command: str, **_) -> None:
+        self.executed.append(command)
+
+
+def test_a_panic_that_came_while_the_mce_line_was_answered_is_seen(tmp_path, monkeypatch):
+    # CI on 47f7c6c: the guest panicked 11 ms after the mce line, before the watch counted the
+    # events, and `inject` said "still running (watched 60.1 s)" of a panicked guest.
+    from orchestrator.guest import keep
+    monkeypatch.setattr(keep, "PANIC_TEXT_S", 0.2)
+    console = tmp_path / "console.log"
+    console.write_text("[ 1.0] Kernel panic - not syncing: Fatal machine check\n")
+    monitor = _PanickedMonitor(before=2)
+    after = keep.watch(monitor, console, 0, 0x2100, 2.0, events_before=2)
+    assert after.down and "panicked" in after.down
+    assert after.watched_s < 1.5
+    assert monitor.executed == ["cont"]  # resumed for its panic text
+    assert after.report()[0] == "guest: DOWN: the guest panicked: Kernel panic - not syncing: Fatal machine check"
+    # Counted after the fact (the old way), the same guest looks alive: the control.
+    late = keep.watch(_PanickedMonitor(before=2), console, 0, 0x2100, 0.3)
+    assert late.down is None

@@ -12,7 +12,7 @@ GOLDEN_TCG = """<domain xmlns:qemu="http://libvirt.org/schemas/domain/qemu/1.0" 
     <loader type="rom" readonly="yes">/usr/share/qemu/qboot.rom</loader>
     <kernel>/img/vmlinux</kernel>
     <initrd>/img/initrd</initrd>
-    <cmdline>console=ttyS0 quiet panic=0 tsc=reliable</cmdline>
+    <cmdline>console=ttyS0 quiet panic=0 tsc=reliable no_timer_check</cmdline>
   </os>
   <features>
     <acpi />

@@ -15,7 +15,7 @@ def test_golden_argv_tcg():
         "-machine", "pc,accel=tcg", "-cpu", "Skylake-Client-v4", "-m", "512", "-smp", "1",
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-action", "panic=pause",
         "-kernel", "/img/vmlinuz", "-initrd", "/img/initrd",
-        "-append", "console=ttyS0 quiet panic=0 tsc=reliable",
+        "-append", "console=ttyS0 quiet panic=0 tsc=reliable no_timer_check",
         "-chardev", "file,id=console,path=/a/console.log", "-serial", "chardev:console",
         "-chardev", "socket,id=qmp,fd=7", "-mon", "chardev=qmp,mode=control",
         "-netdev", "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22",
@@ -71,7 +71,7 @@ def test_golden_argv_disk_boot():
     argv = qemu_args.build_argv(config(root_disk=Path("/tmp/mce-overlay-x/root.qcow2"),
                                        root_cmdline="root=/dev/vda rw cloud-init=disabled",
                                        disk=Path("/tmp/mce-disk-y/disk.img")))
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable root=/dev/vda rw cloud-init=disabled"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable no_timer_check root=/dev/vda rw cloud-init=disabled"
     assert argv[argv.index("-kernel"):argv.index("-kernel") + 4] == ["-kernel", "/img/vmlinuz", "-initrd", "/img/initrd"]
     drives = [argv[i + 1] for i, a in enumerate(argv) if a in ("-drive", "-device") and "virtio-blk" in argv[i + 1]
               or a == "-drive"]
@@ -85,13 +85,13 @@ def test_golden_argv_disk_boot():
 
 def test_no_root_disk_no_root_arguments():
     argv = qemu_args.build_argv(config(extra_cmdline="mitigations=off"))
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable mitigations=off"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable no_timer_check mitigations=off"
     assert "id=root0" not in " ".join(argv)
 
 
 def test_pmem_is_a_memmap_range_of_guest_ram_on_the_kernel_command_line():
     argv = qemu_args.build_argv(config(pmem_mib=128, extra_cmdline="mitigations=off"))
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable memmap=128M!256M mitigations=off"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 quiet panic=0 tsc=reliable no_timer_check memmap=128M!256M mitigations=off"
     assert argv[argv.index("-m") + 1] == "512"  # QEMU's RAM is unchanged: the guest kernel carves the range
     # It shapes the saved guest: a guest without it is another configuration.
     assert qemu_args.state_argv(config(pmem_mib=128)) != qemu_args.state_argv(config())

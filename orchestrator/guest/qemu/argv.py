@@ -12,7 +12,9 @@ from orchestrator.guest.images import pmem
 QBOOT_ROM = Path("/usr/share/qemu/qboot.rom")
 # An Intel model with MCA/MCE; the guest sees MCG_SER_P and QEMU's 10 banks.
 TCG_CPU_MODEL = "Skylake-Client-v4"
-KERNEL_CMDLINE = "console=ttyS0 quiet panic=0 tsc=reliable"
+# no_timer_check: a TCG guest on a loaded host can miss check_timer()'s ticks and panic at boot with
+# "IO-APIC + timer doesn't work!" (CI under stress, 6.1 on libvirt); the check proves nothing in a VM.
+KERNEL_CMDLINE = "console=ttyS0 quiet panic=0 tsc=reliable no_timer_check"
 
 
 @dataclass(frozen=True)
