@@ -17,6 +17,10 @@ skips it): its build time and qcow2 size (from its manifest, or the build this
 run did), and boot to SSH and the scenario's wall time on it, cold and with
 --snapshot (--full-runs each, alternated), beside the initramfs image's.
 
+Then (--part catalog alone) the whole catalog on each kernel of CATALOG_KERNELS, restored
+from saved guests (built by an untimed first pass), one guest at a time and with -j (one
+per core), alternated --catalog-runs times: wall time medians and their ratio.
+
 Last (--part fanout alone), a catalog subset's wall time on one libvirt
 endpoint against two: FANOUT_SCENARIOS (8 disk-less scenarios, debian-6.1,
 cold boots: a remote endpoint cannot restore saved guests) run by the pytest
@@ -33,6 +37,7 @@ import subprocess
 import io
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -157,6 +162,47 @@ def _libvirt_unavailable(uri: str | None) -> str | None:
     return None
 
 
+CATALOG_KERNELS = ("debian-6.1", "debian-6.12")
+
+
+def catalog_run(kernel: str, jobs: int, results: Path) -> tuple[float, str]:
+    """The whole catalog on one kernel, restored, `jobs` guests at once: wall time and the
+    run's summary line (every verdict counts: a KNOWN-FAIL or an ERROR is said, not hidden)."""
+    argv = [sys.executable, "-m", "orchestrator", "run", "--snapshot", "--image", kernel, "-j", str(jobs),
+            "--results", str(results), *sorted(str(p) for p in (REPO_ROOT / "scenarios").glob("*.yaml"))]
+    start = time.monotonic()
+    proc = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, env={k: v for k, v in os.environ.items() if k != "MCE_JOBS"})
+    took = time.monotonic() - start
+    summary = next((line for line in reversed(proc.stdout.splitlines()) if re.match(r"\d+ scenarios?: ", line)),
+                   f"exit {proc.returncode}, no summary line ({(proc.stderr.strip().splitlines() or [''])[-1]})")
+    return took, summary.split("; report:")[0]
+
+
+def catalog_bench(runs: int, run_dir: Path, kernels=CATALOG_KERNELS) -> tuple[float, float]:
+    """The catalog on every kernel, one guest at a time against -j (one per core), alternated;
+    returns the two medians (seconds for all kernels together)."""
+    jobs = os.cpu_count() or 1
+    for kernel in kernels:  # the saved guests built, untimed
+        took, summary = catalog_run(kernel, jobs, run_dir / "catalog-warm-up")
+        print(f"catalog warm-up on {kernel}: {took:.1f} s ({summary})", file=sys.stderr, flush=True)
+    serial, parallel = [], []
+    for i in range(runs):
+        for label, n, into in (("-j 1", 1, serial), (f"-j {jobs}", jobs, parallel)):
+            total = 0.0
+            for kernel in kernels:
+                took, summary = catalog_run(kernel, n, run_dir / f"catalog-j{n}-{i}")
+                total += took
+                print(f"catalog run {i + 1}/{runs} {label} on {kernel}: {took:.1f} s ({summary})",
+                      file=sys.stderr, flush=True)
+            into.append(total)
+    print(f"catalog on {' and '.join(kernels)} (restored guests, {os.cpu_count()} host CPUs), {runs} runs each:")
+    print(f"  one guest at a time median: {statistics.median(serial):.1f} s "
+          f"(runs: {', '.join(f'{x:.1f}' for x in serial)})")
+    print(f"  -j {jobs} median: {statistics.median(parallel):.1f} s (runs: {', '.join(f'{x:.1f}' for x in parallel)}); "
+          f"-j {jobs}/serial median ratio {statistics.median(parallel) / statistics.median(serial):.2f}")
+    return statistics.median(serial), statistics.median(parallel)
+
+
 class _Quiet(ConsoleReporter):
     def __init__(self):
         super().__init__(io.StringIO())
@@ -175,13 +221,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="a full distribution image measured beside the initramfs one ('none': skip)")
     parser.add_argument("--full-runs", type=int, default=2, metavar="N",
                         help="cold and restored runs on the full image (a cold one is a minute under TCG)")
-    parser.add_argument("--part", choices=("all", "scenario", "fanout"), default="all",
-                        help="per-scenario times, the one-versus-two-endpoints catalog subset, or both")
+    parser.add_argument("--part", choices=("all", "scenario", "catalog", "fanout"), default="all",
+                        help="per-scenario times, the catalog serially and with -j, the one-versus-two-"
+                             "endpoints catalog subset, or all of them")
+    parser.add_argument("--catalog-runs", type=int, default=2, metavar="N",
+                        help="alternated runs of the catalog each way (default: %(default)s)")
     parser.add_argument("--fanout-runs", type=int, default=3, help="runs of each fan-out shape (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.part == "fanout":
         run_dir = new_run_dir(REPO_ROOT / "results" / "bench")
         fanout_bench(args.fanout_runs, run_dir)
+        return 0
+    if args.part == "catalog":
+        catalog_bench(args.catalog_runs, new_run_dir(REPO_ROOT / "results" / "bench"))
         return 0
     libvirt_missing = _libvirt_unavailable(args.connect)
 
@@ -261,10 +313,13 @@ def main(argv: list[str] | None = None) -> int:
                     statistics.median(orchestrated), statistics.median(restored), timed)
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
     if args.part == "all":
+        catalog_bench(args.catalog_runs, run_dir)
         if libvirt_missing:
             print(f"fan-out: not measured ({libvirt_missing})")
         else:
             fanout_bench(args.fanout_runs, run_dir)
+    # Last, the figure the issue tracks: a restored scenario (SSH, the full watch) against the bare run.
+    print(f"snapshot/bare median ratio: {statistics.median(restored) / statistics.median(bare):.2f}")
     return 0
 
 
