@@ -194,16 +194,19 @@ static void stack_frame(pid_t tid, const char *function, char *out, size_t size)
 
 /* How many times memory_failure() takes the page lock before it reads the page
  * flags: 6.1 once (mm/memory-failure.c: lock_page(p), then page_flags); 6.12
- * twice (folio_lock() around hwpoison_filter(), unlocked, shake_folio(), then
- * folio_lock() again before page_flags = folio->flags). Other kernels: not
- * verified, 0. */
+ * and 7.3 twice (folio_lock() around hwpoison_filter(), unlocked, shake_folio(),
+ * then folio_lock() again before page_flags = folio->flags; read in Debian's
+ * linux-source-6.12 6.12.118 and linux-source-7.3 7.3.4). Other kernels: not
+ * read, 0 (the race refuses to run rather than guess). */
 static int memory_failure_page_locks(void)
 {
     struct utsname u;
     int major = 0, minor = 0;
     if (uname(&u) || sscanf(u.release, "%d.%d", &major, &minor) != 2)
         return 0;
-    return major == 6 && minor == 1 ? 1 : major == 6 && minor == 12 ? 2 : 0;
+    if (major == 6 && minor == 1)
+        return 1;
+    return (major == 6 && minor == 12) || (major == 7 && minor == 3) ? 2 : 0;
 }
 
 /* A reader: maps the file (a mapping of its own) and reads the target page:
@@ -242,7 +245,7 @@ void lock_target(unsigned char *target_va, uint64_t target_pfn)
         fail("needs vm.page_lock_unfairness 0 (page locks handed over in order)");
     close(sysctl);
     if (!memory_failure_page_locks())
-        fail("this kernel: how often memory_failure() takes the page lock is not known (6.1 and 6.12 are)");
+        fail("this kernel: how often memory_failure() takes the page lock is not known (6.1, 6.12 and 7.3 are)");
     note_flags("mapped", target_flags(target_pfn));
     memcpy(race_bytes, target_va, sizeof(race_bytes));  /* writes of what it holds: data unchanged */
     fuse_command('E');
