@@ -27,7 +27,7 @@ KERNEL_ARGS := $(if $(KERNEL_PATH),--kernel $(KERNEL_PATH)) $(if $(MODULES),--mo
 QEMU ?=
 QEMU_ARGS := $(if $(QEMU),--qemu $(QEMU))
 
-.PHONY: qemu docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite matrix coverage nightly test unit image bench clean help kernel-from-source
+.PHONY: qemu docs test-full-image all setup host-packages libvirtd ssh-endpoint scenario suite matrix coverage nightly test unit image bench clean help kernel-from-source kernel-6.12-ksm-unpatched kernel-6.12-ksm-fixed
 
 help:
 	@echo "make scenario NAME=srao-anon-late-kill   run one scenario (sets everything up)"
@@ -43,6 +43,8 @@ help:
 	@echo "make qemu QEMU=debian-backports        fetch the pinned second QEMU (10.0) beside the system's 7.2"
 	@echo "  ... QEMU=NAME|PATH on scenario/suite    run on that QEMU (a name, a binary or a QEMU build tree)"
 	@echo "make kernel-from-source                  build Debian's linux-source-6.1, small config, once (~6 min)"
+	@echo "  ... KERNEL_SOURCE=linux-source-6.12 KERNEL_PATCHES='a.patch'  another source package, patched"
+	@echo "make kernel-6.12-ksm-unpatched|kernel-6.12-ksm-fixed  6.12 without/with the ksmd fix; ksm-poisoned-page-rescan on it"
 	@echo "make docs                                regenerate docs/scenario-reference.md, build the docs site into results/site"
 	@echo "make libvirtd                            start virtlogd and libvirtd (no systemd needed)"
 	@echo "make ssh-endpoint                        this host's libvirtd as a remote-style qemu+ssh URI (own sshd)"
@@ -199,8 +201,13 @@ bench: libvirtd
 # Debian's linux-source-6.1 with guest-images/kernel-small.config (all built in), built
 # once into guest-images/.cache/kernel-src/linux-source-6.1 and reused while the fragment
 # and the source package stay the same; then the base scenarios run on it with --kernel.
-KERNEL_BUILD_PACKAGES := flex bison bc libelf-dev libssl-dev
-SMALL_KERNEL := guest-images/.cache/kernel-src/linux-source-6.1
+# KERNEL_SOURCE=linux-source-6.12[=VERSION] KERNEL_PATCHES='a.patch ...' builds another
+# source package, patched, into .cache/kernel-src/PACKAGE[+PATCHNAME...] (build-kernel.sh).
+KERNEL_BUILD_PACKAGES := flex bison bc libelf-dev libssl-dev patch
+KERNEL_SOURCE  ?= linux-source-6.1
+KERNEL_PATCHES ?=
+KERNEL_SCENARIOS ?= srao-anon-late-kill srar-anon-access free-page
+SMALL_KERNEL = guest-images/.cache/kernel-src/$(firstword $(subst =, ,$(KERNEL_SOURCE)))$(subst $(eval) ,,$(foreach p,$(KERNEL_PATCHES),+$(basename $(notdir $(p)))))
 kernel-from-source: setup
 	@missing=""; for p in $(KERNEL_BUILD_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
@@ -208,8 +215,18 @@ kernel-from-source: setup
 	if [ -n "$$missing" ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
-	nice -n 19 sh guest-images/build-kernel.sh guest-images/kernel-small.config guest-images/.cache
-	$(ORCH) run --kernel $(SMALL_KERNEL) $(ARGS) srao-anon-late-kill srar-anon-access free-page
+	nice -n 19 sh guest-images/build-kernel.sh guest-images/kernel-small.config guest-images/.cache '$(KERNEL_SOURCE)' $(KERNEL_PATCHES)
+	$(ORCH) run --kernel $(SMALL_KERNEL) $(ARGS) $(KERNEL_SCENARIOS)
+
+# The ksmd oops (docs/guest-kernel-bugs.md): Debian 12's linux-source-6.12 at the version
+# the debian-6.12 image runs, built unpatched and with the fix, each running
+# ksm-poisoned-page-rescan (KNOWN-FAIL unpatched, XPASS patched). ARGS='--repeat 5' etc.
+KSM_SOURCE  := linux-source-6.12=6.12.118-1~deb12u1
+KSM_PATCH   := guest-images/patches/linux-source-6.12/ksm-skip-hwpoisoned-stable-folio.patch
+kernel-6.12-ksm-unpatched:
+	$(MAKE) --no-print-directory kernel-from-source KERNEL_SOURCE='$(KSM_SOURCE)' KERNEL_PATCHES= KERNEL_SCENARIOS=ksm-poisoned-page-rescan
+kernel-6.12-ksm-fixed:
+	$(MAKE) --no-print-directory kernel-from-source KERNEL_SOURCE='$(KSM_SOURCE)' KERNEL_PATCHES='$(KSM_PATCH)' KERNEL_SCENARIOS=ksm-poisoned-page-rescan
 
 # The scenario reference from the JSON Schema (committed; the unit tests check it is
 # current), then the site, built as the unit tests build it: every warning (a
