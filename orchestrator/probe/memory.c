@@ -233,6 +233,28 @@ static unsigned char *map_perf_ring(void)
     return ring + page_size;
 }
 
+/* Whether the mapping holding `va` is VM_PFNMAP ("pf" in its smaps VmFlags):
+ * /proc/PID/pagemap walks skip such a mapping, so its PFNs read as not present. */
+int mapping_is_pfnmap(const void *va)
+{
+    FILE *smaps = fopen("/proc/self/smaps", "r");
+    char line[512];
+    unsigned long start = 0, end = 0, at = (unsigned long)va;
+    int inside = 0, pfnmap = 0;
+    if (!smaps)
+        return 0;
+    while (fgets(line, sizeof(line), smaps)) {
+        if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' '))
+            inside = start <= at && at < end;
+        else if (inside && !strncmp(line, "VmFlags:", 8)) {
+            pfnmap = strstr(line, " pf") != NULL;
+            break;
+        }
+    }
+    fclose(smaps);
+    return pfnmap;
+}
+
 unsigned char *map_memory(void)
 {
     int prot = PROT_READ | PROT_WRITE, huge = !strncmp(memory, "hugetlb", 7) || !strncmp(memory, "thp", 3);

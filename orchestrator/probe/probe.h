@@ -109,6 +109,7 @@ const char *errno_name(int e);
 
 /* memory.c */
 unsigned char *map_memory(void);
+int mapping_is_pfnmap(const void *va);
 void fill(unsigned char *p, int page);
 int holds_zeros(const unsigned char *p);
 int only_read(int page);
