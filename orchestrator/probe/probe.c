@@ -523,12 +523,14 @@ int main(int argc, char **argv)
             usleep(10000);
     }
     uint64_t target_pfn = pfn_of(pagemap, target_va);
-    if (!target_pfn && mapping_is_pfnmap(target_va) && !(errno = 0))
+    if (!target_pfn && mapping_is_pfnmap(target_va)) {
         /* 7.3.4's perf_mmap() maps the ring up front with remap_pfn_range()
          * (kernel/events/core.c map_range()): pagemap skips it, and
          * madvise(MADV_HWPOISON)'s get_user_pages_fast() cannot take its pages. */
+        errno = 0;  /* not a failed call: no errno text after the reason */
         fail("target PFN not visible: the mapping is VM_PFNMAP on this kernel (pagemap skips it, "
              "and neither madvise(MADV_HWPOISON) nor this probe can reach its pages)");
+    }
     if (!target_pfn)
         fail("target PFN not visible (not root, or page not present)");
     if (!strncmp(memory, "swapcache", 9))
