@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from qemu.qmp import EventListener, QMPClient
+from qemu.qmp import EventListener, QMPClient, Runstate
 from qemu.qmp.message import Message
 from qemu.qmp.error import QMPError
 
@@ -202,6 +202,17 @@ class Monitor(MonitorLogs, BoundedEvents):
             # gone, as the caller's launch error then says, not a harness bug.
             raise MonitorError(f"QMP connect: {exc!r}") from exc
         self._run(self._start_drain(), timeout)
+
+    def read_to_end(self, timeout: float) -> None:
+        """After QEMU exited: wait (at most `timeout`) until every event it sent before
+        going is in events(), its socket read to EOF. A guest that reboots under
+        -no-reboot sends SHUTDOWN and exits at once: the exit can be seen first."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._client.runstate != Runstate.RUNNING and self._listener.empty():
+                time.sleep(0.05)  # the drain task's last event: taken, maybe not yet recorded
+                return
+            time.sleep(0.02)
 
     def catch_up(self, timeout: float) -> bool:
         """After a storm: stop the guest (no more events) and read every event QEMU has

@@ -233,6 +233,10 @@ def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
 def guest_down(guest: Guest) -> str | None:
     """Why the guest can no longer answer, named as QEMU or the console said it
     (panic, reboot, power-off, halt, a reset from the host, QEMU gone), or None."""
+    if guest.monitor and guest.died() and hasattr(guest.monitor, "read_to_end"):
+        # QEMU gone: its last events first (CI under stress: a reboot at the probe's start
+        # was named "QEMU exited with code 0", its SHUTDOWN event read a moment later).
+        guest.monitor.read_to_end(QEMU_GONE_EVENTS_S)
     events = guest.monitor.events() if guest.monitor else []
     for event in events:
         why = _down_event(event)
@@ -266,6 +270,7 @@ def _down_event(event: dict) -> str | None:
     return None
 
 
+QEMU_GONE_EVENTS_S = 2.0  # how long an exited QEMU's last events may take to be read
 HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
 HALT_CONFIRM_S = 2.0  # a halt line on the console counts once every vCPU is seen stopped within this long
 _EFLAGS_IF = 0x200

@@ -73,6 +73,25 @@ CONSOLE_LIMIT = 16 << 20  # console.log never holds more (first 4 MiB, a marker,
 TAIL_BYTES = 256 << 10  # the last lines of a log are looked for in its last part only
 
 
+# QEMU's serial port sends one byte per write: a unix stream socket holds ~280 of them
+# by default (each byte its own skb against SO_SNDBUF), so a reader stalled for a moment
+# on a loaded host blocks the port, the guest's 8250 driver gives up waiting and drops
+# characters (CI under stress: "Kernel command linensole=ttyS0", and a negative control
+# PASSed on the mangled line). 16 MiB holds ~44,000.
+CONSOLE_SNDBUF = 16 << 20
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+def console_socketpair() -> tuple[socket.socket, socket.socket]:
+    """(ours, QEMU's): the serial console's socketpair, QEMU's end with room to write ahead."""
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, CONSOLE_SNDBUF)
+    except OSError:  # not root: capped at net.core.wmem_max
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CONSOLE_SNDBUF)
+    return ours, theirs
+
+
 def tail(path: Path, lines: int = 20) -> str:
     try:
         with path.open("rb") as f:
@@ -142,7 +161,7 @@ class QemuGuest(Guest):
             self._disks_ready = True
         ours, theirs = socket.socketpair()
         hmp_ours, hmp_theirs = socket.socketpair()
-        console_ours, console_theirs = socket.socketpair()
+        console_ours, console_theirs = console_socketpair()
         self.ssh_port = free_loopback_port()
         self.argv = qemu_args.build_argv(dataclasses.replace(
             self.config(qmp_fd=theirs.fileno(), ssh_port=self.ssh_port, hmp_fd=hmp_theirs.fileno(),
