@@ -208,11 +208,17 @@ class Monitor(MonitorLogs, BoundedEvents):
         going is in events(), its socket read to EOF. A guest that reboots under
         -no-reboot sends SHUTDOWN and exits at once: the exit can be seen first."""
         end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._client.runstate != Runstate.RUNNING and self._listener.empty():
-                time.sleep(0.05)  # the drain task's last event: taken, maybe not yet recorded
-                return
-            time.sleep(0.02)
+        while self._client.runstate == Runstate.RUNNING and time.monotonic() < end:
+            time.sleep(0.02)  # the reader has not met EOF yet
+
+        async def recorded() -> None:
+            # On the loop's own thread: an empty queue means the drain task took and
+            # recorded every event (it records in the step that takes one).
+            while not self._listener.empty():
+                await asyncio.sleep(0.01)
+
+        with contextlib.suppress(MonitorError):
+            self._run(recorded(), max(end - time.monotonic(), 0.1))
 
     def catch_up(self, timeout: float) -> bool:
         """After a storm: stop the guest (no more events) and read every event QEMU has

@@ -270,7 +270,7 @@ def _down_event(event: dict) -> str | None:
     return None
 
 
-QEMU_GONE_EVENTS_S = 2.0  # how long an exited QEMU's last events may take to be read
+QEMU_GONE_EVENTS_S = 5.0  # at most this long for an exited QEMU's last events to be read (its socket is closed: fast unless starved)
 HALT_LINES = ("reboot: System halted", "reboot: Power down", "reboot: Restarting system")
 HALT_CONFIRM_S = 2.0  # a halt line on the console counts once every vCPU is seen stopped within this long
 _EFLAGS_IF = 0x200
