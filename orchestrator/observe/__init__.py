@@ -233,19 +233,28 @@ def _wait_console_settled(guest: Guest, deadline: Deadline) -> None:
 def guest_down(guest: Guest) -> str | None:
     """Why the guest can no longer answer, named as QEMU or the console said it
     (panic, reboot, power-off, halt, a reset from the host, QEMU gone), or None."""
-    if guest.monitor and guest.died() and hasattr(guest.monitor, "read_to_end"):
-        # QEMU gone: its last events first (CI under stress: a reboot at the probe's start
-        # was named "QEMU exited with code 0", its SHUTDOWN event read a moment later).
+    why = _down_in_events(guest) or _console_says_halted(guest)
+    if why:
+        return why
+    gone = guest.died()
+    if gone is None:
+        return None
+    if guest.monitor and hasattr(guest.monitor, "read_to_end"):
+        # QEMU gone: its last events first. A guest that reboots under -no-reboot sends
+        # SHUTDOWN and exits at once, and QEMU can exit between the look at the events
+        # above and died() (CI under stress: such a reboot named "QEMU exited with code 0",
+        # its SHUTDOWN recorded a moment later).
         guest.monitor.read_to_end(QEMU_GONE_EVENTS_S)
-    events = guest.monitor.events() if guest.monitor else []
-    for event in events:
+        why = _down_in_events(guest)
+    return why or gone
+
+
+def _down_in_events(guest: Guest) -> str | None:
+    for event in guest.monitor.events() if guest.monitor else []:
         why = _down_event(event)
         if why:
             return why
-    halted = _console_says_halted(guest)
-    if halted:
-        return halted
-    return guest.died()
+    return None
 
 
 def _down_event(event: dict) -> str | None:
