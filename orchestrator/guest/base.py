@@ -54,6 +54,9 @@ class GuestMonitor(Protocol):
     def wait_for_event(self, names: set[str], timeout: float, start: int = 0) -> dict | None:
         """First event named in `names` at index >= start, or None when time runs out."""
 
+    def read_to_end(self, timeout: float) -> None:
+        """After QEMU exited: every event it sent before going is in events() (at most `timeout`)."""
+
 
 class Guest(abc.ABC):
     """One guest for one scenario. The constructor only stores configuration;

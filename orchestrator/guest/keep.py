@@ -279,24 +279,23 @@ def _new_result_lines(console: Path, offset: int) -> list[str]:
 
 
 def watch(monitor: Monitor, console: Path, offset: int, pfn: int, seconds: float,
-          events_before: int | None = None) -> AfterInjection:
+          events_before: int) -> AfterInjection:
     """What the guest did after the machine check: a panic, reset or power-off (QMP events
     on the kept monitor), else still running; and the kernel's lines on the console. Ends
     early on a down event or the kernel's memory_failure() line for the page. `events_before`:
     how many events the monitor had before the machine check was sent."""
     from orchestrator.observe import _down_event  # the run's wording of a down guest
-    start = len(monitor.events()) if events_before is None else events_before
     began = time.monotonic()
     end = began + seconds
     down = None
     while time.monotonic() < end and down is None:
-        down = next((why for e in monitor.events()[start:] if e["event"] in DOWN_EVENTS
+        down = next((why for e in monitor.events()[events_before:] if e["event"] in DOWN_EVENTS
                      for why in [_down_event(e)] if why), None)
         if down is None and any(line.startswith(f"Memory failure: {pfn:#x}:")
                                 for line in _new_result_lines(console, offset)):
             break
         time.sleep(0.1)
-    if down is not None and any(e["event"] == "GUEST_PANICKED" for e in monitor.events()[start:]):
+    if down is not None and any(e["event"] == "GUEST_PANICKED" for e in monitor.events()[events_before:]):
         # -action panic=pause stops the guest before its panic text reaches the serial
         # port: resume it briefly to let the line out (it stays panicked).
         try:

@@ -239,7 +239,7 @@ def guest_down(guest: Guest) -> str | None:
     gone = guest.died()
     if gone is None:
         return None
-    if guest.monitor and hasattr(guest.monitor, "read_to_end"):
+    if guest.monitor:
         # QEMU gone: its last events first. A guest that reboots under -no-reboot sends
         # SHUTDOWN and exits at once, and QEMU can exit between the look at the events
         # above and died() (CI under stress: such a reboot named "QEMU exited with code 0",

@@ -244,7 +244,7 @@ int mapping_is_pfnmap(const void *va)
     if (!smaps)
         return 0;
     while (fgets(line, sizeof(line), smaps)) {
-        if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && strchr(line, '-') < strchr(line, ' '))
+        if (sscanf(line, "%lx-%lx ", &start, &end) == 2)  /* a mapping's header line */
             inside = start <= at && at < end;
         else if (inside && !strncmp(line, "VmFlags:", 8)) {
             pfnmap = strstr(line, " pf") != NULL;

@@ -82,5 +82,6 @@ def test_a_panic_that_came_while_the_mce_line_was_answered_is_seen(tmp_path, mon
     assert monitor.executed == ["cont"]  # resumed for its panic text
     assert after.report()[0] == "guest: DOWN: the guest panicked: Kernel panic - not syncing: Fatal machine check"
     # Counted after the fact (the old way), the same guest looks alive: the control.
-    late = keep.watch(_PanickedMonitor(before=2), console, 0, 0x2100, 0.3)
+    counted_late = _PanickedMonitor(before=2)
+    late = keep.watch(counted_late, console, 0, 0x2100, 0.3, len(counted_late.events()))
     assert late.down is None

@@ -184,6 +184,10 @@ class LibvirtMonitor(MonitorLogs, BoundedEvents):
         return self._passthrough(line, hmp=True)
 
     # --- events ---
+    def read_to_end(self, timeout: float) -> None:
+        """Nothing to wait for here that the QMP monitor's reader waits for: libvirt holds
+        the monitor, and its events reach us through its event loop, not a socket of ours."""
+
     def catch_up(self, timeout: float) -> bool:
         """After a storm: stop the guest (no more events), then read what libvirt still
         queues for us. libvirt dispatches events apart from command replies, so the
