@@ -108,11 +108,16 @@ MIN_FREE_ARTIFACT_BYTES = 4 << 20  # console, logs and evidence of one scenario 
 
 
 class KernelLacks(Exception):
-    """The kernel lacks options the scenario needs: it is skipped, not booted."""
+    """The kernel lacks what the scenario needs (options, or behaviour a kernel_variants
+    skip names): it is skipped, not booted."""
 
     def __init__(self, lines: list[str]):
         super().__init__("; ".join(lines))
         self.lines = lines
+
+
+def skip_reason(variant) -> str:
+    return f"cannot be set up on kernel {variant.condition}: {variant.because}"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -254,6 +259,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             result.qemu_version, result.qemu_binary = qemu_version(options.qemu_binary), options.qemu_binary
             phases.notes["image"] += f"; QEMU {result.qemu_version}"
             result.known_failure = scenario.known_failure(guest_image.kernel_release)
+            if variant is not None and variant.skip:
+                raise KernelLacks([skip_reason(variant)])
             if variant is not None:
                 phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
             if result.known_failure is not None:

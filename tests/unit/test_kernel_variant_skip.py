@@ -1,0 +1,89 @@
+"""A kernel_variants entry with `skip: true`: on matching kernels the scenario is SKIP with
+the entry's reason, decided before any guest is booted; elsewhere it runs as written."""
+import io
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from orchestrator import runner
+from orchestrator.plumbing.outcome import Outcome
+from orchestrator.report import ConsoleReporter
+from orchestrator.scenario import ScenarioError, load_scenario, parse_scenario
+
+REPO = Path(__file__).resolve().parents[2]
+
+SKIPPING = """\
+description: test
+inject:
+  preset: srao
+expect:
+  sigbus: none
+  kernel_log: ["mce: [Hardware Error]: Machine check events logged"]
+kernel_variants:
+  - kernel: ">=7.3"
+    because: the page this needs can no longer be made
+    skip: true
+"""
+
+
+def parse(text):
+    return parse_scenario(text, Path("scenarios/t.yaml"))
+
+
+def test_a_skip_variant_matches_only_its_kernels():
+    s = parse(SKIPPING)
+    assert s.for_kernel("6.12.118+deb12-amd64")[1] is None
+    variant = s.for_kernel("7.3.4+deb13-amd64")[1]
+    assert variant.skip and variant.because == "the page this needs can no longer be made"
+
+
+@pytest.mark.parametrize("entry, where", [
+    ("    skip: true\n    expect: {sigbus: none}\n", "kernel_variants[0]"),  # both: which holds?
+    ("", "kernel_variants[0]"),                                           # neither
+    ("    skip: false\n", "kernel_variants[0].skip"),                     # only `true` means anything
+])
+def test_a_variant_is_either_expectations_or_a_skip(entry, where):
+    text = SKIPPING.replace("    skip: true\n", entry)
+    with pytest.raises(ScenarioError, match=r"t.yaml:\d+: " + where.replace("[", r"\[").replace("]", r"\]")):
+        parse(text)
+
+
+@pytest.mark.parametrize("name", ["mlocked-clean-off-lru", "mlocked-dirty-off-lru", "perf-ring-madvise-hwpoison"])
+def test_the_catalog_skips_what_7_3_cannot_set_up_and_nothing_on_older_kernels(name):
+    s = load_scenario(REPO / "scenarios" / f"{name}.yaml")
+    assert s.for_kernel("7.3.4+deb13-amd64")[1].skip
+    for release in ("6.1.0-57-amd64", "6.12.118+deb12-amd64"):
+        variant = s.for_kernel(release)[1]
+        assert variant is None or not variant.skip
+
+
+def _run(tmp_path, monkeypatch, release):
+    booted = []
+    image = SimpleNamespace(name="debian-x", kernel_release=release, source="x", kernel_source="x", config=None,
+                            modules=())
+    monkeypatch.setattr(runner, "ensure_guest_image", lambda *a, **k: image)
+    monkeypatch.setattr(runner.probe_build, "build_probe", lambda *a, **k: tmp_path / "probe")
+    monkeypatch.setattr(runner, "qemu_version", lambda binary: "7.2.22")
+
+    def no_guest(*a, **k):
+        booted.append(True)
+        raise runner.HarnessError("boot", "stopped here by the test")
+
+    monkeypatch.setattr(runner, "new_guest", no_guest)
+    out = io.StringIO()
+    result = runner.run_scenario(parse(SKIPPING), tmp_path / "run", runner.RunOptions(cache_root=tmp_path),
+                                 ConsoleReporter(out))
+    return result, booted, out.getvalue()
+
+
+def test_a_matching_kernel_is_skipped_with_the_reason_and_no_guest(tmp_path, monkeypatch):
+    result, booted, said = _run(tmp_path, monkeypatch, "7.3.4+deb13-amd64")
+    assert result.outcome == Outcome.SKIP and not booted
+    assert result.skip_reasons == ["cannot be set up on kernel >=7.3: the page this needs can no longer be made"]
+    assert "the page this needs can no longer be made" in said
+
+
+def test_another_kernel_goes_on_to_boot(tmp_path, monkeypatch):
+    result, booted, _ = _run(tmp_path, monkeypatch, "6.12.118+deb12-amd64")
+    assert booted and result.outcome == Outcome.ERROR and result.error.phase == "boot"
