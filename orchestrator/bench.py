@@ -17,6 +17,9 @@ skips it): its build time and qcow2 size (from its manifest, or the build this
 run did), and boot to SSH and the scenario's wall time on it, cold and with
 --snapshot (--full-runs each, alternated), beside the initramfs image's.
 
+Then (--part qemus alone) the same scenario bare, cold and restored on each QEMU of --qemus
+(default: the system's and the pinned debian-backports one), alternated: medians per QEMU.
+
 Then (--part catalog alone) the whole catalog on each kernel of CATALOG_KERNELS, restored
 from saved guests (built by an untimed first pass), one guest at a time and with -j (one
 per core), alternated --catalog-runs times: wall time medians and their ratio.
@@ -47,6 +50,7 @@ from pathlib import Path
 from orchestrator import probe as probe_build
 from orchestrator.guest import images
 from orchestrator.guest.qemu import QemuGuest
+from orchestrator.guest.qemu.install import SYSTEM_QEMU, qemu_version, resolve_qemu
 from orchestrator.inject import inject
 from orchestrator.inject import mce
 from orchestrator.plumbing.deadline import Deadline
@@ -85,11 +89,12 @@ def _console_json(console: Path, event: str) -> dict | None:
     return None
 
 
-def bare_run(image: images.GuestImage, initrd: Path, workdir: Path) -> float:
+def bare_run(image: images.GuestImage, initrd: Path, workdir: Path, qemu_binary: str = SYSTEM_QEMU) -> float:
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     spec = GuestSpec()
-    with QemuGuest(image=dataclasses.replace(image, initrd=initrd), spec=spec, artifacts=workdir) as guest:
+    with QemuGuest(image=dataclasses.replace(image, initrd=initrd), spec=spec, artifacts=workdir,
+                   qemu_binary=qemu_binary) as guest:
         deadline = Deadline(60, "bare run")
         guest.launch(deadline)
         ready = None
@@ -203,6 +208,67 @@ def catalog_bench(runs: int, run_dir: Path, kernels=CATALOG_KERNELS) -> tuple[fl
     return statistics.median(serial), statistics.median(parallel)
 
 
+QEMU_KINDS = ("bare", "cold", "restored")
+
+
+def qemu_bench(runs: int, qemus: list[str], measure) -> dict[str, dict[str, list[float]]]:
+    """The scenario on each QEMU: bare, cold and restored, alternated run by run and QEMU by
+    QEMU so that the machine's noise hits all alike. measure(qemu, kind, i) -> seconds."""
+    samples = {q: {kind: [] for kind in QEMU_KINDS} for q in qemus}
+    for i in range(runs):
+        for q in qemus:
+            for kind in QEMU_KINDS:
+                samples[q][kind].append(measure(q, kind, i))
+            print(f"run {i + 1}/{runs} on QEMU {q}: " + ", ".join(f"{kind} {samples[q][kind][-1]:.2f} s"
+                                                                   for kind in QEMU_KINDS), file=sys.stderr, flush=True)
+    return samples
+
+
+def qemu_lines(scenario: str, samples: dict[str, dict[str, list[float]]], versions: dict[str, str]) -> list[str]:
+    """One line per QEMU: its version, the medians and their ratios to its own bare run."""
+    lines = []
+    for q, kinds in samples.items():
+        med = {kind: statistics.median(kinds[kind]) for kind in QEMU_KINDS}
+        lines.append(f"QEMU {q} ({versions[q]}), {scenario}, {len(kinds['bare'])} runs each: bare median "
+                     f"{med['bare']:.2f} s, cold {med['cold']:.2f} s (ratio {med['cold'] / med['bare']:.2f}), "
+                     f"restored {med['restored']:.2f} s (ratio {med['restored'] / med['bare']:.2f}); runs: "
+                     + "; ".join(f"{kind} {', '.join(f'{x:.2f}' for x in kinds[kind])}" for kind in QEMU_KINDS))
+    return lines
+
+
+def qemu_part(args, scenario, run_dir: Path, cache_root: Path) -> None:
+    """--qemus: the scenario bare, cold and restored on each QEMU named (system: the one on
+    PATH; others as run --qemu takes them, a pinned one fetched on first use)."""
+    say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    binaries = {q: resolve_qemu(None if q == "system" else q, cache_root, say) for q in args.qemus}
+    versions = {q: qemu_version(b) for q, b in binaries.items()}
+    image = images.ensure_image(scenario.guest.image, repo_root=REPO_ROOT, cache_root=cache_root, progress=say)
+    probe = probe_build.build_probe(cache_root / "probe")
+
+    def run_one(label: str, options: RunOptions) -> float:
+        start = time.monotonic()
+        result = run_scenario(scenario, run_dir / label, options, _Quiet())
+        if result.outcome != Outcome.PASS:
+            raise SystemExit(f"{label}: {result.outcome.label}: {result.reasons}")
+        return time.monotonic() - start
+
+    with tempfile.TemporaryDirectory(prefix="mce-bench-") as tmp:
+        initrd = baseline_initrd(image, probe, Path(tmp) / "baseline-initrd.img")
+
+        def measure(q: str, kind: str, i: int) -> float:
+            options = RunOptions(qemu_binary=binaries[q], qemu=None if q == "system" else q)
+            if kind == "bare":
+                return bare_run(image, initrd, run_dir / f"qemu-{q}-bare-{i}", qemu_binary=binaries[q])
+            return run_one(f"qemu-{q}-{kind}-{i}", dataclasses.replace(options, snapshot=kind == "restored"))
+
+        for q in args.qemus:  # each QEMU's saved guest (its key holds the QEMU version), untimed
+            run_one(f"qemu-{q}-warm-up", RunOptions(snapshot=True, qemu_binary=binaries[q],
+                                                    qemu=None if q == "system" else q))
+        samples = qemu_bench(args.runs, args.qemus, measure)
+    for line in qemu_lines(args.scenario, samples, versions):
+        print(line)
+
+
 class _Quiet(ConsoleReporter):
     def __init__(self):
         super().__init__(io.StringIO())
@@ -221,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a full distribution image measured beside the initramfs one ('none': skip)")
     parser.add_argument("--full-runs", type=int, default=2, metavar="N",
                         help="cold and restored runs on the full image (a cold one is a minute under TCG)")
-    parser.add_argument("--part", choices=("all", "scenario", "catalog", "fanout"), default="all",
-                        help="per-scenario times, the catalog serially and with -j, the one-versus-two-"
-                             "endpoints catalog subset, or all of them")
+    parser.add_argument("--part", choices=("all", "scenario", "qemus", "catalog", "fanout"), default="all",
+                        help="per-scenario times, the scenario on each of --qemus, the catalog serially and with "
+                             "-j, the one-versus-two-endpoints catalog subset, or all of them")
+    parser.add_argument("--qemus", nargs="+", default=["system", "debian-backports"], metavar="QEMU",
+                        help="QEMUs the qemus part compares (system: qemu-system-x86_64 on PATH; others as "
+                             "run --qemu takes them; default: %(default)s)")
     parser.add_argument("--catalog-runs", type=int, default=2, metavar="N",
                         help="alternated runs of the catalog each way (default: %(default)s)")
     parser.add_argument("--fanout-runs", type=int, default=3, help="runs of each fan-out shape (default: %(default)s)")
@@ -234,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.part == "catalog":
         catalog_bench(args.catalog_runs, new_run_dir(REPO_ROOT / "results" / "bench"))
+        return 0
+    if args.part == "qemus":
+        qemu_part(args, load_scenario(REPO_ROOT / "scenarios" / f"{args.scenario}.yaml"),
+                  new_run_dir(REPO_ROOT / "results" / "bench"), REPO_ROOT / "guest-images" / ".cache")
         return 0
     libvirt_missing = _libvirt_unavailable(args.connect)
 
@@ -313,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                     statistics.median(orchestrated), statistics.median(restored), timed)
     print(f"orchestrated/bare median ratio: {statistics.median(orchestrated) / statistics.median(bare):.2f}")
     if args.part == "all":
+        qemu_part(args, scenario, run_dir, cache_root)
         catalog_bench(args.catalog_runs, run_dir)
         if libvirt_missing:
             print(f"fan-out: not measured ({libvirt_missing})")

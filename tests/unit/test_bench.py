@@ -38,3 +38,25 @@ def test_a_catalog_run_that_printed_no_summary_says_why(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", lambda *a, **k: Done())
     _, summary = bench.catalog_run("debian-9", 1, tmp_path)
     assert summary == "exit 2, no summary line (mce-orchestrator: no such image: debian-9)"
+
+
+def test_the_qemu_part_alternates_qemus_run_by_run_and_reports_each(capsys):
+    calls = []
+    times = itertools.count(1)
+
+    def measure(qemu, kind, i):
+        calls.append((i, qemu, kind))
+        return float(next(times))
+
+    samples = bench.qemu_bench(3, ["system", "debian-backports"], measure)
+    # Run by run, QEMU by QEMU: noise hits both alike.
+    assert calls[:6] == [(0, "system", "bare"), (0, "system", "cold"), (0, "system", "restored"),
+                         (0, "debian-backports", "bare"), (0, "debian-backports", "cold"),
+                         (0, "debian-backports", "restored")]
+    assert len(calls) == 18
+    lines = bench.qemu_lines("srar-anon-access", samples, {"system": "7.2.22", "debian-backports": "10.0.2"})
+    # system: bare 1, 7, 13 -> 7; cold 2, 8, 14 -> 8; restored 3, 9, 15 -> 9.
+    assert lines[0].startswith("QEMU system (7.2.22), srar-anon-access, 3 runs each: bare median 7.00 s, "
+                               "cold 8.00 s (ratio 1.14), restored 9.00 s (ratio 1.29); runs: bare 1.00, 7.00, 13.00")
+    assert lines[1].startswith("QEMU debian-backports (10.0.2), srar-anon-access, 3 runs each: bare median 10.00 s")
+    assert "run 3/3 on QEMU debian-backports: bare 16.00 s, cold 17.00 s, restored 18.00 s" in capsys.readouterr().err
