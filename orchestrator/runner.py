@@ -37,9 +37,9 @@ from orchestrator.guest.ssh import GuestWentDown, RemoteProcess, SshSession, pro
 from orchestrator.inject import Injection, inject
 from orchestrator.inject import mce
 from orchestrator.inject import races
-from orchestrator.inject.races import highorder, recompound
+from orchestrator.inject.races import highorder, page_locks, recompound
 from orchestrator.judge.known_failures import apply_known_failure
-from orchestrator.judge.verdict import Check, Evidence, Verdict, judge
+from orchestrator.judge.verdict import LOCK_RACE_KINDS, Check, Evidence, Verdict, judge
 from orchestrator.observe import guest_down, hardware_corrupted, observe, panic_line, wait_failure_logged
 from orchestrator.plumbing.deadline import Deadline
 from orchestrator.plumbing.guest_data import Unreadable, check_ready
@@ -114,6 +114,11 @@ class KernelLacks(Exception):
     def __init__(self, lines: list[str]):
         super().__init__("; ".join(lines))
         self.lines = lines
+
+
+def lock_race(scenario: Scenario) -> bool:
+    """The fuse-mlock kinds: the probe makes and observes a page-lock interleaving."""
+    return scenario.probe.memory.startswith(LOCK_RACE_KINDS)
 
 
 def skip_reason(variant) -> str:
@@ -330,7 +335,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             except HarnessError as exc:
                 # A forced race the harness could not force says nothing about the kernel; its
                 # guest is spent (the page may be poisoned), so the next try is a fresh guest.
-                if not (scenario.inject.race and races.not_forced(exc) and attempt < races.ATTEMPTS and not keep):
+                if not ((scenario.inject.race or lock_race(scenario)) and races.not_forced(exc)
+                        and attempt < races.ATTEMPTS and not keep):
                     if attempt > 1 and races.not_forced(exc):
                         raise HarnessError(exc.phase, f"{exc.message} (attempt {attempt} of {races.ATTEMPTS}; "
                                                       f"the others are in {artifacts}/race-attempt-N)") from None
@@ -593,11 +599,17 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
 
         with phases("locate"):
             p = scenario.probe
+            lock_counts = banner = None
+            if lock_race(scenario):
+                # How often this kernel's memory_failure() takes the page lock: learned, not assumed.
+                banner = ssh.check(page_locks.VERSION_COMMAND, Deadline(t.locate, "locate"), "locate").strip()
+                lock_counts = page_locks.PageLockCounts(symbol_cache) if symbol_cache is not None else None
             command = (f"{probe_build.REMOTE_PATH} --pages {p.pages} --target {p.target} --mode {p.mode} "
                        f"--cpu {p.cpu} --timeout {int(t.observe + t.inject + 5)} --memory {p.memory} "
                        f"--processes {p.processes}"
                        + (f" --file {PROBE_FILE} --file-state {p.file_state}" if p.memory == "file" else "")
-                       + (" --find-free" if scenario.inject.region == "free-page" else ""))
+                       + (" --find-free" if scenario.inject.region == "free-page" else "")
+                       + (f" --page-locks {lock_counts.get(banner) if lock_counts else 0}" if banner else ""))
             phases.context.probe_hint = repro.ProbeHint(command, probe_binary, probe_build.REMOTE_PATH,
                                                         Path(guest.ssh_keys(guest_image)[0]), guest.ssh_port)
             # The shell reports how the probe ended (128+N: killed by signal N).
@@ -698,6 +710,17 @@ def _run_after_boot(scenario: Scenario, guest: Guest, guest_image, probe_binary:
         try:
             with phases("observe"):
                 observe(scenario, guest, ssh, probe, ev)
+                if banner:
+                    race_report = (ev.probe_result or {}).get("lock_race")
+                    counted = page_locks.learned(race_report)
+                    if counted and lock_counts is not None and lock_counts.get(banner) != counted:
+                        lock_counts.learn(banner, counted)
+                        phases.reporter.note(f"learned: this kernel's memory_failure() takes the page lock "
+                                             f"{'once' if counted == 1 else 'twice'} (remembered in "
+                                             f"{lock_counts.path})")
+                    lost = page_locks.lost_to_learning(race_report)
+                    if lost is not None:
+                        raise lost
         except HarnessError as exc:
             # Keep what was seen; the verdict decides between FAIL and ERROR.
             ev.unavailable.setdefault("probe result", str(exc))

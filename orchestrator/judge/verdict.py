@@ -171,9 +171,12 @@ def _check_lock_race(ev: Evidence) -> Check:
     at = where.get("at") if isinstance(where, dict) else None
     moved = race.get("move_pages")
     left = moved.get("rc") if isinstance(moved, dict) else None
+    locks = race.get("learned_page_locks") or race.get("page_locks")
     return _ok(name, f"memory_failure() waited for the page lock ({shown(at)}) while the page was mlocked and "
                      f"isolated by move_pages(), which waited behind it (and then left {shown(left)} page(s) "
-                     f"unmoved)")
+                     f"unmoved)" + ({1: "; this kernel takes the page lock once", 2: "; this kernel takes the "
+                                     "page lock twice"}.get(locks, "")
+                                    + (" (learned in this run)" if race.get("learned_page_locks") else "")))
 
 
 def _check_steps(expect: Expectations, ev: Evidence) -> list[Check]:

@@ -13,6 +13,8 @@
  *                   fuse-mlock|fuse-mlock-dirty]
  *         [--file PATH]
  *         [--file-state clean|dirty] [--processes 1|2] [--find-free]
+ *         [--page-locks 0|1|2]  (fuse-mlock kinds: how often memory_failure()
+ *                   takes the page lock on this kernel, 0: unknown, learn it; see lock_race.c)
  *   probe --kpageflags PFN      (prints that PFN's /proc/kpageflags word)
  *   probe --ksm-remerge N [--timeout S]
  *         (a second process: N fresh pages with the content of the ksm kind's
@@ -84,7 +86,7 @@ static volatile int sig_code, sig_lsb;
 static void *volatile sig_addr;
 
 /* File scope, so siglongjmp cannot clobber them. */
-int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, find_free;
+int pages = 4, target = 1, cpu = -1, timeout = 60, busy, processes = 1, find_free, page_locks;
 const char *memory = "anon", *file_path, *file_state = "dirty";
 volatile int touched;
 int file_fd = -1, generation = ON_DISK, is_child, same_content;
@@ -448,6 +450,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--cpu")) cpu = atoi(v), i++;
         else if (!strcmp(a, "--timeout")) timeout = atoi(v), i++;
         else if (!strcmp(a, "--processes")) processes = atoi(v), i++;
+        else if (!strcmp(a, "--page-locks")) page_locks = atoi(v), i++;
         else if (!strcmp(a, "--memory")) memory = v, i++;
         else if (!strcmp(a, "--file")) file_path = v, i++;
         else if (!strcmp(a, "--file-state")) file_state = v, i++;
@@ -461,8 +464,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (pages < 1 || pages > 4096 || target < 0 || target >= pages || processes < 1 || processes > 2) {
-        fprintf(stderr, "probe: need 0 <= target < pages <= 4096 and 1 <= processes <= 2\n");
+    if (pages < 1 || pages > 4096 || target < 0 || target >= pages || processes < 1 || processes > 2
+        || page_locks < 0 || page_locks > 2) {
+        fprintf(stderr, "probe: need 0 <= target < pages <= 4096, 1 <= processes <= 2 and 0 <= page-locks <= 2\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);

@@ -92,7 +92,7 @@ extern char busy_loop_start[], busy_loop_end[];
 #define RACE_WRITE 64      /* bytes of the held write: partial, so the page stays not uptodate */
 
 /* probe.c: the options and the memory under test (file scope, so siglongjmp cannot clobber them) */
-extern int pages, target, cpu, timeout, busy, processes, find_free;
+extern int pages, target, cpu, timeout, busy, processes, find_free, page_locks;
 extern const char *memory, *file_path, *file_state;
 extern volatile int touched;
 extern int file_fd, generation, is_child, same_content;
