@@ -87,6 +87,10 @@ def markdown(run_dirs: list[Path]) -> str:
     if any(cell.startswith(("KNOWN-FAIL", "XPASS")) for cell in cells.values()):
         legend = ("KNOWN-FAIL: the kernel fails the scenario the way its `known_failures` mark says (a kernel bug, "
                   "see docs/guest-kernel-bugs.md); XPASS: marked, but passed (the mark is stale).\n\n")
+    if any(cell.startswith("SKIP") for cell in cells.values()):
+        legend += ("SKIP: not run on that kernel, before booting: its `kernel_variants` say the kernel change that "
+                   "leaves nothing to set up, or the kernel lacks an option the scenario needs (the run's report "
+                   "names which).\n\n")
     if len(qemus) > 1:
         differences = qemu_differences(scenarios, columns, cells)
         legend += ("Verdicts that differ between QEMUs on the same kernel: "

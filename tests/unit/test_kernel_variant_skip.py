@@ -87,3 +87,20 @@ def test_a_matching_kernel_is_skipped_with_the_reason_and_no_guest(tmp_path, mon
 def test_another_kernel_goes_on_to_boot(tmp_path, monkeypatch):
     result, booted, _ = _run(tmp_path, monkeypatch, "6.12.118+deb12-amd64")
     assert booted and result.outcome == Outcome.ERROR and result.error.phase == "boot"
+
+
+def test_the_verdict_table_says_what_a_skip_is_only_when_there_is_one(tmp_path):
+    import json
+    from orchestrator.report.table import markdown
+    runs = []
+    for kernel, outcome in (("6.12.118+deb12-amd64", "PASS"), ("7.3.4+deb13-amd64", "SKIP")):
+        run = tmp_path / kernel
+        run.mkdir()
+        run.joinpath("report.json").write_text(json.dumps({"scenarios": [
+            {"name": "perf-ring-madvise-hwpoison", "outcome": outcome, "kernel_release": kernel, "checks": [],
+             "error": None, "skip_reasons": ["cannot be set up on kernel >=7.3: ..."]}]}))
+        runs.append(run)
+    table = markdown(runs)
+    assert "| perf-ring-madvise-hwpoison | PASS | SKIP |" in table
+    assert "SKIP: not run on that kernel, before booting" in table
+    assert "SKIP:" not in markdown(runs[:1])
