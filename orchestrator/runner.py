@@ -258,7 +258,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                      f"cloud-init seed)" if isinstance(guest_image, SeededDiskImage)
                                      else f"{guest_image.name} ({guest_image.kernel_release})")
             as_written = scenario  # an attached guest's own kernel picks its expectations again
-            scenario, variant = scenario.for_kernel(guest_image.kernel_release)
+            kernel_config = kconfig.parse(guest_image.config.read_text()) \
+                if getattr(guest_image, "config", None) is not None else None
+            scenario, variant = scenario.for_kernel(guest_image.kernel_release, kernel_config)
             result.image, result.kernel_release = guest_image.name, guest_image.kernel_release
             result.kernel_source = getattr(guest_image, "kernel_source", None) or None
             result.qemu_version, result.qemu_binary = qemu_version(options.qemu_binary), options.qemu_binary
@@ -267,13 +269,15 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
             if variant is not None and variant.skip:
                 raise KernelLacks([skip_reason(variant)])
             if variant is not None:
-                phases.notes["image"] += f"; expectations for kernel {variant.condition}: {variant.because}"
+                phases.notes["image"] += (f"; expectations for kernel {variant.condition}"
+                                          + "".join(f" with CONFIG_{option}" for option in variant.config)
+                                          + f": {variant.because}")
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
             if guest_image.config is not None:
                 phases.reporter.note(f"kernel options checked in "
                                      f"{_config_source(options) or guest_image.config_source or 'its .config'}")
-                lacking = kconfig.missing(scenario, kconfig.parse(guest_image.config.read_text()), guest_image.modules)
+                lacking = kconfig.missing(scenario, kernel_config, guest_image.modules)
                 if lacking:
                     raise KernelLacks(lacking)
             elif not isinstance(guest_image, SeededDiskImage):

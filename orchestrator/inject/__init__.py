@@ -8,6 +8,7 @@ MCE is then delivered as the vCPU resumes, to the probe.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,22 @@ def inject(monitor: GuestMonitor, fields: mce.MceFields, *, cpu: int, address: i
         return _inject_when(monitor, command, address, cpu, deadline, "in the probe's loop in user mode",
                             lambda cpl, rip: cpl == 3 and user_loop[0] <= rip < user_loop[1], down)
     except MonitorError as exc:
-        raise HarnessError("inject", str(exc)) from None
+        # A monitor that fails under the injection: the guest (or QEMU) may be going down with
+        # it, its events a moment behind the reply (QEMU answers the mce command, then resets).
+        why = _going_down(down, DOWN_AFTER_MONITOR_ERROR_S)
+        raise HarnessError("inject", f"{why}; the monitor then failed: {exc}" if why else str(exc)) from None
+
+
+DOWN_AFTER_MONITOR_ERROR_S = 2.0
+
+
+def _going_down(down, seconds: float) -> str | None:
+    end = time.monotonic() + seconds
+    while True:
+        why = down()
+        if why or time.monotonic() >= end:
+            return why
+        time.sleep(0.05)
 
 
 def _inject_when(monitor: GuestMonitor, command: str, address: int, cpu: int, deadline: Deadline,

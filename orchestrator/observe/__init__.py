@@ -250,10 +250,28 @@ def guest_down(guest: Guest) -> str | None:
 
 
 def _down_in_events(guest: Guest) -> str | None:
-    for event in guest.monitor.events() if guest.monitor else []:
+    events = guest.monitor.events() if guest.monitor else []
+    for event in events:
         why = _down_event(event)
         if why:
-            return why
+            return _qemu_reset(events) or why
+    return None
+
+
+def _qemu_reset(events: list[dict]) -> str | None:
+    """QEMU's own reset of the guest for a machine check it could not deliver
+    (target/i386 do_inject_x86_mce: MEMORY_FAILURE action 'reset', then the reset): not
+    the guest kernel's doing."""
+    for event in events:
+        data = event.get("data") or {}
+        if event.get("event") == "MEMORY_FAILURE" and data.get("action") == "reset":
+            if (data.get("flags") or {}).get("recursive"):
+                return ("QEMU reset the guest: a machine check came while a previous one was still in progress "
+                        "on that vCPU (MCG_STATUS.MCIP set; QEMU MEMORY_FAILURE action reset, recursive: a "
+                        "triple fault)")
+            return ("QEMU reset the guest: a vCPU had machine checks disabled (CR4.MCE clear: 'MCE capability is "
+                    "not enabled', e.g. a vCPU the guest kernel never brought online; QEMU MEMORY_FAILURE action "
+                    "reset)")
     return None
 
 

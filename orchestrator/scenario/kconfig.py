@@ -143,6 +143,12 @@ def missing(scenario: Scenario, config: Mapping[str, str], loaded_modules: Itera
             # Nothing loads other modules on demand in the guest (no udev).
             state = "a module the image does not load (pass --modules?)" if value == "m" else "not set"
             lines.append(f"CONFIG_{option} is {state}: {scenario.name} needs it ({why})")
+    # The vCPUs beyond NR_CPUS never come online: a machine check broadcast to them finds
+    # machine checks disabled there, and QEMU resets the guest.
+    cpus = config.get("NR_CPUS", "")
+    if scenario.guest.vcpus > 1 and cpus.isdigit() and int(cpus) < scenario.guest.vcpus:
+        lines.append(f"CONFIG_NR_CPUS is {cpus}: {scenario.name} needs {scenario.guest.vcpus} "
+                     f"(guest.vcpus: {scenario.guest.vcpus})")
     return lines
 
 

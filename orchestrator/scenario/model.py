@@ -10,6 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,6 +180,7 @@ class KernelVariant:
     because: str
     expect: Expectations    # the whole effective expectation on matching kernels
     skip: bool = False      # the scenario cannot be set up there: SKIP, `because` says why
+    config: tuple[str, ...] = ()  # options (no CONFIG_) the kernel's .config must set too, where it is known
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,13 @@ class Scenario:
                 chosen = known
         return chosen
 
-    def for_kernel(self, release: str) -> tuple["Scenario", KernelVariant | None]:
-        """This scenario with the expectations that hold on kernel `release` (e.g. '6.12.117+deb12-amd64')."""
+    def for_kernel(self, release: str, config: Mapping[str, str] | None = None) -> tuple["Scenario", KernelVariant | None]:
+        """This scenario with the expectations that hold on kernel `release` (e.g. '6.12.117+deb12-amd64')
+        and, where its .config is known (kconfig.parse), the options a variant depends on."""
         chosen = None
         for variant in self.kernel_variants:
-            if kernel_matches(variant.condition, release):
+            if kernel_matches(variant.condition, release) and (
+                    config is None or all(config.get(option) in ("y", "m") for option in variant.config)):
                 chosen = variant
         if chosen is None:
             return self, None
@@ -475,7 +479,8 @@ def parse_scenario(text: str, path: Path) -> Scenario:
     expect = _expectations(data["expect"])
     variants = tuple(
         KernelVariant(v["kernel"], " ".join(v["because"].split()),
-                      _expectations({**data["expect"], **v.get("expect", {})}), skip=v.get("skip", False))
+                      _expectations({**data["expect"], **v.get("expect", {})}), skip=v.get("skip", False),
+                      config=tuple(v.get("config", ())))
         for v in data.get("kernel_variants", ()))
     for at, e in [(("expect",), expect)] + [(("kernel_variants", i, "expect"), v.expect) for i, v in enumerate(variants)]:
         if e.guest == "panic":

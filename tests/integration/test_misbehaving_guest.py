@@ -543,3 +543,16 @@ def test_the_same_scenario_twice_in_one_run_keeps_both_folders(tmp_path):
     assert (first.artifacts / "evidence.json").exists() and (second.artifacts / "evidence.json").exists()
     assert first.outcome == second.outcome == Outcome.PASS, (first.reasons, second.reasons)
     assert_nothing_left(second, port)
+
+
+def test_a_machine_check_qemu_cannot_deliver_is_named_as_qemus_reset(tmp_path):
+    """broadcast-srao-smp2 on a guest booted with maxcpus=1: vCPU 1 never comes online, so
+    machine checks are not enabled on it, and QEMU answers the broadcast with a reset
+    (MEMORY_FAILURE action reset). The run's ERROR names QEMU's reset and why, not a
+    broken monitor pipe or a guest that rebooted by itself."""
+    result, port = run(tmp_path, scenario=load_scenario(REPO / "scenarios" / "broadcast-srao-smp2.yaml"),
+                       extra_cmdline="maxcpus=1")
+    assert result.outcome == Outcome.ERROR and result.error.phase == "inject", result.reasons
+    assert result.error.message.startswith("QEMU reset the guest: a vCPU had machine checks disabled"), \
+        result.error.message
+    assert_nothing_left(result, port)

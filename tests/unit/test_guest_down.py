@@ -98,3 +98,32 @@ def test_the_console_socket_lets_qemu_write_ahead_of_a_stalled_reader():
 
     assert held(socket.socketpair()) < 1000  # why: each byte is its own skb against SO_SNDBUF
     assert held(console_socketpair()) > 40_000
+
+
+def _memory_failure(action, recursive):
+    return {"event": "MEMORY_FAILURE", "data": {"recipient": "guest", "action": action,
+                                                "flags": {"action-required": False, "recursive": recursive}}}
+
+
+class EventsGuest:
+    def __init__(self, events, console_log):
+        self.monitor = type("M", (), {"events": lambda _self: events, "read_to_end": lambda _self, s: None})()
+        self.console_log = console_log
+
+    def died(self):
+        return None
+
+
+@pytest.mark.parametrize("events, named", [
+    # A broadcast machine check on a vCPU the kernel never brought online: QEMU's triple fault.
+    ([_memory_failure("inject", False), _memory_failure("reset", False), SHUTDOWN],
+     "QEMU reset the guest: a vCPU had machine checks disabled"),
+    ([_memory_failure("inject", False), _memory_failure("reset", True), SHUTDOWN],
+     "QEMU reset the guest: a machine check came while a previous one was still in progress"),
+    # The control: the guest's own reboot, no reset of QEMU's.
+    ([_memory_failure("inject", False), SHUTDOWN], "the guest rebooted (QEMU SHUTDOWN, reason guest-reset"),
+])
+def test_a_reset_qemu_made_for_a_machine_check_is_named_as_qemus(tmp_path, monkeypatch, events, named):
+    (tmp_path / "console.log").write_text("")
+    monkeypatch.setattr(observe, "_consoles", weakref.WeakKeyDictionary())
+    assert observe.guest_down(EventsGuest(events, tmp_path / "console.log")).startswith(named)

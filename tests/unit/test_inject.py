@@ -83,3 +83,27 @@ def test_gate_looks_at_the_target_vcpu():
                     deadline=Deadline(2, "inject"), user_loop=(0x401B8D, 0x401B91))
     assert result.attempts == 1
     assert "mce -b 1 9 0xbd80000000000134 0x7 0x5000 0x8c" in monitor.sent
+
+
+class DyingMonitor(FakeMonitor):
+    """QEMU went down with the machine check: the `cont` after it finds no monitor."""
+
+    def hmp(self, line, timeout=10):
+        if line == "cont" and any(s.startswith("mce ") for s in self.sent):
+            from orchestrator.guest.monitor import MonitorError
+            raise MonitorError("HMP cont: Broken pipe")
+        return super().hmp(line, timeout)
+
+
+@pytest.mark.parametrize("why", [None, "QEMU reset the guest: a vCPU had machine checks disabled"])
+def test_a_monitor_that_fails_under_the_injection_names_the_guest_going_down(why, monkeypatch):
+    import orchestrator.inject as injecting
+    monkeypatch.setattr(injecting, "DOWN_AFTER_MONITOR_ERROR_S", 0.2)
+    monitor = DyingMonitor([REGS_USER])
+    with pytest.raises(HarnessError) as raised:
+        inject(monitor, mce.PRESETS["srar"], cpu=0, address=0x5000, broadcast=False, limits=LIMITS,
+               deadline=Deadline(5, "inject"), user_loop=(0x401B8D, 0x401B91),
+               down=lambda: why if any(s.startswith("mce ") for s in monitor.sent) else None)
+    # The control (nothing says the guest went down): the monitor's own words, as before.
+    assert raised.value.message == (f"{why}; the monitor then failed: HMP cont: Broken pipe" if why
+                                    else "HMP cont: Broken pipe")

@@ -92,3 +92,14 @@ def test_without_a_config_the_booted_guest_is_looked_at():
     assert kconfig.missing_in_guest(thp, []) == []
     late = load_scenario(SCENARIOS / "srao-anon-late-kill.yaml")
     assert kconfig.guest_signs(late) == {}
+
+
+def test_a_kernel_with_fewer_cpus_than_the_guest_has_vcpus_lacks_them():
+    """A small-config 6.12 (NR_CPUS=2) booted with -smp 4: the broadcast machine check
+    reached two vCPUs that never came online and QEMU reset the guest. Skipped instead."""
+    [smp4] = [s for s in expand(scenario("srar-each-vcpu-smp4")) if s.name.endswith("cpu0")]
+    config = kconfig.parse(DEBIAN_LIKE + "\nCONFIG_NR_CPUS=2\n")
+    assert kconfig.missing(smp4, config, DEFAULT_MODULES) == [
+        "CONFIG_NR_CPUS is 2: srar-each-vcpu-smp4.cpu0 needs 4 (guest.vcpus: 4)"]
+    assert kconfig.missing(scenario("broadcast-srao-smp2"), config, DEFAULT_MODULES) == []
+    assert kconfig.missing(smp4, kconfig.parse(DEBIAN_LIKE + "\nCONFIG_NR_CPUS=8192\n"), DEFAULT_MODULES) == []

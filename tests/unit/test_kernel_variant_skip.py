@@ -104,3 +104,23 @@ def test_the_verdict_table_says_what_a_skip_is_only_when_there_is_one(tmp_path):
     assert "| perf-ring-madvise-hwpoison | PASS | SKIP |" in table
     assert "SKIP: not run on that kernel, before booting" in table
     assert "SKIP:" not in markdown(runs[:1])
+
+
+def test_a_variant_that_depends_on_an_option_holds_only_where_the_config_sets_it():
+    """corrected-errors-one-page on 6.12: Debian's has CONFIG_RAS_CEC (the page is soft-offlined);
+    a 6.12 built without it does what 6.1 does, and was judged FAIL by the version alone."""
+    s = load_scenario(REPO / "scenarios" / "corrected-errors-one-page.yaml")
+    release = "6.12.118"
+    with_cec, variant = s.for_kernel(release, {"RAS_CEC": "y"})
+    assert variant is not None and variant.config == ("RAS_CEC",) and with_cec.expect.page_poisoned is True
+    without_cec, variant = s.for_kernel(release, {"MEMORY_FAILURE": "y"})
+    assert variant is None and without_cec.expect.page_poisoned is False
+    # No .config found: the version alone decides, as before.
+    assert s.for_kernel("6.12.118+deb12-amd64")[1] is not None
+    assert s.for_kernel("6.1.0-57-amd64", {"RAS_CEC": "y"})[1] is None
+
+
+def test_a_config_option_is_named_without_its_prefix():
+    with pytest.raises(ScenarioError, match=r"kernel_variants\[0\].config\[0\]"):
+        parse(SKIPPING.replace("    skip: true\n", "    skip: true\n    config: [CONFIG_RAS_CEC]\n"))
+    assert parse(SKIPPING.replace("    skip: true\n", "    skip: true\n    config: [RAS_CEC]\n")).kernel_variants[0].config

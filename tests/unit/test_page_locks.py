@@ -51,12 +51,12 @@ def test_the_probe_prints_the_error_this_module_looks_for():
 
 
 def test_kernels_learned_at_once_by_parallel_guests_are_all_kept(tmp_path):
-    import multiprocessing
+    # Separate processes, as run -j's guests are (a fork of pytest itself could inherit a held lock).
+    import subprocess
+    import sys
     banners = [f"{BANNER_612} build {n}" for n in range(8)]
-    with multiprocessing.get_context("fork").Pool(4) as pool:
-        pool.starmap(_learn, [(tmp_path, b) for b in banners])
+    code = ("import sys; from pathlib import Path; from orchestrator.inject.races.page_locks import PageLockCounts; "
+            "PageLockCounts(Path(sys.argv[1])).learn(sys.argv[2], 2)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), b]) for b in banners]
+    assert [p.wait(timeout=60) for p in procs] == [0] * len(banners)
     assert all(PageLockCounts(tmp_path).get(b) == 2 for b in banners)
-
-
-def _learn(folder, banner):
-    PageLockCounts(folder).learn(banner, 2)
