@@ -144,3 +144,33 @@ def test_a_domain_call_that_sees_the_connection_end_names_it(calls_work, said):
     guest._conn = _DeadConnection(calls_work)
     guest._dom = _Domain(guest._conn)
     assert guest._stopped_reason().startswith(said)
+
+
+@pytest.mark.parametrize("calls_work, said", [
+    (False, "lost the connection to qemu+ssh://hv/system (closed) while starting domain d: libvirt monitor"),
+    (True, "domain d: libvirt monitor command"),  # the control: a live connection, the monitor's own error
+])
+def test_a_monitor_command_the_dropped_connection_broke_names_the_connection(monkeypatch, calls_work, said):
+    """CI under load: the endpoint died while the domain started, and query-cpus-fast failed
+    with 'End of file while reading data' (a MonitorError, not a libvirtError)."""
+    from orchestrator.guest import libvirt as lv
+    from orchestrator.guest.monitor import MonitorError
+    from orchestrator.plumbing.deadline import Deadline
+    from orchestrator.plumbing.outcome import HarnessError
+    guest = lv.LibvirtGuest.__new__(lv.LibvirtGuest)
+    guest.uri, guest._lost, guest._lifecycle, guest.ssh_via, guest.remote = "qemu+ssh://hv/system", None, [], None, False
+    guest.name, guest.incoming = "d", None
+    conn = _DeadConnection(calls_work)
+    conn.registerCloseCallback = lambda *a: None
+    monkeypatch.setattr(lv, "open_connection", lambda uri: conn)
+    monkeypatch.setattr(lv.LibvirtGuest, "_start", lambda self, libvirt: None)
+
+    def read_limits(self):
+        raise MonitorError("libvirt monitor command '{\"execute\": \"query-cpus-fast\"}': End of file while "
+                           "reading data: Input/output error")
+
+    monkeypatch.setattr(lv.LibvirtGuest, "read_limits", read_limits)
+    monkeypatch.setattr(lv.LibvirtGuest, "shutdown", lambda self, timeout=5: None)
+    with pytest.raises(HarnessError) as raised:
+        guest.launch(Deadline(5, "boot"))
+    assert raised.value.phase == "boot" and raised.value.message.startswith(said), raised.value.message

@@ -338,8 +338,14 @@ class LibvirtGuest(Guest):
             raise HarnessError("boot", f"libvirt could not start domain {self.name}: {_message(exc)} "
                                        f"(QEMU log: {self._qemu_log_tail()})") from None
         except (MonitorError, HarnessError, libvirt_volumes.VolumeError) as exc:
+            # A monitor command the dropped connection broke (CI under load: query-cpus-fast
+            # "End of file while reading data") is the connection's loss too.
+            lost = self._lost or (None if self._conn is None or self._conn_alive(ask=True) else "closed")
             self.shutdown()
             message = exc.message if isinstance(exc, HarnessError) else str(exc)
+            if lost:
+                raise HarnessError("boot", f"lost the connection to {self.uri} ({lost}) while starting domain "
+                                           f"{self.name}: {message}") from None
             raise HarnessError("boot", f"domain {self.name}: {message}") from None
 
     def _place_files(self) -> None:
