@@ -208,6 +208,15 @@ def catalog_bench(runs: int, run_dir: Path, kernels=CATALOG_KERNELS) -> tuple[fl
     return statistics.median(serial), statistics.median(parallel)
 
 
+def timed_run(scenario, run_dir: Path, label: str, options: RunOptions):
+    """(seconds, result) of one orchestrated run; anything but a PASS ends the benchmark."""
+    start = time.monotonic()
+    result = run_scenario(scenario, run_dir / label, options, _Quiet())
+    if result.outcome != Outcome.PASS:
+        raise SystemExit(f"{label}: {result.outcome.label}: {result.reasons}")
+    return time.monotonic() - start, result
+
+
 QEMU_KINDS = ("bare", "cold", "restored")
 
 
@@ -246,11 +255,7 @@ def qemu_part(args, scenario, run_dir: Path, cache_root: Path) -> None:
     probe = probe_build.build_probe(cache_root / "probe")
 
     def run_one(label: str, options: RunOptions) -> float:
-        start = time.monotonic()
-        result = run_scenario(scenario, run_dir / label, options, _Quiet())
-        if result.outcome != Outcome.PASS:
-            raise SystemExit(f"{label}: {result.outcome.label}: {result.reasons}")
-        return time.monotonic() - start
+        return timed_run(scenario, run_dir, label, options)[0]
 
     with tempfile.TemporaryDirectory(prefix="mce-bench-") as tmp:
         initrd = baseline_initrd(image, probe, Path(tmp) / "baseline-initrd.img")
@@ -333,13 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     libvirt = RunOptions(backend="libvirt", connect=args.connect)
 
     def timed(label: str, options: RunOptions) -> float:
-        start = time.monotonic()
-        result = run_scenario(scenario, run_dir / label, options, _Quiet())
-        if result.outcome != Outcome.PASS:
-            raise SystemExit(f"{label}: {result.outcome.label}: {result.reasons}")
+        seconds, result = timed_run(scenario, run_dir, label, options)
         if not options.snapshot:
             phases.append(result.phases)
-        return time.monotonic() - start
+        return seconds
 
     # The one-time save of the booted guest is not part of what is measured.
     timed("snapshot-warm-up", RunOptions(snapshot=True, **kernel))

@@ -8,7 +8,6 @@ MCE is then delivered as the vCPU resumes, to the probe.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,12 +78,10 @@ DOWN_AFTER_MONITOR_ERROR_S = 2.0
 
 
 def _going_down(down, seconds: float) -> str | None:
-    end = time.monotonic() + seconds
-    while True:
-        why = down()
-        if why or time.monotonic() >= end:
-            return why
-        time.sleep(0.05)
+    deadline = Deadline(seconds, "the guest going down")
+    while not (why := down()) and not deadline.expired():
+        deadline.sleep(0.05)
+    return why
 
 
 def _inject_when(monitor: GuestMonitor, command: str, address: int, cpu: int, deadline: Deadline,

@@ -11,15 +11,11 @@ from orchestrator.plumbing.outcome import Outcome
 from orchestrator.report import ConsoleReporter
 from orchestrator.scenario import ScenarioError, load_scenario, parse_scenario
 
+from .test_scenario import MINIMAL
+
 REPO = Path(__file__).resolve().parents[2]
 
-SKIPPING = """\
-description: test
-inject:
-  preset: srao
-expect:
-  sigbus: none
-  kernel_log: ["mce: [Hardware Error]: Machine check events logged"]
+SKIPPING = MINIMAL + """\
 kernel_variants:
   - kernel: ">=7.3"
     because: the page this needs can no longer be made
