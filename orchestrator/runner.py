@@ -25,7 +25,7 @@ from orchestrator.guest import DEFAULT_BACKEND, new_guest
 from orchestrator.guest import images
 from orchestrator.guest import keep as keeping
 from orchestrator.guest.base import Guest, HypervisorUnavailable
-from orchestrator.guest.images import pmem
+from orchestrator.guest.images import bzimage, pmem
 from orchestrator.guest.images.disk import SeededDiskImage, prepare_disk_image, private_workdir
 from orchestrator.guest.images.distro import DiskGuestImage, ensure_guest_image
 from orchestrator.guest.images.kernels import LocalKernel
@@ -38,6 +38,7 @@ from orchestrator.inject import Injection, inject
 from orchestrator.inject import mce
 from orchestrator.inject import races
 from orchestrator.inject.races import highorder, page_locks, recompound
+from orchestrator.judge import printk
 from orchestrator.judge.known_failures import apply_known_failure
 from orchestrator.judge.verdict import LOCK_RACE_KINDS, Check, Evidence, Verdict, judge
 from orchestrator.observe import guest_down, hardware_corrupted, observe, panic_line, wait_failure_logged
@@ -274,6 +275,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                                           + f": {variant.because}")
             if result.known_failure is not None:
                 phases.notes["image"] += f"; known to fail on kernel {result.known_failure.condition}"
+            printk_formats = _printk_formats(scenario, guest_image, ev)
+            ev.printk_formats = printk_formats
             if guest_image.config is not None:
                 phases.reporter.note(f"kernel options checked in "
                                      f"{_config_source(options) or guest_image.config_source or 'its .config'}")
@@ -306,6 +309,9 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                             # An attached domain runs its own kernel, not --image's: judged as that kernel.
                             scenario, variant = as_written.for_kernel(guest.kernel_release)
                             result.kernel_release = guest.kernel_release
+                            ev.printk_formats = None  # they were the image's kernel's
+                            ev.unavailable["printk formats"] = (f"the attached guest runs {guest.kernel_release}, "
+                                                                f"whose kernel image is not on this host")
                             result.known_failure = scenario.known_failure(guest.kernel_release)
                             phases.notes["image"] = (f"{guest_image.name} for the probe; the attached guest runs "
                                                      f"{guest.kernel_release}"
@@ -349,7 +355,8 @@ def run_scenario(scenario: Scenario, run_dir: Path, options: RunOptions, reporte
                 reporter.note(f"race not forced in attempt {attempt} of {races.ATTEMPTS} ({exc.message}); its "
                               f"artifacts are in {kept}; trying again in a fresh guest")
                 attempt += 1
-                ev = Evidence()
+                ev = Evidence(printk_formats=printk_formats,
+                              unavailable={k: v for k, v in ev.unavailable.items() if k == "printk formats"})
                 result.evidence = phases.context.evidence = ev
                 phases.context.guest = phases.context.ssh = phases.context.probe = None
     except KernelLacks as exc:
@@ -410,6 +417,31 @@ def _judge_safely(scenario: Scenario, ev: Evidence, artifacts: Path) -> Verdict:
         return Verdict(Outcome.ERROR, (Check("verdict", Outcome.ERROR,
                                              f"internal error judging the evidence: {exc!r}"[:300]
                                              + f"; traceback in {artifacts / 'traceback.txt'}"),))
+
+
+def _printk_formats(scenario: Scenario, guest_image, ev: Evidence) -> dict[str, list[str]] | None:
+    """For each printk phrase the scenario's expectations name, the formats of the image's
+    kernel that hold it; None, with the reason in ev.unavailable, where they cannot be read."""
+    expect = scenario.expect
+    phrases = [e.text for e in (*expect.kernel_log, *expect.kernel_log_absent) if e.printk]
+    if not phrases:
+        return None
+    try:
+        strings = _kernel_strings(guest_image.kernel)
+    except (OSError, images.ImageError) as exc:
+        ev.unavailable["printk formats"] = f"the kernel image {guest_image.kernel} could not be read: {exc}"
+        return None
+    return {phrase: printk.formats_with(strings, phrase) for phrase in phrases}
+
+
+@functools.lru_cache(maxsize=2)
+def _kernel_strings_cached(path: Path, size: int, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(bzimage.rodata_strings(path.read_bytes(), str(path)))
+
+
+def _kernel_strings(path: Path) -> tuple[str, ...]:
+    stat = path.stat()
+    return _kernel_strings_cached(path, stat.st_size, stat.st_mtime_ns)
 
 
 def _run_in_guest(scenario: Scenario, guest: Guest, guest_image, probe_binary: Path,

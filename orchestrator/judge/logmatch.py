@@ -50,8 +50,14 @@ class ExpectationError(ValueError):
 class LineExpectation:
     text: str            # as written in the scenario
     regex: bool = False  # True: text is a regular expression
+    # True: text is a phrase of the kernel's own printk format, `values` its
+    # conversions (placeholder names, None for any); see judge/printk.py.
+    printk: bool = False
+    values: tuple[str | None, ...] = ()
 
     def __str__(self) -> str:
+        if self.printk:
+            return f"printk {self.text!r} ({', '.join(v or 'any' for v in self.values) or 'no values'})"
         return f"/{self.text}/" if self.regex else f"'{self.text}'"
 
 
@@ -68,6 +74,8 @@ def compile_expectation(expectation: LineExpectation, values: dict[str, int]) ->
     """The expectation as one pattern for re.fullmatch, its placeholders filled from
     `values`. Raises KeyError for a value this run does not have, ExpectationError
     for an expectation no run could use."""
+    if expectation.printk:
+        raise ExpectationError(f"{expectation}: the kernel's format must be looked up first (judge/printk.py)")
     parts, pos = [], 0
     for match in _PLACEHOLDER.finditer(expectation.text):
         parts.append(_literal(expectation, expectation.text[pos:match.start()]))
@@ -107,7 +115,14 @@ def _literal(expectation: LineExpectation, text: str) -> str:
 
 
 def validate(expectation: LineExpectation) -> None:
-    """Raise ExpectationError if no run could use this expectation (checked when loading)."""
+    """Raise ExpectationError if no run could use this expectation (checked when loading;
+    a printk entry's format is checked against the kernel under test, when it is known)."""
+    if expectation.printk:
+        unknown = [v for v in expectation.values if v is not None and v not in PLACEHOLDERS]
+        if unknown:
+            raise ExpectationError(f"unknown value {unknown[0]!r} (known: {', '.join(PLACEHOLDERS)}, "
+                                   f"or null for any)")
+        return
     compile_expectation(expectation, {name: 0x1234 for name in PLACEHOLDERS})
 
 

@@ -9,7 +9,7 @@ import re
 import signal
 from dataclasses import dataclass, field
 
-from orchestrator.judge import crashes, logmatch
+from orchestrator.judge import crashes, logmatch, printk
 
 from orchestrator.judge.logmatch import LineExpectation
 
@@ -53,6 +53,9 @@ class Evidence:
     # What the guest did to the harness (went down, stormed, flooded), first cause first.
     causes: list[str] = field(default_factory=list)
     down: str | None = None                # why the guest stopped answering, when it went down
+    # Read on the host from the kernel image under test, not from the guest: for each
+    # printk phrase the scenario names, the kernel's formats that hold it. None: not read.
+    printk_formats: dict[str, list[str]] | None = None
 
     def add_cause(self, cause: str) -> None:
         if cause not in self.causes:
@@ -488,6 +491,14 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
     values = log_values(ev)
     checks = []
     for wanted, present in [(p, True) for p in expect.kernel_log] + [(p, False) for p in expect.kernel_log_absent]:
+        kernel_format = None
+        if wanted.printk:
+            try:
+                kernel_format = _kernel_format(wanted, ev)
+            except logmatch.ExpectationError as exc:
+                checks.append(Check(f"kernel log {'has' if present else 'lacks'} {wanted}", Outcome.ERROR, str(exc)))
+                continue
+            wanted = printk.expectation(kernel_format, wanted.values)
         try:
             pattern = logmatch.compile_expectation(wanted, values)
         except KeyError as exc:
@@ -495,6 +506,8 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
             continue
         shown = LineExpectation(logmatch.fill(wanted.text, values), wanted.regex)
         name = f"kernel log {'has' if present else 'lacks'} {shown}"
+        if kernel_format is not None:
+            name = f"kernel log {'has' if present else 'lacks'} the kernel's '{kernel_format}' as /{shown.text}/"
         if log is None:
             checks.append(_missing(name, ev, "kernel log"))
             continue
@@ -509,6 +522,17 @@ def _check_kernel_log(expect: Expectations, ev: Evidence) -> list[Check]:
         else:
             checks.append(_ok(name, "absent") if not found else _fail(name, f"found: {found[0]}"))
     return checks
+
+
+def _kernel_format(wanted: LineExpectation, ev: Evidence) -> str:
+    """The kernel's one printk format holding the phrase, checked against the values given
+    (ExpectationError: not read, none, several, or conversions and values that disagree)."""
+    if ev.printk_formats is None or wanted.text not in ev.printk_formats:
+        why = ev.unavailable.get("printk formats", "no kernel image on the host for this guest")
+        raise logmatch.ExpectationError(f"the printk formats of the kernel under test were not read ({why})")
+    fmt = printk.the_format(ev.printk_formats[wanted.text], wanted.text, "under test")
+    printk.expectation(fmt, wanted.values)
+    return fmt
 
 
 def _check_kernel_health(ev: Evidence, expect_panic: bool) -> Check:

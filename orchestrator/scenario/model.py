@@ -349,14 +349,15 @@ def _schema_message(error: jsonschema.ValidationError) -> tuple[tuple, str]:
     if v == "type":
         return at, f"expected {_JSON_TYPES.get(error.validator_value, error.validator_value)}, got {inst!r}"
     if v == "enum":
-        return at, f"expected one of {', '.join(map(str, error.validator_value))}; got {inst!r}"
+        return at, f"expected one of {', '.join('null' if v is None else str(v) for v in error.validator_value)}; got {inst!r}"
     if v in ("minimum", "maximum", "exclusiveMinimum"):
         word = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">"}[v]
         return at, f"expected a value {word} {error.validator_value}, got {inst!r}"
     if v == "oneOf" and at == ("inject",):
         return at, "give exactly one of 'preset' or 'raw'"
     if v == "oneOf" and len(at) >= 2 and at[-2] in ("kernel_log", "kernel_log_absent"):
-        return at, f"expected a string (the whole message) or a mapping {{regex: ...}}; got {inst!r}"
+        return at, (f"expected a string (the whole message), a mapping {{regex: ...}} or "
+                    f"{{printk: PHRASE, values: [...]}}; got {inst!r}")
     if v == "oneOf":
         return at, f"expected 'none' or a mapping of {', '.join(_oneof_keys(error))}; got {inst!r}"
     if v == "pattern" and error.validator_value == _schema()["$defs"]["log_text"]["pattern"]:
@@ -625,6 +626,8 @@ def _check_log_expectations(data: dict, fail) -> None:
 
 
 def _line_expectation(entry: str | dict) -> LineExpectation:
+    if isinstance(entry, dict) and "printk" in entry:
+        return LineExpectation(entry["printk"], printk=True, values=tuple(entry.get("values", ())))
     return LineExpectation(entry["regex"], regex=True) if isinstance(entry, dict) else LineExpectation(entry)
 
 

@@ -53,17 +53,21 @@ def test_a_build_tree_with_installed_modules_runs_the_catalog(stand_in_tree, tmp
     tree, install, release = stand_in_tree
     record_property("kernel_release", release)
     print(f"stand-in build tree: Debian's {release}")
-    # unpoison-after-mce has a >=6.12 kernel variant: it passes only if the version came
-    # from the kernel itself (the tree has no package name to guess from).
+    # repeated-injection has a >=6.12 kernel variant: it passes only if the version came
+    # from the kernel itself (the tree has no package name to guess from); unpoison-after-mce
+    # expects the refusal in the kernel's own printk format, read from the tree's bzImage.
     proc = orchestrator("run", "--kernel", str(tree), "--modules", str(install), "--snapshot",
-                        "srao-anon-late-kill", "unpoison-after-mce", results=tmp_path)
+                        "repeated-injection", "unpoison-after-mce", results=tmp_path)
     report = json.loads((tmp_path / "latest" / "report.json").read_text())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(s["outcome"], s["image"], s["kernel_release"]) for s in report["scenarios"]] == \
         [("PASS", "local", release)] * 2
     assert "expectations for kernel >=6.12" in proc.stderr
+    evidence = json.loads((tmp_path / "latest" / "unpoison-after-mce" / "evidence.json").read_text())
+    assert evidence["printk_formats"] == {
+        "disabled after HW memory failure": ["Unpoison: %#lx: disabled after HW memory failure"]}
     # The guest really ran that kernel, with modules from the install folder.
-    kernel_log = (tmp_path / "latest" / "srao-anon-late-kill" / "guest-kernel.log").read_text()
+    kernel_log = (tmp_path / "latest" / "repeated-injection" / "guest-kernel.log").read_text()
     assert f"Linux version {release} (debian-kernel@lists.debian.org)" in kernel_log
     # Saved guests are keyed on the kernel's content: the second scenario restored the first's.
     assert proc.stderr.count("restored from local-") == 2

@@ -63,6 +63,14 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
     return data
 
 
+def rodata_strings(kernel: bytes, what: str = "kernel") -> list[str]:
+    """The strings of a kernel's .rodata: a vmlinux's, or those of the one inside a bzImage."""
+    if is_bzimage(kernel):
+        data = decompress_payload(kernel)
+        kernel = data[: elf.extent(data)]
+    return elf.rodata_strings(kernel, what)
+
+
 IKCONFIG_START = b"IKCFG_ST\x1f\x8b\x08"  # what scripts/extract-ikconfig looks for
 
 

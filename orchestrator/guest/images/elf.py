@@ -45,6 +45,15 @@ def section(data: bytes, name: str, what: str = "ELF file") -> bytes | None:
     return None if found is None else found.data()
 
 
+def rodata_strings(data: bytes, what: str = "vmlinux") -> list[str]:
+    """The NUL-terminated strings of a vmlinux's .rodata, where its printk formats are
+    (each with its level prefix, "\\x01" and a digit)."""
+    found = _open(data, what).get_section_by_name(".rodata")
+    if found is None:
+        raise ImageError(f"{what}: no .rodata section")
+    return [s.decode("latin-1") for s in re.findall(rb"[\x01-\x7e]{4,}", found.data())]
+
+
 def _notes(elf: ELFFile):
     for segment in elf.iter_segments():
         if segment["p_type"] == "PT_NOTE":
