@@ -39,6 +39,7 @@ from orchestrator.guest import images
 from orchestrator.guest.images.apt import kernel_candidates, parse_apt_policy
 from orchestrator.guest.images.bzimage import extract_vmlinux
 from orchestrator.guest.images.cache import build_lock
+from orchestrator.plumbing.mounts import remove_tree
 
 DEFINITIONS_FILE = "distro-images.yaml"
 APT_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -422,7 +423,9 @@ def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
             progress(f"image {name}: cached ({kernel_package} {versions[kernel_package]})")
             return cached
         for old in [*home.glob(".build-*"), final]:
-            shutil.rmtree(old, ignore_errors=True)
+            left = remove_tree(old)  # a killed build's mounts are detached, never walked into
+            if left:
+                progress(f"image {name}: detached {len(left)} mount(s) an interrupted build left in {old}")
         progress(f"image {name}: building a Debian {definition['suite']} root file system "
                  f"with {kernel_package} {versions[kernel_package]}")
         tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=home))
@@ -432,7 +435,7 @@ def ensure_distro_image(name: str, definition: Mapping, *, cache_root: Path,
             (tmp / "image.json").write_text(json.dumps(manifest, indent=2) + "\n")
             os.replace(tmp, final)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            remove_tree(tmp)
         for old in home.iterdir():  # older builds: one image per name is kept
             if old.is_dir() and old != final:
                 shutil.rmtree(old, ignore_errors=True)
