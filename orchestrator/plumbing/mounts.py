@@ -10,6 +10,7 @@ good. remove_tree() detaches every mount below the folder first.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,15 +20,7 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 def _unescape(field: str) -> str:
     # mountinfo writes space, tab, newline and backslash in paths as \040, \011, \012, \134.
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit() and len(field[i + 1:i + 4]) == 3:
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def mount_points_under(mountinfo: str, folder: str) -> list[str]:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
+from orchestrator.guest.images.elf import cstrings
+
 from .table import update
 
 START, END = "<!-- coverage-table:start -->", "<!-- coverage-table:end -->"
@@ -110,11 +112,6 @@ class KernelOutcomes:
     release: str
     outcomes: tuple[Outcome, ...]
     results: tuple[str, ...]   # "Ignored", "Failed", "Delayed", "Recovered"
-
-
-def cstrings(data: bytes, min_len: int = 8) -> list[str]:
-    """The NUL-terminated printable strings of a section, like strings(1)."""
-    return [s.decode("latin-1") for s in re.findall(rb"[\x01-\x7e]{%d,}" % min_len, data)]
 
 
 def _format_regex(fmt: str) -> str:

@@ -51,7 +51,12 @@ def rodata_strings(data: bytes, what: str = "vmlinux") -> list[str]:
     found = _open(data, what).get_section_by_name(".rodata")
     if found is None:
         raise ImageError(f"{what}: no .rodata section")
-    return [s.decode("latin-1") for s in re.findall(rb"[\x01-\x7e]{4,}", found.data())]
+    return cstrings(found.data(), min_len=4)
+
+
+def cstrings(data: bytes, min_len: int = 8) -> list[str]:
+    """The NUL-terminated printable strings of a section, like strings(1)."""
+    return [s.decode("latin-1") for s in re.findall(rb"[\x01-\x7e]{%d,}" % min_len, data)]
 
 
 def _notes(elf: ELFFile):
