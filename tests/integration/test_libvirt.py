@@ -144,3 +144,30 @@ def test_a_qemu_event_storm_through_libvirt_is_bounded_and_named(libvirtd, tmp_p
     # Run in this process: its domains carry this pid (other runs may share the daemon).
     assert [d for d in our_domains() if d.rsplit("-", 2)[1] == str(os.getpid())] == []
     print(result.evidence.causes[0])
+
+
+def test_a_guest_reset_during_an_event_storm_takes_its_events_with_it(libvirtd, tmp_path):
+    """The storm of the test above, then the guest reboots mid-observe: the domain is
+    destroyed on reboot (as -no-reboot does for the QEMU backend), so the events libvirt had
+    queued for it went with it. The cause says so, not that they were 'not all read within
+    10 s' (what it said before), and the run is the ERROR naming the reboot."""
+    storm = guest_tool("pvpanic_storm", tmp_path)
+
+    def storm_then_reboot(phase, ctx):
+        if phase == "inject":
+            ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
+            ctx.ssh.check(f"/tmp/pvpanic_storm 30 {STORM_RATE} </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"),
+                          "fault")
+            time.sleep(1.0)
+        if phase == "observe":
+            ctx.ssh.check("reboot -f </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
+            time.sleep(1.0)
+
+    result, _ = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=storm_then_reboot, snapshot=True,
+                    backend="libvirt")
+    assert result.outcome == Outcome.ERROR, result.reasons
+    storm_cause = next(c for c in result.evidence.causes if c.startswith("event storm"))
+    assert "not all read" not in storm_cause, storm_cause
+    assert any("the guest rebooted" in c for c in result.evidence.causes), result.evidence.causes
+    assert result.qemu_pid and not process_alive(result.qemu_pid)
+    print(storm_cause)
