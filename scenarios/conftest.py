@@ -1,6 +1,6 @@
 """Scenarios as pytest items (pytest's "non-python test files" pattern).
 
-    pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--snapshot] [--junitxml=...]
+    pytest scenarios/ [-k thp] [-n 2] [--kernels debian-6.1,debian-6.12] [--cold] [--junitxml=...]
                       [--backend qemu|libvirt] [--connect URI] [--hosts FILE] [--qemu PATH|NAME]
 
 Each YAML file (each vCPU of an `inject.cpu: each` file) becomes one item per
@@ -45,7 +45,9 @@ def pytest_addoption(parser):
     parser.addoption("--kernels", default=DEFAULT_KERNELS,
                      help="comma-separated guest images to run every scenario on (default: %(default)s)")
     parser.addoption("--snapshot", action="store_true",
-                     help="restore a saved booted guest instead of booting (mce-orchestrator run --snapshot)")
+                     help="restore saved guests (the default; mce-orchestrator run --snapshot)")
+    parser.addoption("--cold", action="store_true",
+                     help="boot every guest instead of restoring a saved one (mce-orchestrator run --cold)")
     parser.addoption("--backend", default=DEFAULT_BACKEND, choices=BACKENDS,
                      help="guest backend (mce-orchestrator run --backend; default: %(default)s)")
     parser.addoption("--connect", default=None, metavar="URI",
@@ -174,7 +176,7 @@ class ScenarioItem(pytest.Item):
         run_dir.mkdir(parents=True, exist_ok=True)
         console = io.StringIO()
         backend, uri = _backend_and_uri(self.config, worker)
-        options = RunOptions(image=self.kernel, snapshot=self.config.getoption("--snapshot"),
+        options = RunOptions(image=self.kernel, snapshot=not self.config.getoption("--cold"),
                              backend=backend, connect=uri, qemu_binary=qemu_binary(self.config),
                              qemu=self.config.getoption("--qemu"))
         self.user_properties.append(("host", (uri or "qemu:///system") if backend == "libvirt" else "local qemu"))

@@ -172,8 +172,8 @@ def run_argv(*, scenario_file: str, image: str | None, kernel: Path | None, modu
         argv += ["--accel", accel]
     if qemu:
         argv += ["--qemu", qemu]  # a name (fetched where missing) or this machine's path
-    if snapshot:
-        argv.append("--snapshot")
+    # Said either way: which a run does by default depends on its other options.
+    argv.append("--snapshot" if snapshot else "--cold")
     return argv
 
 

@@ -165,7 +165,7 @@ def test_repro_names_the_disk_image_by_its_absolute_path_instead_of_an_image(tmp
     from orchestrator.report import repro
     argv = repro.run_argv(scenario_file="s.yaml", image="debian-6.1", kernel=None, modules=None, append="",
                           accel=None, snapshot=False, disk_image=tmp_path / "d.qcow2")
-    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2")]
+    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2"), "--cold"]
 
 
 def partitioned_disk(tmp_path):
@@ -293,4 +293,5 @@ def test_repro_passes_the_allowed_backing_files_on(tmp_path):
     from orchestrator.report import repro
     argv = repro.run_argv(scenario_file="s.yaml", image=None, kernel=None, modules=None, append="", accel=None,
                           snapshot=False, disk_image=tmp_path / "d.qcow2", allow_backing=(tmp_path / "b.raw",))
-    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2"), "--allow-backing", str(tmp_path / "b.raw")]
+    assert argv == ["run", "s.yaml", "--disk-image", str(tmp_path / "d.qcow2"), "--allow-backing", str(tmp_path / "b.raw"),
+                    "--cold"]

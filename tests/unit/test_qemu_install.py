@@ -149,7 +149,7 @@ def test_the_qemu_version_is_in_report_json_junit_and_repro(tmp_path):
     assert '<property name="qemu_version" value="10.0.2 (Debian 1:10.0.2+ds-2)"' in (tmp_path / "junit.xml").read_text()
     args = run_argv(scenario_file="scenario/s.yaml", image=None, kernel=None, modules=None, append="", accel=None,
                     snapshot=False, qemu="debian-backports")
-    assert args[-2:] == ["--qemu", "debian-backports"]
+    assert args[-3:] == ["--qemu", "debian-backports", "--cold"]
     script = repro_script(scenario="s", run_args=args, commit=None, kernel_release="6.1.0",
                           qemu_version="10.0.2 (Debian 1:10.0.2+ds-2)")
     assert "QEMU 10.0.2 (Debian 1:10.0.2+ds-2)" in script and '"${MCE_QEMU:-debian-backports}"' in script

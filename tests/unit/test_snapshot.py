@@ -256,3 +256,37 @@ def test_disk_folders_are_per_run_but_the_scratch_size_and_the_disks_are_in_the_
     assert small.state_identity() != large.state_identity()
     assert small.state_identity() == QemuGuest(image=image, spec=GuestSpec(disk_mib=64), artifacts=tmp_path / "b",
                                                accel="tcg", disk=tmp_path / "z" / "disk.img").state_identity()
+
+
+# Saved guests by default (issue 28 item 2): which runs restore, which boot, and why.
+@pytest.mark.parametrize("argv, wanted", [
+    (["run", "x"], (True, None)),
+    (["run", "x", "--snapshot"], (True, None)),
+    (["run", "x", "--cold"], (False, "--cold")),
+    (["run", "x", "--kernel", "/k"], (False, "--kernel: a build of your own, new each time")),
+    (["run", "x", "--kernel", "/k", "--snapshot"], (True, None)),
+    (["run", "x", "--bisect"], (False, "--bisect: a new kernel at each step")),
+    (["run", "x", "--keep", "always"], (False, "--keep")),
+    (["run", "x", "--keep-alive-on-failure"], (False, "--keep-alive-on-failure")),
+    (["run", "x", "--disk-image", "/d.qcow2"], (False, "--disk-image")),
+])
+def test_saved_guests_are_the_default_except_where_a_save_would_not_serve(argv, wanted):
+    from orchestrator.cli import _parser, saved_guests_wanted
+    args = _parser().parse_args(argv)
+    args.attach = None  # what _check_backend sets without --domain
+    assert saved_guests_wanted(args) == wanted
+
+
+def test_an_attached_domain_boots_nothing_to_save():
+    from orchestrator.cli import _parser, saved_guests_wanted
+    args = _parser().parse_args(["run", "x"])
+    args.attach = ("dom", object())
+    assert saved_guests_wanted(args) == (False, "--domain: a domain of your own")
+
+
+def test_snapshot_and_cold_together_are_a_usage_error(capsys):
+    from orchestrator.cli import _parser
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(["run", "x", "--snapshot", "--cold"])
+    assert exit_.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
