@@ -28,7 +28,17 @@ OUTPUT_LIMIT = 4 << 20  # what one command's output keeps at most (first and las
 PROBE_NOISE_LIMIT = 2 << 20
 NO_EXIT_STATUS = -1     # paramiko's exit status of a channel that closed without one
 WATCH_S = 0.1           # a wait over SSH asks this often whether the guest went down
+SFTP_REPLY_S = 10.0     # an SFTP request's answer comes within this long, or the transfer is over
 DROP_GRACE_S = 1.0      # after a dropped connection: how long the reason (a QEMU event) may take to arrive
+
+
+def interrupted(exc: BaseException | None) -> bool:
+    """Whether `exc` was raised while a Ctrl-C (or SIGTERM, raised as one) was being handled."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
 
 
 def open_socket(host: str, port: int, timeout: float, via=None):
@@ -263,6 +273,10 @@ class SshSession:
         while not deadline.expired():
             try:
                 with self.client.open_sftp() as sftp:
+                    # No wait of the transfer without end: paramiko's SFTP channel has no timeout,
+                    # and a transfer cut short (Ctrl-C mid-packet) or a stalled sftp-server left
+                    # its close waiting for an answer that never came.
+                    sftp.get_channel().settimeout(min(max(deadline.remaining(), 0.1), SFTP_REPLY_S))
                     sftp.put(str(local), remote)
                     sftp.chmod(remote, mode)
                     # Our EOF ends the guest's sftp-server; its channel is then closed by the
@@ -271,6 +285,8 @@ class SshSession:
                     _await_remote_close(sftp.sock, deadline)
                 return
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                if interrupted(exc):
+                    raise KeyboardInterrupt from None  # what the clean-up raised is not the story
                 last = str(exc) or type(exc).__name__
                 deadline.sleep(0.2)
         raise HarnessError(phase, f"cannot upload {local.name} over SFTP within {deadline.seconds:g} s ({last})")

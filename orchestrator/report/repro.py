@@ -132,6 +132,10 @@ def by_hand_script(argv: list[str], scenario: str, disk_mib: int | None, probe: 
              "# (the injection is the 'mce ...' line; the harness sent it while the vCPU was in user mode",
              "# where the scenario gates it). The guest's console goes to console-by-hand.log here;",
              "# its sshd takes the image's client key (keys/client_key beside the kernel) on the port below."]
+    if "-incoming" in argv:
+        lines += ["# The run restored a saved guest (-incoming): it starts paused at the moment it was saved,",
+                  "# after its boot; the 'cont' line of monitor-commands.hmp starts it, and the console here",
+                  "# shows only what comes after. The run's --cold boots it instead (its repro.sh says which)."]
     if probe is not None:
         lines += probe_hint_lines(probe)
     lines += ["set -eu", 'cd "$(dirname "$0")"']

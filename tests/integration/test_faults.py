@@ -225,8 +225,12 @@ def test_ctrl_c_and_sigterm(tmp_path, signum):
             break
     time.sleep(1.0)
     proc.send_signal(signum)
-    rest = proc.stderr.read()
-    assert proc.wait(30) == 130, f"SigIgn at start {ignored:#x}\n" + rest
+    try:
+        rest = proc.communicate(timeout=30)[1]  # a run that hangs on the signal fails here, not never
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"still running 30 s after signal {signum}: {proc.communicate()[1][-3000:]}") from None
+    assert proc.returncode == 130, f"SigIgn at start {ignored:#x}\n" + rest
     assert "Traceback" not in rest
     report = json.loads((tmp_path / "latest" / "report.json").read_text())
     assert report["interrupted"] is True

@@ -2,8 +2,11 @@
 clone, and the same QEMU with the same monitor commands without the orchestrator."""
 import json
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from .conftest import REPO, orchestrator
 
@@ -18,8 +21,14 @@ def wait_for(path: Path, text: str, seconds: float) -> str:
     raise AssertionError(f"{text!r} never appeared in {path}: ...{content[-1500:]}")
 
 
-def test_artifacts_reproduce_the_run_by_hand_and_from_a_fresh_clone(tmp_path):
-    proc = orchestrator("run", "--append", "loglevel=6", "srao-anon-early-kill", results=tmp_path / "results")
+@pytest.mark.parametrize("boot", ["restored", "cold"])
+def test_artifacts_reproduce_the_run_by_hand_and_from_a_fresh_clone(tmp_path, boot):
+    """A run restored from a saved guest (the default) and a cold one: qemu-by-hand.sh
+    starts the same guest (restored: paused at its save, 'cont' starts it) and the typed
+    'mce' line reaches its kernel; repro.sh says which it was, and (for the default run)
+    runs the scenario again from a fresh clone."""
+    proc = orchestrator("run", "--append", "loglevel=6", *(["--cold"] if boot == "cold" else []),
+                        "srao-anon-early-kill", results=tmp_path / "results")
     assert proc.returncode == 0, proc.stderr[-3000:]
     artifacts = tmp_path / "results" / "latest" / "srao-anon-early-kill"
     first = json.loads((tmp_path / "results" / "latest" / "report.json").read_text())["scenarios"][0]
@@ -32,7 +41,21 @@ def test_artifacts_reproduce_the_run_by_hand_and_from_a_fresh_clone(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         console = artifacts / "console-by-hand.log"
-        wait_for(console, "MCEORCH-READY", 180)
+        if boot == "cold":
+            wait_for(console, "MCEORCH-READY", 180)
+        else:
+            assert "The run restored a saved guest (-incoming)" in (artifacts / "qemu-by-hand.sh").read_text()
+            assert "cont" in hmp[:hmp.index(mce_line)]
+            # As the run did (the 'info migrate' lines): the state loaded, then 'cont'.
+            said: list[str] = []
+            threading.Thread(target=lambda: said.extend(iter(qemu.stdout.readline, "")), daemon=True).start()
+            end = time.monotonic() + 120
+            while not any("Migration status: completed" in line for line in said):
+                assert time.monotonic() < end and qemu.poll() is None, "".join(said)[-2000:]
+                qemu.stdin.write("info migrate\n")
+                qemu.stdin.flush()
+                time.sleep(0.5)
+            qemu.stdin.write("cont\n")
         qemu.stdin.write(mce_line + "\n")
         qemu.stdin.flush()
         wait_for(console, f"Memory failure: {pfn:#x}:", 60)
@@ -44,6 +67,9 @@ def test_artifacts_reproduce_the_run_by_hand_and_from_a_fresh_clone(tmp_path):
             qemu.kill()
             qemu.wait()
 
+    assert ("--cold" if boot == "cold" else "--snapshot") in (artifacts / "repro.sh").read_text()
+    if boot == "cold":
+        return
     # From a fresh clone: repro.sh sets it up and runs the scenario with the same inputs.
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)

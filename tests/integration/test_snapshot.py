@@ -45,7 +45,7 @@ def test_panic_and_boot_time_lines_judged_alike_cold_and_restored(tmp_path):
     reports = {}
     for mode in ("cold", "restored"):
         results = tmp_path / mode
-        proc = orchestrator("run", *append, *(["--snapshot"] if mode == "restored" else []),
+        proc = orchestrator("run", *append, "--snapshot" if mode == "restored" else "--cold",
                             str(PANIC), str(BOOT_LINE), results=results)
         assert proc.returncode == 1, proc.stderr[-3000:]
         reports[mode] = json.loads((results / "latest" / "report.json").read_text())

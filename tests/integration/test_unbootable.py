@@ -3,6 +3,8 @@ all: not a bootable kernel; a panic during boot: its panic line), then the detai
 TCG's CPUID warnings left out and the QEMU command line named by its file, not repeated."""
 import re
 
+import pytest
+
 from orchestrator.guest.images import ensure_image
 
 from .conftest import REPO, orchestrator
@@ -29,12 +31,15 @@ def test_a_kernel_that_resets_before_printing_anything_is_not_a_bootable_kernel(
     assert "-no-user-config" not in proc.stderr  # the command line is in qemu-cmdline.txt, once
 
 
-def test_a_kernel_that_panics_during_boot_names_its_panic_line_and_stops_waiting(tmp_path):
-    proc = orchestrator("run", "--append", "rdinit=/nonexistent", "srao-anon-late-kill",
+@pytest.mark.parametrize("boots, phase", [([], "save: saving a booted guest failed: "), (["--cold"], "boot: ")],
+                         ids=["saving-the-guest", "cold"])
+def test_a_kernel_that_panics_during_boot_names_its_panic_line_and_stops_waiting(tmp_path, boots, phase):
+    # By default the guest is booted to be saved (the save phase); with --cold, in the boot phase.
+    proc = orchestrator("run", "--append", "rdinit=/nonexistent", *boots, "srao-anon-late-kill",
                         results=tmp_path / "results", timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     summary = error_lines(proc)[-1]
-    assert re.search(r"boot: the kernel panicked during boot: Kernel panic - not syncing: VFS: Unable to mount "
-                     r"root fs", summary), summary
+    assert re.search(re.escape(phase) + r"the kernel panicked during boot: Kernel panic - not syncing: VFS: Unable "
+                     r"to mount root fs", summary), summary
     seconds = float(re.search(r"([0-9.]+) s ", summary).group(1))
     assert seconds < 90, f"waited for the boot deadline after the panic: {summary}"

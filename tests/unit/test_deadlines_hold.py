@@ -39,3 +39,24 @@ def test_login_retries_keep_their_deadline(silent_port, client_key):
     with pytest.raises(HarnessError, match="cannot log in to 127.0.0.1:.* within 1.5 s"):
         session.connect(Deadline(1.5, "ssh"))
     assert time.monotonic() - start < 3.0
+
+
+def test_an_error_raised_while_ctrl_c_was_handled_is_the_interrupt():
+    """What an SFTP transfer's clean-up raises after Ctrl-C (its close timing out) must not be
+    taken for a failed upload and retried: the run stops (seen: an upload's close waiting for
+    ever after SIGTERM mid-transfer)."""
+    from orchestrator.guest.ssh import interrupted
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TimeoutError("the close's answer never came")
+    except TimeoutError as exc:
+        assert interrupted(exc)
+    try:
+        try:
+            raise EOFError
+        except EOFError:
+            raise TimeoutError("a plain timeout")
+    except TimeoutError as exc:
+        assert not interrupted(exc)
