@@ -6,6 +6,7 @@ unexpected-panic negative control, to keep the added test time small.
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,14 @@ def test_libvirt_connection_errors_are_one_line(libvirtd, tmp_path, uri, message
 STORM_RATE = 1500
 
 
+def storm_in_guest(ctx, storm: Path, seconds: int) -> None:
+    """The guest's pvpanic storm, started in the background for `seconds`; on once this returns."""
+    ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
+    ctx.ssh.check(f"/tmp/pvpanic_storm {seconds} {STORM_RATE} </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"),
+                  "fault")
+    time.sleep(1.0)  # the storm is on before the machine check is sent
+
+
 def test_a_qemu_event_storm_through_libvirt_is_bounded_and_named(libvirtd, tmp_path):
     """As test_misbehaving_guest's QMP storm, on libvirt: the guest writes its pvpanic
     register in a loop (a GUEST_CRASHLOADED event per write, delivered through libvirt's
@@ -127,10 +136,7 @@ def test_a_qemu_event_storm_through_libvirt_is_bounded_and_named(libvirtd, tmp_p
 
     def start_storm(phase, ctx):
         if phase == "inject":
-            ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
-            ctx.ssh.check(f"/tmp/pvpanic_storm 5 {STORM_RATE} </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"),
-                          "fault")
-            time.sleep(1.0)  # the storm is on before the machine check is sent
+            storm_in_guest(ctx, storm, 5)
 
     before = rss_peak_mib()
     result, _ = run(tmp_path, scenario=load_scenario(LATE_KILL), hook=start_storm, snapshot=True, backend="libvirt")
@@ -155,10 +161,7 @@ def test_a_guest_reset_during_an_event_storm_takes_its_events_with_it(libvirtd, 
 
     def storm_then_reboot(phase, ctx):
         if phase == "inject":
-            ctx.ssh.upload(storm, "/tmp/pvpanic_storm", 0o755, Deadline(10, "fault"), "fault")
-            ctx.ssh.check(f"/tmp/pvpanic_storm 30 {STORM_RATE} </dev/null >/dev/null 2>&1 &", Deadline(10, "fault"),
-                          "fault")
-            time.sleep(1.0)
+            storm_in_guest(ctx, storm, 30)
         if phase == "observe":
             ctx.ssh.check("reboot -f </dev/null >/dev/null 2>&1 &", Deadline(5, "fault"), "fault")
             time.sleep(1.0)
