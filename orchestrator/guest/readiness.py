@@ -28,9 +28,12 @@ SSHD_AFTER_CLOUD_INIT_S = 30.0
 CLOUD_INIT_STARTED = "Cloud-init v."
 CLOUD_INIT_FINISHED = re.compile(r"Cloud-init v\. \S+ finished at .*Up ([0-9.]+) seconds")
 SYSTEMD_BANNER_PATIENCE_S = 20.0  # one connection's wait for the banner of a guest with no READY line
-def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False) -> None:
+def wait_sshd(guest: Guest, deadline: Deadline, since: float, restored: bool = False,
+              lockups: bool = False) -> None:
+    """Until the guest's sshd answers. `lockups`: a lockup report on the console ends the
+    wait at once (BOOT_LOCKED_UP), as a panic does (the saving boot: it is tried again)."""
     cloud_init = CloudInitWatch(guest) if getattr(guest.image, "seed", None) is not None else None
-    boot_panic = BootPanic(guest) if guest.boots and not restored else lambda: None
+    boot_panic = BootPanic(guest, lockups) if guest.boots and not restored else lambda: None
     try:
         init_ready = InitReady(guest, since)
         wait_for_banner(guest.ssh_port, deadline, host=guest.ssh_host, via=guest.ssh_via,
@@ -65,18 +68,32 @@ PANIC_LINE = re.compile(r"Kernel panic - not syncing: .*")
 PANIC_LINE_WAIT_S = 2.0  # pvpanic's event can come before the panic line reaches the console
 
 
+# The kernel's own reports of a CPU that has not scheduled for seconds (watchdog) or an RCU
+# grace period that does not end: a boot that prints one is stuck, for now at least.
+LOCKUP_LINE = re.compile(r"watchdog: BUG: soft lockup - CPU#\d+ stuck for .*|"
+                         r"rcu: INFO: rcu_\w+ (?:self-)?detected stalls? on CPUs?.*")
+
+
 class BootPanic:
     """A panic line on the console of a booting guest: it will never answer (panic=0 waits
-    forever, and the pvpanic driver may not be loaded yet to tell QEMU)."""
+    forever, and the pvpanic driver may not be loaded yet to tell QEMU). With `lockups`, a
+    lockup report too (see LOCKUP_LINE): a boot worth abandoning and trying again."""
 
-    def __init__(self, guest: Guest):
+    def __init__(self, guest: Guest, lockups: bool = False):
         self.console = ConsoleFollower(guest.console_log)
+        self.lockups = lockups
 
     def __call__(self) -> str | None:
         for line in self.console.new_lines():
             if PANIC_LINE.search(line):
                 return "stopped waiting for SSH: a panicked kernel never answers"
+            lockup = LOCKUP_LINE.search(line) if self.lockups else None
+            if lockup:
+                return f"{BOOT_LOCKED_UP}: {lockup.group(0).strip()[:200]}"
         return None
+
+
+BOOT_LOCKED_UP = "stopped waiting for SSH: the booting kernel locked up"
 
 
 def boot_failure_cause(guest: Guest) -> str | None:
