@@ -164,20 +164,17 @@ class SnapshotStore:
                 try:
                     _boot_and_save(guest, saved, deadline)
                     break
-                except HarnessError as exc:
-                    self.discard(saved)  # a failed save leaves nothing behind
+                except BaseException as exc:
+                    self.discard(saved)  # a failed or interrupted save leaves nothing behind
                     # Seen under make test with stress-ng beside it: a 4-vCPU 6.12 boot under TCG
                     # stuck 209 s in stop_machine ("soft lockup ... [migration/3]"), and the next
                     # boot of the same guest saved in 9 s. A boot that locks up is tried once more;
                     # one that does again, or fails otherwise, is the error.
-                    if attempt == 2 or BOOT_LOCKED_UP not in exc.message:
+                    if attempt == 2 or not isinstance(exc, HarnessError) or BOOT_LOCKED_UP not in exc.message:
                         raise
                     progress(f"the boot to save locked up ({exc.message.split(BOOT_LOCKED_UP + ': ', 1)[-1]}); "
                              f"booting it again")
                     deadline = Deadline(deadline.seconds, "save")  # the boot again gets the time of one
-                except BaseException:
-                    self.discard(saved)  # an interrupted save leaves nothing behind
-                    raise
             self._mark_used(saved.state.stem)
         pruned = self.prune(keep={saved.state.stem})
         if pruned:

@@ -308,8 +308,7 @@ def test_a_halt_line_that_crosses_the_console_cut_is_seen(tmp_path, monkeypatch)
             assert limit - 40 <= held <= limit, f"the console held {held} bytes, not {limit - 1}, before the halt"
             in_background(ctx, "halt -f")
             halted_at.append(time.monotonic() + 0.5)
-            with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
-                f.write(f"item 6: console filled to {held} of {limit} bytes before the halt\n")
+            figure_line(f"item 6: console filled to {held} of {limit} bytes before the halt")
 
     # Early kill: the kernel's lines all come in the inject phase, none while the test fills.
     scenario = dataclasses.replace(load_scenario(REPO / "scenarios" / "srao-anon-early-kill.yaml"),
@@ -317,8 +316,7 @@ def test_a_halt_line_that_crosses_the_console_cut_is_seen(tmp_path, monkeypatch)
     start = time.monotonic()
     result, port = run(tmp_path, scenario=scenario, hook=fill_then_halt, snapshot=True)
     record_figures("item 6 halt at the console cut", result, time.monotonic() - start)
-    with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
-        f.write(f"  verdict {time.monotonic() - halted_at[0]:.1f} s after the halt\n")
+    figure_line(f"  verdict {time.monotonic() - halted_at[0]:.1f} s after the halt")
     console = (result.artifacts / "console.log").read_bytes()
     assert b"bytes truncated here by mce-orchestrator" in console and b"reboot: System halted" in console
     assert len(console) <= limit
@@ -330,19 +328,23 @@ def test_a_halt_line_that_crosses_the_console_cut_is_seen(tmp_path, monkeypatch)
     assert_nothing_left(result, port)
 
 
-def record_figures(item: str, result, seconds: float, rss_growth_mib: float | None = None) -> None:
-    """The figures the issue asks for (time to verdict, harness memory growth, artifacts),
-    appended to $MCE_FIGURES when set."""
+def figure_line(text: str) -> None:
+    """A line of the figures the issue asks for, appended to $MCE_FIGURES when set."""
     import os
     path = os.environ.get("MCE_FIGURES")
     if path:
         with open(path, "a") as f:
-            f.write(f"{item}: {result.outcome.name} in {seconds:.1f} s; phases "
-                    f"{ {k: round(v, 1) for k, v in result.phases.items()} }; "
-                    f"rss growth {rss_growth_mib if rss_growth_mib is None else round(rss_growth_mib)} MiB; "
-                    f"peak rss {rss_peak_mib():.0f} MiB; "
-                    f"artifacts {artifacts_mib(result):.2f} MiB; "
-                    f"{(result.error.message if result.error else '; '.join(result.reasons))[:300]!r}\n")
+            f.write(text + "\n")
+
+
+def record_figures(item: str, result, seconds: float, rss_growth_mib: float | None = None) -> None:
+    """The figures the issue asks for (time to verdict, harness memory growth, artifacts)."""
+    figure_line(f"{item}: {result.outcome.name} in {seconds:.1f} s; phases "
+                f"{ {k: round(v, 1) for k, v in result.phases.items()} }; "
+                f"rss growth {rss_growth_mib if rss_growth_mib is None else round(rss_growth_mib)} MiB; "
+                f"peak rss {rss_peak_mib():.0f} MiB; "
+                f"artifacts {artifacts_mib(result):.2f} MiB; "
+                f"{(result.error.message if result.error else '; '.join(result.reasons))[:300]!r}")
 
 
 def first_event_time(result, names: set[str]) -> float:
@@ -383,9 +385,8 @@ def test_a_guest_that_goes_down_before_the_injection_is_named_at_once(tmp_path, 
     result, port = run(tmp_path, scenario=scenario, hook=replace_probe(misbehaving_probe(when, then), tmp_path),
                        snapshot=True)
     record_figures(f"item 1 {scenario_name} {then.split(';')[0]}", result, time.monotonic() - start)
-    with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
-        f.write(f"  verdict {time.time() - first_event_time(result, {'GUEST_PANICKED', 'SHUTDOWN'}):.1f} s "
-                f"after the guest went down\n")
+    figure_line(f"  verdict {time.time() - first_event_time(result, {'GUEST_PANICKED', 'SHUTDOWN'}):.1f} s "
+                f"after the guest went down")
     assert result.outcome == Outcome.ERROR and result.verdict is None, result.reasons
     assert result.error.phase == "locate", result.error
     assert result.error.message.startswith(cause), result.error.message
@@ -500,8 +501,7 @@ def test_a_probe_printing_long_lines_is_bounded_in_bytes_and_named(tmp_path):
                        snapshot=True)
     growth = rss_peak_mib() - before
     record_figures("item 2 long lines", result, time.monotonic() - start, growth)
-    with open(__import__("os").environ.get("MCE_FIGURES", "/dev/null"), "a") as f:
-        f.write(f"  transcript {(result.artifacts / 'probe-transcript.txt').stat().st_size} bytes\n")
+    figure_line(f"  transcript {(result.artifacts / 'probe-transcript.txt').stat().st_size} bytes")
     assert result.outcome == Outcome.ERROR, result.reasons
     assert any(c.startswith("probe output flood: ") and "lines of up to 1000000 bytes" in c
                and c.endswith("cost the probe result") for c in result.evidence.causes), result.evidence.causes
